@@ -1,0 +1,18 @@
+"""``otel-audit``: a thin command line over the library's API.
+
+Each command module registers its commands on the shared Typer app.
+"""
+
+from __future__ import annotations
+
+from . import core
+from ._app import app
+
+__all__ = ["app", "main"]
+
+_COMMAND_MODULES = (core,)
+
+
+def main() -> None:
+    """Entry point of the ``otel-audit`` command."""
+    app()

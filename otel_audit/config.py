@@ -1,0 +1,178 @@
+"""Settings, resolved in one order: keyword arguments > ``OTEL_AUDIT_*`` environment > defaults.
+
+Every setting is declared once in :data:`SETTINGS`; the README's configuration table
+is checked against it by the test-suite, so documentation and code cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigError
+
+__all__ = [
+    "MODES",
+    "SETTINGS",
+    "AuditConfig",
+    "Setting",
+    "normalise_database_url",
+    "resolve_config",
+]
+
+#: Delivery modes a trail accepts.
+MODES = ("async", "sync")
+
+DEFAULT_DATABASE_URL = "sqlite:///audit.db"
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _ms_to_seconds(raw: str) -> float:
+    return float(raw) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration setting: its keyword, environment variable, parser and meaning."""
+
+    name: str
+    env: str | None
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("url", "OTEL_AUDIT_DATABASE_URL", DEFAULT_DATABASE_URL, str,
+            "SQLAlchemy URL of the store (`postgresql://` means psycopg 3)."),
+    Setting("enabled", "OTEL_AUDIT_ENABLED", True, _parse_bool,
+            "`false` turns recording off: `record()` returns `None`."),
+    Setting("mode", "OTEL_AUDIT_MODE", "async", str,
+            "`async` (queue, background writer) or `sync` "
+            "(commit before returning, raises)."),
+    Setting("service_name", "OTEL_SERVICE_NAME", "unknown_service", str,
+            "Service name stored with every record."),
+    Setting("batch_size", "OTEL_AUDIT_BATCH_SIZE", 512, int,
+            "Records per store transaction."),
+    Setting("flush_interval", "OTEL_AUDIT_FLUSH_INTERVAL_MS", 0.2, _ms_to_seconds,
+            "Longest a record waits before its batch is written (seconds as keyword, "
+            "milliseconds in the environment)."),
+    Setting("queue_size", "OTEL_AUDIT_QUEUE_SIZE", 65536, int,
+            "Records held in memory before the queue counts as full."),
+    Setting("queue_full_timeout", "OTEL_AUDIT_QUEUE_FULL_TIMEOUT_MS", 0.1, _ms_to_seconds,
+            "How long `record()` waits for room in a full queue before the overflow policy "
+            "applies."),
+    Setting("max_record_bytes", "OTEL_AUDIT_MAX_RECORD_BYTES", 65536, int,
+            "Records larger than this are truncated (noted in `context`)."),
+    Setting("retry_max_backoff", "OTEL_AUDIT_RETRY_MAX_BACKOFF_MS", 30.0, _ms_to_seconds,
+            "Ceiling of the exponential back-off between store retries."),
+    Setting("shutdown_timeout", "OTEL_AUDIT_SHUTDOWN_TIMEOUT_MS", 10.0, _ms_to_seconds,
+            "How long `shutdown()` (and interpreter exit) waits for the queue to drain."),
+    Setting("auto_migrate", "OTEL_AUDIT_AUTO_MIGRATE", None, _parse_bool,
+            "Create or upgrade the schema on first use (default: on for SQLite, off "
+            "elsewhere; run `otel-audit migrate`)."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """Resolved settings of one trail. Build it with :func:`resolve_config`."""
+
+    url: str = DEFAULT_DATABASE_URL
+    enabled: bool = True
+    mode: str = "async"
+    service_name: str = "unknown_service"
+    batch_size: int = 512
+    flush_interval: float = 0.2
+    queue_size: int = 65536
+    queue_full_timeout: float = 0.1
+    max_record_bytes: int = 65536
+    retry_max_backoff: float = 30.0
+    shutdown_timeout: float = 10.0
+    auto_migrate: bool | None = None
+
+    def replace(self, **changes: Any) -> AuditConfig:
+        """Return a copy with ``changes`` applied and validated."""
+        return _validated(dataclasses.replace(self, **changes))
+
+
+def normalise_database_url(url: str | URL) -> URL:
+    """Parse ``url``; plain ``postgresql://`` selects psycopg 3 (``postgresql+psycopg``)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid database URL {str(url)!r}: {exc}") from exc
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def resolve_config(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AuditConfig:
+    """Resolve settings: ``overrides`` (keywords; ``None`` = unset) > environment > defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if key not in _BY_NAME:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(_BY_NAME))}")
+        if value is not None:
+            values[key] = value
+    for setting in SETTINGS:
+        if setting.name in values or setting.env is None:
+            continue
+        raw = env.get(setting.env)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}") from exc
+    return _validated(AuditConfig(**values))
+
+
+def _validated(config: AuditConfig) -> AuditConfig:
+    if config.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {config.mode!r}")
+    for name in ("batch_size", "queue_size", "max_record_bytes"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+    if config.max_record_bytes < 4096:
+        raise ConfigError("max_record_bytes must be at least 4096")
+    for name in ("flush_interval", "queue_full_timeout", "retry_max_backoff", "shutdown_timeout"):
+        value = getattr(config, name)
+        if not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{name} must be a non-negative number of seconds; got {value!r}")
+    normalise_database_url(config.url)
+    return config
+
+
+def settings_table() -> str:
+    """Return the README's configuration table (Markdown) for :data:`SETTINGS`."""
+    lines = ["| keyword | environment | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default is not None else "`None`"
+        lines.append(f"| `{s.name}` | `{s.env}` | {default} | {s.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(settings_table())

@@ -1,0 +1,99 @@
+"""The one table definition of the trail (SQLAlchemy Core) and the row layout writers use.
+
+Indexes are few on purpose: every index is paid for on every insert (the seed's table
+carried 18 and its users measured the write amplification). Each one below names the
+query it serves; the README lists them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from ..record import COLUMN_LIMITS, JSON_FIELDS
+
+__all__ = ["CHAIN_COLUMNS", "RECORD_COLUMNS", "audit_trails", "metadata"]
+
+metadata = MetaData()
+
+_JSON = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _s(name: str, *, nullable: bool = True, primary_key: bool = False) -> Column[str]:
+    return Column(name, String(COLUMN_LIMITS[name]), nullable=nullable, primary_key=primary_key)
+
+
+audit_trails = Table(
+    "audit_trails",
+    metadata,
+    _s("id", primary_key=True, nullable=False),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    _s("correlation_id"),
+    _s("request_id"),
+    _s("trace_id"),
+    _s("span_id"),
+    _s("action", nullable=False),
+    _s("resource_type"),
+    _s("resource_id"),
+    _s("resource_name"),
+    _s("user_id", nullable=False),
+    _s("user_email"),
+    _s("team_id"),
+    _s("client_ip"),
+    Column("user_agent", Text),
+    _s("request_path"),
+    _s("request_method"),
+    Column("old_values", _JSON),
+    Column("new_values", _JSON),
+    Column("changes", _JSON),
+    _s("data_classification"),
+    Column("requires_review", Boolean, nullable=False, default=False),
+    Column("success", Boolean, nullable=False, default=True),
+    Column("error_message", Text),
+    Column("context", _JSON),
+    _s("service_name"),
+    _s("acting_as"),
+    Column("schema_version", Integer, nullable=False, default=1),
+    # integrity chain (see otel_audit.integrity): one chain per writer stream
+    Column("stream", String(128)),
+    Column("seq", BigInteger),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
+    # time-range scans: exports, retention, reports bounded by date
+    Index("ix_audit_trails_timestamp", "timestamp"),
+    # history of one resource, newest first (get_audit_trail, resource_history)
+    Index("ix_audit_trails_resource", "resource_type", "resource_id", "timestamp"),
+    # what one actor did, newest first (get_audit_trail by user, who-did-what)
+    Index("ix_audit_trails_user", "user_id", "timestamp"),
+    # every record of one trace (trace timeline, span -> audit rows)
+    Index("ix_audit_trails_trace", "trace_id"),
+    # chain order per stream, and its uniqueness (verification, replay safety)
+    Index("ux_audit_trails_stream_seq", "stream", "seq", unique=True),
+)
+
+#: Columns filled from an AuditRecord, in row order.
+RECORD_COLUMNS: tuple[str, ...] = (
+    "id", "timestamp", "correlation_id", "request_id", "trace_id", "span_id", "action",
+    "resource_type", "resource_id", "resource_name", "user_id", "user_email", "team_id",
+    "client_ip", "user_agent", "request_path", "request_method", "old_values", "new_values",
+    "changes", "data_classification", "requires_review", "success", "error_message",
+    "context", "service_name", "acting_as", "schema_version",
+)
+
+#: Columns filled by the integrity chain.
+CHAIN_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", "hash")
+
+assert set(RECORD_COLUMNS) | set(CHAIN_COLUMNS) == set(audit_trails.c.keys())
+assert set(JSON_FIELDS) <= set(RECORD_COLUMNS)

@@ -1,0 +1,419 @@
+"""``AuditTrail``: the direct API — ``record()``, ``action()``, ``flush()``, ``shutdown()``.
+
+The caller's thread builds an :class:`~otel_audit.record.AuditRecord` (timestamp, a
+time-ordered ID, the current trace context, classification and review flags) and
+hands it to a bounded queue. Everything else — normalisation, redaction, chaining, the
+store — happens on the trail's worker thread, except in ``sync`` mode, where the call
+returns after the commit and raises :class:`~otel_audit.errors.AuditWriteError`
+(fail-closed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import logging
+import threading
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import trace
+from uuid_utils import uuid7
+
+from ._internal import log_internal_error
+from .config import AuditConfig, resolve_config
+from .context import _correlation_id, _request_context
+from .errors import AuditWriteError, ConfigError
+from .pipeline.batch import AuditStats, BatchPipeline
+from .policy import AuditPolicy
+from .record import AuditRecord
+from .store.reader import query_records
+from .store.writer import StoreWriter
+
+__all__ = ["ActionScope", "AuditTrail", "configure", "get_trail", "set_trail"]
+
+_UTC = dt.UTC
+_now = dt.datetime.now
+_get_current_span = trace.get_current_span
+
+
+class AuditTrail:
+    """An audit trail writing to one store.
+
+    ``AuditTrail(url=None, *, service_name=None, mode="async", batch_size=...,
+    flush_interval=..., queue_size=...)``; any setting left ``None`` comes from the
+    ``OTEL_AUDIT_*`` environment, then the defaults (see :mod:`otel_audit.config`).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        service_name: str | None = None,
+        mode: str | None = None,
+        batch_size: int | None = None,
+        flush_interval: float | None = None,
+        queue_size: int | None = None,
+        enabled: bool | None = None,
+        policy: AuditPolicy | None = None,
+        **settings: Any,
+    ) -> None:
+        self.config: AuditConfig = resolve_config(
+            {
+                "url": url,
+                "service_name": service_name,
+                "mode": mode,
+                "batch_size": batch_size,
+                "flush_interval": flush_interval,
+                "queue_size": queue_size,
+                "enabled": enabled,
+                **settings,
+            }
+        )
+        self.policy = policy if policy is not None else AuditPolicy()
+        self.enabled = self.config.enabled
+        self.service_name = self.config.service_name
+        self.writer = StoreWriter(self.config.url, auto_migrate=self.config.auto_migrate)
+        self.pipeline = BatchPipeline(self.config, self.writer)
+        self._sync = self.config.mode == "sync"
+        self._closed = False
+        ref = weakref.ref(self)
+
+        def _at_exit() -> None:
+            trail = ref()
+            if trail is not None:
+                trail.shutdown()
+
+        atexit.register(_at_exit)
+
+    def __repr__(self) -> str:
+        url = self.writer.url.render_as_string(hide_password=True)
+        return f"AuditTrail(url={url!r}, mode={self.config.mode!r})"
+
+    # ------------------------------------------------------------------ recording
+
+    def build_record(
+        self,
+        action: str,
+        *,
+        user_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        resource_name: str | None = None,
+        user_email: str | None = None,
+        team_id: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        request_path: str | None = None,
+        request_method: str | None = None,
+        request_id: str | None = None,
+        old_values: Any = None,
+        new_values: Any = None,
+        changes: Any = None,
+        data_classification: str | None = None,
+        requires_review: bool | None = None,
+        success: bool = True,
+        error_message: str | None = None,
+        context: Any = None,
+        acting_as: str | None = None,
+        timestamp: dt.datetime | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        service_name: str | None = None,
+        apply_policy: bool = True,
+    ) -> AuditRecord:
+        """Build (but do not submit) a record with IDs, trace context and policy applied.
+
+        ``trace_id``/``span_id`` override the current span (ingest of records made
+        elsewhere); otherwise the current span context is captured, sampled or not.
+        """
+        record_id = uuid7().hex
+        if trace_id is None:
+            ctx = _get_current_span().get_span_context()
+            if ctx.is_valid:
+                trace_id = format(ctx.trace_id, "032x")
+                span_id = format(ctx.span_id, "016x")
+                correlation_id = trace_id
+            else:
+                correlation_id = _correlation_id.get() or record_id
+        else:
+            correlation_id = trace_id
+        req = _request_context.get()
+        if req is not None:
+            client_ip = client_ip if client_ip is not None else req.client_ip
+            user_agent = user_agent if user_agent is not None else req.user_agent
+            request_path = request_path if request_path is not None else req.request_path
+            request_method = request_method if request_method is not None else req.request_method
+            request_id = request_id if request_id is not None else req.request_id
+            user_id = user_id if user_id is not None else req.user_id
+            user_email = user_email if user_email is not None else req.user_email
+            team_id = team_id if team_id is not None else req.team_id
+            acting_as = acting_as if acting_as is not None else req.acting_as
+        if apply_policy:
+            policy = self.policy
+            try:
+                if data_classification is None:
+                    data_classification = policy.classify(resource_type)
+                requires_review = policy.requires_review(
+                    action, data_classification, resource_type, requires_review
+                )
+            except Exception:  # unhashable or odd values: the normaliser records them
+                requires_review = bool(requires_review)
+        return AuditRecord(
+            record_id,
+            timestamp if timestamp is not None else _now(_UTC),
+            action,
+            user_id,  # type: ignore[arg-type]  # None is normalised to "unknown" and noted
+            correlation_id,
+            trace_id,
+            span_id,
+            resource_type,
+            resource_id,
+            resource_name,
+            user_email,
+            team_id,
+            client_ip,
+            user_agent,
+            request_path,
+            request_method,
+            request_id,
+            old_values,
+            new_values,
+            changes,
+            data_classification,
+            bool(requires_review),
+            success,
+            error_message,
+            context,
+            service_name if service_name is not None else self.service_name,
+            acting_as,
+        )
+
+    def record(
+        self,
+        action: str,
+        *,
+        user_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        resource_name: str | None = None,
+        user_email: str | None = None,
+        team_id: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        request_path: str | None = None,
+        request_method: str | None = None,
+        request_id: str | None = None,
+        old_values: Any = None,
+        new_values: Any = None,
+        changes: Any = None,
+        data_classification: str | None = None,
+        requires_review: bool | None = None,
+        success: bool = True,
+        error_message: str | None = None,
+        context: Any = None,
+        acting_as: str | None = None,
+        timestamp: dt.datetime | None = None,
+        mode: str | None = None,
+    ) -> AuditRecord | None:
+        """Record one audit entry and return it (``None`` when the trail is disabled).
+
+        In ``async`` mode this never raises and does no I/O: the record is queued. In
+        ``sync`` mode (the trail's, or ``mode="sync"`` for this call) it returns after
+        the store commit and raises :class:`AuditWriteError` on failure.
+        """
+        if not self.enabled:
+            return None
+        try:
+            rec = self.build_record(
+                action,
+                user_id=user_id,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                resource_name=resource_name,
+                user_email=user_email,
+                team_id=team_id,
+                client_ip=client_ip,
+                user_agent=user_agent,
+                request_path=request_path,
+                request_method=request_method,
+                request_id=request_id,
+                old_values=old_values,
+                new_values=new_values,
+                changes=changes,
+                data_classification=data_classification,
+                requires_review=requires_review,
+                success=success,
+                error_message=error_message,
+                context=context,
+                acting_as=acting_as,
+                timestamp=timestamp,
+            )
+        except Exception:  # never break the caller in async mode
+            if mode == "sync" or (mode is None and self._sync):
+                raise
+            log_internal_error("build", logging.ERROR, "could not build audit record",
+                               exc_info=True)
+            return None
+        return self.submit(rec, mode=mode)
+
+    def submit(self, record: AuditRecord, *, mode: str | None = None) -> AuditRecord:
+        """Submit a built record in the trail's mode (or ``mode`` for this call)."""
+        if mode is None:
+            sync = self._sync
+        elif mode in ("sync", "async"):
+            sync = mode == "sync"
+        else:
+            raise ConfigError(f"mode must be 'async' or 'sync'; got {mode!r}")
+        if sync:
+            self.pipeline.write_now([record])
+        else:
+            self.pipeline.submit(record)
+        return record
+
+    def action(
+        self,
+        action: str,
+        *,
+        mode: str | None = None,
+        **fields: Any,
+    ) -> ActionScope:
+        """Record one entry when the block exits, with its outcome.
+
+        ::
+
+            with trail.action("delete_tool", resource_type="tool", resource_id=tid,
+                              user_id=user) as a:
+                a.old_values = tool.as_dict()
+                delete(tool)
+
+        ``success``/``error_message`` come from the block (an exception sets
+        ``success=False`` and propagates unchanged). Attributes set on the scope
+        (``a.new_values = ...``) are recorded too.
+        """
+        return ActionScope(self, action, mode, fields)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every record submitted so far is committed (or ``timeout``)."""
+        return self.pipeline.flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush (bounded by ``timeout``) and stop the worker. Idempotent."""
+        if self._closed:
+            return True
+        self._closed = True
+        return self.pipeline.shutdown(timeout)
+
+    def stats(self) -> AuditStats:
+        """Counters: enqueued, written, retried, failed, dropped, queue depth."""
+        return self.pipeline.stats()
+
+    def records(self, **filters: Any) -> list[AuditRecord]:
+        """Return stored records, newest first, after flushing this trail's own writes.
+
+        Filters: ``resource_type``, ``resource_id``, ``user_id``, ``action``,
+        ``trace_id``, ``start_time``, ``end_time``, ``limit`` (100), ``offset`` (0) and
+        ``after`` (keyset pagination: the last record of the previous page).
+        """
+        self.flush(self.config.shutdown_timeout)
+        self.writer.ensure_schema()
+        return query_records(self.writer.engine, **filters)
+
+
+class ActionScope:
+    """The object bound by ``with trail.action(...) as a``; set fields on it to record them."""
+
+    _FIELDS = frozenset(
+        {
+            "user_id", "resource_type", "resource_id", "resource_name", "user_email",
+            "team_id", "client_ip", "user_agent", "request_path", "request_method",
+            "request_id", "old_values", "new_values", "changes", "data_classification",
+            "requires_review", "context", "acting_as", "success", "error_message",
+        }
+    )
+
+    def __init__(self, trail: AuditTrail, action: str, mode: str | None,
+                 fields: Mapping[str, Any]) -> None:
+        unknown = set(fields) - self._FIELDS
+        if unknown:
+            raise TypeError(f"unknown audit field(s): {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "_trail", trail)
+        object.__setattr__(self, "_action", action)
+        object.__setattr__(self, "_mode", mode)
+        object.__setattr__(self, "_fields", dict(fields))
+        object.__setattr__(self, "record", None)
+
+    def __getattr__(self, name: str) -> Any:
+        fields = object.__getattribute__(self, "_fields")
+        if name in ActionScope._FIELDS:
+            return fields.get(name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._FIELDS:
+            raise AttributeError(f"{name!r} is not an audit field")
+        self._fields[name] = value
+
+    def __enter__(self) -> ActionScope:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        fields = dict(self._fields)
+        if exc is not None:
+            fields["success"] = False
+            if fields.get("error_message") is None:
+                fields["error_message"] = f"{type(exc).__name__}: {exc}"
+        try:
+            rec = self._trail.record(self._action, mode=self._mode, **fields)
+        except AuditWriteError:
+            if exc is None:
+                raise
+            rec = None  # never mask the block's own exception
+        object.__setattr__(self, "record", rec)
+
+
+# ---------------------------------------------------------------------- default trail
+
+_default_trail: AuditTrail | None = None
+_default_lock = threading.Lock()
+
+
+def configure(url: str | None = None, **settings: Any) -> AuditTrail:
+    """Create the process-wide default trail (replacing and shutting down any previous one)."""
+    global _default_trail
+    trail = AuditTrail(url, **settings)
+    with _default_lock:
+        previous, _default_trail = _default_trail, trail
+    if previous is not None:
+        previous.shutdown()
+    return trail
+
+
+def set_trail(trail: AuditTrail | None) -> AuditTrail | None:
+    """Install ``trail`` as the default (``None`` clears it); returns the previous one."""
+    global _default_trail
+    with _default_lock:
+        previous, _default_trail = _default_trail, trail
+    return previous
+
+
+def get_trail() -> AuditTrail:
+    """Return the default trail, creating it from the environment on first use."""
+    global _default_trail
+    trail = _default_trail
+    if trail is None:
+        with _default_lock:
+            if _default_trail is None:
+                _default_trail = AuditTrail()
+            trail = _default_trail
+    return trail
+

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with every extra, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[all]"
+.venv/bin/python -m ruff check otel_audit tests benchmarks
+.venv/bin/python -m mypy
+.venv/bin/python -m pytest "$@"
