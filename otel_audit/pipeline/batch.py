@@ -88,7 +88,7 @@ class BatchPipeline:
     def _init_state(self) -> None:
         self._queue: deque[AuditRecord | _FlushMarker] = deque()
         self._wake = threading.Event()
-        self._space = threading.Event()
+        self._space = threading.Condition(threading.Lock())
         self._stop = threading.Event()
         self._write_lock = threading.RLock()
         self._state_lock = threading.Lock()
@@ -128,19 +128,19 @@ class BatchPipeline:
     def _wait_for_room(self) -> bool:
         if self._closed:
             return False
-        self._space.clear()
         self._wake.set()
         if self._worker is None:
             self._start_worker()
-        self._space.wait(self.config.queue_full_timeout)
-        return len(self._queue) < self._queue_size
+        with self._space:
+            return self._space.wait_for(lambda: len(self._queue) < self._queue_size,
+                                        self.config.queue_full_timeout)
 
     def _drop(self, record: AuditRecord) -> bool:
         with self._state_lock:
             self._dropped += 1
             dropped = self._dropped
         log_internal_error(
-            "queue_full", logging.ERROR,
+            f"queue_full:{id(self)}", logging.ERROR,
             "audit queue full (%d records): dropped record %s (action=%s); %d dropped so far",
             self._queue_size, record.id, record.action, dropped,
         )
@@ -234,7 +234,8 @@ class BatchPipeline:
                     markers.append(item)
                     break
                 batch.append(item)
-            self._space.set()
+            with self._space:
+                self._space.notify_all()
             if batch:
                 with self._state_lock:
                     self._drained += len(batch)

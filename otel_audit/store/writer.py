@@ -90,11 +90,15 @@ def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             path = _sqlite_file(parsed)
-            if path is not None and not os.path.exists(path):
-                directory = os.path.dirname(os.path.abspath(path))
-                os.makedirs(directory, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             engine = create_engine(parsed, poolclass=NullPool, **kwargs)
+
+            @event.listens_for(engine, "do_connect")
+            def _create_private_file(*_: Any) -> None:
+                # created on first connect (never at construction), owner-only
+                if path is not None and not os.path.exists(path):
+                    directory = os.path.dirname(os.path.abspath(path))
+                    os.makedirs(directory, exist_ok=True)
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
             @event.listens_for(engine, "connect")
             def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -145,7 +149,7 @@ class StoreWriter:
                         f"{self.url.render_as_string(hide_password=True)}; "
                         "run `otel-audit migrate --db URL`"
                     )
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, OSError) as exc:
                 raise StoreError(f"cannot prepare the store: {exc}") from exc
             self._schema_ready = True
 
@@ -165,7 +169,7 @@ class StoreWriter:
                 self._write_generic(batch)
         except (DataError, SAIntegrityError) as exc:
             raise StoreError(f"store rejected the batch: {exc}", transient=False) from exc
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"store write failed: {exc}") from exc
 
     def _write_sqlite(self, batch: Sequence[PreparedRecord]) -> None:
