@@ -13,6 +13,7 @@ length check. Normalisation, chaining and I/O happen on the worker.
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
 import random
 import threading
@@ -84,6 +85,12 @@ class BatchPipeline:
                 pipeline._after_fork_in_child()
 
         os.register_at_fork(after_in_child=_after_fork)
+        # multiprocessing children leave through os._exit, which skips atexit, and clear
+        # finalisers right after fork: register the drain-on-exit from its after-fork hook
+        multiprocessing.util.register_after_fork(self, BatchPipeline._finalise_on_exit)
+
+    def _finalise_on_exit(self) -> None:
+        multiprocessing.util.Finalize(self, self.shutdown, exitpriority=100)
 
     def _init_state(self) -> None:
         self._queue: deque[AuditRecord | _FlushMarker] = deque()
@@ -106,10 +113,6 @@ class BatchPipeline:
         # worker, locks and connections, so no record is ever written twice.
         self._init_state()
         self.writer.dispose(close=False)
-        import multiprocessing.util
-
-        # multiprocessing children leave through os._exit, which skips atexit
-        multiprocessing.util.Finalize(self, self.shutdown, exitpriority=100)
 
     # ------------------------------------------------------------------ caller side
 
