@@ -15,6 +15,7 @@ from .errors import (
     QueryError,
     StoreError,
 )
+from .integrations.logging import AuditLogHandler
 from .pipeline.batch import AuditStats
 from .policy import REVIEW_REQUIRED_ACTIONS, AuditPolicy
 from .record import AuditAction, AuditRecord, DataClassification
@@ -27,6 +28,7 @@ __all__ = [
     "ActionScope",
     "AuditAction",
     "AuditError",
+    "AuditLogHandler",
     "AuditPolicy",
     "AuditRecord",
     "AuditStats",

@@ -85,6 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auto_migrate", "OTEL_AUDIT_AUTO_MIGRATE", None, _parse_bool,
             "Create or upgrade the schema on first use (default: on for SQLite, off "
             "elsewhere; run `otel-audit migrate`)."),
+    Setting("emit_otel_logs", "OTEL_AUDIT_EMIT_OTEL_LOGS", False, _parse_bool,
+            "Also emit every written record as an OpenTelemetry log record (event name "
+            "`audit`) through the `LoggerProvider`, after redaction and normalisation."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -106,6 +109,7 @@ class AuditConfig:
     retry_max_backoff: float = 30.0
     shutdown_timeout: float = 10.0
     auto_migrate: bool | None = None
+    emit_otel_logs: bool = False
 
     def replace(self, **changes: Any) -> AuditConfig:
         """Return a copy with ``changes`` applied and validated."""

@@ -20,12 +20,14 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry._logs import LoggerProvider
 from uuid_utils import uuid7
 
 from ._internal import log_internal_error
 from .config import AuditConfig, resolve_config
 from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, ConfigError
+from .mapping import AUDIT_EVENT_NAME
 from .pipeline.batch import AuditStats, BatchPipeline
 from .policy import AuditPolicy
 from .record import AuditRecord
@@ -37,6 +39,17 @@ __all__ = ["ActionScope", "AuditTrail", "configure", "get_trail", "set_trail"]
 _UTC = dt.UTC
 _now = dt.datetime.now
 _get_current_span = trace.get_current_span
+
+
+def _link_to_current_span(record_id: str) -> None:
+    """Point the current recording span at an audit row: an ``audit`` event with its ID.
+
+    Only recording spans are touched (a non-recording span costs one call). The
+    span processor recognises ``audit.record_id`` and never records such events again.
+    """
+    span = _get_current_span()
+    if span.is_recording():
+        span.add_event(AUDIT_EVENT_NAME, {"audit.record_id": record_id})
 
 
 class AuditTrail:
@@ -58,6 +71,7 @@ class AuditTrail:
         queue_size: int | None = None,
         enabled: bool | None = None,
         policy: AuditPolicy | None = None,
+        logger_provider: LoggerProvider | None = None,
         **settings: Any,
     ) -> None:
         self.config: AuditConfig = resolve_config(
@@ -77,6 +91,11 @@ class AuditTrail:
         self.service_name = self.config.service_name
         self.writer = StoreWriter(self.config.url, auto_migrate=self.config.auto_migrate)
         self.pipeline = BatchPipeline(self.config, self.writer)
+        if self.config.emit_otel_logs:
+            # imported only when asked for; runs on the worker after normalisation
+            from .integrations.otel_logs import OtelLogEmitter
+
+            self.pipeline.on_written.append(OtelLogEmitter(logger_provider))
         self._sync = self.config.mode == "sync"
         self._closed = False
         ref = weakref.ref(self)
@@ -151,6 +170,8 @@ class AuditTrail:
             user_email = user_email if user_email is not None else req.user_email
             team_id = team_id if team_id is not None else req.team_id
             acting_as = acting_as if acting_as is not None else req.acting_as
+            if req.extra and (context is None or isinstance(context, dict)):
+                context = {**req.extra, **(context or {})}  # request notes, caller wins
         if apply_policy:
             policy = self.policy
             try:
@@ -257,7 +278,9 @@ class AuditTrail:
             log_internal_error("build", logging.ERROR, "could not build audit record",
                                exc_info=True)
             return None
-        return self.submit(rec, mode=mode)
+        self.submit(rec, mode=mode)
+        _link_to_current_span(rec.id)
+        return rec
 
     def submit(self, record: AuditRecord, *, mode: str | None = None) -> AuditRecord:
         """Submit a built record in the trail's mode (or ``mode`` for this call)."""

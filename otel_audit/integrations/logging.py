@@ -1,0 +1,134 @@
+"""``AuditLogHandler``: audit records from ordinary Python logging calls.
+
+::
+
+    log.info("tool %s deleted", tid, extra={"audit": {"action": "DELETE",
+             "resource_type": "tool", "resource_id": tid, "user_id": user}})
+
+Only records carrying the ``audit`` key become audit records, so the handler can sit on
+the root logger. It runs on the caller's thread, so the trace and span IDs are those
+of the thread (or task) that logged. It never captures the library's own logger,
+anything logged while otel_audit works (:func:`~otel_audit._internal.is_suppressed`),
+or itself (a context-local re-entrancy guard).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from .._internal import is_suppressed, log_internal_error
+from ..trail import AuditTrail, _link_to_current_span, get_trail
+
+__all__ = ["AUDIT_FIELDS", "AuditLogHandler"]
+
+#: Keys accepted in ``extra={"audit": {...}}``: ``log_action``'s parameter names.
+AUDIT_FIELDS = frozenset({
+    "action", "user_id", "resource_type", "resource_id", "resource_name", "user_email",
+    "team_id", "client_ip", "user_agent", "request_path", "request_method", "request_id",
+    "old_values", "new_values", "changes", "data_classification", "requires_review",
+    "success", "error_message", "context", "acting_as", "details", "metadata",
+})
+
+_LIBRARY_LOGGER = "otel_audit"
+_in_handler: ContextVar[bool] = ContextVar("otel_audit_in_log_handler", default=False)
+_UTC = dt.UTC
+_from_timestamp = dt.datetime.fromtimestamp
+
+
+class AuditLogHandler(logging.Handler):
+    """A :class:`logging.Handler` that records ``extra={"audit": {...}}`` log records.
+
+    ``AuditLogHandler(level=NOTSET, *, trail=None, key="audit")``: writes to ``trail``
+    or, when ``None``, the default trail (:func:`otel_audit.get_trail`, looked up per
+    record). Works from ``logging.config.dictConfig`` as
+    ``{"class": "otel_audit.AuditLogHandler"}``.
+
+    The formatted message goes to ``context["message"]``, the logger name and level to
+    ``context["logger"]`` / ``context["level"]``; ``details``/``metadata`` are kept
+    under ``context`` as the compatibility service does. ``exc_info`` sets
+    ``success=False`` and ``error_message`` unless the audit dict says otherwise.
+    Override :meth:`audit_fields` to change the mapping.
+    """
+
+    def __init__(self, level: int | str = logging.NOTSET, *, trail: AuditTrail | None = None,
+                 key: str = "audit") -> None:
+        super().__init__(level)
+        self.trail = trail
+        self.key = key
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit without the handler lock: emission only queues a record."""
+        result: object = self.filter(record)
+        if isinstance(result, logging.LogRecord):  # Python 3.12+: filters may replace it
+            record = result
+        if result:
+            self.emit(record)
+        return bool(result)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Record ``record`` if it carries the audit key; never raises."""
+        audit = record.__dict__.get(self.key)
+        if audit is None:
+            return
+        name = record.name
+        if name == _LIBRARY_LOGGER or name.startswith("otel_audit."):
+            return
+        if _in_handler.get() or is_suppressed():
+            return
+        token = _in_handler.set(True)
+        try:
+            trail = self.trail if self.trail is not None else get_trail()
+            if not trail.enabled:
+                return
+            fields = self.audit_fields(record, audit)
+            action = fields.pop("action", None) or "LOG"
+            rec = trail.build_record(str(action), **fields)
+            trail.submit(rec)
+            _link_to_current_span(rec.id)
+        except Exception:  # a logging call must never fail because of auditing
+            log_internal_error("log_handler", logging.ERROR,
+                               "could not record audit entry from log record %s:%s",
+                               record.name, record.lineno, exc_info=True)
+        finally:
+            _in_handler.reset(token)
+
+    def audit_fields(self, record: logging.LogRecord, audit: Any) -> dict[str, Any]:
+        """Return ``build_record`` keyword arguments for ``record`` (``action`` included)."""
+        if not isinstance(audit, Mapping):
+            audit = {"action": str(audit)}
+        fields: dict[str, Any] = {}
+        context: dict[str, Any] = {}
+        for key, value in audit.items():
+            if key in ("details", "metadata"):
+                context[key] = value
+            elif key == "context":
+                if isinstance(value, Mapping):
+                    context.update(value)
+                elif value is not None:
+                    context["context"] = value
+            elif key in AUDIT_FIELDS:
+                fields[key] = value
+            else:  # unknown keys are kept, not lost, and not passed as keywords
+                context.setdefault("extra", {})[str(key)] = value
+        context.setdefault("message", self._message(record))
+        context.setdefault("logger", record.name)
+        context.setdefault("level", record.levelname)
+        fields["context"] = context
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            fields.setdefault("success", False)
+            if fields.get("error_message") is None:
+                fields["error_message"] = f"{type(exc).__name__}: {exc}"
+        fields["timestamp"] = _from_timestamp(record.created, _UTC)
+        return fields
+
+    @staticmethod
+    def _message(record: logging.LogRecord) -> str:
+        try:
+            return record.getMessage()
+        except Exception:  # bad %-args: keep the template rather than lose the audit
+            return str(record.msg)
