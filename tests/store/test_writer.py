@@ -1,0 +1,94 @@
+"""Store writers: idempotent replay, the generic path, permanent errors, schema checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from otel_audit import AuditTrail, StoreError
+from otel_audit.record import AuditRecord, normalise
+from otel_audit.store.reader import query_records
+from otel_audit.store.schema import audit_trails
+from otel_audit.store.writer import PreparedRecord, StoreWriter
+
+
+def prepared(n: int, start: int = 0) -> list[PreparedRecord]:
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    out = []
+    for i in range(start, start + n):
+        record = AuditRecord(id=f"{i:032x}", timestamp=base + dt.timedelta(seconds=i),
+                             action="READ", user_id="u", resource_id=str(i),
+                             new_values={"i": i})
+        out.append(PreparedRecord(*normalise(record)))
+    return out
+
+
+def count(writer: StoreWriter) -> int:
+    with writer.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(audit_trails)) or 0)
+
+
+def test_replaying_a_batch_never_duplicates(store_url: str) -> None:
+    writer = StoreWriter(store_url, auto_migrate=True)
+    batch = prepared(100)
+    writer.write(batch)
+    writer.write(batch)  # full replay
+    writer.write(prepared(50, start=80))  # overlapping replay: 20 old + 30 new
+    assert count(writer) == 130
+    rows = query_records(writer.engine, limit=1000)
+    assert len({r.id for r in rows}) == 130
+    assert rows[0].new_values == {"i": 129}
+    writer.dispose()
+
+
+def test_generic_dialect_path_is_idempotent(sqlite_url: str) -> None:
+    writer = StoreWriter(sqlite_url, auto_migrate=True)
+    writer.ensure_schema()
+    batch = prepared(20)
+    writer._write_generic(batch)
+    writer._write_generic(batch + prepared(5, start=20))
+    assert count(writer) == 25
+    [row] = query_records(writer.engine, resource_id="3")
+    assert row.new_values == {"i": 3}
+    writer.dispose()
+
+
+def test_missing_schema_without_auto_migrate_names_the_fix(pg_url: str) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=False)
+    with writer.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE audit_trails RENAME TO audit_trails_moved")
+    try:
+        with pytest.raises(StoreError, match="otel-audit migrate"):
+            writer.write(prepared(1))
+    finally:
+        with writer.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE audit_trails_moved RENAME TO audit_trails")
+        writer.dispose()
+
+
+def test_sqlite_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    trail = AuditTrail(f"sqlite:///{path}", mode="sync")
+    trail.record("READ", user_id="u")
+    trail.shutdown()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_store_rejection_isolates_the_bad_record(pg_url: str) -> None:
+    trail = AuditTrail(pg_url, flush_interval=0.01)
+
+    def corrupt(batch: list[PreparedRecord]) -> list[PreparedRecord]:
+        # a value PostgreSQL refuses after normalisation (as a buggy sealer could make)
+        return [p._replace(record=p.record._replace(request_method="X" * 11))
+                if p.record.resource_id == "bad" else p for p in batch]
+
+    trail.pipeline.sealers.append(corrupt)
+    for rid in ("ok", "bad", "ok2"):
+        trail.record("READ", user_id="u", resource_id=rid)
+    assert trail.flush(10)
+    assert {r.resource_id for r in trail.records()} == {"ok", "ok2"}
+    assert trail.stats().failed == 1
+    trail.shutdown()
