@@ -88,6 +88,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("emit_otel_logs", "OTEL_AUDIT_EMIT_OTEL_LOGS", False, _parse_bool,
             "Also emit every written record as an OpenTelemetry log record (event name "
             "`audit`) through the `LoggerProvider`, after redaction and normalisation."),
+    Setting("archive_dir", "OTEL_AUDIT_ARCHIVE_DIR", None, str,
+            "Directory of the retention's Parquet archives; `AuditAnalytics` and the CLI "
+            "query them together with the live store."),
+    Setting("trace_url", "OTEL_AUDIT_TRACE_URL", None, str,
+            "Link template to a trace viewer (Jaeger, Grafana Tempo) with `{trace_id}`, "
+            "rendered next to trace IDs in CLI output and notebooks."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -110,6 +116,8 @@ class AuditConfig:
     shutdown_timeout: float = 10.0
     auto_migrate: bool | None = None
     emit_otel_logs: bool = False
+    archive_dir: str | None = None
+    trace_url: str | None = None
 
     def replace(self, **changes: Any) -> AuditConfig:
         """Return a copy with ``changes`` applied and validated."""

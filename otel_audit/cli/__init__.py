@@ -5,12 +5,12 @@ Each command module registers its commands on the shared Typer app.
 
 from __future__ import annotations
 
-from . import core
+from . import analytics, core
 from ._app import app
 
 __all__ = ["app", "main"]
 
-_COMMAND_MODULES = (core,)
+_COMMAND_MODULES = (core, analytics)
 
 
 def main() -> None:

@@ -1,0 +1,114 @@
+"""DuckDB plumbing: offline extension loading, read-only attachment, the typed view.
+
+Why DuckDB 1.5.5 with the scanner extensions from PyPI wheels: DuckDB downloads its
+``sqlite_scanner``/``postgres_scanner`` extensions from the internet on first use, and
+DuckDB 2.0 has no PyPI package carrying them. The wheels
+``duckdb-extension-sqlite-scanner`` and ``duckdb-extension-postgres-scanner`` (pinned to
+the same version as ``duckdb``) ship the signed extension binaries inside the Python
+package, so we ``LOAD`` them by file path: no network, and nothing written to
+``~/.duckdb`` (an air-gapped auditor's laptop, a read-only home directory in CI).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import duckdb
+from sqlalchemy.engine import URL
+
+from ..errors import ConfigError, QueryError
+from ..store.schema import audit_trails
+
+__all__ = ["attach_store", "create_view", "load_extension", "sql_literal"]
+
+_JSON_TYPES = {"JSON", "JSONB"}
+
+
+def sql_literal(value: str) -> str:
+    """Quote ``value`` as a DuckDB string literal (for statements that take no parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Load DuckDB extension ``name`` from its PyPI wheel, falling back to DuckDB's cache."""
+    package = f"duckdb_extension_{name}"
+    try:
+        root = importlib.resources.files(package)
+        binary = root / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+        path = Path(str(binary))
+    except ModuleNotFoundError:
+        path = None
+    try:
+        if path is not None and path.is_file():
+            con.execute(f"LOAD {sql_literal(str(path))}")
+        else:  # an extension installed by other means (INSTALL while online)
+            con.execute(f"LOAD {name}")
+    except duckdb.Error as exc:
+        pip_name = package.replace("_", "-")
+        raise QueryError(
+            f"cannot load the DuckDB {name} extension: {exc}; install "
+            f"{pip_name}=={duckdb.__version__} (the same version as duckdb)"
+        ) from exc
+
+
+def attach_store(con: duckdb.DuckDBPyConnection, url: URL, alias: str = "live") -> str:
+    """Attach the store at ``url`` read-only as ``alias``; return the backend name."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database
+        if not database or database == ":memory:":
+            raise ConfigError("AuditAnalytics needs a SQLite file, not an in-memory database")
+        path = Path(database).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"no SQLite audit trail at {path}")
+        load_extension(con, "sqlite_scanner")
+        target = str(path.resolve())
+        kind = "sqlite"
+    elif backend == "postgresql":
+        load_extension(con, "postgres_scanner")
+        # libpq accepts a URI; the driver suffix (+psycopg) is SQLAlchemy's, not libpq's
+        target = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        kind = "postgres"
+    else:
+        raise ConfigError(f"AuditAnalytics reads SQLite or PostgreSQL stores, not {backend!r}")
+    try:
+        con.execute(f"ATTACH {sql_literal(target)} AS {alias} (TYPE {kind}, READ_ONLY)")
+    except duckdb.Error as exc:
+        safe = url.render_as_string(hide_password=True)
+        raise QueryError(f"cannot attach the audit trail at {safe}: {exc}") from exc
+    return backend
+
+
+def _typed_columns() -> str:
+    """The SELECT list giving every store the same types (TIMESTAMPTZ, JSON, BOOLEAN)."""
+    out = []
+    for column in audit_trails.columns:
+        name = f'"{column.name}"'
+        kind = type(column.type).__name__.upper()
+        if column.name == "timestamp":
+            # the session time zone is UTC, so SQLite's naive UTC text lands unchanged
+            expr = f"CAST({name} AS TIMESTAMPTZ)"
+        elif kind in _JSON_TYPES:
+            expr = f"CAST({name} AS JSON)"
+        elif kind == "BOOLEAN":
+            expr = f"CAST({name} AS BOOLEAN)"
+        elif kind == "BIGINTEGER":
+            expr = f"CAST({name} AS BIGINT)"
+        elif kind == "INTEGER":
+            expr = f"CAST({name} AS INTEGER)"
+        else:
+            expr = f"CAST({name} AS VARCHAR)"
+        out.append(f"{expr} AS {name}")
+    return ", ".join(out)
+
+
+def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | None) -> None:
+    """Create the temp view ``audit_trails`` over the live store and any Parquet archives."""
+    columns = _typed_columns()
+    select = f"SELECT {columns} FROM {live}.audit_trails"
+    if archive_glob is not None:
+        archived = (f"SELECT {columns} FROM read_parquet({sql_literal(archive_glob)}, "
+                    "union_by_name = true, hive_partitioning = false)")
+        select = f"{select} UNION ALL BY NAME {archived}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW audit_trails AS {select}")

@@ -1,0 +1,196 @@
+"""``AuditAnalytics``: SQL over the live trail (and its Parquet archives) with DuckDB.
+
+DuckDB runs in-process and attaches the store read-only (SQLite or PostgreSQL, live:
+no copy step). The temp view ``audit_trails`` gives every store the same typed columns
+(TIMESTAMPTZ, JSON, BOOLEAN); the session time zone is UTC. User queries are checked
+by DuckDB's own parser: only ``SELECT`` and ``EXPLAIN`` run, so nothing reachable
+through this class can modify the store or write files; the read-only attachment is
+the second lock.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from .._internal import log_internal_error
+from ..config import normalise_database_url, resolve_config
+from ..errors import AuditError, QueryError
+from ._duck import attach_store, create_view
+
+if TYPE_CHECKING:
+    from ..trail import AuditTrail
+
+__all__ = ["AuditAnalytics"]
+
+_READ_ONLY_TYPES = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
+class AuditAnalytics:
+    """DuckDB over one audit trail, read-only.
+
+    ``AuditAnalytics(url_or_trail=None, *, archive_dir=None, audit_reads=False,
+    reader=None)``: ``url_or_trail`` is a SQLAlchemy URL or an :class:`AuditTrail`
+    (default: ``OTEL_AUDIT_DATABASE_URL``). ``archive_dir`` (default
+    ``OTEL_AUDIT_ARCHIVE_DIR``) adds the retention's Parquet archives to the view.
+    With ``audit_reads=True`` every query and report is itself recorded in the trail
+    as ``audit.read`` by ``reader`` (default: the operating-system user), as PCI DSS
+    10.2.1.3 asks for access to audit logs.
+    """
+
+    def __init__(
+        self,
+        url_or_trail: str | AuditTrail | None = None,
+        *,
+        archive_dir: str | os.PathLike[str] | None = None,
+        audit_reads: bool = False,
+        reader: str | None = None,
+    ) -> None:
+        from ..trail import AuditTrail
+
+        self._trail: AuditTrail | None = None
+        self._owns_trail = False
+        if isinstance(url_or_trail, AuditTrail):
+            self._trail = url_or_trail
+            config = url_or_trail.config
+            url_or_trail.flush()  # a caller's own writes are visible to its analysis
+        else:
+            config = resolve_config({"url": url_or_trail})
+        self.url = normalise_database_url(config.url)
+        archive = archive_dir if archive_dir is not None else config.archive_dir
+        self.archive_dir: Path | None = Path(archive) if archive else None
+        self.audit_reads = audit_reads
+        self.reader = reader or _os_user()
+        self.con = duckdb.connect(":memory:")
+        try:
+            # UTC everywhere: SQLite stores naive UTC text, and reports bucket by UTC day/hour
+            self.con.execute("SET TimeZone = 'UTC'")
+            self.backend = attach_store(self.con, self.url)
+            create_view(self.con, "live", self._archive_glob())
+        except BaseException:
+            self.con.close()
+            raise
+
+    def __repr__(self) -> str:
+        url = self.url.render_as_string(hide_password=True)
+        return f"AuditAnalytics(url={url!r}, archive_dir={self.archive_dir!r})"
+
+    def _archive_glob(self) -> str | None:
+        if self.archive_dir is None or not self.archive_dir.is_dir():
+            return None
+        if next(self.archive_dir.rglob("*.parquet"), None) is None:
+            return None
+        return str(self.archive_dir.resolve() / "**" / "*.parquet")
+
+    # ---------------------------------------------------------------- querying
+
+    def sql(self, query: str, params: Mapping[str, Any] | list[Any] | None = None,
+            *, report: str | None = None) -> duckdb.DuckDBPyRelation:
+        """Run one read-only query over the view ``audit_trails``; parameters are bound.
+
+        Returns a :class:`duckdb.DuckDBPyRelation` (``.df()``, ``.pl()``, ``.arrow()``,
+        ``.fetchall()``). Raises :class:`QueryError` for anything but ``SELECT`` /
+        ``EXPLAIN`` and for DuckDB errors.
+        """
+        try:
+            statements = self.con.extract_statements(query)
+        except duckdb.Error as exc:
+            raise QueryError(f"invalid SQL: {exc}") from exc
+        if len(statements) != 1:
+            raise QueryError(f"expected exactly one statement, got {len(statements)}")
+        kind = statements[0].type
+        if kind not in _READ_ONLY_TYPES:
+            raise QueryError(
+                f"the audit trail is read-only: {kind.name} statements are not allowed "
+                "(only SELECT and EXPLAIN)")
+        self._audit_read(query, report, params)
+        try:
+            return self.con.sql(query, params=_bindable(params))
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from exc
+
+    def report(self, name: str, **params: Any) -> duckdb.DuckDBPyRelation:
+        """Run the named compliance report (see :func:`otel_audit.analytics.list_reports`)."""
+        from .catalog import get_report
+
+        found = get_report(name)
+        return self.sql(found.sql, found.bind(params), report=name)
+
+    def copy_to(self, query: str, params: Mapping[str, Any] | None, path: str | Path,
+                fmt: str) -> None:
+        """Write the result of a read-only ``query`` to ``path`` (``parquet``, ``csv``,
+        ``jsonl``) with DuckDB's own ``COPY`` (no pyarrow needed)."""
+        self.sql(query, params, report="export")  # validates (and audits) the query
+        options = {"parquet": "FORMAT parquet, COMPRESSION zstd",
+                   "csv": "FORMAT csv, HEADER true",
+                   "jsonl": "FORMAT json"}
+        if fmt not in options:
+            raise QueryError(f"unknown export format {fmt!r}; expected {', '.join(options)}")
+        target = "'" + str(path).replace("'", "''") + "'"
+        try:
+            self.con.execute(f"COPY ({query}) TO {target} ({options[fmt]})", _bindable(params))
+        except duckdb.Error as exc:
+            raise QueryError(f"export failed: {exc}") from exc
+
+    # ------------------------------------------------------------- audited reads
+
+    def _audit_read(self, query: str, report: str | None,
+                    params: Mapping[str, Any] | list[Any] | None) -> None:
+        if not self.audit_reads:
+            return
+        try:
+            trail = self._reads_trail()
+            context: dict[str, Any] = {"query": query[:4000]}
+            if report is not None:
+                context["report"] = report
+            if params:
+                context["params"] = dict(params) if isinstance(params, Mapping) else list(params)
+            trail.record("audit.read", user_id=self.reader, resource_type="audit_trail",
+                         resource_id=report or "query", context=context)
+        except AuditError as exc:  # a failing audit of a read never blocks the read
+            log_internal_error("analytics.audit_read", 40, "could not audit a trail read: %s",
+                               exc)
+
+    def _reads_trail(self) -> AuditTrail:
+        from ..trail import AuditTrail
+
+        if self._trail is None:
+            self._trail = AuditTrail(self.url.render_as_string(hide_password=False),
+                                     service_name="otel-audit-analytics")
+            self._owns_trail = True
+        return self._trail
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Close DuckDB (and flush the trail used for audited reads, if this opened it)."""
+        if self._owns_trail and self._trail is not None:
+            self._trail.shutdown()
+            self._trail = None
+        self.con.close()
+
+    def __enter__(self) -> AuditAnalytics:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _bindable(params: Mapping[str, Any] | list[Any] | None) -> dict[str, Any] | list[Any] | None:
+    if params is None:
+        return None
+    return dict(params) if isinstance(params, Mapping) else list(params)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"

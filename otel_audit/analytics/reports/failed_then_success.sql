@@ -1,0 +1,27 @@
+-- name: failed_then_success
+-- description: Several consecutive failures of one action by one user followed by a success within a window (brute force, credential stuffing).
+-- controls: PCI DSS 10.2.1.4; PCI DSS 8.3.4; SOC 2 CC6.1; NIST 800-53 AU-6; NIST 800-53 AC-7
+-- param: min_failures INTEGER = 3 | Fewest consecutive failures before the success
+-- param: window_minutes INTEGER = 10 | Longest time from the first failure to the success
+WITH ordered AS (
+    SELECT *,
+           coalesce(sum(CAST(success AS INTEGER)) OVER (
+               PARTITION BY user_id, action ORDER BY "timestamp", id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS run
+    FROM audit_trails
+), runs AS (
+    SELECT user_id, action, run,
+           count(*) FILTER (WHERE NOT success) AS failures,
+           min("timestamp") FILTER (WHERE NOT success) AS first_failure,
+           max("timestamp") FILTER (WHERE success) AS success_at,
+           any_value(trace_id) FILTER (WHERE success) AS trace_id,
+           list(DISTINCT client_ip ORDER BY client_ip) AS client_ips
+    FROM ordered
+    GROUP BY user_id, action, run
+)
+SELECT user_id, action, failures, first_failure, success_at, client_ips, trace_id
+FROM runs
+WHERE success_at IS NOT NULL
+  AND failures >= $min_failures::INTEGER
+  AND success_at - first_failure <= to_minutes(CAST($window_minutes AS BIGINT))
+ORDER BY success_at, user_id
