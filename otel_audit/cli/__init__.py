@@ -5,12 +5,12 @@ Each command module registers its commands on the shared Typer app.
 
 from __future__ import annotations
 
-from . import analytics, core
+from . import analytics, core, serve
 from ._app import app
 
 __all__ = ["app", "main"]
 
-_COMMAND_MODULES = (core, analytics)
+_COMMAND_MODULES = (core, serve, analytics)
 
 
 def main() -> None:

@@ -1,0 +1,229 @@
+"""OTLP/HTTP logs wire format: request decoding, AnyValue conversion, response encoding.
+
+Accepts exactly what the OpenTelemetry SDK exporters and the Collector's ``otlphttp``
+exporter send: ``application/x-protobuf`` or ``application/json`` bodies, optionally
+``gzip``/``deflate`` compressed. Decompression is bounded so a small compressed body
+cannot expand past the configured limit.
+
+OTLP/JSON differs from the protobuf JSON mapping in one place that matters here:
+``traceId`` and ``spanId`` are hex strings, not base64 (OTLP specification, "JSON
+Protobuf Encoding"); they are rewritten before ``json_format`` parses the document.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+__all__ = [
+    "JSON",
+    "PROTOBUF",
+    "BadRequest",
+    "LogEntry",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "any_value",
+    "attributes",
+    "decode_request",
+    "encode_response",
+    "encode_status",
+    "iter_log_entries",
+    "media_type",
+    "trace_ids",
+]
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+
+
+class BadRequest(ValueError):
+    """The body is not a valid ``ExportLogsServiceRequest`` (HTTP 400)."""
+
+
+class PayloadTooLarge(ValueError):
+    """The body, compressed or not, is larger than the configured limit (HTTP 413)."""
+
+
+class UnsupportedMediaType(ValueError):
+    """Content type or content encoding this receiver does not speak (HTTP 415)."""
+
+
+def media_type(content_type: str | None) -> str:
+    """Return the request's OTLP media type, or raise :class:`UnsupportedMediaType`."""
+    value = (content_type or "").split(";", 1)[0].strip().lower()
+    if value not in (PROTOBUF, JSON):
+        raise UnsupportedMediaType(
+            f"content type {value or '(none)'!r} is not supported; "
+            f"send {PROTOBUF} or {JSON}"
+        )
+    return value
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` without ever producing more than ``limit`` bytes."""
+    enc = (encoding or "").strip().lower()
+    if enc not in _ENCODINGS:
+        raise UnsupportedMediaType(f"content encoding {enc!r} is not supported (use gzip)")
+    if enc in ("", "identity"):
+        return body
+    # wbits 31: gzip container; 15: zlib container, which is what HTTP "deflate" means
+    decoder = zlib.decompressobj(31 if "gzip" in enc else 15)
+    try:
+        data = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"body is not valid {enc} data: {exc}") from exc
+    if len(data) > limit or decoder.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+    if not decoder.eof:
+        raise BadRequest(f"truncated {enc} body")
+    return data
+
+
+def _hex_ids_to_base64(document: Any) -> None:
+    """Rewrite OTLP/JSON hex trace/span IDs into the base64 ``json_format`` expects."""
+    if not isinstance(document, dict):
+        raise BadRequest("OTLP/JSON body must be an object")
+    for resource_logs in _list(document, "resourceLogs", "resource_logs"):
+        for scope_logs in _list(resource_logs, "scopeLogs", "scope_logs"):
+            for log_record in _list(scope_logs, "logRecords", "log_records"):
+                if not isinstance(log_record, dict):
+                    continue
+                for key in ("traceId", "trace_id", "spanId", "span_id"):
+                    value = log_record.get(key)
+                    if isinstance(value, str) and value:
+                        try:
+                            raw = bytes.fromhex(value)
+                        except ValueError as exc:
+                            raise BadRequest(f"{key} {value!r} is not hex") from exc
+                        log_record[key] = base64.b64encode(raw).decode("ascii")
+
+
+def _list(obj: Any, camel: str, snake: str) -> list[Any]:
+    if not isinstance(obj, dict):
+        return []
+    value = obj.get(camel, obj.get(snake))
+    return value if isinstance(value, list) else []
+
+
+def decode_request(body: bytes, media: str) -> ExportLogsServiceRequest:
+    """Parse a decompressed body of type ``media`` into an ``ExportLogsServiceRequest``."""
+    request = ExportLogsServiceRequest()
+    if media == PROTOBUF:
+        try:
+            request.ParseFromString(body)
+        except (DecodeError, RecursionError) as exc:
+            raise BadRequest(f"body is not a valid ExportLogsServiceRequest: {exc}") from exc
+        return request
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    _hex_ids_to_base64(document)
+    try:
+        # the OTLP specification requires receivers to ignore unknown JSON fields
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise BadRequest(f"body is not a valid OTLP/JSON logs request: {exc}") from exc
+    return request
+
+
+def _encode(message: Message, media: str) -> bytes:
+    if media == JSON:
+        return str(json_format.MessageToJson(message, indent=None)).encode("utf-8")
+    return bytes(message.SerializeToString())
+
+
+def encode_response(rejected: int, message: str, media: str) -> bytes:
+    """Encode an ``ExportLogsServiceResponse`` (with ``partial_success`` when rejecting)."""
+    response = ExportLogsServiceResponse()
+    if rejected or message:
+        response.partial_success.rejected_log_records = rejected
+        response.partial_success.error_message = message
+    return _encode(response, media)
+
+
+def encode_status(code: int, message: str, media: str) -> bytes:
+    """Encode the ``google.rpc.Status`` body OTLP/HTTP prescribes for error responses."""
+    return _encode(status_pb2.Status(code=code, message=message), media)
+
+
+# ----------------------------------------------------------------------- values
+
+
+def any_value(value: AnyValue) -> Any:
+    """Convert an OTLP ``AnyValue`` into the equivalent Python value (recursively)."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "kvlist_value":
+        return attributes(value.kvlist_value.values)
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "bytes_value":
+        # stored as text: base64 is how OTLP/JSON spells bytes
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    return getattr(value, kind)
+
+
+def attributes(pairs: Any) -> dict[str, Any]:
+    """Convert repeated ``KeyValue`` into a ``dict`` (a later duplicate key wins)."""
+    out: dict[str, Any] = {}
+    pair: KeyValue
+    for pair in pairs:
+        out[pair.key] = any_value(pair.value)
+    return out
+
+
+class LogEntry(NamedTuple):
+    """One log record of a request with its resource attributes and a stable digest."""
+
+    log: LogRecord
+    resource: Mapping[str, Any]
+    digest: bytes
+
+
+def _hex_id(raw: bytes) -> str | None:
+    if not raw or not any(raw):
+        return None
+    return binascii.hexlify(raw).decode("ascii")
+
+
+def iter_log_entries(request: ExportLogsServiceRequest) -> Iterator[LogEntry]:
+    """Yield every log record of ``request`` with its resource attributes.
+
+    ``digest`` hashes the record together with its resource and scope, so a batch that
+    a Collector or SDK retries yields the same digests again (see ``ingest``).
+    """
+    for resource_logs in request.resource_logs:
+        resource = attributes(resource_logs.resource.attributes)
+        resource_bytes = resource_logs.resource.SerializeToString(deterministic=True)
+        for scope_logs in resource_logs.scope_logs:
+            scope_bytes = scope_logs.scope.SerializeToString(deterministic=True)
+            for log in scope_logs.log_records:
+                digest = hashlib.sha256(resource_bytes)
+                digest.update(b"\x00")
+                digest.update(scope_bytes)
+                digest.update(b"\x00")
+                digest.update(log.SerializeToString(deterministic=True))
+                yield LogEntry(log, resource, digest.digest())
+
+
+def trace_ids(log: LogRecord) -> tuple[str | None, str | None]:
+    """Return the log record's (trace ID, span ID) as lowercase hex, ``None`` when unset."""
+    return _hex_id(log.trace_id), _hex_id(log.span_id)
