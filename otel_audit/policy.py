@@ -9,7 +9,8 @@ deletions of tools, servers and gateways require review. An explicit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .record import DataClassification
@@ -57,9 +58,24 @@ class AuditPolicy:
         {DataClassification.CONFIDENTIAL.value, DataClassification.RESTRICTED.value}
     )
     review_delete_resource_types: frozenset[str] = frozenset({"tool", "server", "gateway"})
+    _decide: Callable[[str | None, str | None], tuple[str | None, bool]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "review_actions", _lower(self.review_actions))
+        # the common case (nothing explicit) is a pure function of two strings: cache it
+        cached = functools.lru_cache(maxsize=4096)(self._decide_uncached)
+        object.__setattr__(self, "_decide", cached)
+
+    def decide(self, action: str | None, resource_type: str | None) -> tuple[str | None, bool]:
+        """Return ``(classification, requires_review)`` when neither was given explicitly."""
+        return self._decide(action, resource_type)
+
+    def _decide_uncached(self, action: str | None, resource_type: str | None
+                         ) -> tuple[str | None, bool]:
+        classification = self.classify(resource_type)
+        return classification, self.requires_review(action, classification, resource_type)
 
     def classify(self, resource_type: str | None) -> str | None:
         """Return the classification of ``resource_type`` (``None`` when unknown)."""

@@ -1,0 +1,271 @@
+"""Throughput of the audit trail against the store's own limit and the seed's pattern.
+
+For SQLite and PostgreSQL, in one run, on the same table:
+
+* end-to-end records/s: ``trail.record()`` for N records until ``flush()`` returns
+  (everything committed);
+* the store's limit: the same rows, pre-built, through the raw driver
+  (``executemany`` on SQLite, ``COPY`` on PostgreSQL), batches of the trail's size;
+* the seed's pattern: one ORM session, ``add``, ``commit``, ``refresh`` per record.
+
+Then the caller's cost: the median microseconds of one ``record()`` with the worker
+running, next to the OpenTelemetry SDK's ``Logger.emit`` (``BatchLogRecordProcessor``,
+a no-op exporter, the same attributes).
+
+Targets: end-to-end >= 0.7x the raw limit and >= 50x the seed's pattern;
+``record()`` <= 0.3x ``Logger.emit``.
+
+Usage: ``python benchmarks/throughput.py [--records N] [--pg URL] [--quick]``
+(PostgreSQL from ``--pg`` or ``OTEL_AUDIT_TEST_POSTGRES_URL``; a scratch database is
+created and dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, registry
+
+from otel_audit import AuditTrail
+from otel_audit.record import normalise
+from otel_audit.store.migrate import upgrade
+from otel_audit.store.schema import audit_trails
+from otel_audit.store.writer import ALL_COLUMNS, PreparedRecord, create_store_engine, to_row
+
+ATTRS = {
+    "user_id": "alice",
+    "user_email": "alice@example.com",
+    "team_id": "payments",
+    "resource_type": "tool",
+    "client_ip": "10.0.0.1",
+    "request_method": "PUT",
+    "request_path": "/tools/t-1",
+    "old_values": {"enabled": True, "timeout": 5},
+    "new_values": {"enabled": True, "timeout": 6},
+}
+
+
+def fields(i: int) -> dict[str, Any]:
+    return {**ATTRS, "resource_id": f"t-{i}"}
+
+
+# ----------------------------------------------------------------------------- stores
+
+
+@contextmanager
+def sqlite_store() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield f"sqlite:///{tmp}/bench.db"
+
+
+@contextmanager
+def postgres_store(admin: str) -> Iterator[str]:
+    name = f"otel_audit_bench_{uuid.uuid4().hex[:8]}"
+    admin_url = make_url(admin).set(drivername="postgresql+psycopg")
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def reset(url: str) -> None:
+    engine = create_store_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(audit_trails.delete())
+    engine.dispose()
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def end_to_end(url: str, n: int, batch: int) -> float:
+    reset(url)
+    trail = AuditTrail(url, batch_size=batch, queue_size=max(n, 65536))
+    trail.writer.ensure_schema()
+    gc.collect()
+    start = time.perf_counter()
+    for i in range(n):
+        trail.record("UPDATE", **fields(i))
+    assert trail.flush(600)
+    elapsed = time.perf_counter() - start
+    assert trail.stats().written == n
+    trail.shutdown()
+    return n / elapsed
+
+
+def raw_limit(url: str, n: int, batch: int) -> float:
+    reset(url)
+    trail = AuditTrail(url, enabled=True)
+    sqlite = url.startswith("sqlite")
+    rows = [to_row(PreparedRecord(*normalise(trail.build_record("UPDATE", **fields(i)))),
+                   sqlite=sqlite) for i in range(n)]
+    trail.shutdown()
+    cols = ", ".join(ALL_COLUMNS)
+    engine = create_store_engine(url)
+    with engine.connect() as conn:
+        dbapi = conn.connection.driver_connection
+        gc.collect()
+        start = time.perf_counter()
+        if sqlite:
+            marks = ", ".join("?" * len(ALL_COLUMNS))
+            for i in range(0, n, batch):
+                dbapi.executemany(f"INSERT INTO audit_trails ({cols}) VALUES ({marks})",  # type: ignore[union-attr]
+                                  rows[i:i + batch])
+                dbapi.commit()  # type: ignore[union-attr]
+        else:
+            for i in range(0, n, batch):
+                with dbapi.cursor() as cur, cur.copy(  # type: ignore[union-attr]
+                        f"COPY audit_trails ({cols}) FROM STDIN") as copy:
+                    for row in rows[i:i + batch]:
+                        copy.write_row(row)
+                dbapi.commit()  # type: ignore[union-attr]
+        elapsed = time.perf_counter() - start
+    engine.dispose()
+    return n / elapsed
+
+
+class SeedAuditTrail:
+    """The seed's ORM model over the same table."""
+
+
+registry().map_imperatively(SeedAuditTrail, audit_trails)
+
+
+def seed_pattern(url: str, n: int) -> float:
+    reset(url)
+    engine = create_store_engine(url)
+    gc.collect()
+    start = time.perf_counter()
+    for i in range(n):
+        db = Session(engine)
+        entry = SeedAuditTrail()
+        values = {"id": uuid.uuid4().hex, "timestamp": dt.datetime.now(dt.UTC),
+                  "correlation_id": uuid.uuid4().hex, "action": "UPDATE",
+                  "requires_review": False, "success": True, "schema_version": 1, **fields(i)}
+        for key, value in values.items():
+            setattr(entry, key, value)
+        db.add(entry)
+        db.commit()
+        db.refresh(entry)
+        db.close()
+    elapsed = time.perf_counter() - start
+    engine.dispose()
+    return n / elapsed
+
+
+def median_us(call: Callable[[int], object], n: int) -> float:
+    timer = time.perf_counter_ns
+    samples = []
+    for i in range(n):
+        t0 = timer()
+        call(i)
+        samples.append(timer() - t0)
+    return statistics.median(samples) / 1000
+
+
+def caller_cost(url: str, n: int) -> tuple[float, float]:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import (
+        BatchLogRecordProcessor,
+        LogRecordExporter,
+        LogRecordExportResult,
+    )
+
+    class NoopExporter(LogRecordExporter):
+        def export(self, batch: Any) -> LogRecordExportResult:
+            return LogRecordExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
+    provider = LoggerProvider()
+    provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
+    logger = provider.get_logger("bench")
+    otel_attrs = {"audit.action": "UPDATE", "audit.resource.type": "tool",
+                  "user.id": "alice", "user.email": "alice@example.com",
+                  "audit.team.id": "payments", "client.address": "10.0.0.1",
+                  "http.request.method": "PUT", "url.path": "/tools/t-1",
+                  "audit.old_values": '{"enabled":true,"timeout":5}',
+                  "audit.new_values": '{"enabled":true,"timeout":6}'}
+
+    reset(url)
+    trail = AuditTrail(url, queue_size=4 * n)
+    trail.writer.ensure_schema()
+    # interleave rounds so both sides see the same machine noise
+    ours, theirs = [], []
+    for _ in range(5):
+        gc.collect()
+        ours.append(median_us(lambda i: trail.record("UPDATE", **fields(i)), n // 5))
+        gc.collect()
+        theirs.append(median_us(
+            lambda i: logger.emit(body="audit", attributes={**otel_attrs, "audit.resource.id": f"t-{i}"},
+                                  event_name="audit"), n // 5))
+    trail.flush(600)
+    trail.shutdown()
+    provider.shutdown()
+    return statistics.median(ours), statistics.median(theirs)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--seed-records", type=int, default=2_000)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--pg", default=os.environ.get("OTEL_AUDIT_TEST_POSTGRES_URL"))
+    parser.add_argument("--quick", action="store_true", help="small sizes, smoke test")
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.seed_records = 5_000, 300
+
+    stores: list[tuple[str, Any]] = [("sqlite", sqlite_store())]
+    if args.pg:
+        stores.append(("postgresql", postgres_store(args.pg)))
+    else:
+        print("postgresql: skipped (no --pg and no OTEL_AUDIT_TEST_POSTGRES_URL)")
+
+    print(f"records={args.records} batch={args.batch} seed_records={args.seed_records}")
+    for name, manager in stores:
+        with manager as url:
+            e2e = end_to_end(url, args.records, args.batch)
+            raw = raw_limit(url, args.records, args.batch)
+            seed = seed_pattern(url, args.seed_records)
+            e2e_ratio, seed_ratio = e2e / raw, e2e / seed
+            print(f"{name:10s} end-to-end {e2e:10,.0f} rec/s | raw limit {raw:10,.0f} rec/s | "
+                  f"seed pattern {seed:8,.0f} rec/s")
+            print(f"{name:10s} end-to-end / raw = {e2e_ratio:.2f}x (target >= 0.70) "
+                  f"{'OK' if e2e_ratio >= 0.7 else 'MISS'} | "
+                  f"end-to-end / seed = {seed_ratio:.0f}x (target >= 50) "
+                  f"{'OK' if seed_ratio >= 50 else 'MISS'}")
+    with sqlite_store() as url:
+        ours, theirs = caller_cost(url, min(args.records, 50_000))
+    ratio = ours / theirs
+    print(f"caller     record() median {ours:.2f} us | OTel Logger.emit median {theirs:.2f} us | "
+          f"ratio {ratio:.2f}x (target <= 0.30) {'OK' if ratio <= 0.3 else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
