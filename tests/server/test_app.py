@@ -263,3 +263,15 @@ def test_default_ack_mode_follows_available_modes(monkeypatch: pytest.MonkeyPatc
 def test_async_is_not_an_acknowledgement_mode(ingest_trail: AuditTrail) -> None:
     with pytest.raises(ValueError, match="ack_mode"):
         IngestApp(ingest_trail, ack_mode="async")
+
+
+def test_default_ack_mode_stores_everything(make_app: Callable[..., IngestApp],
+                                            ingest_trail: AuditTrail) -> None:
+    app = make_app(ack_mode=None)
+    assert app.ack_mode == default_ack_mode()
+    with running(app) as c:
+        r = c.post("/v1/logs", content=protobuf_body(log_request(audit_logs(6))),
+                   headers=PROTOBUF_GZIP)
+        assert r.status_code == 200
+    # the app's shutdown flushed the trail: what was acknowledged is in the store
+    assert len(ingest_trail.records(trace_id=TRACE_ID)) == 6

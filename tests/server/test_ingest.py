@@ -1,0 +1,77 @@
+"""OTLP decoding and the log record -> audit record conversion (no HTTP)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+import zlib
+
+import pytest
+from otlp_helpers import SPAN_ID, TRACE_ID, any_value, audit_logs, log_request
+
+from otel_audit import AuditTrail
+from otel_audit.server import otlp
+from otel_audit.server.ingest import records_from_request, stable_record_id
+
+
+def test_any_value_converts_every_kind() -> None:
+    value = {"s": "x", "b": True, "i": 7, "d": 1.5, "raw": b"\x00\x01",
+             "list": [1, "two", {"three": 3}], "empty": {}}
+    converted = otlp.any_value(any_value(value))
+    assert converted == {**value, "raw": base64.b64encode(b"\x00\x01").decode()}
+    assert otlp.any_value(otlp.AnyValue()) is None
+
+
+def test_audit_detection_and_mapping(ingest_trail: AuditTrail) -> None:
+    request = log_request([
+        {"event_name": "audit", "body": "EXPORT", "trace_id": TRACE_ID, "span_id": SPAN_ID,
+         "attributes": {"user.id": "alice", "enduser.id": "ignored",
+                        "audit.requires_review": "true", "audit.context": {"ticket": 9}}},
+        {"attributes": {"audit.action": "READ", "event.name": "other"}},  # attribute marks it
+        {"attributes": {"event.name": "audit"}, "body": {"structured": 1}},  # legacy event name
+        {"body": "an ordinary log line"},
+    ], service_name=None)
+    batch = records_from_request(ingest_trail, request)
+    assert batch.rejected == 1
+    first, second, third = batch.records
+    assert (first.action, first.user_id, first.requires_review) == ("EXPORT", "alice", True)
+    assert (first.trace_id, first.span_id, first.correlation_id) == (TRACE_ID, SPAN_ID, TRACE_ID)
+    assert first.context == {"ticket": 9}
+    assert first.service_name == "ingest"  # no service.name on the resource: the trail's
+    assert second.action == "READ" and second.trace_id is None
+    assert second.correlation_id == second.id  # stable too, so replays agree
+    assert third.action == "audit"  # no action attribute and a non-string body
+
+
+def test_ids_are_stable_across_replays_and_time_ordered(ingest_trail: AuditTrail) -> None:
+    request = log_request(audit_logs(3))
+    first = [r.id for r in records_from_request(ingest_trail, request).records]
+    again = [r.id for r in records_from_request(ingest_trail, request).records]
+    assert first == again and len(set(first)) == 3
+    parsed = uuid.UUID(hex=first[0])
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert int(first[0][:12], 16) == 1_700_000_000_000  # the record's own millisecond
+    assert stable_record_id(2_000_000, b"\xff" * 32) > stable_record_id(1_000_000, b"\xff" * 32)
+
+
+def test_record_id_attribute_is_kept(ingest_trail: AuditTrail) -> None:
+    request = log_request([{"attributes": {"audit.action": "X", "audit.record_id": "abc123"}}])
+    (record,) = records_from_request(ingest_trail, request).records
+    assert record.id == "abc123"
+
+
+def test_decompress_gzip_deflate_identity_and_limits() -> None:
+    data = b"payload" * 100
+    assert otlp.decompress(zlib.compress(data), "deflate", 10_000) == data
+    assert otlp.decompress(data, None, 10_000) == data
+    with pytest.raises(otlp.PayloadTooLarge):
+        otlp.decompress(zlib.compress(data), "deflate", 100)
+    with pytest.raises(otlp.UnsupportedMediaType):
+        otlp.decompress(data, "zstd", 10_000)
+
+
+def test_media_type_accepts_parameters() -> None:
+    assert otlp.media_type("application/json; charset=utf-8") == otlp.JSON
+    assert otlp.media_type("Application/X-Protobuf") == otlp.PROTOBUF
+    with pytest.raises(otlp.UnsupportedMediaType):
+        otlp.media_type("application/grpc")
