@@ -74,6 +74,13 @@ FIELD_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "request_path": ("url.path", "http.route"),
 }
 
+#: ``attribute name -> (record field, preference rank)``, the inverse of the above.
+_ATTRIBUTE_FIELDS: dict[str, tuple[str, int]] = {
+    name: (field, rank)
+    for field, names in FIELD_ATTRIBUTES.items()
+    for rank, name in enumerate(names)
+}
+
 _JSON_FIELDS = frozenset({"old_values", "new_values", "changes", "context"})
 _BOOL_FIELDS = frozenset({"requires_review", "success"})
 
@@ -115,17 +122,23 @@ def attributes_to_fields(
     ``service_name`` comes from the resource's ``service.name``.
     """
     fields: dict[str, Any] = {}
-    attrs = attributes or {}
-    for field, names in FIELD_ATTRIBUTES.items():
-        for name in names:
-            if name in attrs and attrs[name] is not None:
-                value = attrs[name]
-                if field in _JSON_FIELDS:
-                    value = _as_json(value)
-                elif field in _BOOL_FIELDS:
-                    value = _as_bool(value)
-                fields[field] = value
-                break
+    ranks: dict[str, int] = {}
+    # One pass over the attributes (span attributes are BoundedAttributes, whose ``in``
+    # costs a Python-level call; the span processor runs on the caller's thread).
+    lookup = _ATTRIBUTE_FIELDS.get
+    for name, value in (attributes or {}).items():
+        hit = lookup(name)
+        if hit is None or value is None:
+            continue
+        field, rank = hit
+        if ranks.get(field, rank) < rank:
+            continue  # a preferred attribute of the same field was seen already
+        ranks[field] = rank
+        fields[field] = value
+    for field in _JSON_FIELDS.intersection(fields):
+        fields[field] = _as_json(fields[field])
+    for field in _BOOL_FIELDS.intersection(fields):
+        fields[field] = _as_bool(fields[field])
     if resource_attributes and resource_attributes.get("service.name") is not None:
         fields["service_name"] = str(resource_attributes["service.name"])
     return fields
