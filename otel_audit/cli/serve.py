@@ -27,6 +27,9 @@ def serve(
         min=1024, help="Largest request body, compressed or not (413 above).")] = 16 * 1024 * 1024,
     max_inflight: Annotated[int, typer.Option(
         min=1, help="Requests written at once; more get 503 + Retry-After.")] = 8,
+    ack_mode: Annotated[str | None, typer.Option(
+        help="When to answer 200: `durable` (in the local journal; the default when "
+             "available) or `sync` (committed to the store).")] = None,
 ) -> None:
     """Receive OTLP/HTTP logs at POST /v1/logs and store the audit records (GET /healthz)."""
     try:
@@ -38,13 +41,13 @@ def serve(
     url = resolve_db(db)
     try:
         secret = resolve_token(token, token_file)
-        ack_mode = default_ack_mode()
+        ack_mode = ack_mode or default_ack_mode()
         trail = AuditTrail(url, mode=ack_mode)
         trail.writer.ensure_schema()  # fail now rather than 503 every request
         ingest = IngestApp(trail, token=secret, max_body_bytes=max_body_bytes,
-                           max_inflight=max_inflight, close_trail=True)
+                           max_inflight=max_inflight, ack_mode=ack_mode, close_trail=True)
         server = build_server(ingest, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
-    except AuditError as exc:
+    except (AuditError, ValueError) as exc:
         raise fail(str(exc)) from exc
     scheme = "https" if tls_cert else "http"
     err_console().print(
