@@ -45,6 +45,10 @@ def _ms_to_seconds(raw: str) -> float:
     return float(raw) / 1000.0
 
 
+def _parse_key_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One configuration setting: its keyword, environment variable, parser and meaning."""
@@ -94,6 +98,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trace_url", "OTEL_AUDIT_TRACE_URL", None, str,
             "Link template to a trace viewer (Jaeger, Grafana Tempo) with `{trace_id}`, "
             "rendered next to trace IDs in CLI output and notebooks."),
+    Setting("chain_stream", "OTEL_AUDIT_STREAM", None, str,
+            "Name of this writer's hash chain; unset: a new `service@host:pid:random` "
+            "stream per process. A named stream resumes after its last stored record "
+            "(one writer per name)."),
+    Setting("hmac_key", "OTEL_AUDIT_HMAC_KEY", None, str,
+            "Key of the chain's HMAC-SHA256 (unset: plain SHA-256); without it, anyone "
+            "who can write to the database can rebuild the chain."),
+    Setting("signing_key", "OTEL_AUDIT_SIGNING_KEY", None, str,
+            "Ed25519 private key signing checkpoints: a file path, PKCS#8 PEM, or a "
+            "64-hex raw seed (`otel-audit checkpoint --new-key` makes one)."),
+    Setting("checkpoint_every", "OTEL_AUDIT_CHECKPOINT_EVERY", 10000, int,
+            "Write a checkpoint of this writer's chain every N records (`0`: only "
+            "`otel-audit checkpoint`)."),
+    Setting("personal_keys", "OTEL_AUDIT_PERSONAL_KEYS", ("email", "ip_address", "phone"),
+            _parse_key_list,
+            "Keys in JSON values holding personal data: chained through a salted digest "
+            "so `otel-audit forget` can erase them (comma-separated in the environment)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -118,6 +139,11 @@ class AuditConfig:
     emit_otel_logs: bool = False
     archive_dir: str | None = None
     trace_url: str | None = None
+    chain_stream: str | None = None
+    hmac_key: str | None = None
+    signing_key: str | None = None
+    checkpoint_every: int = 10000
+    personal_keys: tuple[str, ...] = ("email", "ip_address", "phone")
 
     def replace(self, **changes: Any) -> AuditConfig:
         """Return a copy with ``changes`` applied and validated."""

@@ -27,6 +27,7 @@ from ._internal import log_internal_error
 from .config import AuditConfig, resolve_config
 from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, ConfigError
+from .integrity.install import install_chain
 from .mapping import AUDIT_EVENT_NAME
 from .pipeline.batch import AuditStats, BatchPipeline
 from .policy import AuditPolicy
@@ -96,6 +97,8 @@ class AuditTrail:
             from .integrations.otel_logs import OtelLogEmitter
 
             self.pipeline.on_written.append(OtelLogEmitter(logger_provider))
+        #: this writer's hash chain (see otel_audit.integrity)
+        self.chain = install_chain(self.config, self.writer, self.pipeline)
         self._sync = self.config.mode == "sync"
         self._closed = False
         ref = weakref.ref(self)

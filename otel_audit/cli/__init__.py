@@ -5,12 +5,12 @@ Each command module registers its commands on the shared Typer app.
 
 from __future__ import annotations
 
-from . import analytics, core, serve
+from . import analytics, core, integrity, serve
 from ._app import app
 
 __all__ = ["app", "main"]
 
-_COMMAND_MODULES = (core, serve, analytics)
+_COMMAND_MODULES = (core, serve, analytics, integrity)
 
 
 def main() -> None:

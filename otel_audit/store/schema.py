@@ -24,7 +24,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from ..record import COLUMN_LIMITS, JSON_FIELDS
 
-__all__ = ["CHAIN_COLUMNS", "RECORD_COLUMNS", "audit_trails", "metadata"]
+__all__ = [
+    "CHAIN_COLUMNS",
+    "RECORD_COLUMNS",
+    "audit_checkpoints",
+    "audit_holds",
+    "audit_trails",
+    "metadata",
+]
 
 metadata = MetaData()
 
@@ -71,6 +78,9 @@ audit_trails = Table(
     Column("seq", BigInteger),
     Column("prev_hash", String(64)),
     Column("hash", String(64)),
+    # personal-data digest inputs (see docs/integrity.md): erasure keeps the chain valid
+    Column("pii_salt", String(32)),
+    Column("pii", Text),
     # time-range scans: exports, retention, reports bounded by date
     Index("ix_audit_trails_timestamp", "timestamp"),
     # history of one resource, newest first (get_audit_trail, resource_history)
@@ -93,7 +103,36 @@ RECORD_COLUMNS: tuple[str, ...] = (
 )
 
 #: Columns filled by the integrity chain.
-CHAIN_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", "hash")
+CHAIN_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", "hash", "pii_salt", "pii")
+
+#: Signed chain heads (one row per checkpoint of one stream).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("stream", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("signature", String(128)),
+    Column("public_key", String(64)),
+    # the latest checkpoint of each stream (verify, resume of a named stream)
+    Index("ix_audit_checkpoints_stream_seq", "stream", "seq"),
+)
+
+#: Legal holds: records matching an active hold are never pruned.
+audit_holds = Table(
+    "audit_holds",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("value", String(255), nullable=False),
+    Column("resource_type", String(100)),
+    Column("reason", Text),
+    Column("created_by", String(255)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+)
 
 assert set(RECORD_COLUMNS) | set(CHAIN_COLUMNS) == set(audit_trails.c.keys())
 assert set(JSON_FIELDS) <= set(RECORD_COLUMNS)

@@ -54,6 +54,8 @@ class PreparedRecord(NamedTuple):
     seq: int | None = None
     prev_hash: str | None = None
     hash: str | None = None
+    pii_salt: str | None = None
+    pii: str | None = None
 
 
 _ROW_FROM_RECORD = operator.itemgetter(*(AuditRecord._fields.index(c) for c in RECORD_COLUMNS))

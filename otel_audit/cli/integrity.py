@@ -1,0 +1,328 @@
+"""``otel-audit verify``, ``checkpoint``, ``prune``, ``hold`` and ``forget``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from ..config import AuditConfig, resolve_config
+from ..errors import AuditError
+from ..integrity.keys import (
+    generate_signing_key,
+    hmac_key_bytes,
+    load_public_key,
+    load_signing_key,
+)
+from ..store.writer import create_store_engine
+from ._app import DbOption, app, console, err_console, fail, resolve_db
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ..trail import AuditTrail
+
+hold_app = typer.Typer(help="Legal holds: records under a hold are never pruned.",
+                       no_args_is_help=True)
+app.add_typer(hold_app, name="hold")
+
+ArchiveOption = Annotated[
+    Path | None,
+    typer.Option("--archive", help="Directory of the Parquet archives "
+                 "[env: OTEL_AUDIT_ARCHIVE_DIR]"),
+]
+ByOption = Annotated[
+    str | None, typer.Option("--by", help="Who does this (recorded; default: the OS user).")]
+
+
+def _config(db: str | None) -> AuditConfig:
+    try:
+        return resolve_config({"url": resolve_db(db)})
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+
+
+def _engine(config: AuditConfig) -> Engine:
+    try:
+        return create_store_engine(config.url)
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+
+
+def _utc(text: str, option: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise fail(f"{option}: expected an ISO date or date-time, got {text!r}") from exc
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def _archive(archive: Path | None, config: AuditConfig) -> Path | None:
+    if archive is not None:
+        return archive
+    return Path(config.archive_dir) if config.archive_dir else None
+
+
+def _operator(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "otel-audit-cli"
+
+
+def _cli_trail(config: AuditConfig) -> AuditTrail:
+    from ..trail import AuditTrail
+
+    return AuditTrail(config.url, mode="sync", service_name="otel-audit-cli")
+
+
+@app.command()
+def verify(
+    db: DbOption = None,
+    stream: Annotated[str | None, typer.Option(help="Verify only this stream.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Verify records from this date-time on (ISO 8601, UTC if no offset).")] = None,
+    checkpoints: Annotated[Path | None, typer.Option(
+        "--checkpoints", help="Checkpoint file written by `checkpoint --export` "
+        "(detects a database rolled back to an old backup).")] = None,
+    public_key: Annotated[str | None, typer.Option(
+        "--public-key", help="Ed25519 public key (hex, PEM or file): checkpoint "
+        "signatures must verify.")] = None,
+    archive: ArchiveOption = None,
+    output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+) -> None:
+    """Verify hash chains, checkpoints and archives; exit status 1 on any finding."""
+    from ..integrity.checkpoints import load_checkpoint_file
+    from ..integrity.verify import verify_trail
+
+    config = _config(db)
+    engine = _engine(config)
+    try:
+        extra = load_checkpoint_file(checkpoints) if checkpoints is not None else []
+        public = load_public_key(public_key) if public_key else None
+        with Progress(TextColumn("[bold]verifying"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console(), transient=True,
+                      disable=output == "json") as bar:
+            task = bar.add_task("verify", total=None)
+            report = verify_trail(
+                engine, key=hmac_key_bytes(config.hmac_key), stream=stream,
+                since=_utc(since, "--since") if since else None,
+                archive_dir=_archive(archive, config), checkpoints=extra, public_key=public,
+                progress=lambda n: bar.advance(task, n),
+                on_total=lambda n: bar.update(task, total=n))
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+    if output == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        out = console()
+        summary = (f"{report.records} records in {report.streams} streams, "
+                   f"{report.checkpoints} checkpoints, {report.archive_files} archive files"
+                   + (f", {report.erased} erased" if report.erased else ""))
+        if report.ok:
+            out.print(f"[bold green]OK[/] {summary}")
+        else:
+            table = Table(title=f"{len(report.findings)} findings")
+            for name in ("kind", "stream", "seq", "record", "detail"):
+                table.add_column(name)
+            for f in report.findings:
+                table.add_row(f.kind, f.stream or "", "" if f.seq is None else str(f.seq),
+                              f.record_id or "", f.detail)
+            out.print(table)
+            out.print(f"[bold red]FAILED[/] {summary}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def checkpoint(
+    db: DbOption = None,
+    export: Annotated[Path | None, typer.Option(
+        "--export", help="Also write the latest checkpoint of every stream to this file.")] = None,
+    new_key: Annotated[Path | None, typer.Option(
+        "--new-key", help="Only create an Ed25519 key pair: private PEM to this file, "
+        "public key printed.")] = None,
+) -> None:
+    """Checkpoint the head of every chain (signed with OTEL_AUDIT_SIGNING_KEY if set)."""
+    from ..integrity.checkpoints import create_checkpoints, export_checkpoints, latest_checkpoints
+
+    if new_key is not None:
+        pem, public = generate_signing_key()
+        fd = os.open(new_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(pem)
+        console().print(f"private key written to {new_key}; public key: {public}")
+        return
+    config = _config(db)
+    engine = _engine(config)
+    try:
+        made = create_checkpoints(engine, load_signing_key(config.signing_key))
+        signed = sum(1 for cp in made if cp.signature)
+        console().print(f"{len(made)} checkpoints written ({signed} signed)")
+        if export is not None:
+            count = export_checkpoints(latest_checkpoints(engine), export)
+            console().print(f"{count} checkpoints exported to {export}")
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def prune(
+    before: Annotated[str, typer.Option("--before", help="Archive and delete records older "
+                                        "than this date (ISO 8601, UTC).")],
+    db: DbOption = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """Move records older than --before to day-partitioned Parquet files (held ones stay)."""
+    from ..integrity.keys import load_signing_key as signing
+    from ..retention import prune as run_prune
+
+    config = _config(db)
+    target = _archive(archive, config)
+    if target is None:
+        raise fail("--archive DIR (or OTEL_AUDIT_ARCHIVE_DIR) is required")
+    engine = _engine(config)
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console(), transient=True) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def step(what: str, n: int) -> None:
+                if what not in tasks:
+                    tasks[what] = bar.add_task(what, total=None)
+                bar.advance(tasks[what], n)
+
+            report = run_prune(engine, _utc(before, "--before"), target,
+                               signing_key=signing(config.signing_key), progress=step)
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+    console().print(f"archived {report.archived} records in {len(report.files)} files under "
+                    f"{target}; deleted {report.deleted}; kept {report.held} under legal hold")
+
+
+@hold_app.command("add")
+def hold_add(
+    db: DbOption = None,
+    user: Annotated[str | None, typer.Option("--user", help="Hold this user's records.")] = None,
+    resource: Annotated[str | None, typer.Option(
+        "--resource", help="Hold this resource's records: ID or TYPE:ID.")] = None,
+    team: Annotated[str | None, typer.Option("--team", help="Hold this team's records.")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (a case number).")] = None,
+    by: ByOption = None,
+) -> None:
+    """Place a legal hold (recorded in the trail itself)."""
+    from ..retention import add_hold
+
+    chosen = [(k, v) for k, v in (("user", user), ("resource", resource), ("team", team)) if v]
+    if len(chosen) != 1:
+        raise fail("give exactly one of --user, --resource, --team")
+    kind, value = chosen[0]
+    resource_type = None
+    if kind == "resource" and ":" in value:
+        resource_type, value = value.split(":", 1)
+    config = _config(db)
+    engine = _engine(config)
+    trail = _cli_trail(config)
+    try:
+        hold = add_hold(engine, kind, value, resource_type=resource_type, reason=reason,
+                        created_by=_operator(by), trail=trail)
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        trail.shutdown()
+        engine.dispose()
+    console().print(f"hold {hold.id} placed on {kind} {value}")
+
+
+@hold_app.command("list")
+def hold_list(db: DbOption = None) -> None:
+    """List active legal holds."""
+    from ..retention import active_holds
+
+    config = _config(db)
+    engine = _engine(config)
+    try:
+        holds = active_holds(engine)
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+    table = Table(title=f"{len(holds)} active holds")
+    for name in ("id", "kind", "value", "reason", "by", "since"):
+        table.add_column(name)
+    for h in holds:
+        value = f"{h.resource_type}:{h.value}" if h.resource_type else h.value
+        table.add_row(str(h.id), h.kind, value, h.reason or "", h.created_by or "",
+                      str(h.created_at)[:19])
+    console().print(table)
+
+
+@hold_app.command("release")
+def hold_release(
+    hold_id: Annotated[int, typer.Argument(help="ID shown by `hold list`.")],
+    db: DbOption = None,
+    by: ByOption = None,
+) -> None:
+    """Release a legal hold (recorded in the trail)."""
+    from ..retention import release_hold
+
+    config = _config(db)
+    engine = _engine(config)
+    trail = _cli_trail(config)
+    try:
+        done = release_hold(engine, hold_id, released_by=_operator(by), trail=trail)
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        trail.shutdown()
+        engine.dispose()
+    if not done:
+        raise fail(f"no active hold {hold_id}", 1)
+    console().print(f"hold {hold_id} released")
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Option("--user", help="The subject's user ID.")],
+    db: DbOption = None,
+    archive: ArchiveOption = None,
+    by: ByOption = None,
+) -> None:
+    """Erase one subject's personal values from live rows and archives (GDPR Art. 17)."""
+    from ..retention import forget as run_forget
+
+    config = _config(db)
+    engine = _engine(config)
+    trail = _cli_trail(config)
+    try:
+        report = run_forget(engine, user, archive_dir=_archive(archive, config),
+                            erased_by=_operator(by), trail=trail)
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        trail.shutdown()
+        engine.dispose()
+    console().print(f"erased {report.live} live and {report.archived} archived records "
+                    f"({len(report.files)} archive files rewritten); chains still verify")

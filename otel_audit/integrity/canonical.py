@@ -1,0 +1,205 @@
+"""The canonical serialisation of a chained record and its hash (``docs/integrity.md``).
+
+Writers (the chain sealer) and readers (verify, archives) build the same *chain row* — a
+tuple in :data:`CHAIN_ROW_COLUMNS` order with the timestamp as text, booleans as 0/1 and
+JSON documents as text — and hand it to :func:`chain_hash`. One function on both sides
+means the two can never disagree about the format.
+
+Personal fields are not hashed directly: the hash covers one salted digest of them
+(:func:`personal_digest`), so erasing the values (and the salt) while keeping the digest
+leaves every hash valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
+from typing import Any
+
+from ..record import JSON_FIELDS
+
+__all__ = [
+    "CHAIN_ROW_COLUMNS",
+    "FORMAT",
+    "GENESIS_HASH",
+    "HASHED_FIELDS",
+    "PERSONAL_FIELDS",
+    "canonical_json",
+    "chain_hash",
+    "hash_payload",
+    "personal_digest",
+]
+
+#: First element of every canonical payload (bumped if the format ever changes).
+FORMAT = "otel-audit/1"
+
+#: ``prev_hash`` of the first record of every stream.
+GENESIS_HASH = "0" * 64
+
+#: Record fields holding personal data: hashed only through the salted digest.
+PERSONAL_FIELDS = ("user_id", "user_email", "client_ip", "user_agent")
+
+#: Record fields hashed as they are stored, in payload order.
+HASHED_FIELDS = (
+    "id", "timestamp", "correlation_id", "request_id", "trace_id", "span_id", "action",
+    "resource_type", "resource_id", "resource_name", "team_id", "request_path",
+    "request_method", "old_values", "new_values", "changes", "data_classification",
+    "requires_review", "success", "error_message", "context", "service_name", "acting_as",
+    "schema_version",
+)
+
+#: Layout of a chain row: what readers select and the sealer builds.
+CHAIN_ROW_COLUMNS = ("stream", "seq", "prev_hash", *HASHED_FIELDS, *PERSONAL_FIELDS,
+                     "pii_salt", "pii", "hash")
+
+_N = len(HASHED_FIELDS)
+_BODY = slice(3, 3 + _N)
+_PERSONAL = slice(3 + _N, 3 + _N + len(PERSONAL_FIELDS))
+_SALT, _PII, _HASH = 3 + _N + 4, 3 + _N + 5, 3 + _N + 6
+_JSON_POS = tuple(HASHED_FIELDS.index(name) for name in JSON_FIELDS)
+#: Replaces a personal value inside a JSON document in the hashed text.
+PII_MARK = "$pii"
+
+
+def _reject(value: object) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+# compact, UTF-8, sorted keys, no NaN: the one JSON dialect of every payload
+_sorted_encoder = c_make_encoder(None, _reject, c_encode_basestring, None, ":", ",",
+                                 True, False, False)
+
+
+def _dumps(value: Any) -> str:
+    return "".join(_sorted_encoder(value, 0))
+
+
+# Numbers a JSONB round trip rewrites: large integers or exponent floats (PostgreSQL
+# prints 1e+20 as 100000000000000000000) and negative zero (numeric has none).
+_RISKY_NUMBER = re.compile(r"\d{16}|-0\.0(?![0-9])")
+
+
+def _parse_int(text: str) -> int | float:
+    number = int(text)
+    if abs(number) >= 10**16:
+        try:
+            return float(number)
+        except OverflowError:
+            return number
+    return number
+
+
+def _parse_float(text: str) -> float:
+    number = float(text)
+    return 0.0 if number == 0 else number
+
+
+def _canonical_text(value: Any) -> str:
+    text = _dumps(value)
+    if _RISKY_NUMBER.search(text):
+        text = _dumps(json.loads(text, parse_int=_parse_int, parse_float=_parse_float))
+    return text
+
+
+def canonical_json(text: str) -> str:
+    """Return the canonical form of a JSON document: compact, sorted keys, stable numbers."""
+    return _canonical_text(json.loads(text))
+
+
+def _mask(value: Any, keys: frozenset[str], found: list[Any]) -> Any:
+    """Replace values under personal ``keys`` by :data:`PII_MARK`, collecting them in order."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key in sorted(value):
+            item = value[key]
+            if key in keys:
+                found.append(item)
+                out[key] = PII_MARK
+            else:
+                out[key] = _mask(item, keys, found)
+        return out
+    if isinstance(value, list):
+        return [_mask(item, keys, found) for item in value]
+    return value
+
+
+def personal_digest(salt: str, personal: Sequence[Any], json_values: Sequence[Any]) -> str:
+    """SHA-256 of ``salt`` and the personal values of one record (fields, then JSON values)."""
+    items = [*personal, list(json_values)]
+    body = _canonical_text(items) if json_values else _dumps(items)
+    return hashlib.sha256(f"{salt}\x00{body}".encode()).hexdigest()
+
+
+def personal_json_values(texts: Sequence[str | None], keys: Sequence[str]) -> list[Any]:
+    """The values under personal ``keys`` in JSON ``texts``, in hashing order."""
+    found: list[Any] = []
+    frozen = frozenset(keys)
+    for text in texts:
+        if text is not None:
+            _mask(json.loads(text), frozen, found)
+    return found
+
+
+def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = True) -> str:
+    """Return the hash of one chain row (``CHAIN_ROW_COLUMNS`` order; ``hash`` is ignored).
+
+    ``canonicalise=False`` trusts that JSON texts are already canonical (the sealer's own
+    output, SQLite's stored text); readers retry with ``True`` before reporting a change.
+    """
+    body = list(row[_BODY])
+    pii_text = row[_PII]
+    keys: list[str] | None = None
+    erased: str | None = None
+    if pii_text is not None:
+        info = json.loads(pii_text)
+        keys = info.get("k") or None  # an erasure writes [] where the sealer wrote nothing
+        erased = info.get("d")
+    found: list[Any] = []
+    if keys:
+        frozen = frozenset(keys)
+        for pos in _JSON_POS:
+            text = body[pos]
+            if text is not None:
+                body[pos] = _canonical_text(_mask(json.loads(text), frozen, found))
+    elif canonicalise:
+        for pos in _JSON_POS:
+            text = body[pos]
+            if text is not None:
+                body[pos] = canonical_json(text)
+    if erased is not None:
+        digest = erased
+    else:
+        salt = row[_SALT]
+        digest = personal_digest("" if salt is None else salt, row[_PERSONAL], found)
+    return hash_payload(_dumps([FORMAT, row[0], row[1], row[2], *body, keys, digest]).encode(),
+                        key)
+
+
+_pads: dict[bytes, tuple[Any, Any]] = {}
+
+
+def hash_payload(payload: bytes, key: bytes | None) -> str:
+    """SHA-256 of ``payload``, or HMAC-SHA256 with ``key`` (RFC 2104, pads precomputed)."""
+    if key is None:
+        return hashlib.sha256(payload).hexdigest()
+    pads = _pads.get(key)
+    if pads is None:
+        block = hashlib.sha256(key).digest() if len(key) > 64 else key
+        block = block.ljust(64, b"\0")
+        pads = (hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+                hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+        _pads[key] = pads
+    inner = pads[0].copy()
+    inner.update(payload)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return str(outer.hexdigest())
+
+
+def stored_hash(row: Sequence[Any]) -> str | None:
+    """The ``hash`` a chain row carries."""
+    value: str | None = row[_HASH]
+    return value

@@ -1,0 +1,265 @@
+"""Reading chain rows fast: straight from the driver (SQLite, psycopg) or Parquet (DuckDB).
+
+Each source yields tuples in :data:`~otel_audit.integrity.canonical.CHAIN_ROW_COLUMNS`
+order, sorted by ``(stream, seq)``, in large batches and with the conversions done by
+the database (timestamp text in UTC, booleans as 0/1, JSON as text), so the verifier's
+Python loop only hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from sqlalchemy import Engine
+
+from ..errors import IntegrityError
+from .canonical import (
+    CHAIN_ROW_COLUMNS,
+    FORMAT,
+    HASHED_FIELDS,
+    chain_hash,
+    hash_payload,
+    personal_digest,
+)
+
+__all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
+
+_BATCH = 20_000
+_BOOLS = ("requires_review", "success")
+_JSON = ("old_values", "new_values", "changes", "context")
+
+
+#: Every source row starts with these, then the source's own columns.
+HEADER = ("stream", "seq", "prev_hash", "hash", "id", "pii")
+_HEADER_SQL = ", ".join(f'"{name}"' for name in HEADER)
+
+
+def chain_row_select(dialect: str) -> str:
+    """The SELECT list producing chain rows on ``dialect`` (sqlite, postgresql, duckdb)."""
+    out = []
+    for name in CHAIN_ROW_COLUMNS:
+        col = f'"{name}"'
+        if name == "timestamp":
+            if dialect == "postgresql":
+                out.append(f"to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
+            elif dialect == "duckdb":
+                out.append(f"strftime(CAST({col} AS TIMESTAMPTZ), '%Y-%m-%d %H:%M:%S.%f')")
+            else:
+                out.append(col)
+        elif name in _BOOLS and dialect != "sqlite":
+            out.append(f"CAST({col} AS INTEGER)")
+        elif name in _JSON and dialect != "sqlite":
+            out.append(f"CAST({col} AS {'TEXT' if dialect == 'postgresql' else 'VARCHAR'})")
+        else:
+            out.append(col)
+    return ", ".join(out)
+
+
+def _where(stream: str | None, placeholder: str) -> tuple[str, list[Any]]:
+    if stream is None:
+        return "WHERE stream IS NOT NULL", []
+    return f"WHERE stream = {placeholder}", [stream]
+
+
+class StoreSource:
+    """Chain rows of the live store behind ``engine`` (SQLite or PostgreSQL).
+
+    On SQLite, SQLite itself builds most of the hashed payload (``json_array`` escapes
+    exactly like the sealer's encoder), so Python fetches a dozen values per row instead
+    of thirty; any row whose fast hash does not match is re-read in full and rechecked.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def _placeholder(self) -> str:
+        return "?" if self.dialect == "sqlite" else "%s"
+
+    def count(self, stream: str | None = None) -> int:
+        """How many chained rows there are (for the progress bar)."""
+        where, params = _where(stream, self._placeholder())
+        return int(self._scalar(f"SELECT COUNT(*) FROM audit_trails {where}", params) or 0)
+
+    def unchained(self) -> list[str]:
+        """IDs of rows that belong to no chain (up to 1000)."""
+        return [r[0] for r in self._all(
+            "SELECT id FROM audit_trails WHERE stream IS NULL OR seq IS NULL "
+            "OR hash IS NULL LIMIT 1000", [])]
+
+    def starts_since(self, since: dt.datetime) -> dict[str, int]:
+        """Per stream, the first ``seq`` whose record is at or after ``since``."""
+        text = since.astimezone(dt.UTC).isoformat(" ", "microseconds")[:26]
+        arg: Any = text if self.dialect == "sqlite" else since
+        rows = self._all(
+            "SELECT stream, MIN(seq) FROM audit_trails WHERE stream IS NOT NULL AND "
+            f"timestamp >= {self._placeholder()} GROUP BY stream", [arg])
+        return {stream: int(seq) for stream, seq in rows}
+
+    def seqs_by_hash(self, stream: str, hashes: list[str]) -> dict[str, int]:
+        """``hash -> seq`` of the given hashes in ``stream``."""
+        if not hashes:
+            return {}
+        ph = self._placeholder()
+        marks = ", ".join([ph] * len(hashes))
+        rows = self._all(
+            f"SELECT hash, seq FROM audit_trails WHERE stream = {ph} AND hash IN ({marks})",
+            [stream, *hashes])
+        return {h: int(s) for h, s in rows}
+
+    def chain_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The full chain row of a source row (re-read by ``id`` in the SQLite fast path)."""
+        if self.dialect != "sqlite":
+            return row[len(HEADER):]
+        found = self._all(f"SELECT {chain_row_select('sqlite')} FROM audit_trails "
+                          "WHERE id = ?", [row[4]])
+        return found[0] if found else ()
+
+    def content_ok(self, row: tuple[Any, ...], key: bytes | None) -> bool:
+        """Whether a source row's content matches its hash."""
+        if self.dialect == "sqlite":
+            if row[5] is None:  # no JSON personal keys, not erased: the fast payload holds
+                salt = row[6]
+                digest = personal_digest("" if salt is None else salt, row[7:11], ())
+                payload = f'{row[11][:-1]},null,"{digest}"]'.encode()
+                if hash_payload(payload, key) == row[3]:
+                    return True
+            elif row[12] is not None:  # the whole chain row came along as a JSON array
+                chain = tuple(json.loads(row[12]))
+                if chain_hash(chain, key, canonicalise=False) == row[3]:
+                    return True
+            full = self.chain_row(row)
+            return bool(full) and chain_hash(full, key, canonicalise=True) == row[3]
+        return chain_hash(row[len(HEADER):], key, canonicalise=True) == str(row[3])
+
+    def rows(self, stream: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """Source rows (``HEADER`` first) ordered by ``(stream, seq)``."""
+        where, params = _where(stream, self._placeholder())
+        if self.dialect == "sqlite":
+            body = ", ".join(f'"{n}"' for n in HASHED_FIELDS)
+            every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)
+            cols = (f'pii_salt, user_id, user_email, client_ip, user_agent, '
+                    f"json_array('{FORMAT}', stream, seq, prev_hash, {body}), "
+                    f"CASE WHEN pii IS NULL THEN NULL ELSE json_array({every}) END")
+        else:
+            cols = chain_row_select(self.dialect)
+        sql = (f"SELECT {_HEADER_SQL}, {cols} FROM audit_trails {where} "
+               "ORDER BY stream, seq")
+        raw = self.engine.raw_connection()
+        try:
+            if self.dialect == "postgresql":
+                cursor = raw.driver_connection.cursor(name="otel_audit_verify")  # type: ignore[union-attr]
+                cursor.itersize = _BATCH
+            else:
+                cursor = raw.cursor()
+            cursor.execute(sql, params)
+            while True:
+                batch = cursor.fetchmany(_BATCH)
+                if not batch:
+                    break
+                yield from batch
+            cursor.close()
+        finally:
+            raw.close()
+
+    def _all(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(sql, params)
+            out = [tuple(r) for r in cursor.fetchall()]
+            cursor.close()
+            raw.commit()
+            return out
+        finally:
+            raw.close()
+
+    def _scalar(self, sql: str, params: list[Any]) -> Any:
+        rows = self._all(sql, params)
+        return rows[0][0] if rows else None
+
+
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    """Parquet files of an archive directory, in a stable order."""
+    return sorted(directory.rglob("*.parquet"))
+
+
+class ArchiveSource:
+    """Chain rows of the Parquet archives under ``directory`` (read with DuckDB)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.files = parquet_files(self.directory)
+
+    def _relation(self) -> str:
+        files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.files)
+        return f"read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
+
+    def _query(self, sql: str, params: list[Any]) -> duckdb.DuckDBPyConnection:
+        con = _duckdb()
+        try:
+            return con.execute(sql, params)
+        except duckdb.Error as exc:
+            raise IntegrityError(f"cannot read the archives in {self.directory}: {exc}") from exc
+
+    def count(self, stream: str | None = None) -> int:
+        """How many archived rows there are."""
+        if not self.files:
+            return 0
+        where, params = _where(stream, "?")
+        row = self._query(f"SELECT COUNT(*) FROM {self._relation()} {where}", params).fetchone()
+        return int(row[0]) if row else 0
+
+    def starts_since(self, since: dt.datetime) -> dict[str, int]:
+        """Per stream, the first archived ``seq`` at or after ``since``."""
+        if not self.files:
+            return {}
+        rows = self._query(
+            f"SELECT stream, MIN(seq) FROM {self._relation()} WHERE stream IS NOT NULL AND "
+            "CAST(timestamp AS TIMESTAMPTZ) >= ? GROUP BY stream", [since]).fetchall()
+        return {stream: int(seq) for stream, seq in rows}
+
+    def seqs_by_hash(self, stream: str, hashes: list[str]) -> dict[str, int]:
+        """``hash -> seq`` of the given hashes in ``stream``."""
+        if not self.files or not hashes:
+            return {}
+        rows = self._query(
+            f"SELECT hash, seq FROM {self._relation()} WHERE stream = ? AND "
+            "list_contains(?, hash)", [stream, hashes]).fetchall()
+        return {h: int(s) for h, s in rows}
+
+    def chain_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The full chain row of a source row."""
+        return row[len(HEADER):]
+
+    def content_ok(self, row: tuple[Any, ...], key: bytes | None) -> bool:
+        """Whether an archived row's content matches its hash."""
+        chain = row[len(HEADER):]
+        if chain_hash(chain, key, canonicalise=False) == row[3]:
+            return True
+        return chain_hash(chain, key, canonicalise=True) == str(row[3])
+
+    def rows(self, stream: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """Archived source rows (``HEADER`` first) ordered by ``(stream, seq)``."""
+        if not self.files:
+            return
+        where, params = _where(stream, "?")
+        cursor = self._query(
+            f"SELECT {_HEADER_SQL}, {chain_row_select('duckdb')} FROM {self._relation()} "
+            f"{where} ORDER BY stream, seq", params)
+        while True:
+            batch = cursor.fetchmany(_BATCH)
+            if not batch:
+                break
+            yield from batch

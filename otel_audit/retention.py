@@ -1,0 +1,449 @@
+"""Retention: prune old records to Parquet archives, legal holds, and erasure (GDPR Art. 17).
+
+``prune`` exports the records older than a date (except held ones) to day-partitioned
+Parquet files with exactly the ``audit_trails`` columns and types, writes a manifest
+(counts, first/last ``seq`` and hash per stream, SHA-256 of every file), checkpoints the
+last archived record of each stream, and only then deletes the rows in batches. Chains
+continue across the boundary: ``verify --archive DIR`` reads archives and live rows as
+one trail, as ``AuditAnalytics`` does.
+
+``forget`` replaces one subject's personal values by ``[erased]`` in live rows and
+archives while keeping their salted digest (``pii`` column), so every hash still
+verifies; see ``docs/integrity.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from .analytics._duck import _typed_columns, attach_store, sql_literal
+from .errors import ConfigError, IntegrityError, StoreError
+from .integrity.canonical import (
+    CHAIN_ROW_COLUMNS,
+    PERSONAL_FIELDS,
+    personal_digest,
+    personal_json_values,
+)
+from .integrity.checkpoints import write_checkpoint
+from .integrity.sources import chain_row_select
+from .integrity.verify import Finding
+from .record import JSON_FIELDS
+from .store.schema import audit_holds, audit_trails
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .trail import AuditTrail
+
+__all__ = [
+    "ERASED",
+    "HOLD_KINDS",
+    "ForgetReport",
+    "Hold",
+    "PruneReport",
+    "active_holds",
+    "add_hold",
+    "forget",
+    "prune",
+    "release_hold",
+    "verify_archive_files",
+]
+
+#: What an erased personal value reads as.
+ERASED = "[erased]"
+#: What a legal hold can name.
+HOLD_KINDS = ("user", "resource", "team")
+MANIFEST = "manifest.json"
+_MANIFEST_FORMAT = "otel-audit-archive/1"
+_DELETE_BATCH = 5000
+
+
+# ---------------------------------------------------------------------- legal holds
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A legal hold: records of a user, a team or a resource are kept from pruning."""
+
+    id: int
+    kind: str
+    value: str
+    resource_type: str | None
+    reason: str | None
+    created_by: str | None
+    created_at: dt.datetime
+
+
+def add_hold(engine: Engine, kind: str, value: str, *, resource_type: str | None = None,
+             reason: str | None = None, created_by: str | None = None,
+             trail: AuditTrail | None = None) -> Hold:
+    """Place a hold; with ``trail``, the hold itself is recorded (sync) in the trail."""
+    if kind not in HOLD_KINDS:
+        raise ConfigError(f"hold kind must be one of {', '.join(HOLD_KINDS)}; got {kind!r}")
+    now = dt.datetime.now(dt.UTC)
+    try:
+        with engine.begin() as conn:
+            key = conn.execute(insert(audit_holds).values(
+                kind=kind, value=value, resource_type=resource_type, reason=reason,
+                created_by=created_by, created_at=now)).inserted_primary_key
+            hold_id = key[0] if key is not None else 0
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot add the hold: {exc}") from exc
+    hold = Hold(int(hold_id), kind, value, resource_type, reason, created_by, now)
+    if trail is not None:
+        trail.record("LEGAL_HOLD_ADD", user_id=created_by or "otel-audit",
+                     resource_type="audit_hold", resource_id=str(hold.id), mode="sync",
+                     new_values={"kind": kind, "value": value, "resource_type": resource_type,
+                                 "reason": reason})
+    return hold
+
+
+def release_hold(engine: Engine, hold_id: int, *, released_by: str | None = None,
+                 trail: AuditTrail | None = None) -> bool:
+    """Release an active hold (kept in the table, with its release time)."""
+    try:
+        with engine.begin() as conn:
+            done = conn.execute(update(audit_holds).where(
+                audit_holds.c.id == hold_id, audit_holds.c.released_at.is_(None)).values(
+                released_at=dt.datetime.now(dt.UTC))).rowcount
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot release the hold: {exc}") from exc
+    if done and trail is not None:
+        trail.record("LEGAL_HOLD_RELEASE", user_id=released_by or "otel-audit",
+                     resource_type="audit_hold", resource_id=str(hold_id), mode="sync")
+    return bool(done)
+
+
+def active_holds(engine: Engine) -> list[Hold]:
+    """Holds not released."""
+    h = audit_holds.c
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(h.id, h.kind, h.value, h.resource_type, h.reason,
+                                       h.created_by, h.created_at)
+                                .where(h.released_at.is_(None)).order_by(h.id)).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the holds: {exc}") from exc
+    return [Hold(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+
+def _held_sql(holds: Iterable[Hold]) -> str:
+    """A DuckDB predicate true for records under any of ``holds``."""
+    terms = []
+    for hold in holds:
+        value = sql_literal(hold.value)
+        if hold.kind == "user":
+            terms.append(f"user_id = {value}")
+        elif hold.kind == "team":
+            terms.append(f"team_id = {value}")
+        elif hold.resource_type is not None:
+            terms.append(f"(resource_id = {value} AND resource_type = "
+                         f"{sql_literal(hold.resource_type)})")
+        else:
+            terms.append(f"resource_id = {value}")
+    return " OR ".join(terms) if terms else "FALSE"
+
+
+# ---------------------------------------------------------------------- prune
+
+
+@dataclass(slots=True)
+class PruneReport:
+    """What one prune did."""
+
+    archived: int = 0
+    deleted: int = 0
+    held: int = 0
+    files: list[str] = field(default_factory=list)
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(archive_dir: str | Path) -> dict[str, Any]:
+    """The archive's manifest (an empty one when there is none yet)."""
+    path = Path(archive_dir) / MANIFEST
+    if not path.exists():
+        return {"format": _MANIFEST_FORMAT, "runs": [], "erasures": []}
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"cannot read {path}: {exc}") from exc
+    return doc
+
+
+def _save_manifest(archive_dir: Path, doc: dict[str, Any]) -> None:
+    path = archive_dir / MANIFEST
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _connect(engine: Engine) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    attach_store(con, engine.url)
+    return con
+
+
+def prune(
+    engine: Engine,
+    before: dt.datetime,
+    archive_dir: str | Path,
+    *,
+    signing_key: Ed25519PrivateKey | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> PruneReport:
+    """Archive records older than ``before`` (except held ones), then delete them."""
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=dt.UTC)
+    out_dir = Path(archive_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PruneReport()
+    held = _held_sql(active_holds(engine))
+    con = _connect(engine)
+    try:
+        cols = _typed_columns()
+        con.execute(
+            f"CREATE TEMP TABLE sel AS SELECT * FROM (SELECT {cols} FROM live.audit_trails) "
+            "WHERE timestamp < ? AND NOT coalesce(" + held + ", FALSE)", [before])
+        held_row = con.execute(
+            f"SELECT count(*) FROM (SELECT {cols} FROM live.audit_trails) "
+            "WHERE timestamp < ? AND coalesce(" + held + ", FALSE)", [before]).fetchone()
+        report.held = int(held_row[0]) if held_row else 0
+        days = [r[0] for r in con.execute(
+            "SELECT DISTINCT CAST(timestamp AS DATE) AS d FROM sel ORDER BY d").fetchall()]
+        run = uuid.uuid4().hex[:12]
+        files = []
+        for day in days:
+            target = out_dir / f"day={day.isoformat()}" / f"part-{run}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            con.execute(
+                f"COPY (SELECT * FROM sel WHERE CAST(timestamp AS DATE) = ? "
+                f"ORDER BY stream, seq) TO {sql_literal(str(target))} "
+                "(FORMAT parquet, COMPRESSION zstd)", [day])
+            rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(target))})"
+                               ).fetchone()
+            files.append({"path": str(target.relative_to(out_dir)), "day": day.isoformat(),
+                          "rows": int(rows[0]) if rows else 0, "sha256": _sha256(target)})
+            if progress is not None:
+                progress("archived", int(rows[0]) if rows else 0)
+        for stream, count, first_seq, first_hash, last_seq, last_hash in con.execute(
+                "SELECT stream, count(*), min(seq), arg_min(hash, seq), max(seq), "
+                "arg_max(hash, seq) FROM sel WHERE stream IS NOT NULL GROUP BY stream "
+                "ORDER BY stream").fetchall():
+            report.streams[stream] = {"count": int(count), "first_seq": int(first_seq),
+                                      "first_hash": first_hash, "last_seq": int(last_seq),
+                                      "last_hash": last_hash}
+        ids = [r[0] for r in con.execute("SELECT id FROM sel").fetchall()]
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot export the records to archive: {exc}") from exc
+    finally:
+        con.close()
+    report.archived = len(ids)
+    report.files = [f["path"] for f in files]
+    if not ids:
+        return report
+    manifest = load_manifest(out_dir)
+    manifest["runs"].append({"run": run, "pruned_at": dt.datetime.now(dt.UTC).isoformat(),
+                             "before": before.isoformat(), "records": len(ids),
+                             "held": report.held, "files": files, "streams": report.streams})
+    _save_manifest(out_dir, manifest)
+    for stream, info in report.streams.items():
+        write_checkpoint(engine, stream, info["last_seq"], info["last_hash"], signing_key)
+    report.deleted = _delete(engine, ids, progress)
+    return report
+
+
+def _delete(engine: Engine, ids: Sequence[str],
+            progress: Callable[[str, int], None] | None) -> int:
+    deleted = 0
+    try:
+        for start in range(0, len(ids), _DELETE_BATCH):
+            chunk = ids[start:start + _DELETE_BATCH]
+            with engine.begin() as conn:
+                deleted += conn.execute(
+                    audit_trails.delete().where(audit_trails.c.id.in_(chunk))).rowcount
+            if progress is not None:
+                progress("deleted", len(chunk))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot delete archived records ({deleted} done): {exc}") from exc
+    return deleted
+
+
+def verify_archive_files(archive_dir: str | Path) -> list[Finding]:
+    """Every file the manifest lists exists with its SHA-256; no file is unlisted."""
+    root = Path(archive_dir)
+    manifest = load_manifest(root)
+    findings: list[Finding] = []
+    listed = set()
+    for run in manifest.get("runs", []):
+        for item in run.get("files", []):
+            listed.add(item["path"])
+            path = root / item["path"]
+            if not path.is_file():
+                findings.append(Finding("archive", None, None, None,
+                                        f"{item['path']} is missing"))
+            elif _sha256(path) != item["sha256"]:
+                findings.append(Finding("archive", None, None, None,
+                                        f"{item['path']} differs from its manifest SHA-256"))
+    for path in sorted(root.rglob("*.parquet")):
+        rel = str(path.relative_to(root))
+        if rel not in listed:
+            findings.append(Finding("archive", None, None, None,
+                                    f"{rel} is not listed in the manifest"))
+    return findings
+
+
+# ---------------------------------------------------------------------- forget
+
+
+@dataclass(slots=True)
+class ForgetReport:
+    """What one erasure did."""
+
+    live: int = 0
+    archived: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+_POS = {name: i for i, name in enumerate(CHAIN_ROW_COLUMNS)}
+
+
+def _erase_json(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: (ERASED if k in keys else _erase_json(v, keys)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_erase_json(v, keys) for v in value]
+    return value
+
+
+def _erasure(row: Sequence[Any]) -> dict[str, Any] | None:
+    """New values of an erased chain row (``None``: already erased)."""
+    pii_text = row[_POS["pii"]]
+    info = json.loads(pii_text) if pii_text else {}
+    if "d" in info:
+        return None
+    keys = info.get("k") or []
+    texts = [row[_POS[name]] for name in JSON_FIELDS]
+    salt = row[_POS["pii_salt"]]
+    digest = personal_digest("" if salt is None else salt,
+                             [row[_POS[name]] for name in PERSONAL_FIELDS],
+                             personal_json_values(texts, keys) if keys else [])
+    changes: dict[str, Any] = {"id": row[_POS["id"]], "pii_salt": None,
+                               "pii": json.dumps({"k": keys, "d": digest})}
+    for name in PERSONAL_FIELDS:
+        changes[name] = ERASED if row[_POS[name]] is not None else None
+    frozen = frozenset(keys)
+    for name, text_value in zip(JSON_FIELDS, texts, strict=True):
+        if keys and text_value is not None:
+            changes[name] = json.dumps(_erase_json(json.loads(text_value), frozen),
+                                       sort_keys=True, separators=(",", ":"),
+                                       ensure_ascii=False)
+        else:
+            changes[name] = text_value
+    return changes
+
+
+def _erase_live(engine: Engine, user_id: str) -> int:
+    dialect = engine.dialect.name
+    mark = "?" if dialect == "sqlite" else "%s"
+    select_sql = (f"SELECT {chain_row_select(dialect)} FROM audit_trails "
+                  f"WHERE user_id = {mark} AND stream IS NOT NULL")
+    json_cast = "CAST({} AS JSONB)" if dialect == "postgresql" else "{}"
+    sets = ", ".join(
+        f"{name} = " + (json_cast.format(f":{name}") if name in JSON_FIELDS else f":{name}")
+        for name in (*PERSONAL_FIELDS, *JSON_FIELDS, "pii_salt", "pii"))
+    try:
+        with engine.begin() as conn:
+            rows = conn.exec_driver_sql(select_sql, (user_id,)).all()
+            changes = [c for c in (_erasure(tuple(r)) for r in rows) if c is not None]
+            if changes:
+                conn.execute(text(f"UPDATE audit_trails SET {sets} WHERE id = :id"), changes)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot erase the subject's records: {exc}") from exc
+    return len(changes)
+
+
+def _erase_archives(archive_dir: Path, user_id: str) -> tuple[int, list[str]]:
+    manifest = load_manifest(archive_dir)
+    total, rewritten = 0, []
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    try:
+        for path in sorted(archive_dir.rglob("*.parquet")):
+            source = f"read_parquet({sql_literal(str(path))})"
+            rows = con.execute(f"SELECT {chain_row_select('duckdb')} FROM {source} "
+                               "WHERE user_id = ?", [user_id]).fetchall()
+            changes = [c for c in (_erasure(r) for r in rows) if c is not None]
+            if not changes:
+                continue
+            names = ["id", *PERSONAL_FIELDS, *JSON_FIELDS, "pii_salt", "pii"]
+            con.execute("CREATE OR REPLACE TEMP TABLE upd (" +
+                        ", ".join(f'"{n}" VARCHAR' for n in names) + ")")
+            con.executemany(f"INSERT INTO upd VALUES ({', '.join('?' * len(names))})",
+                            [[c[n] for n in names] for c in changes])
+            replace = ", ".join(
+                f"CASE WHEN u.id IS NULL THEN a.\"{n}\" ELSE "
+                f"CAST(u.\"{n}\" AS {'JSON' if n in JSON_FIELDS else 'VARCHAR'}) END AS \"{n}\""
+                for n in names[1:])
+            tmp = path.with_name(path.name + ".tmp")
+            con.execute(f"COPY (SELECT a.* REPLACE ({replace}) FROM {source} a "
+                        "LEFT JOIN upd u ON a.id = u.id ORDER BY a.stream, a.seq) "
+                        f"TO {sql_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+            os.replace(tmp, path)
+            rel = str(path.relative_to(archive_dir))
+            for run in manifest.get("runs", []):
+                for item in run.get("files", []):
+                    if item["path"] == rel:
+                        item["sha256"] = _sha256(path)
+            total += len(changes)
+            rewritten.append(rel)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot erase the subject from the archives: {exc}") from exc
+    finally:
+        con.close()
+    if rewritten:
+        manifest.setdefault("erasures", []).append(
+            {"at": dt.datetime.now(dt.UTC).isoformat(), "records": total, "files": rewritten})
+        _save_manifest(archive_dir, manifest)
+    return total, rewritten
+
+
+def forget(engine: Engine, user_id: str, *, archive_dir: str | Path | None = None,
+           erased_by: str | None = None, trail: AuditTrail | None = None) -> ForgetReport:
+    """Erase ``user_id``'s personal values everywhere; ``verify`` still passes afterwards.
+
+    With ``trail``, an ``ERASE`` record (counts only, never the subject's ID) is
+    appended to the trail in ``sync`` mode.
+    """
+    report = ForgetReport(live=_erase_live(engine, user_id))
+    if archive_dir is not None and Path(archive_dir).is_dir():
+        report.archived, report.files = _erase_archives(Path(archive_dir), user_id)
+    if trail is not None:
+        trail.record("ERASE", user_id=erased_by or "otel-audit",
+                     resource_type="audit_subject", mode="sync",
+                     context={"records_erased": report.live,
+                              "archived_records_erased": report.archived,
+                              "archive_files_rewritten": len(report.files)})
+    return report
