@@ -15,7 +15,8 @@ import datetime as dt
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -26,10 +27,11 @@ from uuid_utils import uuid7
 from ._internal import log_internal_error
 from .config import AuditConfig, resolve_config
 from .context import _correlation_id, _request_context
-from .errors import AuditWriteError, ConfigError
+from .errors import AuditWriteError, StoreError
 from .integrity.install import install_chain
 from .mapping import AUDIT_EVENT_NAME
-from .pipeline.batch import AuditStats, BatchPipeline
+from .pipeline.batch import AuditStats
+from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
 from .policy import AuditPolicy
 from .record import AuditRecord
 from .store.reader import query_records
@@ -91,7 +93,7 @@ class AuditTrail:
         self.enabled = self.config.enabled
         self.service_name = self.config.service_name
         self.writer = StoreWriter(self.config.url, auto_migrate=self.config.auto_migrate)
-        self.pipeline = BatchPipeline(self.config, self.writer)
+        self.pipeline = build_pipeline(self.config, self.writer)
         if self.config.emit_otel_logs:
             # imported only when asked for; runs on the worker after normalisation
             from .integrations.otel_logs import OtelLogEmitter
@@ -100,6 +102,9 @@ class AuditTrail:
         #: this writer's hash chain (see otel_audit.integrity)
         self.chain = install_chain(self.config, self.writer, self.pipeline)
         self._sync = self.config.mode == "sync"
+        self._choose_mode = ModeChooser(self.config)
+        # the hot path skips mode resolution when nothing can change the trail's mode
+        self._plain_async = self.config.mode == "async" and not self._choose_mode.has_rules
         self._closed = False
         ref = weakref.ref(self)
 
@@ -241,12 +246,17 @@ class AuditTrail:
         acting_as: str | None = None,
         timestamp: dt.datetime | None = None,
         mode: str | None = None,
+        session: Any = None,
     ) -> AuditRecord | None:
         """Record one audit entry and return it (``None`` when the trail is disabled).
 
         In ``async`` mode this never raises and does no I/O: the record is queued. In
         ``sync`` mode (the trail's, or ``mode="sync"`` for this call) it returns after
-        the store commit and raises :class:`AuditWriteError` on failure.
+        the store commit and raises :class:`AuditWriteError` on failure; ``durable``
+        returns once the record is in the local journal. ``session`` (a SQLAlchemy
+        ``Session`` or ``Connection`` on the trail's store) writes the row inside the
+        caller's transaction — it commits or rolls back with the caller's work (the
+        transactional outbox; see also :meth:`in_transaction`).
         """
         if not self.enabled:
             return None
@@ -281,23 +291,60 @@ class AuditTrail:
             log_internal_error("build", logging.ERROR, "could not build audit record",
                                exc_info=True)
             return None
-        self.submit(rec, mode=mode)
+        self.submit(rec, mode=mode, session=session)
         _link_to_current_span(rec.id)
         return rec
 
-    def submit(self, record: AuditRecord, *, mode: str | None = None) -> AuditRecord:
-        """Submit a built record in the trail's mode (or ``mode`` for this call)."""
-        if mode is None:
-            sync = self._sync
-        elif mode in ("sync", "async"):
-            sync = mode == "sync"
-        else:
-            raise ConfigError(f"mode must be 'async' or 'sync'; got {mode!r}")
-        if sync:
-            self.pipeline.write_now([record])
-        else:
+    def submit(self, record: AuditRecord, *, mode: str | None = None,
+               session: Any = None) -> AuditRecord:
+        """Submit a built record in the trail's mode (or ``mode`` for this call).
+
+        ``session`` (or an enclosing :meth:`in_transaction`) writes it in the caller's
+        transaction instead.
+        """
+        if session is None:
+            scoped = current_session.get()
+            if scoped is not None and scoped[0] == id(self):
+                session = scoped[1]
+        if session is not None:
+            try:
+                connection = check_same_store(session, self.writer)
+                self.pipeline.write_in_transaction([record], connection)
+            except StoreError as exc:
+                raise AuditWriteError(str(exc)) from exc
+            return record
+        if mode is None and self._plain_async:
             self.pipeline.submit(record)
+            return record
+        chosen = self._choose_mode(record, mode)
+        if chosen == "async":
+            self.pipeline.submit(record)
+        elif chosen == "durable":
+            self.pipeline.submit_durable(record)
+        else:
+            self.pipeline.write_now([record])
         return record
+
+    @contextmanager
+    def in_transaction(self, session: Any) -> Iterator[Any]:
+        """Write every record made inside the block in ``session``'s transaction.
+
+        ::
+
+            with Session(engine) as session, session.begin():
+                session.add(invoice)
+                with trail.in_transaction(session):
+                    trail.record("CREATE", resource_type="invoice", ...)
+            # audit row and invoice commit together (or neither does)
+
+        ``session`` must use the trail's store; otherwise :class:`ConfigError`.
+        """
+        check_same_store(session, self.writer)
+        token = current_session.set((id(self), session))
+        try:
+            yield session
+        finally:
+            current_session.reset(token)
 
     def action(
         self,

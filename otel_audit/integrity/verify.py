@@ -144,7 +144,8 @@ class _Walker:
             return
         elif seq > prev[1] + 1:
             missing = f"{prev[1] + 1}" if seq == prev[1] + 2 else f"{prev[1] + 1}..{seq - 1}"
-            self.add("deleted", None, f"records {missing} are missing", stream, prev[1] + 1)
+            self.add("deleted", None, f"records {missing} are missing (deleted, or sealed "
+                     "but never committed)", stream, prev[1] + 1)
             linked = None
         else:
             linked = prev_hash == prev[_HASH]

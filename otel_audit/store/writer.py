@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import (
     ArgumentError,
@@ -232,6 +232,35 @@ class StoreWriter:
                 params.append(row)
             if params:
                 conn.execute(audit_trails.insert(), params)
+
+    def write_on(self, connection: Connection, batch: Sequence[PreparedRecord]) -> None:
+        """Insert ``batch`` inside the caller's transaction on ``connection`` (no commit).
+
+        The transactional outbox: the rows commit or roll back with the caller's work.
+        Idempotent like :meth:`write` — SQLite ``INSERT OR IGNORE``, PostgreSQL
+        ``INSERT ... ON CONFLICT DO NOTHING`` (a ``COPY`` conflict would abort the
+        caller's transaction).
+        """
+        if not batch:
+            return
+        self.ensure_schema()
+        placeholder = "?" if self.dialect == "sqlite" else "%s"
+        values = ", ".join([placeholder] * len(ALL_COLUMNS))
+        if self.dialect == "sqlite":
+            sql = f"INSERT OR IGNORE INTO audit_trails ({_COLUMN_LIST}) VALUES ({values})"
+        elif self.dialect == "postgresql":
+            sql = (f"INSERT INTO audit_trails ({_COLUMN_LIST}) VALUES ({values}) "
+                   "ON CONFLICT DO NOTHING")
+        else:
+            raise StoreError(f"the transactional outbox does not support {self.dialect}",
+                             transient=False)
+        rows = [to_row(p, sqlite=self.dialect == "sqlite") for p in batch]
+        try:
+            connection.exec_driver_sql(sql, rows)
+        except (DataError, SAIntegrityError) as exc:
+            raise StoreError(f"store rejected the batch: {exc}", transient=False) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
 
     def dispose(self, *, close: bool = True) -> None:
         """Release pooled connections (``close=False`` after fork: do not touch the parent's)."""
