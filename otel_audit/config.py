@@ -27,7 +27,16 @@ __all__ = [
 ]
 
 #: Delivery modes a trail accepts.
-MODES = ("async", "sync")
+MODES = ("async", "durable", "sync")
+
+#: What happens when the queue is full and the spool is full or disabled.
+OVERFLOW_POLICIES = ("block", "drop_newest", "drop_oldest")
+
+#: When the ``durable`` journal calls ``fsync``.
+FSYNC_POLICIES = ("batch", "always", "never")
+
+#: How secret-like values are replaced.
+REDACT_MODES = ("mask", "hmac", "off")
 
 DEFAULT_DATABASE_URL = "sqlite:///audit.db"
 
@@ -43,6 +52,20 @@ def _parse_bool(raw: str) -> bool:
 
 def _ms_to_seconds(raw: str) -> float:
     return float(raw) / 1000.0
+
+
+def _parse_names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parse_rules(raw: str) -> dict[str, str]:
+    rules: dict[str, str] = {}
+    for part in _parse_names(raw):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected NAME=MODE pairs, got {part!r}")
+        rules[key.strip()] = value.strip()
+    return rules
 
 
 def _parse_key_list(raw: str) -> tuple[str, ...]:
@@ -66,8 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("enabled", "OTEL_AUDIT_ENABLED", True, _parse_bool,
             "`false` turns recording off: `record()` returns `None`."),
     Setting("mode", "OTEL_AUDIT_MODE", "async", str,
-            "`async` (queue, background writer) or `sync` "
-            "(commit before returning, raises)."),
+            "`async` (queue, background writer, spool), `durable` (local journal before "
+            "returning) or `sync` (commit before returning, raises)."),
     Setting("service_name", "OTEL_SERVICE_NAME", "unknown_service", str,
             "Service name stored with every record."),
     Setting("batch_size", "OTEL_AUDIT_BATCH_SIZE", 512, int,
@@ -89,6 +112,36 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auto_migrate", "OTEL_AUDIT_AUTO_MIGRATE", None, _parse_bool,
             "Create or upgrade the schema on first use (default: on for SQLite, off "
             "elsewhere; run `otel-audit migrate`)."),
+    Setting("spool_dir", "OTEL_AUDIT_SPOOL_DIR", None, str,
+            "Directory of the on-disk spool used while the store is down or the queue is "
+            "full (default: `<db file>.otel-audit/spool` for SQLite files, else "
+            "`~/.local/state/otel_audit/<store hash>/spool`)."),
+    Setting("spool_max_bytes", "OTEL_AUDIT_SPOOL_MAX_BYTES", 1 << 30, int,
+            "Size cap of the spool; `0` disables spooling."),
+    Setting("overflow_policy", "OTEL_AUDIT_OVERFLOW_POLICY", "block", str,
+            "When the queue is full and the spool is full or disabled: `block` (wait "
+            "`queue_full_timeout`, then drop the new record), `drop_newest` or "
+            "`drop_oldest`; always counted and logged at ERROR."),
+    Setting("journal_dir", "OTEL_AUDIT_JOURNAL_DIR", None, str,
+            "Directory of the `durable` mode journal (default: next to the spool, "
+            "`.../journal`)."),
+    Setting("fsync", "OTEL_AUDIT_FSYNC", "batch", str,
+            "`durable` journal: `batch` (group commit: one fsync shared by concurrent "
+            "callers), `always` (one fsync per record) or `never` (written to the OS only)."),
+    Setting("mode_by_classification", "OTEL_AUDIT_MODE_BY_CLASSIFICATION", None, _parse_rules,
+            "Delivery mode per data classification, e.g. `restricted=sync` (fail-closed); "
+            "`NAME=MODE,...` in the environment."),
+    Setting("mode_by_action", "OTEL_AUDIT_MODE_BY_ACTION", None, _parse_rules,
+            "Delivery mode per action, e.g. `DELETE=durable`."),
+    Setting("redact", "OTEL_AUDIT_REDACT", "mask", str,
+            "Secret-like keys in `old_values`/`new_values`/`changes`/`context`: `mask` "
+            "(`[REDACTED]`), `hmac` (keyed HMAC-SHA256, comparable) or `off`."),
+    Setting("redact_keys", "OTEL_AUDIT_REDACT_KEYS", (), _parse_names,
+            "Extra secret-like key names (comma-separated in the environment)."),
+    Setting("redact_allow", "OTEL_AUDIT_REDACT_ALLOW", (), _parse_names,
+            "Key names never redacted even when they look secret (e.g. `token_count`)."),
+    Setting("redact_hmac_key", "OTEL_AUDIT_REDACT_HMAC_KEY", None, str,
+            "Key of `redact=hmac` (required in that mode)."),
     Setting("emit_otel_logs", "OTEL_AUDIT_EMIT_OTEL_LOGS", False, _parse_bool,
             "Also emit every written record as an OpenTelemetry log record (event name "
             "`audit`) through the `LoggerProvider`, after redaction and normalisation."),
@@ -136,6 +189,17 @@ class AuditConfig:
     retry_max_backoff: float = 30.0
     shutdown_timeout: float = 10.0
     auto_migrate: bool | None = None
+    spool_dir: str | None = None
+    spool_max_bytes: int = 1 << 30
+    overflow_policy: str = "block"
+    journal_dir: str | None = None
+    fsync: str = "batch"
+    mode_by_classification: Mapping[str, str] | None = None
+    mode_by_action: Mapping[str, str] | None = None
+    redact: str = "mask"
+    redact_keys: tuple[str, ...] = ()
+    redact_allow: tuple[str, ...] = ()
+    redact_hmac_key: str | None = None
     emit_otel_logs: bool = False
     archive_dir: str | None = None
     trace_url: str | None = None
@@ -199,6 +263,20 @@ def _validated(config: AuditConfig) -> AuditConfig:
         value = getattr(config, name)
         if not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{name} must be a non-negative number of seconds; got {value!r}")
+    for name, allowed in (("overflow_policy", OVERFLOW_POLICIES), ("fsync", FSYNC_POLICIES),
+                          ("redact", REDACT_MODES)):
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}; "
+                              f"got {getattr(config, name)!r}")
+    if not isinstance(config.spool_max_bytes, int) or config.spool_max_bytes < 0:
+        raise ConfigError(f"spool_max_bytes must be >= 0; got {config.spool_max_bytes!r}")
+    for name in ("mode_by_classification", "mode_by_action"):
+        for key, mode in (getattr(config, name) or {}).items():
+            if mode not in MODES:
+                raise ConfigError(f"{name}[{key!r}] must be one of {', '.join(MODES)}; "
+                                  f"got {mode!r}")
+    if config.redact == "hmac" and not config.redact_hmac_key:
+        raise ConfigError("redact='hmac' needs redact_hmac_key")
     normalise_database_url(config.url)
     return config
 

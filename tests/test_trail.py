@@ -206,8 +206,9 @@ def test_misconfiguration_raises_config_error() -> None:
 
 
 def test_async_record_never_raises_on_a_dead_store() -> None:
+    # without a spool (spool_max_bytes=0): the batch stays in memory, retried
     trail = AuditTrail("postgresql://postgres@127.0.0.1:1/none", retry_max_backoff=0.05,
-                       flush_interval=0.01)
+                       flush_interval=0.01, spool_max_bytes=0)
     rec = trail.record("READ", user_id="u")
     assert rec is not None
     assert trail.flush(0.5) is False  # still retrying, record kept
@@ -252,7 +253,8 @@ def test_shutdown_flushes_everything(make_trail: Factory) -> None:
 
 def test_full_queue_waits_then_drops_loudly(caplog: pytest.LogCaptureFixture) -> None:
     trail = AuditTrail("postgresql://postgres@127.0.0.1:1/none", queue_size=10,
-                       queue_full_timeout=0.01, retry_max_backoff=0.05)
+                       queue_full_timeout=0.01, retry_max_backoff=0.05,
+                       spool_max_bytes=0)  # no spool to spill to
     for i in range(30):
         trail.record("READ", user_id="u", resource_id=str(i))
     stats = trail.stats()

@@ -2,12 +2,20 @@
 
 Shape borrowed from the OpenTelemetry SDK's batch processors (a queue, a worker woken
 when a batch fills or the interval passes, deadline-bound shutdown, re-init after
-fork), with two differences that matter for an audit trail: a full queue makes the
-caller wait briefly before anything is dropped, and a failed write is *retried* with
-exponential back-off and jitter while the batch is kept, never thrown away.
+fork), with differences that matter for an audit trail:
 
-Work on the caller's thread (:meth:`BatchPipeline.submit`) is an ``append`` and a
-length check. Normalisation, chaining and I/O happen on the worker.
+* a batch the store refuses for a transient reason is never thrown away: it goes to
+  the on-disk spool (:mod:`.spool`) and is replayed, in order, once the store
+  answers; while anything is spooled, new batches queue up behind it in the spool;
+* a full queue spills to the spool too; only when the spool is full or disabled does
+  the overflow policy (``block``, ``drop_newest``, ``drop_oldest``) apply — counted,
+  logged at ERROR, exported as a metric;
+* ``durable`` mode journals each record on the caller's thread (:mod:`.journal`)
+  before it is queued.
+
+Work on the caller's thread in ``async`` mode (:meth:`BatchPipeline.submit`) is an
+``append`` and a length check. Redaction, normalisation, chaining and I/O happen on
+the worker — and before anything reaches the spool or journal.
 """
 
 from __future__ import annotations
@@ -17,16 +25,21 @@ import multiprocessing.util
 import os
 import random
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .._internal import log_internal_error, logger, suppress_instrumentation
 from ..config import AuditConfig
 from ..errors import AuditWriteError, StoreError
+from ..metrics import PipelineMetrics
 from ..record import AuditRecord, normalise
 from ..store.writer import PreparedRecord, StoreWriter
+from .journal import Journal
+from .spool import Spool
 
 __all__ = ["AuditStats", "BatchPipeline", "BatchSealer", "RecordTransform", "WrittenHook"]
 
@@ -37,10 +50,18 @@ BatchSealer = Callable[[list[PreparedRecord]], list[PreparedRecord]]
 #: Runs after a batch is committed (metrics, OpenTelemetry log emission).
 WrittenHook = Callable[[Sequence[PreparedRecord]], None]
 
+_Item = AuditRecord | PreparedRecord
+
 
 @dataclass(frozen=True, slots=True)
 class AuditStats:
-    """Counters of one trail since it was created (or since fork, in a child)."""
+    """Counters of one trail since it was created (or since fork, in a child).
+
+    ``spooled``/``replayed`` count records that went through the disk spool (or, for
+    ``replayed``, a journal left by a dead process); ``spool_records``/``spool_bytes``
+    are what waits there now; ``journal_pending`` counts ``durable`` records not yet
+    committed to the store.
+    """
 
     enqueued: int
     written: int
@@ -48,6 +69,11 @@ class AuditStats:
     failed: int
     dropped: int
     queue_depth: int
+    spooled: int = 0
+    replayed: int = 0
+    spool_records: int = 0
+    spool_bytes: int = 0
+    journal_pending: int = 0
 
 
 class _FlushMarker:
@@ -68,12 +94,19 @@ class BatchPipeline:
         transforms: Sequence[RecordTransform] = (),
         sealers: Sequence[BatchSealer] = (),
         on_written: Sequence[WrittenHook] = (),
+        redactor: RecordTransform | None = None,
+        spool_dir: str | None = None,
+        journal_dir: str | None = None,
     ) -> None:
         self.config = config
         self.writer = writer
         self.transforms = list(transforms)
         self.sealers = list(sealers)
         self.on_written = list(on_written)
+        #: Applied first to every record, also when a transform fails (never skipped).
+        self.redactor = redactor
+        self._spool_dir = spool_dir
+        self._journal_dir = journal_dir
         self._batch_size = config.batch_size
         self._queue_size = config.queue_size
         self._init_state()
@@ -88,12 +121,14 @@ class BatchPipeline:
         # multiprocessing children leave through os._exit, which skips atexit, and clear
         # finalisers right after fork: register the drain-on-exit from its after-fork hook
         multiprocessing.util.register_after_fork(self, BatchPipeline._finalise_on_exit)
+        if config.mode == "durable":
+            self.open_journal()
 
     def _finalise_on_exit(self) -> None:
         multiprocessing.util.Finalize(self, self.shutdown, exitpriority=100)
 
     def _init_state(self) -> None:
-        self._queue: deque[AuditRecord | _FlushMarker] = deque()
+        self._queue: deque[_Item | _FlushMarker] = deque()
         self._wake = threading.Event()
         self._space = threading.Condition(threading.Lock())
         self._stop = threading.Event()
@@ -107,26 +142,122 @@ class BatchPipeline:
         self._failed = 0
         self._dropped = 0
         self._sync_enqueued = 0
+        self._spooled = 0
+        self._replayed = 0
+        self._waiting: list[_FlushMarker] = []  # flushes waiting for the spool to drain
+        self._replay_at = 0.0
+        self._replay_attempt = 0
+        self.spool: Spool | None = None
+        if self._spool_dir is not None and self.config.spool_max_bytes > 0:
+            self.spool = Spool(self._spool_dir, self.config.spool_max_bytes)
+        self.journal: Journal | None = None
+        self.metrics = PipelineMetrics(self._queue_depth, self._spool_bytes)
 
     def _after_fork_in_child(self) -> None:
         # The parent writes what it had queued; the child starts empty with its own
-        # worker, locks and connections, so no record is ever written twice.
+        # worker, locks, connections, spool and journal segments, so no record is ever
+        # written twice. Inherited segment descriptors are closed so the parent's
+        # segments become adoptable as soon as the parent dies.
+        for holder in (self.spool, self.journal):
+            for segment in _segments_of(holder):
+                segment.close()
+        durable = self.journal is not None
         self._init_state()
         self.writer.dispose(close=False)
+        if durable:
+            self.open_journal()
+
+    def open_journal(self) -> None:
+        """Open this process's journal and re-submit records left by dead processes."""
+        if self._journal_dir is None or self.journal is not None:
+            return
+        self.journal = Journal(self._journal_dir, self.config.fsync)
+        try:
+            orphans = self.journal.adopt_orphans()
+        except OSError:
+            log_internal_error("journal_adopt", logging.ERROR,
+                               "cannot read the audit journal in %s", self._journal_dir,
+                               exc_info=True)
+            return
+        if orphans:
+            logger.warning("audit journal: replaying %d records left by a stopped process",
+                           len(orphans))
+            with self._state_lock:
+                self._replayed += len(orphans)
+            for prepared in orphans:
+                self.submit(prepared)
 
     # ------------------------------------------------------------------ caller side
 
-    def submit(self, record: AuditRecord) -> bool:
+    def submit(self, record: _Item) -> bool:
         """Hand ``record`` to the worker. Returns ``False`` if it had to be dropped."""
         queue = self._queue
-        if len(queue) >= self._queue_size and not self._wait_for_room():
-            return self._drop(record)
+        if len(queue) >= self._queue_size:
+            return self._overflow(record)
         queue.append(record)
         if len(queue) >= self._batch_size:
             self._wake.set()
         if self._worker is None:
             self._start_worker()
         return True
+
+    def submit_durable(self, record: AuditRecord) -> None:
+        """``durable`` mode: journal ``record`` (redacted, normalised), then queue it.
+
+        If the journal cannot be written the record is committed synchronously instead;
+        :class:`AuditWriteError` is raised only if that fails too.
+        """
+        journal = self.journal
+        prepared = self._prepare([record])[0]
+        if journal is not None:
+            try:
+                journal.append(prepared)
+            except OSError as exc:
+                log_internal_error("journal_write", logging.ERROR,
+                                   "audit journal write failed (%s); writing synchronously",
+                                   exc)
+            else:
+                self.submit(prepared)
+                return
+        self.write_now([prepared])
+
+    def _overflow(self, record: _Item) -> bool:
+        """The queue is full: spill to the spool, else apply the overflow policy."""
+        if self._closed:
+            return self._drop(record, "closed")
+        if self._worker is None:
+            self._start_worker()
+        spool = self.spool
+        if spool is not None:
+            try:
+                prepared = self._prepare([record])
+                if spool.append(prepared):
+                    self._count_spooled(len(prepared))
+                    self._wake.set()
+                    return True
+                reason = "spool_full"
+            except OSError as exc:
+                reason = "spool_unwritable"
+                log_internal_error(f"spool_error:{id(self)}", logging.ERROR,
+                                   "audit spool %s unwritable: %s", spool.directory, exc)
+        else:
+            reason = "queue_full"
+        policy = self.config.overflow_policy
+        if policy == "block" and self._wait_for_room():
+            self._queue.append(record)
+            return True
+        if policy == "drop_oldest":
+            try:
+                oldest = self._queue.popleft()
+            except IndexError:
+                oldest = None
+            if isinstance(oldest, _FlushMarker):
+                self._queue.appendleft(oldest)
+            elif oldest is not None:
+                self._queue.append(record)
+                self._drop(oldest, reason)
+                return True
+        return self._drop(record, reason)
 
     def _wait_for_room(self) -> bool:
         if self._closed:
@@ -138,14 +269,17 @@ class BatchPipeline:
             return self._space.wait_for(lambda: len(self._queue) < self._queue_size,
                                         self.config.queue_full_timeout)
 
-    def _drop(self, record: AuditRecord) -> bool:
+    def _drop(self, item: _Item, reason: str) -> bool:
+        record = item.record if isinstance(item, PreparedRecord) else item
         with self._state_lock:
             self._dropped += 1
             dropped = self._dropped
+        self.metrics.dropped(1, reason)
         log_internal_error(
             f"queue_full:{id(self)}", logging.ERROR,
-            "audit queue full (%d records): dropped record %s (action=%s); %d dropped so far",
-            self._queue_size, record.id, record.action, dropped,
+            "audit queue full (%d records, %s): dropped record %s (action=%s); "
+            "%d dropped so far",
+            self._queue_size, reason, record.id, record.action, dropped,
         )
         return False
 
@@ -157,7 +291,7 @@ class BatchPipeline:
             self._worker = worker
         worker.start()
 
-    def write_now(self, records: Sequence[AuditRecord]) -> None:
+    def write_now(self, records: Sequence[_Item]) -> None:
         """Write ``records`` on the caller's thread (``sync`` mode). Raises on failure."""
         with self._state_lock:
             self._sync_enqueued += len(records)
@@ -169,18 +303,50 @@ class BatchPipeline:
                 self._failed += len(records)
             raise AuditWriteError(str(exc)) from exc
 
+    def write_in_transaction(self, records: Sequence[_Item], connection: Any) -> list[
+            PreparedRecord]:
+        """Transactional outbox: write ``records`` on the caller's ``connection``.
+
+        The rows commit or roll back with the caller's transaction. Records go through
+        the same redaction, normalisation and sealers as every other write; the seal
+        is taken under the write lock, the insert runs outside it (the caller's
+        transaction may hold database locks the worker is waiting for).
+        """
+        with self._state_lock:
+            self._sync_enqueued += len(records)
+        with suppress_instrumentation():
+            prepared = self._prepare(records)
+            with self._write_lock:
+                self._seal(prepared)
+            self.writer.write_on(connection, prepared)
+        return prepared
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record submitted before the call is committed."""
-        if not self._queue or self._worker is None:
+        """Wait until every record submitted before the call is committed.
+
+        Records waiting in the spool count as not committed yet: with the store down
+        this returns ``False`` after ``timeout``.
+        """
+        spool = self.spool
+        spooled = spool is not None and spool.pending()
+        if (not self._queue or self._worker is None) and not spooled:
             with self._write_lock:  # a batch may be in flight
                 return not self._queue
+        if self._worker is None:
+            self._start_worker()
         marker = _FlushMarker()
         self._queue.append(marker)
+        self._replay_at = 0.0  # a flush is a good moment to try the store again
         self._wake.set()
         return marker.done.wait(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Flush (bounded by ``timeout``), stop the worker and release connections."""
+        """Flush (bounded by ``timeout``), stop the worker and release connections.
+
+        Records the store did not take before the deadline stay in the spool (or the
+        journal) for the next process using the same directory; with neither, they
+        are counted as failed and logged.
+        """
         if self._closed:
             return True
         deadline = self.config.shutdown_timeout if timeout is None else timeout
@@ -191,19 +357,56 @@ class BatchPipeline:
         worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join(deadline)
-        remaining = sum(1 for item in self._queue if isinstance(item, AuditRecord))
+        remaining = [item for item in self._queue if not isinstance(item, _FlushMarker)]
         if remaining:
-            with self._state_lock:
-                self._failed += remaining
-            logger.error("audit shutdown: %d records were not written before the deadline",
-                         remaining)
+            self._queue.clear()
+            kept = self._spool_on_exit(remaining)
+            lost = len(remaining) - kept
+            if lost:
+                with self._state_lock:
+                    self._failed += lost
+                logger.error("audit shutdown: %d records were not written before the deadline",
+                             lost)
             flushed = False
+        spool = self.spool
+        if spool is not None:
+            if spool.records:
+                logger.warning("audit shutdown: %d records wait in the spool %s for the next "
+                               "process", spool.records, spool.directory)
+                flushed = False
+            spool.close()
+        if self.journal is not None:
+            if self.journal.pending:
+                logger.warning("audit shutdown: %d durable records wait in the journal %s",
+                               self.journal.pending, self.journal.directory)
+            self.journal.close()
         self.writer.dispose()
         return flushed
 
+    def _spool_on_exit(self, items: list[_Item]) -> int:
+        """Move what is left in memory to the spool; return how many were kept."""
+        spool = self.spool
+        journalled = sum(1 for item in items if self._in_journal(item))
+        if spool is None:
+            return journalled
+        try:
+            prepared = self._prepare(items)
+            if spool.append(prepared):
+                self._count_spooled(len(prepared))
+                return len(items)
+        except Exception:
+            log_internal_error("spool_exit", logging.ERROR,
+                               "audit shutdown: cannot spool the remaining records",
+                               exc_info=True)
+        return journalled
+
+    def _in_journal(self, item: _Item) -> bool:
+        return self.journal is not None and isinstance(item, PreparedRecord)
+
     def stats(self) -> AuditStats:
         """Return the current counters."""
-        depth = sum(1 for item in list(self._queue) if isinstance(item, AuditRecord))
+        depth = self._queue_depth()
+        spool = self.spool
         with self._state_lock:
             return AuditStats(
                 enqueued=self._drained + depth + self._sync_enqueued,
@@ -212,16 +415,36 @@ class BatchPipeline:
                 failed=self._failed,
                 dropped=self._dropped,
                 queue_depth=depth,
+                spooled=self._spooled,
+                replayed=self._replayed,
+                spool_records=spool.records if spool is not None else 0,
+                spool_bytes=spool.size if spool is not None else 0,
+                journal_pending=self.journal.pending if self.journal is not None else 0,
             )
+
+    def _queue_depth(self) -> int:
+        return sum(1 for item in list(self._queue) if not isinstance(item, _FlushMarker))
+
+    def _spool_bytes(self) -> int:
+        return self.spool.size if self.spool is not None else 0
+
+    def _count_spooled(self, n: int) -> None:
+        with self._state_lock:
+            self._spooled += n
+        self.metrics.spooled(n)
 
     # ------------------------------------------------------------------ worker side
 
     def _run(self) -> None:
         with suppress_instrumentation():
             while True:
-                self._wake.wait(self.config.flush_interval)
+                wait = self.config.flush_interval
+                if self.spool is not None and self.spool.pending():
+                    wait = max(0.0, min(wait, self._replay_at - time.monotonic()))
+                self._wake.wait(wait)
                 self._wake.clear()
                 self._drain()
+                self._maybe_replay()
                 if self._stop.is_set():
                     self._drain()
                     return
@@ -229,7 +452,7 @@ class BatchPipeline:
     def _drain(self) -> None:
         queue = self._queue
         while queue:
-            batch: list[AuditRecord] = []
+            batch: list[_Item] = []
             markers: list[_FlushMarker] = []
             while queue and len(batch) < self._batch_size:
                 item = queue.popleft()
@@ -242,20 +465,31 @@ class BatchPipeline:
             if batch:
                 with self._state_lock:
                     self._drained += len(batch)
-                self._write_with_retry(batch)
-            for marker in markers:
-                marker.done.set()
+                self._write_batch(batch)
+            if markers:
+                self._waiting.extend(markers)
+                self._maybe_replay()
+                self._release_markers()
             if self._stop.is_set() and self._closed and not batch and not markers:
                 return
 
-    def _write_with_retry(self, batch: list[AuditRecord]) -> None:
+    def _release_markers(self) -> None:
+        if self._waiting and (self.spool is None or not self.spool.pending()):
+            waiting, self._waiting = self._waiting, []
+            for marker in waiting:
+                marker.done.set()
+
+    def _write_batch(self, batch: list[_Item]) -> None:
         try:
             prepared = self._prepare(batch)
         except Exception:  # a transform bug must not lose the batch: write it untransformed
             log_internal_error("prepare", logging.ERROR,
                                "audit record preparation failed", exc_info=True)
-            prepared = [PreparedRecord(*normalise(r, max_record_bytes=self.config.max_record_bytes))
-                        for r in batch]
+            prepared = [self._prepare_plain(item) for item in batch]
+        spool = self.spool
+        # keep order: while records wait in the spool, new ones queue behind them
+        if spool is not None and spool.pending() and self._to_spool(prepared):
+            return
         attempt = 0
         while True:
             try:
@@ -268,19 +502,95 @@ class BatchPipeline:
                 attempt += 1
                 with self._state_lock:
                     self._retried += 1
-                delay = min(self.config.retry_max_backoff, 0.05 * (2 ** min(attempt, 20)))
-                delay *= random.uniform(0.5, 1.0)
+                self.metrics.retried()
+                if self._to_spool(prepared):
+                    self._schedule_replay(exc)
+                    return
+                delay = self._backoff(attempt)
                 log_internal_error(
                     "store_retry", logging.WARNING,
                     "audit store write failed (attempt %d, %d records kept, retrying in %.2fs): %s",
                     attempt, len(prepared), delay, exc,
                 )
                 if self._stop.wait(delay) and self._closed and self._past_deadline(attempt):
-                    with self._state_lock:
-                        self._failed += len(prepared)
-                    logger.error("audit shutdown with the store unavailable: %d records lost",
-                                 len(prepared))
+                    kept = self._spool_on_exit(list(prepared))
+                    if len(prepared) - kept:
+                        with self._state_lock:
+                            self._failed += len(prepared) - kept
+                        self.metrics.dropped(len(prepared) - kept, "shutdown")
+                        logger.error("audit shutdown with the store unavailable: %d records "
+                                     "lost", len(prepared) - kept)
                     return
+
+    def _backoff(self, attempt: int) -> float:
+        delay: float = min(self.config.retry_max_backoff, 0.05 * 2.0 ** min(attempt, 20))
+        return delay * random.uniform(0.5, 1.0)
+
+    def _to_spool(self, prepared: list[PreparedRecord]) -> bool:
+        spool = self.spool
+        if spool is None:
+            return False
+        try:
+            if spool.append(prepared):
+                self._count_spooled(len(prepared))
+                return True
+            log_internal_error(f"spool_full:{id(self)}", logging.ERROR,
+                               "audit spool %s is full (%d bytes): keeping the batch in memory",
+                               spool.directory, spool.max_bytes)
+        except OSError as exc:
+            log_internal_error(f"spool_error:{id(self)}", logging.ERROR,
+                               "audit spool %s unwritable: %s", spool.directory, exc)
+        return False
+
+    def _schedule_replay(self, exc: BaseException | None) -> None:
+        self._replay_attempt += 1
+        delay = self._backoff(self._replay_attempt)
+        self._replay_at = time.monotonic() + delay
+        if exc is not None:
+            log_internal_error(
+                "store_down", logging.WARNING,
+                "audit store unavailable, spooling to %s (next attempt in %.2fs): %s",
+                self.spool.directory if self.spool else "?", delay, exc,
+            )
+
+    def _maybe_replay(self) -> None:
+        spool = self.spool
+        if spool is None or not spool.pending() or time.monotonic() < self._replay_at:
+            self._release_markers()
+            return
+        self._replay_spool(spool)
+        self._release_markers()
+
+    def _replay_spool(self, spool: Spool) -> None:
+        """Write spooled segments oldest first; stop at the first failure (retry later)."""
+        spool.rescan()
+        while True:
+            segment = spool.oldest()
+            if segment is None:
+                self._replay_attempt = 0
+                return
+            count = 0
+            batch: list[PreparedRecord] = []
+            try:
+                for prepared in spool.read(segment):
+                    batch.append(prepared)
+                    if len(batch) >= self._batch_size:
+                        self._write(batch, replay=True)
+                        count += len(batch)
+                        batch = []
+                if batch:
+                    self._write(batch, replay=True)
+                    count += len(batch)
+            except StoreError as exc:
+                if not exc.transient and batch:
+                    self._write_one_by_one(batch)
+                    continue
+                with self._state_lock:
+                    self._retried += 1
+                self.metrics.retried()
+                self._schedule_replay(exc)
+                return
+            spool.done(segment, count)
 
     def _past_deadline(self, attempt: int) -> bool:
         # during shutdown keep retrying only briefly: shutdown() itself is deadline-bound
@@ -294,29 +604,75 @@ class BatchPipeline:
             except StoreError as exc:
                 with self._state_lock:
                     self._failed += 1
+                self.metrics.dropped(1, "rejected")
                 log_internal_error("store_reject", logging.ERROR,
                                    "audit store rejected record %s: %s", item.record.id, exc)
 
-    def _prepare(self, records: Sequence[AuditRecord]) -> list[PreparedRecord]:
+    def _prepare_plain(self, item: _Item) -> PreparedRecord:
+        if isinstance(item, PreparedRecord):
+            return item
+        if self.redactor is not None:
+            item = self.redactor(item)
+        return PreparedRecord(*normalise(item, max_record_bytes=self.config.max_record_bytes))
+
+    def _prepare(self, records: Sequence[_Item]) -> list[PreparedRecord]:
         cap = self.config.max_record_bytes
+        redactor = self.redactor
         out: list[PreparedRecord] = []
         for record in records:
+            if isinstance(record, PreparedRecord):  # journalled or spooled: already done
+                out.append(record)
+                continue
+            if redactor is not None:
+                record = redactor(record)
             for transform in self.transforms:
                 record = transform(record)
             out.append(PreparedRecord(*normalise(record, max_record_bytes=cap)))
         return out
 
-    def _write(self, prepared: list[PreparedRecord]) -> None:
+    def _seal(self, prepared: list[PreparedRecord]) -> None:
+        """Run the sealers on the records without a chain position, in place.
+
+        A record sealed before (then spooled or retried) keeps its ``seq``/``hash``.
+        """
+        if not self.sealers:
+            return
+        todo = [i for i, p in enumerate(prepared) if p.seq is None]
+        if not todo:
+            return
+        batch = [prepared[i] for i in todo]
+        for sealer in self.sealers:
+            batch = sealer(batch)
+        for i, sealed in zip(todo, batch, strict=True):
+            prepared[i] = sealed
+
+    def _write(self, prepared: list[PreparedRecord], *, replay: bool = False) -> None:
         with self._write_lock:
-            batch = prepared
-            for sealer in self.sealers:
-                batch = sealer(batch)
-            self.writer.write(batch)
+            self._seal(prepared)  # in place: a retry or the spool keeps the chain position
+            started = time.perf_counter()
+            self.writer.write(prepared)
+            elapsed = time.perf_counter() - started
             with self._state_lock:
-                self._written += len(batch)
+                self._written += len(prepared)
+                if replay:
+                    self._replayed += len(prepared)
+        self.metrics.written(len(prepared), elapsed)
+        if replay:
+            self.metrics.replayed(len(prepared))
+        if self.journal is not None:
+            self.journal.committed(p.record.id for p in prepared)
         for hook in self.on_written:
             try:
-                hook(batch)
+                hook(prepared)
             except Exception:
                 log_internal_error("on_written", logging.ERROR,
                                    "audit post-write hook %r failed", hook, exc_info=True)
+
+
+def _segments_of(holder: Spool | Journal | None) -> list[Any]:
+    if holder is None:
+        return []
+    if isinstance(holder, Spool):
+        current = [holder._current] if holder._current is not None else []
+        return [*holder._ready, *current]
+    return list(holder._segments)
