@@ -28,7 +28,7 @@ import duckdb
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .analytics._duck import _typed_columns, attach_store, sql_literal
+from .analytics._duck import attach_store, sql_literal
 from .errors import ConfigError, IntegrityError, StoreError
 from .integrity.canonical import (
     CHAIN_ROW_COLUMNS,
@@ -197,6 +197,24 @@ def _save_manifest(archive_dir: Path, doc: dict[str, Any]) -> None:
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _typed_columns() -> str:
+    """Every ``audit_trails`` column with the archive's type (the same on every store)."""
+    out = []
+    for column in audit_trails.columns:
+        name = f'"{column.name}"'
+        kind = type(column.type).__name__.upper()
+        if column.name == "timestamp":
+            # the session time zone is UTC, so SQLite's naive UTC text lands unchanged
+            cast = "TIMESTAMPTZ"
+        elif column.name in JSON_FIELDS:
+            cast = "JSON"
+        else:
+            cast = {"BOOLEAN": "BOOLEAN", "BIGINTEGER": "BIGINT",
+                    "INTEGER": "INTEGER"}.get(kind, "VARCHAR")
+        out.append(f"CAST({name} AS {cast}) AS {name}")
+    return ", ".join(out)
 
 
 def _connect(engine: Engine) -> duckdb.DuckDBPyConnection:

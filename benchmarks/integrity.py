@@ -1,0 +1,142 @@
+"""Integrity and retention figures: chaining cost, verify, prune, archive size.
+
+Prints absolute figures and ratios measured side by side in one run:
+
+* write path: records/s through ``StoreWriter`` with and without the chain sealer
+  (normalised batches, the same store, alternating rounds);
+* verify: records/s of ``verify_trail`` over the whole store (HMAC key set);
+* prune: records/s archived to Parquet and deleted;
+* archive size versus live size (SQLite file bytes per record before/after).
+
+``--quick`` uses small sizes (smoke test); the default verifies 1,000,000 records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from uuid_utils import uuid7
+
+from otel_audit.integrity.chain import ChainSealer
+from otel_audit.integrity.verify import verify_trail
+from otel_audit.record import AuditRecord, normalise
+from otel_audit.retention import prune
+from otel_audit.store.writer import PreparedRecord, StoreWriter
+
+KEY = b"benchmark-key"
+BASE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def _records(start: int, count: int) -> list[PreparedRecord]:
+    out = []
+    for i in range(start, start + count):
+        record = AuditRecord(
+            uuid7().hex, BASE + dt.timedelta(seconds=i * 2), "UPDATE" if i % 3 else "READ",
+            f"user-{i % 500}", correlation_id=f"{i:032x}", trace_id=f"{i:032x}",
+            span_id=f"{i:016x}", resource_type="tool", resource_id=f"tool-{i % 5000}",
+            resource_name="Search tool", user_email=f"user{i % 500}@example.com",
+            team_id="team-1", client_ip="10.1.2.3", user_agent="Mozilla/5.0 (X11; Linux)",
+            request_path="/tools/update", request_method="PUT",
+            old_values={"enabled": True, "limit": i % 100},
+            new_values={"enabled": False, "limit": i % 100 + 1},
+            context={"email": "ops@example.com"} if i % 50 == 0 else None,
+            data_classification="internal", service_name="benchmark",
+        )
+        out.append(PreparedRecord(*normalise(record)))
+    return out
+
+
+def _write(writer: StoreWriter, sealer: ChainSealer | None, total: int, batch: int,
+           start: int) -> float:
+    """Seconds to normalise, (seal) and write ``total`` records in batches."""
+    elapsed = 0.0
+    for offset in range(start, start + total, batch):
+        prepared = _records(offset, min(batch, start + total - offset))
+        began = time.perf_counter()
+        if sealer is not None:
+            prepared = sealer(prepared)
+        writer.write(prepared)
+        elapsed += time.perf_counter() - began
+    return elapsed
+
+
+def write_path(root: Path, total: int, rounds: int) -> None:
+    """Records/s with and without chaining, alternating rounds on two fresh stores."""
+    plain = StoreWriter(f"sqlite:///{root}/plain.db", auto_migrate=True)
+    chained = StoreWriter(f"sqlite:///{root}/chained.db", auto_migrate=True)
+    sealer = ChainSealer(service_name="benchmark", hmac_key=KEY, personal_keys=("email",))
+    per_round = total // rounds
+    t_plain = t_chained = 0.0
+    for r in range(rounds):
+        t_plain += _write(plain, None, per_round, 1000, r * per_round)
+        t_chained += _write(chained, sealer, per_round, 1000, r * per_round)
+    n = per_round * rounds
+    print(f"write path  plain    {n / t_plain:>10,.0f} records/s  (store write only)")
+    print(f"write path  chained  {n / t_chained:>10,.0f} records/s  (seal + store write)")
+    print(f"write path  chained/plain = {t_plain / t_chained:.2f}")
+    plain.dispose()
+    chained.dispose()
+
+
+def verify_and_prune(root: Path, total: int) -> None:
+    """Fill one store with ``total`` chained records, verify it, prune half of it."""
+    url = f"sqlite:///{root}/trail.db"
+    writer = StoreWriter(url, auto_migrate=True)
+    sealer = ChainSealer(service_name="benchmark", hmac_key=KEY, personal_keys=("email",))
+    began = time.perf_counter()
+    _write(writer, sealer, total, 5000, 0)
+    print(f"fill        {total:,} chained records in {time.perf_counter() - began:.1f} s")
+    db_file = root / "trail.db"
+    live_bytes = db_file.stat().st_size
+    began = time.perf_counter()
+    report = verify_trail(writer.engine, key=KEY)
+    seconds = time.perf_counter() - began
+    assert report.ok, report.findings[:5]
+    print(f"verify      {report.records / seconds:>10,.0f} records/s  "
+          f"({report.records:,} records in {seconds:.2f} s, HMAC, SQLite)")
+    cutoff = BASE + dt.timedelta(seconds=total)  # the older half
+    archive = root / "archive"
+    began = time.perf_counter()
+    pruned = prune(writer.engine, cutoff, archive)
+    seconds = time.perf_counter() - began
+    print(f"prune       {pruned.archived / seconds:>10,.0f} records/s  "
+          f"({pruned.archived:,} archived to {len(pruned.files)} Parquet files and deleted "
+          f"in {seconds:.2f} s)")
+    archive_bytes = sum(p.stat().st_size for p in archive.rglob("*.parquet"))
+    per_live = live_bytes / total
+    per_archived = archive_bytes / max(1, pruned.archived)
+    print(f"size        live {per_live:,.0f} bytes/record (SQLite file incl. indexes), "
+          f"archive {per_archived:,.0f} bytes/record (Parquet zstd)")
+    print(f"size        archive/live = {per_archived / per_live:.3f}")
+    began = time.perf_counter()
+    across = verify_trail(writer.engine, key=KEY, archive_dir=archive)
+    seconds = time.perf_counter() - began
+    assert across.ok, across.findings[:5]
+    print(f"verify      {across.records / seconds:>10,.0f} records/s  "
+          f"(live + archive, {across.records:,} records in {seconds:.2f} s)")
+    writer.dispose()
+
+
+def main() -> None:
+    """Run the integrity benchmarks."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--records", type=int, default=None,
+                        help="records to verify (default 1,000,000; --quick 20,000)")
+    args = parser.parse_args()
+    total = args.records or (20_000 if args.quick else 1_000_000)
+    write_total = 10_000 if args.quick else 100_000
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="otel-audit-bench-") as tmp:
+        write_path(Path(tmp), write_total, rounds=4)
+        verify_and_prune(Path(tmp), total)
+
+
+if __name__ == "__main__":
+    main()
