@@ -211,8 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=100 * BATCH)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=2,
-                        help="exporter threads sending at once (a Collector uses several)")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="exporter threads sending at once (default: the gateway's "
+                             "sending_queue.num_consumers)")
     parser.add_argument("--postgres", default=os.environ.get("OTEL_AUDIT_BENCH_POSTGRES_URL"))
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     args = parser.parse_args()

@@ -73,8 +73,9 @@ def build_server(
 
 @contextmanager
 def serve_in_thread(app: IngestApp, *, host: str = "127.0.0.1", port: int = 0,
+                    tls_cert: str | None = None, tls_key: str | None = None,
                     log_level: str = "warning") -> Iterator[str]:
-    """Serve ``app`` on a background thread; yields the base URL (``http://host:port``).
+    """Serve ``app`` on a background thread; yields the base URL (``http(s)://host:port``).
 
     The socket is bound and listening before the thread starts, so clients may connect
     at once (the kernel queues them until uvicorn accepts). On exit the server shuts down
@@ -85,12 +86,13 @@ def serve_in_thread(app: IngestApp, *, host: str = "127.0.0.1", port: int = 0,
     sock.bind((host, port))
     sock.listen(2048)
     bound_port = sock.getsockname()[1]
-    server = build_server(app, host=host, port=bound_port, log_level=log_level)
+    server = build_server(app, host=host, port=bound_port, tls_cert=tls_cert, tls_key=tls_key,
+                          log_level=log_level)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="otel-audit-serve", daemon=True)
     thread.start()
     try:
-        yield f"http://{host}:{bound_port}"
+        yield f"{'https' if tls_cert else 'http'}://{host}:{bound_port}"
     finally:
         server.should_exit = True
         thread.join(GRACEFUL_SHUTDOWN_SECONDS + 10)

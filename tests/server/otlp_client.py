@@ -18,13 +18,15 @@ from opentelemetry.sdk.trace import TracerProvider
 
 
 def emit(endpoint: str, service: str, count: int, *, token: str | None = None,
-         batch_size: int = 512, timeout: float = 30) -> tuple[set[str], bool]:
+         batch_size: int = 512, timeout: float = 30,
+         certificate_file: str | None = None) -> tuple[set[str], bool]:
     """Emit ``count`` audit log records inside spans; returns (trace IDs, flushed)."""
     resource = Resource.create({"service.name": service})
     tracer = TracerProvider(resource=resource).get_tracer("otlp-client")
     headers = {"authorization": f"Bearer {token}"} if token else None
     exporter = OTLPLogExporter(endpoint=endpoint, compression=Compression.Gzip,
-                               headers=headers, timeout=timeout)
+                               headers=headers, timeout=timeout,
+                               certificate_file=certificate_file)
     provider = LoggerProvider(resource=resource)
     provider.add_log_record_processor(BatchLogRecordProcessor(
         exporter, max_export_batch_size=batch_size, max_queue_size=max(count, 2048),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from otlp_client import emit
 from sqlalchemy import func, select
@@ -99,3 +102,27 @@ def test_store_outage_clients_retry_and_nothing_is_lost(
     assert app.stats.as_dict()["unavailable"] >= 1
     assert _stored(ingest_trail) == {"ledger": result["ids"]}
     assert _count(ingest_trail) == 40
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls(make_app: Callable[..., IngestApp], ingest_trail: AuditTrail,
+             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests lets these override a session's CA file (psf/requests#3829)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    with serve_in_thread(make_app(token="tls-token"), tls_cert=str(cert),
+                         tls_key=str(key)) as base_url:
+        assert base_url.startswith("https://")
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as client:
+            assert client.get(f"{base_url}/healthz").status_code == 200
+        _, flushed = emit(f"{base_url}/v1/logs", "secure", 5, token="tls-token",
+                          certificate_file=str(cert))
+    assert flushed
+    assert _count(ingest_trail) == 5
