@@ -80,35 +80,48 @@ def attach_store(con: duckdb.DuckDBPyConnection, url: URL, alias: str = "live") 
     return backend
 
 
-def _typed_columns() -> str:
-    """The SELECT list giving every store the same types (TIMESTAMPTZ, JSON, BOOLEAN)."""
+def _duck_type(kind: str) -> str:
+    if kind in _JSON_TYPES:
+        return "JSON"
+    return {"BOOLEAN": "BOOLEAN", "BIGINTEGER": "BIGINT", "INTEGER": "INTEGER",
+            "DATETIME": "TIMESTAMPTZ"}.get(kind, "VARCHAR")
+
+
+def _typed_columns(present: set[str]) -> str:
+    """The SELECT list giving every source the same types (TIMESTAMPTZ, JSON, BOOLEAN).
+
+    Columns of the current schema that a source lacks (a store on an older migration,
+    an archive written before a column existed) read as typed NULLs.
+    """
     out = []
     for column in audit_trails.columns:
         name = f'"{column.name}"'
-        kind = type(column.type).__name__.upper()
-        if column.name == "timestamp":
-            # the session time zone is UTC, so SQLite's naive UTC text lands unchanged
-            expr = f"CAST({name} AS TIMESTAMPTZ)"
-        elif kind in _JSON_TYPES:
-            expr = f"CAST({name} AS JSON)"
-        elif kind == "BOOLEAN":
-            expr = f"CAST({name} AS BOOLEAN)"
-        elif kind == "BIGINTEGER":
-            expr = f"CAST({name} AS BIGINT)"
-        elif kind == "INTEGER":
-            expr = f"CAST({name} AS INTEGER)"
-        else:
-            expr = f"CAST({name} AS VARCHAR)"
-        out.append(f"{expr} AS {name}")
+        # the session time zone is UTC, so SQLite's naive UTC text lands unchanged
+        duck_type = _duck_type(type(column.type).__name__.upper())
+        source = name if column.name in present else "NULL"
+        out.append(f"CAST({source} AS {duck_type}) AS {name}")
     return ", ".join(out)
+
+
+def _columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
+    return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
 
 
 def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | None) -> None:
     """Create the temp view ``audit_trails`` over the live store and any Parquet archives."""
-    columns = _typed_columns()
-    select = f"SELECT {columns} FROM {live}.audit_trails"
+    table = f"{live}.audit_trails"
+    try:
+        present = _columns_of(con, table)
+    except duckdb.Error as exc:
+        raise QueryError(f"the store has no audit_trails table (run otel-audit migrate): "
+                         f"{exc}") from exc
+    select = f"SELECT {_typed_columns(present)} FROM {table}"
     if archive_glob is not None:
-        archived = (f"SELECT {columns} FROM read_parquet({sql_literal(archive_glob)}, "
-                    "union_by_name = true, hive_partitioning = false)")
-        select = f"{select} UNION ALL BY NAME {archived}"
+        source = (f"read_parquet({sql_literal(archive_glob)}, union_by_name = true, "
+                  "hive_partitioning = false)")
+        try:
+            archived = _columns_of(con, source)
+        except duckdb.Error as exc:
+            raise QueryError(f"cannot read the Parquet archives: {exc}") from exc
+        select += f" UNION ALL BY NAME SELECT {_typed_columns(archived)} FROM {source}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW audit_trails AS {select}")

@@ -7,12 +7,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from otel_audit import AuditTrail
 from otel_audit.analytics import AuditAnalytics, trace_link
 from otel_audit.errors import ConfigError, QueryError
 from otel_audit.record import AuditRecord
+from otel_audit.store.migrate import upgrade
+from otel_audit.store.writer import create_store_engine
 
 WHEN = dt.datetime(2026, 5, 4, 22, 30, 15, 123456, tzinfo=dt.UTC)
 
@@ -189,3 +192,20 @@ def test_trace_link_template(monkeypatch: pytest.MonkeyPatch) -> None:
     assert trace_link("cd" * 16) == "https://tempo/explore?traceId=" + "cd" * 16
     assert trace_link(None) is None
     assert json.dumps(trace_link("ef" * 16))  # a plain string
+
+
+def test_archives_missing_newer_columns_read_as_nulls(tmp_path: Path, sqlite_url: str) -> None:
+    engine = create_store_engine(sqlite_url)
+    upgrade(engine)  # an empty, migrated store
+    engine.dispose()
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    duckdb.sql(
+        "SELECT 'a1' AS id, TIMESTAMPTZ '2025-01-01 00:00:00+00' AS timestamp, "
+        "'READ' AS action, 'old' AS user_id, TRUE AS success, FALSE AS requires_review, "
+        "1 AS schema_version"
+    ).write_parquet(str(archive / "old.parquet"))
+    with AuditAnalytics(sqlite_url, archive_dir=archive) as analytics:
+        row = analytics.sql("SELECT id, user_id, context, acting_as, success "
+                            "FROM audit_trails").fetchall()
+    assert row == [("a1", "old", None, None, True)]

@@ -1,0 +1,227 @@
+"""Report latency through ``AuditAnalytics`` (DuckDB over SQLite) vs SQLite answering itself.
+
+Builds SQLite trails of 1M and 10M records (``--quick``: 20k and 100k) with the real
+schema and indexes: DuckDB generates the rows and writes them through its sqlite
+scanner, in the exact layout the trail's writer uses (UTC text timestamps, 0/1
+booleans, JSON text). Then, for every report, prints the median time through
+``AuditAnalytics`` and, in the same run, the same question answered by SQLite's own
+SQL where SQLite can express it, with the ratio. Peak memory (max RSS) is printed.
+
+    python benchmarks/analytics.py [--quick] [--sizes 1000000 ...] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from otel_audit.analytics import AuditAnalytics, list_reports
+from otel_audit.analytics._duck import load_extension
+from otel_audit.store.migrate import upgrade
+from otel_audit.store.schema import RECORD_COLUMNS
+from otel_audit.store.writer import create_store_engine
+
+USERS = 500
+_CHAIN = ("stream", "seq", "prev_hash", "hash")  # left NULL: generated rows are not chained
+START = "2026-01-01 00:00:00"
+
+_GENERATE = f"""
+INSERT INTO s.audit_trails ({", ".join(f'"{c}"' for c in RECORD_COLUMNS + _CHAIN)})
+SELECT
+    md5(CAST(i AS VARCHAR)) AS id,
+    strftime(TIMESTAMP '{START}' + to_microseconds(CAST(i * ($span / $n) AS BIGINT)
+             + CAST(hash(i) % 3600000000 AS BIGINT)), '%Y-%m-%d %H:%M:%S.%f') AS "timestamp",
+    md5('t' || (i // 3)) AS correlation_id, NULL AS request_id,
+    md5('t' || (i // 3)) AS trace_id, substr(md5('s' || i), 1, 16) AS span_id,
+    CASE WHEN i % 97 < 2 THEN 'LOGIN' WHEN i % 101 = 0 THEN 'EXPORT'
+         WHEN i % 10 < 5 THEN 'READ' WHEN i % 10 < 7 THEN 'UPDATE'
+         WHEN i % 10 < 8 THEN 'CREATE' WHEN i % 10 < 9 THEN 'EXECUTE' ELSE 'DELETE' END,
+    CASE WHEN i % 7 = 0 THEN 'credential' WHEN i % 5 = 0 THEN 'user'
+         ELSE ['tool', 'server', 'prompt', 'gateway'][1 + i % 4] END AS resource_type,
+    'r-' || (hash(i * 31) % 20000) AS resource_id, NULL AS resource_name,
+    CASE WHEN i % 9 = 0 THEN 'svc-automation' ELSE 'user' || (hash(i) % {USERS}) END,
+    NULL AS user_email, 'team' || (hash(i) % {USERS} % 8) AS team_id,
+    '10.0.' || (hash(i) % {USERS} % 250) || '.' || (hash(i // 1000) % 4) AS client_ip,
+    'agent/' || (hash(i) % 3) AS user_agent, NULL AS request_path, NULL AS request_method,
+    CASE WHEN i % 10 IN (5, 6, 9) THEN '{{"v":' || (i % 13) || '}}' END AS old_values,
+    CASE WHEN i % 10 IN (5, 6, 7) THEN '{{"v":' || (i % 13 + 1) || '}}' END AS new_values,
+    NULL AS changes,
+    CASE WHEN i % 7 = 0 THEN 'restricted' WHEN i % 5 = 0 THEN 'confidential' END,
+    CASE WHEN i % 7 = 0 OR i % 10 = 9 THEN 1 ELSE 0 END AS requires_review,
+    CASE WHEN hash(i * 7) % 100 < 3 THEN 0 ELSE 1 END AS success, NULL AS error_message,
+    CASE WHEN i % 101 = 0 THEN '{{"rows":' || (hash(i) % 5000 + 1) || '}}' END AS context,
+    'bench' AS service_name,
+    CASE WHEN i % 9 = 0 THEN 'user' || (hash(i * 3) % {USERS}) END AS acting_as,
+    1 AS schema_version, NULL AS stream, NULL AS seq, NULL AS prev_hash, NULL AS hash
+FROM range($n) r(i)
+"""
+
+#: The same questions in SQLite's own SQL (where it can express them).
+SQLITE_EQUIVALENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "activity_by_team": (
+        "SELECT coalesce(team_id, '(none)') AS team, count(*), count(DISTINCT user_id), "
+        "sum(NOT success), sum(data_classification IN ('confidential','restricted')), "
+        "sum(upper(action) IN ('CREATE','UPDATE','DELETE')) FROM audit_trails GROUP BY team",
+        ()),
+    "confidential_access": (
+        "SELECT user_id, team_id, date(timestamp) AS day, count(*), "
+        "sum(data_classification = 'restricted'), sum(NOT success) FROM audit_trails "
+        "WHERE data_classification IN ('confidential','restricted') "
+        "GROUP BY user_id, team_id, day", ()),
+    "deletions_by_actor": (
+        "SELECT user_id, count(*), sum(NOT success), min(timestamp), max(timestamp) "
+        "FROM audit_trails WHERE upper(action) = 'DELETE' GROUP BY user_id", ()),
+    "acting_as_usage": (
+        "SELECT user_id, acting_as, count(*), sum(NOT success), min(timestamp), "
+        "max(timestamp) FROM audit_trails WHERE acting_as IS NOT NULL "
+        "GROUP BY user_id, acting_as", ()),
+    "failed_logins_by_ip": (
+        "SELECT client_ip, count(*), count(DISTINCT user_id) FROM audit_trails "
+        "WHERE upper(action) = 'LOGIN' AND NOT success AND client_ip IS NOT NULL "
+        "GROUP BY client_ip HAVING count(*) >= 3", ()),
+    "failure_spikes": (
+        "WITH daily AS (SELECT user_id, date(timestamp) AS day, sum(NOT success) AS f "
+        "FROM audit_trails GROUP BY user_id, day), b AS (SELECT user_id, day, f, "
+        "coalesce((sum(f) OVER w - f) * 1.0 / nullif(count(*) OVER w - 1, 0), 0) AS base "
+        "FROM daily WINDOW w AS (PARTITION BY user_id)) "
+        "SELECT * FROM b WHERE f >= 3 AND f > 3.0 * base", ()),
+    "privileged_after_hours": (
+        "SELECT id FROM audit_trails WHERE (upper(action) IN ('CREATE','UPDATE','DELETE',"
+        "'EXPORT','EXECUTE','GRANT','REVOKE') OR data_classification = 'restricted') AND "
+        "(CAST(strftime('%H', timestamp) AS INTEGER) < 8 OR "
+        "CAST(strftime('%H', timestamp) AS INTEGER) >= 18 OR strftime('%w', timestamp) "
+        "IN ('0','6'))", ()),
+    "first_time_access": (
+        "SELECT user_id, resource_type, min(timestamp) FROM audit_trails "
+        "WHERE resource_type IS NOT NULL GROUP BY user_id, resource_type", ()),
+    "new_client_for_user": (
+        "WITH f AS (SELECT user_id, min(timestamp) AS t0 FROM audit_trails GROUP BY user_id), "
+        "c AS (SELECT user_id, client_ip, min(timestamp) AS t FROM audit_trails "
+        "GROUP BY user_id, client_ip) SELECT c.* FROM c JOIN f USING (user_id) WHERE c.t > f.t0",
+        ()),
+    "resource_history": (
+        "SELECT * FROM audit_trails WHERE resource_type = ? AND resource_id = ? AND "
+        "(old_values IS NOT NULL OR new_values IS NOT NULL OR changes IS NOT NULL OR "
+        "upper(action) IN ('CREATE','UPDATE','DELETE')) ORDER BY timestamp, id",
+        ("tool", "r-42")),
+    "trace_timeline": (
+        "SELECT * FROM audit_trails WHERE trace_id = ? ORDER BY timestamp, id",
+        ("__TRACE__",)),
+    "who_accessed": (
+        "SELECT user_id, count(*), min(timestamp), max(timestamp) FROM audit_trails "
+        "WHERE resource_id = ? GROUP BY user_id", ("r-42",)),
+}
+
+#: Reports that aggregate over the whole trail (the >= 10x target applies to these).
+AGGREGATE = {"activity_by_team", "confidential_access", "deletions_by_actor",
+             "acting_as_usage", "failed_logins_by_ip", "failure_spikes",
+             "first_time_access", "new_client_for_user"}
+
+
+def build_trail(path: Path, n: int, days: int = 90) -> float:
+    """Create a migrated SQLite trail of ``n`` generated records; return seconds taken."""
+    started = time.perf_counter()
+    engine = create_store_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    con = duckdb.connect()
+    load_extension(con, "sqlite_scanner")
+    con.execute(f"ATTACH '{path}' AS s (TYPE sqlite)")
+    con.execute(_GENERATE, {"n": n, "span": days * 86_400_000_000})
+    con.close()
+    return time.perf_counter() - started
+
+
+def median_seconds(run: Callable[[], Any], repeat: int) -> float:
+    """Median wall time of ``repeat`` runs of ``run``."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bench_size(path: Path, n: int, repeat: int, sqlite_repeat: int) -> None:
+    """Build one trail and print every report's time, with SQLite side by side."""
+    built = build_trail(path, n)
+    print(f"\n## {n:,} records (generated in {built:.1f} s, {path.stat().st_size / 1e6:.0f} MB)")
+    print(f"{'report':<24} {'duckdb':>10} {'sqlite':>10} {'ratio':>8}  target")
+    limit = 1.0 if n <= 1_000_000 else 5.0
+    analytics = AuditAnalytics(f"sqlite:///{path}")
+    trace = analytics.sql("SELECT trace_id FROM audit_trails LIMIT 1").fetchone()
+    trace_id = trace[0] if trace else ""
+    lite = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    worst = 0.0
+    ratios = []
+    for report in list_reports():
+        params: dict[str, Any] = {}
+        if report.name == "resource_history":
+            params = {"resource_type": "tool", "resource_id": "r-42"}
+        elif report.name == "who_accessed":
+            params = {"resource_id": "r-42"}
+        elif report.name == "trace_timeline":
+            params = {"trace_id": trace_id}
+        bound = report.bind(params)
+        counted = f"SELECT count(*) FROM ({report.sql})"
+        duck = median_seconds(
+            lambda q=counted, b=bound: analytics.sql(q, b).fetchall(), repeat)
+        worst = max(worst, duck)
+        lite_s = "-"
+        ratio_s = "-"
+        if report.name in SQLITE_EQUIVALENTS:
+            sql, args = SQLITE_EQUIVALENTS[report.name]
+            args = tuple(trace_id if a == "__TRACE__" else a for a in args)
+            seconds = median_seconds(
+                lambda q=sql, a=args: lite.execute(f"SELECT count(*) FROM ({q})", a).fetchall(),
+                sqlite_repeat)
+            lite_s = f"{seconds:.3f}s"
+            ratio_s = f"{seconds / duck:.1f}x"
+            if report.name in AGGREGATE:
+                ratios.append(seconds / duck)
+        verdict = "ok" if duck <= limit else f"OVER {limit:g}s"
+        print(f"{report.name:<24} {duck:>9.3f}s {lite_s:>10} {ratio_s:>8}  {verdict}",
+              flush=True)
+    analytics.close()
+    lite.close()
+    if ratios:
+        print(f"slowest report {worst:.3f} s (target <= {limit:g} s); aggregate reports "
+              f"{min(ratios):.1f}x-{max(ratios):.1f}x faster than SQLite "
+              f"(median {statistics.median(ratios):.1f}x; target >= 10x)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (max RSS of this process so far): {peak:.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="trail sizes to build")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per DuckDB report")
+    parser.add_argument("--sqlite-repeat", type=int, default=1,
+                        help="runs per SQLite query (slow at 10M)")
+    parser.add_argument("--dir", type=Path, help="where to build trails (default: a temp dir)")
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([20_000, 100_000] if args.quick else [1_000_000, 10_000_000])
+    print(f"duckdb {duckdb.__version__}, sqlite {sqlite3.sqlite_version}, python "
+          f"{sys.version.split()[0]}; median of {args.repeat} DuckDB runs, "
+          f"{args.sqlite_repeat} SQLite run(s); timings are of count(*) over each report")
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for n in sizes:
+            path = Path(tmp) / f"trail_{n}.db"
+            bench_size(path, n, args.repeat, args.sqlite_repeat)
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()
