@@ -55,9 +55,11 @@ def stable_record_id(time_ns: int, digest: bytes) -> str:
     return format(value, "032x")
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _timestamp(time_ns: int) -> dt.datetime:
-    seconds, nanos = divmod(time_ns, 1_000_000_000)
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(microsecond=nanos // 1000)
+    return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)
 
 
 def _to_record(trail: AuditTrail, entry: LogEntry) -> AuditRecord | None:

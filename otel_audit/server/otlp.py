@@ -214,12 +214,12 @@ def iter_log_entries(request: ExportLogsServiceRequest) -> Iterator[LogEntry]:
         resource = attributes(resource_logs.resource.attributes)
         resource_bytes = resource_logs.resource.SerializeToString(deterministic=True)
         for scope_logs in resource_logs.scope_logs:
-            scope_bytes = scope_logs.scope.SerializeToString(deterministic=True)
+            prefix = hashlib.sha256(resource_bytes)
+            prefix.update(b"\x00")
+            prefix.update(scope_logs.scope.SerializeToString(deterministic=True))
+            prefix.update(b"\x00")
             for log in scope_logs.log_records:
-                digest = hashlib.sha256(resource_bytes)
-                digest.update(b"\x00")
-                digest.update(scope_bytes)
-                digest.update(b"\x00")
+                digest = prefix.copy()
                 digest.update(log.SerializeToString(deterministic=True))
                 yield LogEntry(log, resource, digest.digest())
 
