@@ -74,6 +74,14 @@ def read_frames(fd: int) -> Iterator[bytes]:
             yield payload
 
 
+def _sync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class SegmentDir:
     """A directory of segments named ``<prefix>-<pid>-<uuid>.seg``."""
 
@@ -95,6 +103,7 @@ class SegmentDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(tmp, final)
+            _sync_directory(self.directory)  # the new name survives a power cut too
         except BaseException:
             os.close(fd)
             raise

@@ -109,7 +109,7 @@ class Spool:
 
     @property
     def records(self) -> int:
-        """Records currently spooled (adopted segments count once read)."""
+        """Records this process spooled that wait for replay (adopted segments not included)."""
         return self._records
 
     def _adopt(self) -> None:
@@ -145,7 +145,8 @@ class Spool:
             if segment in self._ready:
                 self._ready.remove(segment)
             self._bytes -= segment.size
-            self._records = max(0, self._records - (segment.frames or records))
+            # adopted segments were never counted in _records (their frames are 0)
+            self._records = max(0, self._records - segment.frames)
         segment.remove()
 
     def rescan(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def test_store_outage_spools_then_replays_in_order_exactly_once(
     ids = [trail.record("A", user_id="u", resource_id=str(i)).id  # type: ignore[union-attr]
            for i in range(300)]
     assert trail.flush(0.3) is False
+    deadline = time.monotonic() + 30
+    while trail.stats().spooled < 300 and time.monotonic() < deadline:
+        trail.flush(0.1)  # the worker moves every failed batch to the spool
     stats = trail.stats()
     assert stats.spooled == 300 and stats.spool_records == 300 and stats.written == 0
     writer.write = real_write  # type: ignore[method-assign]

@@ -155,3 +155,20 @@ def test_many_types_survive(make_trail: Factory) -> None:
     [stored] = trail.records()
     assert stored.new_values == {"d": "1.5", "t": "01:02:00", "r": "<unrepresentable ReprRaises>",
                                  "b": "AA=="}
+
+
+@pytest.mark.parametrize("size", [70_000, 300_000])
+def test_very_long_values_are_stored_as_documented(make_trail: Factory, size: int) -> None:
+    trail = make_trail()
+    huge = "é\x00" * (size // 2)
+    rec = trail.record("A", user_id="u" * 1000, resource_id=huge, error_message=huge,
+                       new_values={"blob": huge, "password": huge}, context=[huge] * 3)
+    assert rec is not None
+    assert trail.flush(30)
+    expected, texts = normalise(Redactor()(rec), max_record_bytes=trail.config.max_record_bytes)
+    stored = _stored(trail, rec.id)
+    assert stored.user_id == expected.user_id == "u" * 255
+    assert stored.resource_id == expected.resource_id
+    assert stored.error_message == expected.error_message
+    for field, text in texts.items():
+        assert getattr(stored, field) == (None if text is None else json.loads(text)), field
