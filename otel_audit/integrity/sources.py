@@ -137,9 +137,20 @@ class StoreSource:
             return bool(full) and chain_hash(full, key, canonicalise=True) == row[3]
         return chain_hash(row[len(HEADER):], key, canonicalise=True) == str(row[3])
 
-    def rows(self, stream: str | None = None) -> Iterator[tuple[Any, ...]]:
+    def stream_ranges(self) -> list[tuple[str, int, int, int]]:
+        """``(stream, first seq, last seq, rows)`` of every stream."""
+        return [(s, int(lo), int(hi), int(n)) for s, lo, hi, n in self._all(
+            "SELECT stream, MIN(seq), MAX(seq), COUNT(*) FROM audit_trails "
+            "WHERE stream IS NOT NULL GROUP BY stream ORDER BY stream", [])]
+
+    def rows(self, stream: str | None = None, seq_range: tuple[int, int] | None = None,
+             ) -> Iterator[tuple[Any, ...]]:
         """Source rows (``HEADER`` first) ordered by ``(stream, seq)``."""
-        where, params = _where(stream, self._placeholder())
+        ph = self._placeholder()
+        where, params = _where(stream, ph)
+        if seq_range is not None:
+            where += f" AND seq BETWEEN {ph} AND {ph}"
+            params += list(seq_range)
         if self.dialect == "sqlite":
             body = ", ".join(f'"{n}"' for n in HASHED_FIELDS)
             every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)

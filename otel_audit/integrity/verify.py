@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .canonical import GENESIS_HASH, chain_hash
 from .checkpoints import Checkpoint
 
-__all__ = ["FINDING_KINDS", "Finding", "VerifyReport", "verify_rows", "verify_trail"]
+__all__ = [
+    "FINDING_KINDS",
+    "PARALLEL_FROM",
+    "Finding",
+    "VerifyReport",
+    "verify_rows",
+    "verify_trail",
+]
+
+#: From this many records on, ``verify_trail`` uses one process per CPU by default.
+PARALLEL_FROM = 200_000
 
 FINDING_KINDS = ("modified", "deleted", "inserted", "reordered", "truncated",
                  "bad_signature", "archive")
@@ -135,8 +146,8 @@ class _Walker:
             if start is not None or seq != 1:
                 linked = None  # the chain's beginning is outside what we read
                 if start is None:
-                    self.add("deleted", row, f"records 1..{seq - 1} of this stream are missing "
-                             "(pruned? pass the archive directory)")
+                    self.add("deleted", None, f"records 1..{seq - 1} of this stream are "
+                             "missing (pruned? pass the archive directory)", stream, 1)
             else:
                 linked = prev_hash == GENESIS_HASH
         elif seq == prev[1]:
@@ -179,16 +190,7 @@ def verify_rows(
 ) -> VerifyReport:
     """Verify the chains of ``sources`` (merged by ``(stream, seq)``)."""
     report = report if report is not None else VerifyReport()
-    cps = list(checkpoints)
-    if stream is not None:
-        cps = [cp for cp in cps if cp.stream == stream]
-    by_stream: dict[str, dict[int, str]] = {}
-    for cp in cps:
-        by_stream.setdefault(cp.stream, {})[cp.seq] = cp.hash
-        report.checkpoints += 1
-        if public_key is not None and not cp.signature_ok(public_key):
-            report.findings.append(Finding("bad_signature", cp.stream, cp.seq, None,
-                                           "checkpoint signature does not verify"))
+    by_stream = _checkpoints(checkpoints, stream, public_key, report)
     starts: dict[str, int] | None = None
     if since is not None:
         starts = {}
@@ -216,8 +218,31 @@ def verify_rows(
     if progress is not None:
         progress(done % 10_000)
     _resolve_candidates(walker, sources)
+    _truncations(report, by_stream, walker.last_seq, starts)
+    return report
+
+
+def _checkpoints(checkpoints: Iterable[Checkpoint], stream: str | None,
+                 public_key: Ed25519PublicKey | None,
+                 report: VerifyReport) -> dict[str, dict[int, str]]:
+    """``stream -> {seq: hash}`` of the checkpoints; bad signatures become findings."""
+    by_stream: dict[str, dict[int, str]] = {}
+    for cp in checkpoints:
+        if stream is not None and cp.stream != stream:
+            continue
+        by_stream.setdefault(cp.stream, {})[cp.seq] = cp.hash
+        report.checkpoints += 1
+        if public_key is not None and not cp.signature_ok(public_key):
+            report.findings.append(Finding("bad_signature", cp.stream, cp.seq, None,
+                                           "checkpoint signature does not verify"))
+    return by_stream
+
+
+def _truncations(report: VerifyReport, by_stream: dict[str, dict[int, str]],
+                 last_seq: dict[str, int], starts: dict[str, int] | None) -> None:
+    """Chains that end before one of their checkpoints; then sort the findings."""
     for name, seqs in by_stream.items():
-        last = walker.last_seq.get(name)
+        last = last_seq.get(name)
         top = max(seqs)
         if starts is not None and name not in starts:
             continue
@@ -230,7 +255,6 @@ def verify_rows(
                                            f"the chain ends at seq {last}; a checkpoint "
                                            f"reached seq {top}"))
     report.findings.sort(key=lambda f: (f.stream or "", f.seq or 0, f.kind))
-    return report
 
 
 def _resolve_candidates(walker: _Walker, sources: Sequence[RowSource]) -> None:
@@ -265,11 +289,14 @@ def verify_trail(
     public_key: Ed25519PublicKey | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Verify the live store behind ``engine`` and the archives in ``archive_dir``.
 
     The checkpoints stored in the database are always checked; pass those of an
     exported file in ``checkpoints`` to detect a rollback of the whole database.
+    ``workers`` processes share a large store (default: one per CPU from
+    :data:`PARALLEL_FROM` records on, when neither archives nor ``since`` are given).
     """
     from .checkpoints import all_checkpoints
     from .sources import ArchiveSource, StoreSource
@@ -287,8 +314,22 @@ def verify_trail(
     for row_id in store.unchained():
         report.findings.append(Finding("inserted", None, None, row_id,
                                        "the record belongs to no chain"))
+    total = sum(s.count(stream) for s in sources)
     if on_total is not None:
-        on_total(sum(s.count(stream) for s in sources))
+        on_total(total)
     cps = [*all_checkpoints(engine), *checkpoints]
+    if workers is None:
+        workers = os.cpu_count() or 1
+        if total < PARALLEL_FROM or archive_dir is not None or since is not None:
+            workers = 1
+    if workers > 1 and stream is None and engine.dialect.name in ("sqlite", "postgresql"):
+        from .parallel import verify_parallel
+
+        by_stream = _checkpoints(cps, None, public_key, report)
+        last_seq = verify_parallel(engine.url.render_as_string(hide_password=False), key=key,
+                                   checkpoints=by_stream, workers=workers, report=report,
+                                   progress=progress)
+        _truncations(report, by_stream, last_seq, None)
+        return report
     return verify_rows(sources, key=key, stream=stream, since=since, checkpoints=cps,
                        public_key=public_key, progress=progress, report=report)
