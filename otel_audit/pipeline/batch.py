@@ -121,8 +121,10 @@ class BatchPipeline:
         # multiprocessing children leave through os._exit, which skips atexit, and clear
         # finalisers right after fork: register the drain-on-exit from its after-fork hook
         multiprocessing.util.register_after_fork(self, BatchPipeline._finalise_on_exit)
-        if config.mode == "durable":
-            self.open_journal()
+        # a durable trail adopts journals left by dead processes on first use (first
+        # record, flush or worker start) — after the trail has installed its sealers
+        self._durable = config.mode == "durable"
+        self._journal_lock = threading.Lock()
 
     def _finalise_on_exit(self) -> None:
         multiprocessing.util.Finalize(self, self.shutdown, exitpriority=100)
@@ -161,19 +163,18 @@ class BatchPipeline:
         for holder in (self.spool, self.journal):
             for segment in _segments_of(holder):
                 segment.close()
-        durable = self.journal is not None
         self._init_state()
         self.writer.dispose(close=False)
-        if durable:
-            self.open_journal()
 
     def open_journal(self) -> None:
         """Open this process's journal and re-submit records left by dead processes."""
-        if self._journal_dir is None or self.journal is not None:
-            return
-        self.journal = Journal(self._journal_dir, self.config.fsync)
+        with self._journal_lock:
+            if self._journal_dir is None or self.journal is not None:
+                return
+            journal = Journal(self._journal_dir, self.config.fsync)
+            self.journal = journal
         try:
-            orphans = self.journal.adopt_orphans()
+            orphans = journal.adopt_orphans()
         except OSError:
             log_internal_error("journal_adopt", logging.ERROR,
                                "cannot read the audit journal in %s", self._journal_dir,
@@ -207,6 +208,8 @@ class BatchPipeline:
         If the journal cannot be written the record is committed synchronously instead;
         :class:`AuditWriteError` is raised only if that fails too.
         """
+        if self.journal is None:
+            self.open_journal()
         journal = self.journal
         prepared = self._prepare([record])[0]
         if journal is not None:
@@ -327,6 +330,8 @@ class BatchPipeline:
         Records waiting in the spool count as not committed yet: with the store down
         this returns ``False`` after ``timeout``.
         """
+        if self._durable and self.journal is None:
+            self.open_journal()  # a new process replays what a dead one journalled
         spool = self.spool
         spooled = spool is not None and spool.pending()
         if (not self._queue or self._worker is None) and not spooled:
@@ -437,6 +442,8 @@ class BatchPipeline:
 
     def _run(self) -> None:
         with suppress_instrumentation():
+            if self._durable and self.journal is None:
+                self.open_journal()
             while True:
                 wait = self.config.flush_interval
                 if self.spool is not None and self.spool.pending():
