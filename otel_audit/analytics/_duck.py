@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 from ..errors import ConfigError, QueryError
 from ..store.schema import audit_trails
 
-__all__ = ["attach_store", "create_view", "load_extension", "sql_literal"]
+__all__ = ["attach_store", "create_view", "load_extension", "snapshot", "sql_literal"]
 
 _JSON_TYPES = {"JSON", "JSONB"}
 
@@ -107,8 +107,9 @@ def _columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
     return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
 
 
-def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | None) -> None:
-    """Create the temp view ``audit_trails`` over the live store and any Parquet archives."""
+def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | None,
+                name: str = "audit_trails") -> None:
+    """Create the temp view ``name`` over the live store and any Parquet archives."""
     table = f"{live}.audit_trails"
     try:
         present = _columns_of(con, table)
@@ -124,4 +125,10 @@ def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | N
         except duckdb.Error as exc:
             raise QueryError(f"cannot read the Parquet archives: {exc}") from exc
         select += f" UNION ALL BY NAME SELECT {_typed_columns(archived)} FROM {source}"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW audit_trails AS {select}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
+
+
+def snapshot(con: duckdb.DuckDBPyConnection, source: str, name: str = "audit_trails") -> None:
+    """(Re)load ``source`` into the in-memory DuckDB table ``name`` (columnar, compressed)."""
+    con.execute(f"DROP TABLE IF EXISTS {name}")
+    con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {source}")

@@ -39,6 +39,9 @@ _CONVERTERS: dict[str, Any] = {
 }
 
 
+_HEADER_KEYS = frozenset({"name", "description", "controls", "param"})
+
+
 @dataclass(frozen=True, slots=True)
 class ReportParam:
     """One parameter of a report: name, DuckDB type, default (``None`` = NULL) and meaning."""
@@ -95,7 +98,7 @@ def _parse(text: str, source: str) -> Report:
         if not line.startswith("--"):
             break
         key, sep, value = line[2:].strip().partition(":")
-        if not sep:
+        if not sep or key.strip() not in _HEADER_KEYS:  # other comments explain the SQL
             continue
         key, value = key.strip(), value.strip()
         if key == "param":

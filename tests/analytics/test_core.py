@@ -209,3 +209,20 @@ def test_archives_missing_newer_columns_read_as_nulls(tmp_path: Path, sqlite_url
         row = analytics.sql("SELECT id, user_id, context, acting_as, success "
                             "FROM audit_trails").fetchall()
     assert row == [("a1", "old", None, None, True)]
+
+
+def test_snapshot_has_the_same_rows_and_refreshes(make_trail: Callable[..., AuditTrail],
+                                                   store_url: str) -> None:
+    trail = make_trail()
+    _write(trail, 3)
+    with AuditAnalytics(store_url) as live, AuditAnalytics(store_url, snapshot=True) as snap:
+        query = "SELECT id, timestamp, success, context FROM audit_trails ORDER BY id"
+        assert snap.sql(query).fetchall() == live.sql(query).fetchall()
+        describe = "SELECT column_name, column_type FROM (DESCRIBE audit_trails)"
+        assert snap.sql(describe).fetchall() == live.sql(describe).fetchall()
+        _write(trail, 2, user="bob")
+        assert snap.sql("SELECT count(*) FROM audit_trails").fetchone() == (3,)
+        snap.refresh()
+        assert snap.sql("SELECT count(*) FROM audit_trails").fetchone() == (5,)
+        with pytest.raises(QueryError, match="read-only"):
+            snap.sql("DELETE FROM audit_trails")

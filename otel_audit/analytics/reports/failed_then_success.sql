@@ -4,10 +4,12 @@
 -- param: min_failures INTEGER = 3 | Fewest consecutive failures before the success
 -- param: window_minutes INTEGER = 10 | Longest time from the first failure to the success
 WITH ordered AS (
+    -- run = successes strictly before this row: a success closes the failures before it
     SELECT *,
-           coalesce(sum(CAST(success AS INTEGER)) OVER (
+           sum(CAST(success AS INTEGER)) OVER (
                PARTITION BY user_id, action ORDER BY "timestamp", id
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS run
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+           - CAST(success AS INTEGER) AS run
     FROM audit_trails
 ), runs AS (
     SELECT user_id, action, run,
