@@ -106,6 +106,7 @@ def test_relation_converts_to_dataframes(make_trail: Callable[..., AuditTrail],
         relation = analytics.sql("SELECT user_id, timestamp, success FROM audit_trails")
         assert len(relation.df()) == 3
         assert relation.arrow().read_all().num_rows == 3
+        assert relation.pl().height == 3
         assert len(relation.fetchall()) == 3
 
 
