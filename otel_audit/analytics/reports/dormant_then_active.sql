@@ -4,7 +4,8 @@
 -- param: dormant_days INTEGER = 14 | Shortest gap that counts as dormant
 WITH seq AS (
     SELECT user_id, "timestamp",
-           lag("timestamp") OVER (PARTITION BY user_id ORDER BY "timestamp", id) AS previous
+           -- ties need no tiebreak here: a tied row is a zero gap whichever comes first
+           lag("timestamp") OVER (PARTITION BY user_id ORDER BY "timestamp") AS previous
     FROM audit_trails
 )
 SELECT user_id, previous AS last_seen, "timestamp" AS returned_at,
