@@ -4,7 +4,8 @@ Prints absolute figures and ratios measured side by side in one run:
 
 * write path: records/s through ``StoreWriter`` with and without the chain sealer
   (normalised batches, the same store, alternating rounds);
-* verify: records/s of ``verify_trail`` over the whole store (HMAC key set);
+* verify: records/s of ``verify_trail`` over the whole store (HMAC key set), one
+  process and one per CPU, side by side;
 * prune: records/s archived to Parquet and deleted;
 * archive size versus live size (SQLite file bytes per record before/after).
 
@@ -94,12 +95,18 @@ def verify_and_prune(root: Path, total: int) -> None:
     print(f"fill        {total:,} chained records in {time.perf_counter() - began:.1f} s")
     db_file = root / "trail.db"
     live_bytes = db_file.stat().st_size
-    began = time.perf_counter()
-    report = verify_trail(writer.engine, key=KEY)
-    seconds = time.perf_counter() - began
-    assert report.ok, report.findings[:5]
-    print(f"verify      {report.records / seconds:>10,.0f} records/s  "
-          f"({report.records:,} records in {seconds:.2f} s, HMAC, SQLite)")
+    workers = os.cpu_count() or 1
+    timings = {}
+    for n in (1, workers):
+        began = time.perf_counter()
+        report = verify_trail(writer.engine, key=KEY, workers=n)
+        seconds = time.perf_counter() - began
+        assert report.ok, report.findings[:5]
+        timings[n] = seconds
+        print(f"verify      {report.records / seconds:>10,.0f} records/s  "
+              f"({report.records:,} records in {seconds:.2f} s, HMAC, SQLite, "
+              f"{n} process{'es' if n > 1 else ''})")
+    print(f"verify      {workers} processes / 1 process = {timings[1] / timings[workers]:.2f}x")
     cutoff = BASE + dt.timedelta(seconds=total)  # the older half
     archive = root / "archive"
     began = time.perf_counter()
