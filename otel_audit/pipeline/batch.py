@@ -208,21 +208,29 @@ class BatchPipeline:
         If the journal cannot be written the record is committed synchronously instead;
         :class:`AuditWriteError` is raised only if that fails too.
         """
+        self.submit_durable_batch([record])
+
+    def submit_durable_batch(self, records: Sequence[AuditRecord]) -> None:
+        """Journal ``records`` with one write and one ``fsync``, then queue them.
+
+        For callers that acknowledge many records at once (an ingest request).
+        """
         if self.journal is None:
             self.open_journal()
         journal = self.journal
-        prepared = self._prepare([record])[0]
+        prepared = self._prepare(records)
         if journal is not None:
             try:
-                journal.append(prepared)
+                journal.append_batch(prepared)
             except OSError as exc:
                 log_internal_error("journal_write", logging.ERROR,
                                    "audit journal write failed (%s); writing synchronously",
                                    exc)
             else:
-                self.submit(prepared)
+                for item in prepared:
+                    self.submit(item)
                 return
-        self.write_now([prepared])
+        self.write_now(prepared)
 
     def _overflow(self, record: _Item) -> bool:
         """The queue is full: spill to the spool, else apply the overflow policy."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..store.writer import PreparedRecord
 from .segments import Segment, SegmentDir, encode_frame, read_frames
@@ -78,7 +78,13 @@ class Journal:
 
     def append(self, prepared: PreparedRecord) -> None:
         """Journal ``prepared`` and return once it is as durable as ``fsync`` promises."""
-        frame = encode_frame(encode_record(prepared))
+        self.append_batch([prepared])
+
+    def append_batch(self, batch: Sequence[PreparedRecord]) -> None:
+        """Journal ``batch`` with one write and (at most) one ``fsync``."""
+        if not batch:
+            return
+        frame = b"".join(encode_frame(encode_record(p)) for p in batch)
         with self._cond:
             segment = self._current
             if segment is None or segment.size >= _SEGMENT_BYTES:
@@ -89,9 +95,11 @@ class Journal:
                 self._current = None
                 raise OSError(f"short write to {segment.path}")
             segment.size += written
-            segment.frames += 1
-            segment.pending += 1
-            self._by_id[prepared.record.id] = segment
+            segment.frames += len(batch)
+            for prepared in batch:
+                if self._by_id.get(prepared.record.id) is not segment:
+                    segment.pending += 1
+                self._by_id[prepared.record.id] = segment
             self._written += 1
             mine = self._written
             if self.fsync == "never":

@@ -133,7 +133,8 @@ def test_postgres_backends_terminated_and_refused_mid_load(
     assert len(stored) == len(set(stored)) == 3000  # zero lost, zero duplicated
     assert set(stored) == set(ids)
     assert (stats.dropped, stats.failed) == (0, 0)
-    assert during.spooled > 0 and stats.spool_records == 0
+    assert during.written < 3000 and stats.retried > 0  # the outage was real
+    assert stats.spool_records == 0
     trail.shutdown(5)
 
 

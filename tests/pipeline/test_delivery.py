@@ -291,3 +291,14 @@ def test_state_files_are_owner_only(tmp_path: Path) -> None:
     for name in os.listdir(journal):
         assert _mode(str(journal / name)) == 0o600
     trail.shutdown(1)
+
+
+def test_durable_batch_takes_one_fsync(make_trail: Factory, tmp_path: Path) -> None:
+    trail = make_trail(mode="durable", journal_dir=str(tmp_path / "j"), fsync="always")
+    records = [trail.build_record("A", user_id="u", resource_id=str(i)) for i in range(50)]
+    trail.pipeline.submit_durable_batch(records)
+    journal = trail.pipeline.journal
+    assert journal is not None and journal.fsyncs == 1 and journal.pending <= 50
+    assert trail.flush(10)
+    assert journal.pending == 0
+    assert len(trail.records(limit=100)) == 50
