@@ -160,14 +160,21 @@ def export(
     with _analytics(db, archive_dir, audit_reads) as analytics:
         total = analytics.sql(f"SELECT count(*) FROM ({sql})", bounds).fetchone()
         rows = int(total[0]) if total else 0
-        _copy_with_progress(analytics, sql, bounds, out, fmt)
+        _copy_with_progress(analytics, sql, bounds, out, fmt, rows)
     err_console().print(f"exported {rows} records to {out} ({fmt})")
 
 
 def _copy_with_progress(analytics: AuditAnalytics, sql: str, params: dict[str, Any],
-                        out: Path, fmt: str) -> None:
-    """Run the COPY on a worker thread; the main thread draws DuckDB's own progress."""
+                        out: Path, fmt: str, rows: int) -> None:
+    """Run the COPY on a worker thread while the main thread draws a progress bar.
+
+    The bar follows DuckDB's own query progress where the source reports it (Parquet,
+    DuckDB tables); the sqlite scanner reports none, so there it pulses with the
+    elapsed time instead of guessing.
+    """
     errors: list[BaseException] = []
+    analytics.con.execute("SET enable_progress_bar = true")  # track progress, print nothing
+    analytics.con.execute("SET enable_progress_bar_print = false")
 
     def work() -> None:
         try:
@@ -176,10 +183,10 @@ def _copy_with_progress(analytics: AuditAnalytics, sql: str, params: dict[str, A
             errors.append(exc)
 
     worker = threading.Thread(target=work, name="otel-audit-export", daemon=True)
-    with Progress(TextColumn("[bold]exporting"), BarColumn(),
+    with Progress(TextColumn(f"[bold]exporting {rows:,} records"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
                   console=err_console(), transient=True) as bar:
-        task = bar.add_task("export", total=100)
+        task = bar.add_task("export", total=None)
         worker.start()
         while worker.is_alive():
             worker.join(0.2)
@@ -187,9 +194,9 @@ def _copy_with_progress(analytics: AuditAnalytics, sql: str, params: dict[str, A
                 done = analytics.con.query_progress()
             except duckdb.Error:  # no query running yet or any more
                 done = -1
-            if done >= 0:
-                bar.update(task, completed=done)
-        bar.update(task, completed=100)
+            if done > 0:
+                bar.update(task, total=100, completed=done)
+        bar.update(task, total=100, completed=100)
     if errors:
         raise errors[0]
 
