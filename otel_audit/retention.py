@@ -35,6 +35,7 @@ from .integrity.canonical import (
     PERSONAL_FIELDS,
     personal_digest,
     personal_json_values,
+    pii_info,
 )
 from .integrity.checkpoints import write_checkpoint
 from .integrity.sources import chain_row_select
@@ -359,17 +360,23 @@ def _erase_json(value: Any, keys: frozenset[str]) -> Any:
 def _erasure(row: Sequence[Any]) -> dict[str, Any] | None:
     """New values of an erased chain row (``None``: already erased)."""
     pii_text = row[_POS["pii"]]
-    info = json.loads(pii_text) if pii_text else {}
-    if "d" in info:
-        return None
-    keys = info.get("k") or []
+    keys: list[str] = []
+    if pii_text is not None:
+        parsed = pii_info(pii_text)
+        if parsed is None:
+            raise IntegrityError(f"record {row[_POS['id']]} has a malformed pii value; "
+                                 "run `otel-audit verify`")
+        if parsed[1] is not None:
+            return None  # erased already
+        keys = parsed[0] or []
     texts = [row[_POS[name]] for name in JSON_FIELDS]
     salt = row[_POS["pii_salt"]]
     digest = personal_digest("" if salt is None else salt,
                              [row[_POS[name]] for name in PERSONAL_FIELDS],
                              personal_json_values(texts, keys) if keys else [])
+    erased = {"k": keys, "d": digest} if keys else {"d": digest}
     changes: dict[str, Any] = {"id": row[_POS["id"]], "pii_salt": None,
-                               "pii": json.dumps({"k": keys, "d": digest})}
+                               "pii": json.dumps(erased)}
     for name in PERSONAL_FIELDS:
         changes[name] = ERASED if row[_POS[name]] is not None else None
     frozen = frozenset(keys)

@@ -31,6 +31,7 @@ __all__ = [
     "chain_hash",
     "hash_payload",
     "personal_digest",
+    "pii_info",
 ]
 
 #: First element of every canonical payload (bumped if the format ever changes).
@@ -150,25 +151,28 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
     output, SQLite's stored text); readers retry with ``True`` before reporting a change.
     """
     body = list(row[_BODY])
-    pii_text = row[_PII]
     keys: list[str] | None = None
     erased: str | None = None
-    if pii_text is not None:
-        info = json.loads(pii_text)
-        keys = info.get("k") or None  # an erasure writes [] where the sealer wrote nothing
-        erased = info.get("d")
+    if row[_PII] is not None:
+        parsed = pii_info(row[_PII])
+        if parsed is None:
+            return INVALID
+        keys, erased = parsed
     found: list[Any] = []
-    if keys:
-        frozen = frozenset(keys)
-        for pos in _JSON_POS:
-            text = body[pos]
-            if text is not None:
-                body[pos] = _canonical_text(_mask(json.loads(text), frozen, found))
-    elif canonicalise:
-        for pos in _JSON_POS:
-            text = body[pos]
-            if text is not None:
-                body[pos] = canonical_json(text)
+    try:
+        if keys:
+            frozen = frozenset(keys)
+            for pos in _JSON_POS:
+                text = body[pos]
+                if text is not None:
+                    body[pos] = _canonical_text(_mask(json.loads(text), frozen, found))
+        elif canonicalise:
+            for pos in _JSON_POS:
+                text = body[pos]
+                if text is not None:
+                    body[pos] = canonical_json(text)
+    except (ValueError, TypeError, RecursionError):
+        return INVALID  # not JSON (a tampered row): matches no hash
     if erased is not None:
         digest = erased
     else:
@@ -176,6 +180,32 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
         digest = personal_digest("" if salt is None else salt, row[_PERSONAL], found)
     return hash_payload(_dumps([FORMAT, row[0], row[1], row[2], *body, keys, digest]).encode(),
                         key)
+
+
+#: What :func:`chain_hash` returns for a row it cannot read; no stored hash equals it.
+INVALID = "invalid"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def pii_info(text: str) -> tuple[list[str] | None, str | None] | None:
+    """``(personal JSON keys, erased digest)`` of a ``pii`` value; ``None`` if malformed."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or not set(info) <= {"k", "d"}:
+        return None
+    keys = info.get("k")
+    digest = info.get("d")
+    if keys is not None and not (isinstance(keys, list) and keys
+                                 and all(isinstance(k, str) for k in keys)):
+        return None
+    if digest is not None and not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
+        return None
+    if keys is None and digest is None:
+        return None
+    return keys, digest
 
 
 _pads: dict[bytes, tuple[Any, Any]] = {}

@@ -131,9 +131,12 @@ class ChainSealer:
             text = texts[name]
             if text is None:
                 continue
-            texts[name] = text = canonical_json(text)
-            if self._key_marks and any(mark in text for mark in self._key_marks):
-                keys_found.update(_keys_in(json.loads(text), self.personal_keys))
+            try:
+                texts[name] = text = canonical_json(text)
+                if self._key_marks and any(mark in text for mark in self._key_marks):
+                    keys_found.update(_keys_in(json.loads(text), self.personal_keys))
+            except (ValueError, RecursionError):  # normalise() makes this unreachable;
+                pass  # should it happen, the text is hashed as stored rather than lost
         pii = json.dumps({"k": sorted(keys_found)}) if keys_found else None
         self._seq += 1
         sealed = prepared._replace(

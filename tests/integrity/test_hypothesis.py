@@ -34,6 +34,9 @@ _FIELDS = ("action", "user_id", "user_email", "resource_id", "team_id", "client_
 ops = st.lists(st.one_of(
     st.tuples(st.just("modify"), st.integers(1, N), st.sampled_from(_FIELDS)),
     st.tuples(st.just("json"), st.integers(1, N), st.sampled_from(["old_values", "context"])),
+    st.tuples(st.just("pii"), st.integers(1, N),
+              st.sampled_from(['{"k":["phone"]}', '{"k":[]}', "not json",
+                               '{"d":"' + "0" * 64 + '"}'])),
     st.tuples(st.just("delete"), st.integers(1, N)),
     st.tuples(st.just("swap"), st.integers(1, N), st.integers(1, N)),
     st.tuples(st.just("truncate"), st.integers(1, N)),
@@ -72,6 +75,9 @@ def _apply(engine: Engine, op: tuple[Any, ...], counter: int) -> None:
         elif kind == "json":
             conn.execute(text(f"UPDATE audit_trails SET {op[2]} = :v WHERE seq = :s"),
                          {"v": f'{{"forged":{counter}}}', "s": op[1]})
+        elif kind == "pii":
+            conn.execute(text("UPDATE audit_trails SET pii = :v WHERE seq = :s"),
+                         {"v": op[2], "s": op[1]})
         elif kind == "delete":
             conn.execute(text("DELETE FROM audit_trails WHERE seq = :s"), {"s": op[1]})
         elif kind == "swap" and op[1] != op[2]:
