@@ -124,16 +124,18 @@ def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest) -
 
 
 def deliver(trail: AuditTrail, records: Sequence[AuditRecord], mode: str) -> None:
-    """Hand ``records`` to the trail's durable path in ``mode``; raises if it cannot.
+    """Put ``records`` in the trail's durable path in ``mode``; raises if it cannot.
 
-    ``sync`` writes the whole request in one store transaction, so an acknowledgement
-    covers every record of it; other modes go through :meth:`AuditTrail.submit`.
-    Raises :class:`~otel_audit.errors.AuditWriteError` when the records are not safe.
+    One request, one unit: ``durable`` journals the whole request with one ``fsync``,
+    ``sync`` commits it in one store transaction, so an acknowledgement covers every
+    record of it. Raises :class:`~otel_audit.errors.AuditWriteError` when the records
+    are not safe.
     """
     if not records:
         return
-    if mode == "sync":
+    if mode == "durable":
+        trail.pipeline.submit_durable_batch(records)
+    elif mode == "sync":
         trail.pipeline.write_now(records)
-        return
-    for record in records:
-        trail.submit(record, mode=mode)
+    else:
+        raise ValueError(f"{mode!r} does not make records durable before acknowledging")

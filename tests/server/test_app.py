@@ -6,6 +6,7 @@ import gzip
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -275,3 +276,28 @@ def test_default_ack_mode_stores_everything(make_app: Callable[..., IngestApp],
         assert r.status_code == 200
     # the app's shutdown flushed the trail: what was acknowledged is in the store
     assert len(ingest_trail.records(trace_id=TRACE_ID)) == 6
+
+
+def test_durable_ack_survives_a_store_outage(make_trail: Callable[..., AuditTrail],
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = make_trail(mode="durable", journal_dir=str(tmp_path / "journal"),
+                       retry_max_backoff=0.1)
+    real_write = trail.writer.write
+    down = threading.Event()
+    down.set()
+
+    def write_during_outage(batch: object) -> None:
+        if down.is_set():
+            raise StoreError("connection refused")
+        real_write(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trail.writer, "write", write_during_outage)
+    with running(IngestApp(trail, ack_mode="durable")) as c:
+        r = c.post("/v1/logs", content=protobuf_body(log_request(audit_logs(5))),
+                   headers=PROTOBUF_GZIP)
+        # acknowledged from the journal although the store is down
+        assert r.status_code == 200
+        down.clear()
+    assert trail.flush(30)
+    assert len(trail.records(trace_id=TRACE_ID)) == 5
