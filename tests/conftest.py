@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -114,9 +115,14 @@ def trail(make_trail: Callable[..., AuditTrail]) -> AuditTrail:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never pick up a developer's OTEL_AUDIT_* settings."""
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never pick up a developer's OTEL_AUDIT_* settings.
+
+    Default spool and journal directories of non-SQLite stores live under
+    ``$XDG_STATE_HOME``: each test gets its own, so no test replays another's leftovers.
+    """
     for key in list(os.environ):
         if key.startswith("OTEL_AUDIT_") and key != PG_ENV:
             monkeypatch.delenv(key, raising=False)
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
