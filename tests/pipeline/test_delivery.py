@@ -285,7 +285,10 @@ def test_state_files_are_owner_only(tmp_path: Path) -> None:
     trail = AuditTrail(f"sqlite:///{tmp_path}/a.db", mode="durable", flush_interval=0.01)
     trail.record("A", user_id="u")
     assert trail.flush(10)
-    assert _mode(str(tmp_path / "a.db")) == 0o600
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("a.db") and p.is_file()]
+    assert tmp_path / "a.db" in files
+    for path in files:  # the database and any -wal/-shm file SQLite keeps beside it
+        assert _mode(str(path)) == 0o600, path
     journal = tmp_path / "a.db.otel-audit" / "journal"
     assert _mode(str(journal)) == 0o700
     for name in os.listdir(journal):

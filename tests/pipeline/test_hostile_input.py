@@ -143,7 +143,9 @@ def test_sql_injection_strings_are_stored_and_matched_literally(
         assert [r.id for r in found] == [rec.id], filters
         assert found[0].new_values == {payload: payload}
         assert found[0].user_agent == payload
-    assert len(trail.records(limit=10)) == 2  # nothing dropped, nothing deleted
+    traced = trail.submit(trail.build_record("TRACED", user_id="u", trace_id=payload[:32]))
+    assert [r.id for r in trail.records(trace_id=payload[:32])] == [traced.id]
+    assert len(trail.records(limit=10)) == 3  # nothing dropped, nothing deleted
     assert trail.records(user_id="' OR '1'='1") == []
 
 
