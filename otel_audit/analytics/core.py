@@ -36,7 +36,7 @@ class AuditAnalytics:
     """DuckDB over one audit trail, read-only.
 
     ``AuditAnalytics(url_or_trail=None, *, archive_dir=None, audit_reads=False,
-    reader=None)``: ``url_or_trail`` is a SQLAlchemy URL or an :class:`AuditTrail`
+    reader=None, snapshot=False)``: ``url_or_trail`` is a SQLAlchemy URL or an :class:`AuditTrail`
     (default: ``OTEL_AUDIT_DATABASE_URL``). ``archive_dir`` (default
     ``OTEL_AUDIT_ARCHIVE_DIR``) adds the retention's Parquet archives to the view.
     With ``audit_reads=True`` every query and report is itself recorded in the trail
