@@ -219,8 +219,9 @@ def caller_cost(url: str, n: int) -> tuple[float, float]:
         ours.append(median_us(lambda i: trail.record("UPDATE", **fields(i)), n // 5))
         gc.collect()
         theirs.append(median_us(
-            lambda i: logger.emit(body="audit", attributes={**otel_attrs, "audit.resource.id": f"t-{i}"},
-                                  event_name="audit"), n // 5))
+            lambda i: logger.emit(body="audit", event_name="audit",
+                                  attributes={**otel_attrs, "audit.resource.id": f"t-{i}"}),
+            n // 5))
     trail.flush(600)
     trail.shutdown()
     provider.shutdown()

@@ -14,11 +14,14 @@ Replaying a batch therefore never duplicates a row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
@@ -120,6 +123,18 @@ def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:
         raise ConfigError(f"cannot use database URL {parsed!r}: {exc}") from exc
 
 
+# SQLite binds at most 32,766 parameters per statement (999 before 3.32)
+_SQLITE_MAX_PARAMS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_SQLITE_ROWS_PER_STATEMENT = min(512, _SQLITE_MAX_PARAMS // len(ALL_COLUMNS))
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_insert(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(ALL_COLUMNS)) + ")"
+    values = ", ".join([one] * rows)
+    return f"INSERT OR IGNORE INTO audit_trails ({_COLUMN_LIST}) VALUES {values}"
+
+
 class StoreWriter:
     """Writes prepared records to one store; thread-safe, idempotent on ``id``."""
 
@@ -175,11 +190,19 @@ class StoreWriter:
             raise StoreError(f"store write failed: {exc}") from exc
 
     def _write_sqlite(self, batch: Sequence[PreparedRecord]) -> None:
-        placeholders = ", ".join("?" * len(ALL_COLUMNS))
-        sql = f"INSERT OR IGNORE INTO audit_trails ({_COLUMN_LIST}) VALUES ({placeholders})"
         rows = [to_row(p, sqlite=True) for p in batch]
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(sql, rows)
+            # multi-row VALUES through the driver directly: one statement step per chunk
+            # instead of one per row, and none of SQLAlchemy's per-row parameter handling
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
+                    chunk = rows[start:start + _SQLITE_ROWS_PER_STATEMENT]
+                    cursor.execute(_sqlite_insert(len(chunk)), list(chain.from_iterable(chunk)))
+            except Exception as exc:
+                raise _wrap_dbapi_error(exc) from exc
+            finally:
+                cursor.close()
 
     def _write_postgres(self, batch: Sequence[PreparedRecord]) -> None:
         rows = [to_row(p, sqlite=False) for p in batch]
@@ -265,6 +288,13 @@ class StoreWriter:
     def dispose(self, *, close: bool = True) -> None:
         """Release pooled connections (``close=False`` after fork: do not touch the parent's)."""
         self.engine.dispose(close=close)
+
+
+def _wrap_dbapi_error(exc: Exception) -> StoreError:
+    """Classify a raw driver error the way SQLAlchemy's wrappers are classified."""
+    name = type(exc).__name__
+    permanent = name in {"IntegrityError", "DataError"}
+    return StoreError(f"store write failed: {exc}", transient=not permanent)
 
 
 def _is_unique_violation(exc: BaseException) -> bool:
