@@ -51,6 +51,7 @@ BatchSealer = Callable[[list[PreparedRecord]], list[PreparedRecord]]
 WrittenHook = Callable[[Sequence[PreparedRecord]], None]
 
 _Item = AuditRecord | PreparedRecord
+_ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +379,7 @@ class BatchPipeline:
             if lost:
                 with self._state_lock:
                     self._failed += lost
+                self.metrics.dropped(lost, "shutdown")
                 logger.error("audit shutdown: %d records were not written before the deadline",
                              lost)
             flushed = False
@@ -452,6 +454,7 @@ class BatchPipeline:
         with suppress_instrumentation():
             if self._durable and self.journal is None:
                 self.open_journal()
+            next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
             while True:
                 wait = self.config.flush_interval
                 if self.spool is not None and self.spool.pending():
@@ -459,6 +462,10 @@ class BatchPipeline:
                 self._wake.wait(wait)
                 self._wake.clear()
                 self._drain()
+                if self.spool is not None and time.monotonic() >= next_scan:
+                    # segments of processes that died since we started: adopt and replay
+                    next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
+                    self.spool.rescan()
                 self._maybe_replay()
                 if self._stop.is_set():
                     self._drain()
