@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .._internal import log_internal_error
 from .canonical import GENESIS_HASH, chain_hash
 from .checkpoints import Checkpoint
 
@@ -289,14 +291,17 @@ def verify_trail(
     public_key: Ed25519PublicKey | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> VerifyReport:
     """Verify the live store behind ``engine`` and the archives in ``archive_dir``.
 
     The checkpoints stored in the database are always checked; pass those of an
     exported file in ``checkpoints`` to detect a rollback of the whole database.
-    ``workers`` processes share a large store (default: one per CPU from
-    :data:`PARALLEL_FROM` records on, when neither archives nor ``since`` are given).
+    ``workers`` processes share the chains of the live store (``0``: one per CPU from
+    :data:`PARALLEL_FROM` records on); archives, ``since`` and ``stream`` use one. The
+    workers are started with ``spawn``, so a script calling this with ``workers != 1``
+    needs the ``if __name__ == "__main__":`` guard; if they cannot start, the
+    verification runs in this process.
     """
     from .checkpoints import all_checkpoints
     from .sources import ArchiveSource, StoreSource
@@ -318,18 +323,26 @@ def verify_trail(
     if on_total is not None:
         on_total(total)
     cps = [*all_checkpoints(engine), *checkpoints]
-    if workers is None:
-        workers = os.cpu_count() or 1
-        if total < PARALLEL_FROM or archive_dir is not None or since is not None:
-            workers = 1
-    if workers > 1 and stream is None and engine.dialect.name in ("sqlite", "postgresql"):
+    if workers == 0:
+        workers = (os.cpu_count() or 1) if total >= PARALLEL_FROM else 1
+    eligible = archive_dir is None and since is None and stream is None
+    if workers > 1 and eligible and engine.dialect.name in ("sqlite", "postgresql"):
+        from concurrent.futures.process import BrokenProcessPool
+
         from .parallel import verify_parallel
 
-        by_stream = _checkpoints(cps, None, public_key, report)
-        last_seq = verify_parallel(engine.url.render_as_string(hide_password=False), key=key,
-                                   checkpoints=by_stream, workers=workers, report=report,
-                                   progress=progress)
-        _truncations(report, by_stream, last_seq, None)
-        return report
+        shared = VerifyReport(findings=list(report.findings))
+        by_stream = _checkpoints(cps, None, public_key, shared)
+        try:
+            last_seq = verify_parallel(engine.url.render_as_string(hide_password=False),
+                                       key=key, checkpoints=by_stream, workers=workers,
+                                       report=shared, progress=progress)
+        except (BrokenProcessPool, RuntimeError, OSError) as exc:
+            log_internal_error("verify_parallel", logging.WARNING,
+                               "parallel verification unavailable (%s); verifying in one "
+                               "process", exc)
+        else:
+            _truncations(shared, by_stream, last_seq, None)
+            return shared
     return verify_rows(sources, key=key, stream=stream, since=since, checkpoints=cps,
                        public_key=public_key, progress=progress, report=report)
