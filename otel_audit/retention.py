@@ -243,13 +243,14 @@ def prune(
     con = _connect(engine)
     try:
         cols = _typed_columns()
+        # one scan of the store: every old record, flagged when a hold covers it
         con.execute(
-            f"CREATE TEMP TABLE sel AS SELECT * FROM (SELECT {cols} FROM live.audit_trails) "
-            "WHERE timestamp < ? AND NOT coalesce(" + held + ", FALSE)", [before])
-        held_row = con.execute(
-            f"SELECT count(*) FROM (SELECT {cols} FROM live.audit_trails) "
-            "WHERE timestamp < ? AND coalesce(" + held + ", FALSE)", [before]).fetchone()
+            f"CREATE TEMP TABLE old AS SELECT *, coalesce({held}, FALSE) AS _held FROM "
+            f"(SELECT {cols} FROM live.audit_trails) WHERE timestamp < ?", [before])
+        held_row = con.execute("SELECT count(*) FROM old WHERE _held").fetchone()
         report.held = int(held_row[0]) if held_row else 0
+        con.execute("CREATE TEMP TABLE sel AS SELECT * EXCLUDE (_held) FROM old WHERE NOT _held")
+        con.execute("DROP TABLE old")
         days = [r[0] for r in con.execute(
             "SELECT DISTINCT CAST(timestamp AS DATE) AS d FROM sel ORDER BY d").fetchall()]
         run = uuid.uuid4().hex[:12]
