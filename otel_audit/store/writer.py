@@ -33,7 +33,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 from ..config import normalise_database_url
 from ..errors import ConfigError, StoreError
@@ -95,7 +95,11 @@ def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             path = _sqlite_file(parsed)
-            engine = create_engine(parsed, poolclass=NullPool, **kwargs)
+            # in-memory databases keep one connection; files pool a few (opening one
+            # costs the WAL set-up, which is too much to pay per batch)
+            connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
+            engine = create_engine(parsed, poolclass=StaticPool if path is None else QueuePool,
+                                   connect_args=connect_args, **kwargs)
 
             @event.listens_for(engine, "do_connect")
             def _create_private_file(*_: Any) -> None:
