@@ -205,6 +205,8 @@ def pii_info(text: str) -> tuple[list[str] | None, str | None] | None:
         return None
     if keys is None and digest is None:
         return None
+    if json.dumps(info) != text:  # only the exact text the sealer or an erasure writes
+        return None
     return keys, digest
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from .canonical import (
     HASHED_FIELDS,
     chain_hash,
     hash_payload,
-    personal_digest,
 )
 
 __all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
@@ -125,12 +125,13 @@ class StoreSource:
         if self.dialect == "sqlite":
             if row[5] is None:  # no JSON personal keys, not erased: the fast payload holds
                 salt = row[6]
-                digest = personal_digest("" if salt is None else salt, row[7:11], ())
-                payload = f'{row[11][:-1]},null,"{digest}"]'.encode()
+                # row[7] is SQLite's json_array of the personal fields and [] (no JSON keys)
+                digest = sha256(f"{'' if salt is None else salt}\x00{row[7]}".encode())
+                payload = f'{row[8][:-1]},null,"{digest.hexdigest()}"]'.encode()
                 if hash_payload(payload, key) == row[3]:
                     return True
-            elif row[12] is not None:  # the whole chain row came along as a JSON array
-                chain = tuple(json.loads(row[12]))
+            elif row[9] is not None:  # the whole chain row came along as a JSON array
+                chain = tuple(json.loads(row[9]))
                 if chain_hash(chain, key, canonicalise=False) == row[3]:
                     return True
             full = self.chain_row(row)
@@ -154,8 +155,8 @@ class StoreSource:
         if self.dialect == "sqlite":
             body = ", ".join(f'"{n}"' for n in HASHED_FIELDS)
             every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)
-            cols = (f'pii_salt, user_id, user_email, client_ip, user_agent, '
-                    f"json_array('{FORMAT}', stream, seq, prev_hash, {body}), "
+            cols = ("pii_salt, json_array(user_id, user_email, client_ip, user_agent, "
+                    f"json('[]')), json_array('{FORMAT}', stream, seq, prev_hash, {body}), "
                     f"CASE WHEN pii IS NULL THEN NULL ELSE json_array({every}) END")
         else:
             cols = chain_row_select(self.dialect)
