@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from integrity_helpers import KEY, write_records
+from integrity_support import KEY, write_records
 from sqlalchemy import Engine
 
 from otel_audit import AuditTrail

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from integrity_helpers import KEY, execute, kinds, verify, write_records
+from integrity_support import KEY, execute, kinds, verify, write_records
 from sqlalchemy import Engine, text
 
 from otel_audit import AuditTrail

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from integrity_helpers import KEY, execute, write_records
+from integrity_support import KEY, execute, write_records
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from integrity_helpers import KEY, write_records
+from integrity_support import KEY, write_records
 from sqlalchemy import Engine, text
 
 from otel_audit import AuditTrail

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from integrity_helpers import execute, verify
+from integrity_support import execute, verify
 from sqlalchemy import Engine
 
 from otel_audit import AuditTrail

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from integrity_helpers import BASE, KEY, execute, kinds, verify, write_records
+from integrity_support import BASE, KEY, execute, kinds, verify, write_records
 from sqlalchemy import Engine, func, select, text
 
 from otel_audit import AuditTrail

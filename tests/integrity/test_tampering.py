@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from integrity_helpers import BASE, execute, kinds, verify
+from integrity_support import BASE, execute, kinds, verify
 from sqlalchemy import Engine, text
 
 from otel_audit import AuditTrail
