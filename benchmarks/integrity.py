@@ -130,12 +130,39 @@ def verify_and_prune(root: Path, total: int) -> None:
     writer.dispose()
 
 
+def verify_postgres(url: str, total: int) -> None:
+    """Verify ``total`` chained records in a scratch table set of the PostgreSQL at ``url``."""
+    from sqlalchemy import text
+
+    writer = StoreWriter(url, auto_migrate=True)
+    writer.ensure_schema()
+    with writer.engine.begin() as conn:
+        conn.execute(text("TRUNCATE audit_trails, audit_checkpoints"))
+    sealer = ChainSealer(service_name="benchmark", hmac_key=KEY, personal_keys=("email",))
+    began = time.perf_counter()
+    _write(writer, sealer, total, 5000, 0)
+    print(f"fill        {total:,} chained records in PostgreSQL in "
+          f"{time.perf_counter() - began:.1f} s")
+    began = time.perf_counter()
+    report = verify_trail(writer.engine, key=KEY)
+    seconds = time.perf_counter() - began
+    assert report.ok, report.findings[:5]
+    print(f"verify      {report.records / seconds:>10,.0f} records/s  "
+          f"({report.records:,} records in {seconds:.2f} s, HMAC, PostgreSQL, 1 process)")
+    with writer.engine.begin() as conn:
+        conn.execute(text("TRUNCATE audit_trails, audit_checkpoints"))
+    writer.dispose()
+
+
 def main() -> None:
     """Run the integrity benchmarks."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--records", type=int, default=None,
                         help="records to verify (default 1,000,000; --quick 20,000)")
+    parser.add_argument("--pg", metavar="URL", default=None,
+                        help="also verify in this PostgreSQL database (its audit tables "
+                        "are emptied: use a scratch database)")
     args = parser.parse_args()
     total = args.records or (20_000 if args.quick else 1_000_000)
     write_total = 10_000 if args.quick else 100_000
@@ -143,6 +170,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="otel-audit-bench-") as tmp:
         write_path(Path(tmp), write_total, rounds=4)
         verify_and_prune(Path(tmp), total)
+    if args.pg:
+        verify_postgres(args.pg, total)
 
 
 if __name__ == "__main__":
