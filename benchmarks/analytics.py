@@ -178,8 +178,12 @@ def _params(name: str, trace_id: str) -> dict[str, Any]:
 
 def bench_size(path: Path, n: int, repeat: int, sqlite_repeat: int, live: bool) -> None:
     """Build one trail and print every report's time, with SQLite side by side."""
-    built = build_trail(path, n)
-    print(f"\n## {n:,} records (generated in {built:.1f} s, {path.stat().st_size / 1e6:.0f} MB)")
+    if path.exists():
+        print(f"\n## {n:,} records (reused {path.name}, {path.stat().st_size / 1e6:.0f} MB)")
+    else:
+        built = build_trail(path, n)
+        print(f"\n## {n:,} records (generated in {built:.1f} s, "
+              f"{path.stat().st_size / 1e6:.0f} MB)")
     limit = 1.0 if n <= 1_000_000 else 5.0
     url = f"sqlite:///{path}"
     started = time.perf_counter()
@@ -240,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sqlite-repeat", type=int, default=1,
                         help="runs per SQLite query (slow at 10M)")
     parser.add_argument("--dir", type=Path, help="where to build trails (default: a temp dir)")
+    parser.add_argument("--keep", type=Path,
+                        help="build the trails in this directory and keep them; reuse them "
+                        "when they exist")
     parser.add_argument("--no-live", action="store_true",
                         help="skip the live (no snapshot) timings, slow at 10M")
     args = parser.parse_args(argv)
@@ -248,6 +255,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{sys.version.split()[0]}; median of {args.repeat} DuckDB runs, "
           f"{args.sqlite_repeat} SQLite run(s), 1 live run; timings are of count(*) over each "
           "report")
+    if args.keep is not None:  # build once, reuse on later runs
+        args.keep.mkdir(parents=True, exist_ok=True)
+        for n in sizes:
+            bench_size(args.keep / f"trail_{n}.db", n, args.repeat, args.sqlite_repeat,
+                       live=not args.no_live)
+        return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for n in sizes:
             path = Path(tmp) / f"trail_{n}.db"
