@@ -18,10 +18,11 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 
 from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider
+from typing_extensions import Unpack
 from uuid_utils import uuid7
 
 from ._internal import log_internal_error
@@ -33,13 +34,15 @@ from .mapping import AUDIT_EVENT_NAME
 from .pipeline.batch import AuditStats
 from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
 from .policy import AuditPolicy
-from .record import AuditRecord
+from .record import SCHEMA_VERSION, AuditRecord
 from .store.reader import query_records
 from .store.writer import StoreWriter
 
-__all__ = ["ActionScope", "AuditTrail", "configure", "get_trail", "set_trail"]
+__all__ = ["ActionScope", "AuditTrail", "RecordFields", "configure", "get_trail", "set_trail"]
 
 _UTC = dt.UTC
+_AuditRecord = AuditRecord
+_new_record = tuple.__new__
 _now = dt.datetime.now
 _get_current_span = trace.get_current_span
 
@@ -53,6 +56,32 @@ def _link_to_current_span(record_id: str) -> None:
     span = _get_current_span()
     if span.is_recording():
         span.add_event(AUDIT_EVENT_NAME, {"audit.record_id": record_id})
+
+
+class RecordFields(TypedDict, total=False):
+    """Keyword arguments of :meth:`AuditTrail.record` (every one optional)."""
+
+    user_id: str | None
+    resource_type: str | None
+    resource_id: str | None
+    resource_name: str | None
+    user_email: str | None
+    team_id: str | None
+    client_ip: str | None
+    user_agent: str | None
+    request_path: str | None
+    request_method: str | None
+    request_id: str | None
+    old_values: Any
+    new_values: Any
+    changes: Any
+    data_classification: str | None
+    requires_review: bool | None
+    success: bool
+    error_message: str | None
+    context: Any
+    acting_as: str | None
+    timestamp: dt.datetime | None
 
 
 class AuditTrail:
@@ -183,18 +212,23 @@ class AuditTrail:
         if apply_policy:
             policy = self.policy
             try:
-                if data_classification is None:
-                    data_classification = policy.classify(resource_type)
-                requires_review = policy.requires_review(
-                    action, data_classification, resource_type, requires_review
-                )
+                if data_classification is None and requires_review is None:
+                    data_classification, requires_review = policy.decide(action, resource_type)
+                else:
+                    if data_classification is None:
+                        data_classification = policy.classify(resource_type)
+                    requires_review = policy.requires_review(
+                        action, data_classification, resource_type, requires_review
+                    )
             except Exception:  # unhashable or odd values: the normaliser records them
                 requires_review = bool(requires_review)
-        return AuditRecord(
+        # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
+        # call with 28 defaults, measurable on the caller's hot path
+        return _new_record(_AuditRecord, (
             record_id,
             timestamp if timestamp is not None else _now(_UTC),
             action,
-            user_id,  # type: ignore[arg-type]  # None is normalised to "unknown" and noted
+            user_id,
             correlation_id,
             trace_id,
             span_id,
@@ -218,81 +252,45 @@ class AuditTrail:
             context,
             service_name if service_name is not None else self.service_name,
             acting_as,
-        )
+            SCHEMA_VERSION,
+        ))
 
     def record(
         self,
         action: str,
         *,
-        user_id: str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        resource_name: str | None = None,
-        user_email: str | None = None,
-        team_id: str | None = None,
-        client_ip: str | None = None,
-        user_agent: str | None = None,
-        request_path: str | None = None,
-        request_method: str | None = None,
-        request_id: str | None = None,
-        old_values: Any = None,
-        new_values: Any = None,
-        changes: Any = None,
-        data_classification: str | None = None,
-        requires_review: bool | None = None,
-        success: bool = True,
-        error_message: str | None = None,
-        context: Any = None,
-        acting_as: str | None = None,
-        timestamp: dt.datetime | None = None,
         mode: str | None = None,
         session: Any = None,
+        **fields: Unpack[RecordFields],
     ) -> AuditRecord | None:
         """Record one audit entry and return it (``None`` when the trail is disabled).
 
-        In ``async`` mode this never raises and does no I/O: the record is queued. In
-        ``sync`` mode (the trail's, or ``mode="sync"`` for this call) it returns after
-        the store commit and raises :class:`AuditWriteError` on failure; ``durable``
-        returns once the record is in the local journal. ``session`` (a SQLAlchemy
-        ``Session`` or ``Connection`` on the trail's store) writes the row inside the
-        caller's transaction — it commits or rolls back with the caller's work (the
-        transactional outbox; see also :meth:`in_transaction`).
+        ``fields`` are the record's fields (``user_id``, ``resource_type``,
+        ``resource_id``, ``old_values``, ``new_values``, ``success``, ... — see
+        :class:`RecordFields`). In ``async`` mode this never raises and does no I/O:
+        the record is queued. In ``sync`` mode (the trail's, or ``mode="sync"`` for this
+        call) it returns after the store commit and raises :class:`AuditWriteError`
+        on failure; ``durable`` returns once the record is in the local journal.
+        ``session`` (a SQLAlchemy ``Session`` or ``Connection`` on the trail's store)
+        writes the row inside the caller's transaction — it commits or rolls back with
+        the caller's work (the transactional outbox; see also :meth:`in_transaction`).
         """
         if not self.enabled:
             return None
         try:
-            rec = self.build_record(
-                action,
-                user_id=user_id,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                resource_name=resource_name,
-                user_email=user_email,
-                team_id=team_id,
-                client_ip=client_ip,
-                user_agent=user_agent,
-                request_path=request_path,
-                request_method=request_method,
-                request_id=request_id,
-                old_values=old_values,
-                new_values=new_values,
-                changes=changes,
-                data_classification=data_classification,
-                requires_review=requires_review,
-                success=success,
-                error_message=error_message,
-                context=context,
-                acting_as=acting_as,
-                timestamp=timestamp,
-            )
+            rec = self.build_record(action, **fields)
         except Exception:  # never break the caller in async mode
             if mode == "sync" or (mode is None and self._sync):
                 raise
             log_internal_error("build", logging.ERROR, "could not build audit record",
                                exc_info=True)
             return None
-        self.submit(rec, mode=mode, session=session)
-        _link_to_current_span(rec.id)
+        if mode is None and session is None and self._plain_async and current_session.get() is None:
+            self.pipeline.submit(rec)  # the default path, without submit()'s dispatch
+        else:
+            self.submit(rec, mode=mode, session=session)
+        if rec.span_id is not None:  # only a valid span can be recording
+            _link_to_current_span(rec.id)
         return rec
 
     def submit(self, record: AuditRecord, *, mode: str | None = None,

@@ -197,8 +197,8 @@ class BatchPipeline:
         if len(queue) >= self._queue_size:
             return self._overflow(record)
         queue.append(record)
-        if len(queue) >= self._batch_size:
-            self._wake.set()
+        if len(queue) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()  # set() takes a lock: only when the worker is not already woken
         if self._worker is None:
             self._start_worker()
         return True
