@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, TypedDict
@@ -31,7 +31,7 @@ from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, StoreError
 from .integrity.install import install_chain
 from .mapping import AUDIT_EVENT_NAME
-from .pipeline.batch import AuditStats
+from .pipeline.batch import AuditStats, DeferredRecords
 from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
 from .policy import AuditPolicy
 from .record import SCHEMA_VERSION, AuditRecord
@@ -322,6 +322,22 @@ class AuditTrail:
         else:
             self.pipeline.write_now([record])
         return record
+
+    def submit_deferred(self, build: Callable[[], Sequence[AuditRecord]]) -> None:
+        """Queue records that the worker builds later by calling ``build()``.
+
+        For capture paths nobody waits on (span processors): in plain ``async`` mode the
+        caller's thread only queues ``build``. In any other mode (``sync``, ``durable``,
+        mode rules, an open :meth:`in_transaction`) the records are built and submitted
+        now, so each keeps its mode's guarantee.
+        """
+        if not self.enabled:
+            return
+        if self._plain_async and current_session.get() is None:
+            self.pipeline.submit(DeferredRecords(build))
+            return
+        for record in build():
+            self.submit(record)
 
     @contextmanager
     def in_transaction(self, session: Any) -> Iterator[Any]:

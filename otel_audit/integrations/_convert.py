@@ -10,7 +10,7 @@ from .._internal import log_internal_error
 from ..record import AuditRecord
 from ..trail import AuditTrail, get_trail
 
-__all__ = ["ns_to_datetime", "resolve_trail", "submit_fields"]
+__all__ = ["build_from_fields", "ns_to_datetime", "resolve_trail", "submit_fields"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _UNKNOWN_SERVICE = "unknown_service"
@@ -29,6 +29,29 @@ def resolve_trail(trail: AuditTrail | None) -> AuditTrail:
     return trail if trail is not None else get_trail()
 
 
+def build_from_fields(
+    trail: AuditTrail,
+    fields: dict[str, Any],
+    *,
+    default_action: str,
+    trace_id: int,
+    span_id: int,
+    timestamp_ns: int | None,
+) -> AuditRecord:
+    """Build one record from :func:`~otel_audit.mapping.attributes_to_fields` output."""
+    action = fields.pop("action", None) or default_action
+    service = fields.get("service_name")
+    if isinstance(service, str) and service.startswith(_UNKNOWN_SERVICE):
+        del fields["service_name"]  # the SDK's placeholder: the trail's own name is better
+    return trail.build_record(
+        str(action),
+        trace_id=format(trace_id, "032x") if trace_id else None,
+        span_id=format(span_id, "016x") if span_id else None,
+        timestamp=ns_to_datetime(timestamp_ns),
+        **fields,
+    )
+
+
 def submit_fields(
     trail: AuditTrail,
     fields: dict[str, Any],
@@ -42,18 +65,10 @@ def submit_fields(
     output; never raises (a capture path must not break the instrumented code)."""
     if not trail.enabled:
         return None
-    action = fields.pop("action", None) or default_action
-    service = fields.get("service_name")
-    if isinstance(service, str) and service.startswith(_UNKNOWN_SERVICE):
-        del fields["service_name"]  # the SDK's placeholder: the trail's own name is better
     try:
-        record = trail.build_record(
-            str(action),
-            trace_id=format(trace_id, "032x") if trace_id else None,
-            span_id=format(span_id, "016x") if span_id else None,
-            timestamp=ns_to_datetime(timestamp_ns),
-            **fields,
-        )
+        record = build_from_fields(trail, fields, default_action=default_action,
+                                   trace_id=trace_id, span_id=span_id,
+                                   timestamp_ns=timestamp_ns)
         trail.submit(record)
     except Exception:
         log_internal_error("otel_capture", logging.ERROR,

@@ -9,6 +9,7 @@ are never recorded a second time.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from opentelemetry.context import Context
@@ -20,8 +21,9 @@ from opentelemetry.util.types import Attributes
 
 from .._internal import is_suppressed
 from ..mapping import AUDIT_EVENT_NAME, attributes_to_fields
+from ..record import AuditRecord
 from ..trail import AuditTrail
-from ._convert import resolve_trail, submit_fields
+from ._convert import build_from_fields, resolve_trail
 
 __all__ = ["AuditSampler", "AuditSpanProcessor"]
 
@@ -58,26 +60,10 @@ class AuditSpanProcessor(SpanProcessor):
         if is_suppressed():
             return
         trail = resolve_trail(self._trail)
-        ctx = span.context
-        if ctx is None:  # pragma: no cover - SDK spans always have a context
+        if not trail.enabled or span.context is None:
             return
-        resource = span.resource.attributes if span.resource is not None else None
-        if is_audit_span:
-            fields = attributes_to_fields(attrs, resource)
-            if span.status.status_code is StatusCode.ERROR:
-                fields.setdefault("success", False)
-                if "error_message" not in fields:
-                    fields["error_message"] = _error_message(span.status.description, events)
-            submit_fields(trail, fields, default_action=span.name, trace_id=ctx.trace_id,
-                          span_id=ctx.span_id, timestamp_ns=span.end_time)
-        for event in events:
-            event_attrs = event.attributes
-            if event.name != AUDIT_EVENT_NAME or (event_attrs and _RECORD_ID in event_attrs):
-                continue
-            merged = _inherit(attrs, event_attrs)
-            fields = attributes_to_fields(merged, resource)
-            submit_fields(trail, fields, default_action=span.name, trace_id=ctx.trace_id,
-                          span_id=ctx.span_id, timestamp_ns=event.timestamp)
+        # mapping and building happen on the trail's worker: a ended span is immutable
+        trail.submit_deferred(partial(_span_records, trail, span, is_audit_span))
 
     def shutdown(self) -> None:
         """Flush the trail (the trail itself belongs to the application)."""
@@ -86,6 +72,35 @@ class AuditSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until every record submitted so far is committed."""
         return resolve_trail(self._trail).flush(timeout_millis / 1000)
+
+
+def _span_records(trail: AuditTrail, span: ReadableSpan, is_audit_span: bool
+                  ) -> list[AuditRecord]:
+    """The records of one ended span: the span itself (if audited) and its audit events."""
+    ctx = span.context
+    assert ctx is not None
+    attrs = span.attributes
+    events = span.events
+    resource = span.resource.attributes if span.resource is not None else None
+    records = []
+    if is_audit_span:
+        fields = attributes_to_fields(attrs, resource)
+        if span.status.status_code is StatusCode.ERROR:
+            fields.setdefault("success", False)
+            if "error_message" not in fields:
+                fields["error_message"] = _error_message(span.status.description, events)
+        records.append(build_from_fields(trail, fields, default_action=span.name,
+                                         trace_id=ctx.trace_id, span_id=ctx.span_id,
+                                         timestamp_ns=span.end_time))
+    for event in events:
+        event_attrs = event.attributes
+        if event.name != AUDIT_EVENT_NAME or (event_attrs and _RECORD_ID in event_attrs):
+            continue
+        fields = attributes_to_fields(_inherit(attrs, event_attrs), resource)
+        records.append(build_from_fields(trail, fields, default_action=span.name,
+                                         trace_id=ctx.trace_id, span_id=ctx.span_id,
+                                         timestamp_ns=event.timestamp))
+    return records
 
 
 def _error_message(description: str | None, events: Sequence[Any]) -> str | None:

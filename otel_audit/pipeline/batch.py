@@ -41,7 +41,14 @@ from ..store.writer import PreparedRecord, StoreWriter
 from .journal import Journal
 from .spool import Spool
 
-__all__ = ["AuditStats", "BatchPipeline", "BatchSealer", "RecordTransform", "WrittenHook"]
+__all__ = [
+    "AuditStats",
+    "BatchPipeline",
+    "BatchSealer",
+    "DeferredRecords",
+    "RecordTransform",
+    "WrittenHook",
+]
 
 #: Runs on each record before normalisation (redaction, enrichment).
 RecordTransform = Callable[[AuditRecord], AuditRecord]
@@ -50,7 +57,31 @@ BatchSealer = Callable[[list[PreparedRecord]], list[PreparedRecord]]
 #: Runs after a batch is committed (metrics, OpenTelemetry log emission).
 WrittenHook = Callable[[Sequence[PreparedRecord]], None]
 
-_Item = AuditRecord | PreparedRecord
+
+
+class DeferredRecords:
+    """Records whose building is left to the worker.
+
+    For capture paths nobody waits on (a span processor's ``on_end``): the caller's
+    thread only queues ``build``, and the worker calls it to get the records.
+    """
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[], Sequence[AuditRecord]]) -> None:
+        self.build = build
+
+    def resolve(self) -> Sequence[AuditRecord]:
+        """Build the records; a builder that fails is logged and yields none."""
+        try:
+            return self.build()
+        except Exception:
+            log_internal_error("deferred", logging.ERROR,
+                               "could not build deferred audit records", exc_info=True)
+            return ()
+
+
+_Item = AuditRecord | PreparedRecord | DeferredRecords
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 
 
@@ -282,6 +313,10 @@ class BatchPipeline:
                                         self.config.queue_full_timeout)
 
     def _drop(self, item: _Item, reason: str) -> bool:
+        if isinstance(item, DeferredRecords):
+            for record in item.resolve():
+                self._drop(record, reason)
+            return False
         record = item.record if isinstance(item, PreparedRecord) else item
         with self._state_lock:
             self._dropped += 1
@@ -507,7 +542,7 @@ class BatchPipeline:
         except Exception:  # a transform bug must not lose the batch: write it untransformed
             log_internal_error("prepare", logging.ERROR,
                                "audit record preparation failed", exc_info=True)
-            prepared = [self._prepare_plain(item) for item in batch]
+            prepared = [self._prepare_plain(item) for item in _resolved(batch)]
         spool = self.spool
         # keep order: while records wait in the spool, new ones queue behind them
         if spool is not None and spool.pending() and self._to_spool(prepared):
@@ -630,7 +665,7 @@ class BatchPipeline:
                 log_internal_error("store_reject", logging.ERROR,
                                    "audit store rejected record %s: %s", item.record.id, exc)
 
-    def _prepare_plain(self, item: _Item) -> PreparedRecord:
+    def _prepare_plain(self, item: AuditRecord | PreparedRecord) -> PreparedRecord:
         if isinstance(item, PreparedRecord):
             return item
         if self.redactor is not None:
@@ -641,7 +676,7 @@ class BatchPipeline:
         cap = self.config.max_record_bytes
         redactor = self.redactor
         out: list[PreparedRecord] = []
-        for record in records:
+        for record in _resolved(records):
             if isinstance(record, PreparedRecord):  # journalled or spooled: already done
                 out.append(record)
                 continue
@@ -698,3 +733,14 @@ def _segments_of(holder: Spool | Journal | None) -> list[Any]:
         current = [holder._current] if holder._current is not None else []
         return [*holder._ready, *current]
     return list(holder._segments)
+
+
+def _resolved(items: Sequence[_Item]) -> list[AuditRecord | PreparedRecord]:
+    """``items`` with every :class:`DeferredRecords` replaced by the records it builds."""
+    out: list[AuditRecord | PreparedRecord] = []
+    for item in items:
+        if isinstance(item, DeferredRecords):
+            out.extend(item.resolve())
+        else:
+            out.append(item)
+    return out
