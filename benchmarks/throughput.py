@@ -151,7 +151,8 @@ registry().map_imperatively(SeedAuditTrail, audit_trails)
 
 def seed_pattern(url: str, n: int) -> float:
     reset(url)
-    engine = create_store_engine(url)
+    # the seed's own engine: SQLAlchemy's defaults, none of the store's tuning
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     gc.collect()
     start = time.perf_counter()
     for i in range(n):

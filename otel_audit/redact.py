@@ -38,6 +38,7 @@ REDACTED = "[REDACTED]"
 _FIELDS = ("old_values", "new_values", "changes", "context")
 _MAX_DEPTH = 64  # deeper than the normaliser keeps (32): nothing below it is ever stored
 _CACHE_LIMIT = 4096
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _squash(name: str) -> str:
@@ -108,9 +109,31 @@ class Redactor:
     def redact_value(self, value: Any) -> Any:
         """Return ``value`` with secret-like keys redacted at any depth (a copy if changed)."""
         try:
+            if type(value) is dict and self._plainly_clean(value, 0):
+                return value
             return self._walk(value, 0, set())
         except Exception:  # fail closed: an uninspectable value is never passed through
             return REDACTED
+
+    def _plainly_clean(self, value: dict[Any, Any], depth: int) -> bool:
+        """Fast path: plain nested dicts of scalars with no secret-like key.
+
+        Anything else (lists, other types, unknown or secret keys, depth) answers
+        ``False`` and the full walk decides; so does an error, as redact_value catches it.
+        """
+        if depth > 8:
+            return False
+        decisions = self._decisions
+        for key, item in value.items():
+            if decisions.get(key) is not False and (type(key) is not str or self.is_secret(key)):
+                return False
+            kind = type(item)
+            if kind is dict:
+                if not self._plainly_clean(item, depth + 1):
+                    return False
+            elif kind not in _SCALARS:
+                return False
+        return True
 
     def _walk(self, value: Any, depth: int, seen: set[int]) -> Any:
         is_mapping = isinstance(value, Mapping)

@@ -105,10 +105,13 @@ class ChainSealer:
 
     def __call__(self, batch: list[PreparedRecord]) -> list[PreparedRecord]:
         """Seal ``batch`` (the :data:`~otel_audit.pipeline.batch.BatchSealer` contract)."""
+        # one urandom call for the batch's salts instead of one per record
+        salts = os.urandom(16 * len(batch)).hex()
         with self._lock:
             if not self._resumed:
                 self._resume()
-            return [p if p.seq is not None else self._seal(p) for p in batch]
+            return [p if p.seq is not None else self._seal(p, salts[32 * i:32 * i + 32])
+                    for i, p in enumerate(batch)]
 
     @property
     def head(self) -> tuple[str, int, str]:
@@ -124,7 +127,7 @@ class ChainSealer:
             self._seq, self._head = head
         self._resumed = True
 
-    def _seal(self, prepared: PreparedRecord) -> PreparedRecord:
+    def _seal(self, prepared: PreparedRecord, salt: str) -> PreparedRecord:
         texts = dict(prepared.texts)
         keys_found: set[str] = set()
         for name in JSON_FIELDS:
@@ -141,7 +144,7 @@ class ChainSealer:
         self._seq += 1
         sealed = prepared._replace(
             texts=texts, stream=self.stream, seq=self._seq, prev_hash=self._head,
-            pii_salt=secrets.token_hex(16), pii=pii,
+            pii_salt=salt, pii=pii,
         )
         digest = chain_hash(sealed_row(sealed), self.hmac_key, canonicalise=False)
         self._head = digest
