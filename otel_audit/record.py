@@ -17,6 +17,7 @@ import decimal
 import enum
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
@@ -295,15 +296,22 @@ def _reject(value: object) -> Any:
     raise TypeError(type(value).__name__)
 
 
+# Stored JSON is canonical: compact, UTF-8, keys sorted. The integrity chain hashes this
+# text as it is (see docs/integrity.md), so it must equal what parsing and re-encoding
+# it would give; non-string keys would sort differently once they are strings, so a
+# text with a key that looks numeric is rebuilt through json_safe (string keys first).
+_NUMERIC_KEY = re.compile(r'[{,]"-?[0-9]')
+
 if c_make_encoder is not None:
     # one C encoder for the process: JSONEncoder.encode() builds a new one per call
     _c_encoder = c_make_encoder(None, _reject, c_encode_basestring, None, ":", ",",
-                                False, False, False)
+                                True, False, False)
 
     def _dumps(value: Any) -> str:
         return "".join(_c_encoder(value, 0))
 else:  # pragma: no cover - CPython always ships the C accelerator
-    _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                                sort_keys=True)
 
     def _dumps(value: Any) -> str:
         return _ENCODER.encode(value)
@@ -316,7 +324,7 @@ def _json_text(value: Any, notes: _Notes, field: str) -> tuple[Any, str]:
     except (TypeError, ValueError, RecursionError):
         pass
     else:
-        clean = "\x00" not in text and "\\u0000" not in text
+        clean = "\x00" not in text and "\\u0000" not in text and not _NUMERIC_KEY.search(text)
         if clean and (text.isascii() or _utf8_ok(text)) and isinstance(
             value, dict | list | str | int | float | bool
         ):
@@ -382,6 +390,8 @@ def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
         try:
             text = _dumps(value)
         except (TypeError, ValueError, RecursionError):
+            return None
+        if _NUMERIC_KEY.search(text):
             return None
         texts[name] = text
         parts.append(text)

@@ -28,6 +28,7 @@ __all__ = [
     "HASHED_FIELDS",
     "PERSONAL_FIELDS",
     "canonical_json",
+    "canonical_stored_json",
     "chain_hash",
     "hash_payload",
     "personal_digest",
@@ -103,6 +104,15 @@ def _canonical_text(value: Any) -> str:
     if _RISKY_NUMBER.search(text):
         text = _dumps(json.loads(text, parse_int=_parse_int, parse_float=_parse_float))
     return text
+
+
+def canonical_stored_json(text: str) -> str:
+    """Canonical form of a JSON text written by :func:`otel_audit.record.normalise`.
+
+    normalise() already writes compact, key-sorted JSON with string keys; only numbers
+    that a JSONB round trip would rewrite need the parse and re-encode.
+    """
+    return canonical_json(text) if _RISKY_NUMBER.search(text) else text
 
 
 def canonical_json(text: str) -> str:

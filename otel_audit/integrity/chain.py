@@ -25,7 +25,7 @@ from typing import Any
 
 from ..record import JSON_FIELDS
 from ..store.writer import PreparedRecord
-from .canonical import GENESIS_HASH, canonical_json, chain_hash
+from .canonical import GENESIS_HASH, canonical_stored_json, chain_hash
 
 __all__ = ["ChainSealer", "new_stream_name", "sealed_row"]
 
@@ -135,7 +135,7 @@ class ChainSealer:
             if text is None:
                 continue
             try:
-                texts[name] = text = canonical_json(text)
+                texts[name] = text = canonical_stored_json(text)
                 if self._key_marks and any(mark in text for mark in self._key_marks):
                     keys_found.update(_keys_in(json.loads(text), self.personal_keys))
             except (ValueError, RecursionError):  # normalise() makes this unreachable;
