@@ -142,13 +142,13 @@ class ChainSealer:
                 pass  # should it happen, the text is hashed as stored rather than lost
         pii = json.dumps({"k": sorted(keys_found)}) if keys_found else None
         self._seq += 1
-        sealed = prepared._replace(
-            texts=texts, stream=self.stream, seq=self._seq, prev_hash=self._head,
-            pii_salt=salt, pii=pii,
-        )
+        # PreparedRecord(...) directly: NamedTuple._replace is a slow Python-level copy
+        sealed = PreparedRecord(prepared.record, texts, self.stream, self._seq, self._head,
+                                None, salt, pii)
         digest = chain_hash(sealed_row(sealed), self.hmac_key, canonicalise=False)
         self._head = digest
-        return sealed._replace(hash=digest)
+        return PreparedRecord(prepared.record, texts, self.stream, self._seq, sealed.prev_hash,
+                              digest, salt, pii)
 
 
 def _keys_in(value: Any, keys: Sequence[str]) -> set[str]:
