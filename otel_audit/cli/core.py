@@ -91,8 +91,9 @@ def _summary(url: str, planned: int, written: int, lost: int) -> None:
         table.add_row(action, "success" if success else "[red]failure[/]", str(count))
     out.print(table)
     recent = Table(title="latest records and their traces")
-    for name in ("timestamp", "user", "action", "resource", "ok"):
-        recent.add_column(name)
+    recent.add_column("timestamp (UTC)", no_wrap=True)
+    for name in ("user", "action", "resource", "ok"):
+        recent.add_column(name, overflow="fold")
     recent.add_column("trace_id", no_wrap=True)
     for ts, user, action, rtype, rid, success, trace_id in samples:
         recent.add_row(str(ts)[:19], user, action, f"{rtype}/{rid}", "yes" if success else "no",
