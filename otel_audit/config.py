@@ -289,6 +289,3 @@ def settings_table() -> str:
         lines.append(f"| `{s.name}` | `{s.env}` | {default} | {s.doc} |")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":  # pragma: no cover - documentation helper
-    print(settings_table())

@@ -99,3 +99,43 @@ def _summary(url: str, planned: int, written: int, lost: int) -> None:
         recent.add_row(str(ts)[:19], user, action, f"{rtype}/{rid}", "yes" if success else "no",
                        trace_id)
     out.print(recent)
+
+
+#: Settings whose values are secrets: shown as set/unset only.
+_SECRET_SETTINGS = frozenset({"hmac_key", "signing_key", "redact_hmac_key"})
+
+
+@app.command("config")
+def show_config(
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="Print the README's table of every setting instead.")] = False,
+) -> None:
+    """Show the effective settings (environment over defaults) and where each comes from."""
+    import os
+
+    from ..config import SETTINGS, resolve_config, settings_table
+    from ..errors import ConfigError
+
+    if markdown:
+        typer.echo(settings_table())
+        return
+    try:
+        config = resolve_config()
+    except ConfigError as exc:
+        raise fail(str(exc)) from exc
+    table = Table(title="effective otel_audit settings")
+    for name in ("setting", "value", "from"):
+        table.add_column(name, overflow="fold")
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        from_env = bool(setting.env and os.environ.get(setting.env))
+        if setting.name in _SECRET_SETTINGS:
+            shown = "(set)" if value else "(unset)"
+        elif setting.name == "url":
+            from ..config import normalise_database_url
+
+            shown = normalise_database_url(value).render_as_string(hide_password=True)
+        else:
+            shown = str(value)
+        table.add_row(setting.name, shown, setting.env if from_env else "default")
+    console().print(table)

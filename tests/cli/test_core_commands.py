@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from typer.testing import CliRunner
 
 from otel_audit import AuditTrail
@@ -47,3 +48,26 @@ def test_demo_writes_a_realistic_trail(store_url: str) -> None:
     assert any(r.timestamp.hour < 6 or r.timestamp.hour >= 20 for r in rows)
     updates = [r for r in rows if r.action == "UPDATE"]
     assert all(r.old_values and r.new_values for r in updates)
+
+
+def test_config_shows_effective_values_and_hides_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    mp = monkeypatch
+    mp.setenv("OTEL_AUDIT_BATCH_SIZE", "77")
+    mp.setenv("OTEL_AUDIT_HMAC_KEY", "very-secret-value")
+    mp.setenv("OTEL_AUDIT_DATABASE_URL", "postgresql://auditor:pw@db.internal/audit")
+    result = runner.invoke(app, ["config"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "77" in result.output and "OTEL_AUDIT_BATCH_SIZE" in result.output
+    assert "very-secret-value" not in result.output and "(set)" in result.output
+    assert "pw@" not in result.output
+    markdown = runner.invoke(app, ["config", "--markdown"])
+    from otel_audit.config import settings_table
+
+    assert markdown.output.strip() == settings_table().strip()
+
+
+def test_config_reports_bad_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_AUDIT_MODE", "eventually")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "mode must be one of" in result.output
