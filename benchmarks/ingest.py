@@ -29,11 +29,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from _scratch import scratch_postgres
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
@@ -44,8 +44,7 @@ from opentelemetry.sdk._logs.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from otel_audit import AuditTrail
 from otel_audit.config import MODES
@@ -169,26 +168,6 @@ def ingest(url: str, records: Sequence[ReadableLogRecord], ack_mode: str,
         raise RuntimeError(f"{len(failures)} exports failed")
     assert _count(url) == len(records), "ingest path lost records"
     return len(records) / elapsed
-
-
-@contextmanager
-def scratch_postgres(admin: str) -> Iterator[str]:
-    """A fresh database on the server at ``admin`` (schema migrated), dropped after."""
-    name = f"otel_audit_bench_{uuid.uuid4().hex[:10]}"
-    admin_url = make_url(admin).set(drivername="postgresql+psycopg")
-    admin_engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    engine = create_store_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
 
 
 def run_store(label: str, url: str, records: Sequence[ReadableLogRecord], rounds: int,

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from _scratch import scratch_postgres
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, registry
 
 from otel_audit import AuditTrail
@@ -68,21 +68,6 @@ def fields(i: int) -> dict[str, Any]:
 def sqlite_store() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         yield f"sqlite:///{tmp}/bench.db"
-
-
-@contextmanager
-def postgres_store(admin: str) -> Iterator[str]:
-    name = f"otel_audit_bench_{uuid.uuid4().hex[:8]}"
-    admin_url = make_url(admin).set(drivername="postgresql+psycopg")
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
 
 
 def reset(url: str) -> None:
@@ -245,7 +230,7 @@ def main() -> None:
 
     stores: list[tuple[str, Any]] = [("sqlite", sqlite_store())]
     if args.pg:
-        stores.append(("postgresql", postgres_store(args.pg)))
+        stores.append(("postgresql", scratch_postgres(args.pg)))
     else:
         print("postgresql: skipped (no --pg and no OTEL_AUDIT_TEST_POSTGRES_URL)")
 
