@@ -6,6 +6,8 @@ import datetime as dt
 import getpass
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -90,6 +92,20 @@ def _cli_trail(config: AuditConfig) -> AuditTrail:
     from ..trail import AuditTrail
 
     return AuditTrail(config.url, mode="sync", service_name="otel-audit-cli")
+
+
+@contextmanager
+def _audited_store(config: AuditConfig) -> Iterator[tuple[Engine, AuditTrail]]:
+    """The store's engine and a sync trail recording the command; errors become exits."""
+    engine = _engine(config)
+    trail = _cli_trail(config)
+    try:
+        yield engine, trail
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        trail.shutdown()
+        engine.dispose()
 
 
 @app.command()
@@ -245,17 +261,9 @@ def hold_add(
     resource_type = None
     if kind == "resource" and ":" in value:
         resource_type, value = value.split(":", 1)
-    config = _config(db)
-    engine = _engine(config)
-    trail = _cli_trail(config)
-    try:
+    with _audited_store(_config(db)) as (engine, trail):
         hold = add_hold(engine, kind, value, resource_type=resource_type, reason=reason,
                         created_by=_operator(by), trail=trail)
-    except AuditError as exc:
-        raise fail(str(exc)) from exc
-    finally:
-        trail.shutdown()
-        engine.dispose()
     console().print(f"hold {hold.id} placed on {kind} {value}")
 
 
@@ -291,16 +299,8 @@ def hold_release(
     """Release a legal hold (recorded in the trail)."""
     from ..retention import release_hold
 
-    config = _config(db)
-    engine = _engine(config)
-    trail = _cli_trail(config)
-    try:
+    with _audited_store(_config(db)) as (engine, trail):
         done = release_hold(engine, hold_id, released_by=_operator(by), trail=trail)
-    except AuditError as exc:
-        raise fail(str(exc)) from exc
-    finally:
-        trail.shutdown()
-        engine.dispose()
     if not done:
         raise fail(f"no active hold {hold_id}", 1)
     console().print(f"hold {hold_id} released")
@@ -317,15 +317,8 @@ def forget(
     from ..retention import forget as run_forget
 
     config = _config(db)
-    engine = _engine(config)
-    trail = _cli_trail(config)
-    try:
+    with _audited_store(config) as (engine, trail):
         report = run_forget(engine, user, archive_dir=_archive(archive, config),
                             erased_by=_operator(by), trail=trail)
-    except AuditError as exc:
-        raise fail(str(exc)) from exc
-    finally:
-        trail.shutdown()
-        engine.dispose()
     console().print(f"erased {report.live} live and {report.archived} archived records "
                     f"({len(report.files)} archive files rewritten); chains still verify")
