@@ -33,13 +33,17 @@ def resolve_db(db: str | None) -> str:
 
 
 def console() -> Console:
-    """Console for human output (stdout)."""
-    return Console()
+    """Console for human output (stdout).
+
+    Messages are never hard-wrapped (``soft_wrap``): a long path must not split a
+    line that scripts read, such as the public key ``checkpoint --new-key`` prints.
+    """
+    return Console(soft_wrap=True)
 
 
 def err_console() -> Console:
     """Console for progress and errors (stderr), so stdout stays machine-readable."""
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
