@@ -12,14 +12,20 @@ leaves every hash valid.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Sequence
+from itertools import accumulate, repeat
 from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
+import orjson
+
 from ..record import JSON_FIELDS
+from ..store.schema import HASHED_FIELDS, PERSONAL_FIELDS, ROW_COLUMNS
 
 __all__ = [
     "CHAIN_ROW_COLUMNS",
@@ -27,12 +33,14 @@ __all__ = [
     "GENESIS_HASH",
     "HASHED_FIELDS",
     "PERSONAL_FIELDS",
+    "RISKY_NUMBER",
     "canonical_json",
     "canonical_stored_json",
     "chain_hash",
     "hash_payload",
     "personal_digest",
     "pii_info",
+    "plain_chain_hashes",
 ]
 
 #: First element of every canonical payload (bumped if the format ever changes).
@@ -41,21 +49,8 @@ FORMAT = "otel-audit/1"
 #: ``prev_hash`` of the first record of every stream.
 GENESIS_HASH = "0" * 64
 
-#: Record fields holding personal data: hashed only through the salted digest.
-PERSONAL_FIELDS = ("user_id", "user_email", "client_ip", "user_agent")
-
-#: Record fields hashed as they are stored, in payload order.
-HASHED_FIELDS = (
-    "id", "timestamp", "correlation_id", "request_id", "trace_id", "span_id", "action",
-    "resource_type", "resource_id", "resource_name", "team_id", "request_path",
-    "request_method", "old_values", "new_values", "changes", "data_classification",
-    "requires_review", "success", "error_message", "context", "service_name", "acting_as",
-    "schema_version",
-)
-
-#: Layout of a chain row: what readers select and the sealer builds.
-CHAIN_ROW_COLUMNS = ("stream", "seq", "prev_hash", *HASHED_FIELDS, *PERSONAL_FIELDS,
-                     "pii_salt", "pii", "hash")
+#: Layout of a chain row: what readers select and the sealer builds (the store's row).
+CHAIN_ROW_COLUMNS = ROW_COLUMNS
 
 _N = len(HASHED_FIELDS)
 _BODY = slice(3, 3 + _N)
@@ -79,9 +74,26 @@ def _dumps(value: Any) -> str:
     return "".join(_sorted_encoder(value, 0))
 
 
+# For what payloads hold (str, int, None and lists of them) orjson writes exactly the
+# bytes of the encoder above, UTF-8 encoded: the same escapes, no ASCII escaping,
+# compact (checked over every code point in tests/integrity). Anything else it might
+# render differently (subclasses, dates, integers over 64 bits) is refused and takes
+# the stdlib encoder, so the format never depends on which encoder ran.
+_ORJSON_OPTIONS = (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def _plain_bytes(items: list[Any]) -> bytes:
+    """UTF-8 of ``_dumps(items)`` for payloads without floats or JSON values."""
+    try:
+        return orjson.dumps(items, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError included
+        return _dumps(items).encode()
+
+
 # Numbers a JSONB round trip rewrites: large integers or exponent floats (PostgreSQL
 # prints 1e+20 as 100000000000000000000) and negative zero (numeric has none).
-_RISKY_NUMBER = re.compile(r"\d{16}|-0\.0(?![0-9])")
+RISKY_NUMBER = re.compile(r"\d{16}|-0\.0(?![0-9])")
 
 
 def _parse_int(text: str) -> int | float:
@@ -101,7 +113,7 @@ def _parse_float(text: str) -> float:
 
 def _canonical_text(value: Any) -> str:
     text = _dumps(value)
-    if _RISKY_NUMBER.search(text):
+    if RISKY_NUMBER.search(text):
         text = _dumps(json.loads(text, parse_int=_parse_int, parse_float=_parse_float))
     return text
 
@@ -112,7 +124,7 @@ def canonical_stored_json(text: str) -> str:
     normalise() already writes compact, key-sorted JSON with string keys; only numbers
     that a JSONB round trip would rewrite need the parse and re-encode.
     """
-    return canonical_json(text) if _RISKY_NUMBER.search(text) else text
+    return canonical_json(text) if RISKY_NUMBER.search(text) else text
 
 
 def canonical_json(text: str) -> str:
@@ -140,8 +152,9 @@ def _mask(value: Any, keys: frozenset[str], found: list[Any]) -> Any:
 def personal_digest(salt: str, personal: Sequence[Any], json_values: Sequence[Any]) -> str:
     """SHA-256 of ``salt`` and the personal values of one record (fields, then JSON values)."""
     items = [*personal, list(json_values)]
-    body = _canonical_text(items) if json_values else _dumps(items)
-    return hashlib.sha256(f"{salt}\x00{body}".encode()).hexdigest()
+    if json_values:  # any JSON value, floats included: the canonical text
+        return hashlib.sha256(f"{salt}\x00{_canonical_text(items)}".encode()).hexdigest()
+    return hashlib.sha256(b"%s\x00%s" % (salt.encode(), _plain_bytes(items))).hexdigest()
 
 
 def personal_json_values(texts: Sequence[str | None], keys: Sequence[str]) -> list[Any]:
@@ -188,8 +201,46 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
     else:
         salt = row[_SALT]
         digest = personal_digest("" if salt is None else salt, row[_PERSONAL], found)
-    return hash_payload(_dumps([FORMAT, row[0], row[1], row[2], *body, keys, digest]).encode(),
-                        key)
+    return hash_payload(_plain_bytes([FORMAT, row[0], row[1], row[2], *body, keys, digest]), key)
+
+
+def plain_chain_hashes(
+    stream: str,
+    seqs: Sequence[int],
+    prev_hash: str,
+    bodies: Sequence[tuple[Any, ...]],
+    personals: Sequence[tuple[Any, ...]],
+    salts: Sequence[str],
+    key: bytes | None,
+) -> list[str]:
+    """The hashes of consecutive chain rows, computed a batch at a time.
+
+    For rows without personal JSON keys (``pii`` NULL) whose JSON texts are canonical,
+    each hash equals :func:`chain_hash` of the row with ``canonicalise=False``; the
+    tests hold the two to that. ``bodies`` are the :data:`HASHED_FIELDS` of each row,
+    ``personals`` its :data:`PERSONAL_FIELDS`. Serialising and digesting run through
+    C-level ``map`` and ``zip``; only the chaining itself (each payload holds the
+    previous hash) is a Python step per row. Raises ``TypeError`` for a value orjson
+    refuses (the caller takes the row-by-row path).
+    """
+    dumps = functools.partial(orjson.dumps, option=_ORJSON_OPTIONS)
+    salted = map(str.encode, map(str.__add__, salts, repeat("\x00")))
+    items = map(dumps, map(tuple.__add__, personals, repeat(((),))))
+    digests = list(map(_HEXDIGEST, map(hashlib.sha256, map(bytes.__add__, salted, items))))
+    # payload = [FORMAT, stream, seq, "prev", *body, null, "digest"], split around prev
+    head = (b"[%s,%s," % (dumps(FORMAT), dumps(stream))).replace(b"%", b"%%") + b'%d,"'
+    tails = map(dumps, map(tuple.__add__, bodies, zip(repeat(None), digests)))
+    after = map(bytes.__add__, repeat(b'",'), map(_AFTER_BRACKET, tails))
+    parts = zip(map(head.__mod__, seqs), after, strict=False)
+
+    def link(prev: str, part: tuple[bytes, bytes]) -> str:
+        return hash_payload(b"".join((part[0], prev.encode(), part[1])), key)
+
+    return list(accumulate(parts, link, initial=prev_hash))[1:]
+
+
+_HEXDIGEST = operator.methodcaller("hexdigest")
+_AFTER_BRACKET = operator.itemgetter(slice(1, None))
 
 
 #: What :func:`chain_hash` returns for a row it cannot read; no stored hash equals it.

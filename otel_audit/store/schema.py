@@ -26,7 +26,10 @@ from ..record import COLUMN_LIMITS, JSON_FIELDS
 
 __all__ = [
     "CHAIN_COLUMNS",
+    "HASHED_FIELDS",
+    "PERSONAL_FIELDS",
     "RECORD_COLUMNS",
+    "ROW_COLUMNS",
     "audit_checkpoints",
     "audit_holds",
     "audit_trails",
@@ -105,6 +108,24 @@ RECORD_COLUMNS: tuple[str, ...] = (
 #: Columns filled by the integrity chain.
 CHAIN_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", "hash", "pii_salt", "pii")
 
+#: Record fields holding personal data: the chain hashes them only through a salted digest.
+PERSONAL_FIELDS: tuple[str, ...] = ("user_id", "user_email", "client_ip", "user_agent")
+
+#: Record fields the chain hashes as they are stored, in payload order.
+HASHED_FIELDS: tuple[str, ...] = (
+    "id", "timestamp", "correlation_id", "request_id", "trace_id", "span_id", "action",
+    "resource_type", "resource_id", "resource_name", "team_id", "request_path",
+    "request_method", "old_values", "new_values", "changes", "data_classification",
+    "requires_review", "success", "error_message", "context", "service_name", "acting_as",
+    "schema_version",
+)
+
+#: The row layout the writer inserts and the chain hashes (``docs/integrity.md``): chain
+#: position, hashed fields, personal fields, then salt, personal-key list and hash.
+#: Timestamps are UTC text with microseconds, booleans 0/1, JSON documents text.
+ROW_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", *HASHED_FIELDS,
+                                *PERSONAL_FIELDS, "pii_salt", "pii", "hash")
+
 #: Signed chain heads (one row per checkpoint of one stream).
 audit_checkpoints = Table(
     "audit_checkpoints",
@@ -135,4 +156,5 @@ audit_holds = Table(
 )
 
 assert set(RECORD_COLUMNS) | set(CHAIN_COLUMNS) == set(audit_trails.c.keys())
+assert sorted(ROW_COLUMNS) == sorted(audit_trails.c.keys())
 assert set(JSON_FIELDS) <= set(RECORD_COLUMNS)
