@@ -41,8 +41,8 @@ from sqlalchemy.orm import Session, registry
 from otel_audit import AuditTrail
 from otel_audit.record import normalise
 from otel_audit.store.migrate import upgrade
-from otel_audit.store.schema import audit_trails
-from otel_audit.store.writer import ALL_COLUMNS, PreparedRecord, create_store_engine, to_row
+from otel_audit.store.schema import ROW_COLUMNS, audit_trails
+from otel_audit.store.writer import PreparedRecord, create_store_engine, store_row
 
 ATTRS = {
     "user_id": "alice",
@@ -100,17 +100,21 @@ def raw_limit(url: str, n: int, batch: int) -> float:
     reset(url)
     trail = AuditTrail(url, enabled=True)
     sqlite = url.startswith("sqlite")
-    rows = [to_row(PreparedRecord(*normalise(trail.build_record("UPDATE", **fields(i)))),
-                   sqlite=sqlite) for i in range(n)]
+    # the rows the trail writes (store layout, unsealed: the chain columns stay NULL)
+    rows = [store_row(PreparedRecord(*normalise(trail.build_record("UPDATE", **fields(i)))))
+            for i in range(n)]
     trail.shutdown()
-    cols = ", ".join(ALL_COLUMNS)
+    cols = ", ".join(ROW_COLUMNS)
     engine = create_store_engine(url)
     with engine.connect() as conn:
         dbapi = conn.connection.driver_connection
+        if not sqlite:  # timestamps are UTC text
+            dbapi.execute("SET TIME ZONE 'UTC'")  # type: ignore[union-attr]
+            dbapi.commit()  # type: ignore[union-attr]
         gc.collect()
         start = time.perf_counter()
         if sqlite:
-            marks = ", ".join("?" * len(ALL_COLUMNS))
+            marks = ", ".join("?" * len(ROW_COLUMNS))
             for i in range(0, n, batch):
                 dbapi.executemany(f"INSERT INTO audit_trails ({cols}) VALUES ({marks})",  # type: ignore[union-attr]
                                   rows[i:i + batch])

@@ -32,7 +32,8 @@ def encode_record(prepared: PreparedRecord) -> bytes:
     """Serialise a prepared record (JSON fields as their stored texts)."""
     fields = [None if i in _JSON_POS else value for i, value in enumerate(prepared.record)]
     fields[_TS_POS] = prepared.record.timestamp.isoformat()
-    doc = {"r": fields, "t": prepared.texts, "c": list(prepared[2:])}
+    # the chain fields (stream .. pii); the store row is derived and not kept
+    doc = {"r": fields, "t": prepared.texts, "c": list(prepared[2:8])}
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

@@ -82,7 +82,8 @@ def test_store_rejection_isolates_the_bad_record(pg_url: str) -> None:
 
     def corrupt(batch: list[PreparedRecord]) -> list[PreparedRecord]:
         # a value PostgreSQL refuses after normalisation (as a buggy sealer could make)
-        return [p._replace(record=p.record._replace(request_method="X" * 11))
+        # (the store row is derived from the record: a sealer that changes one drops it)
+        return [p._replace(record=p.record._replace(request_method="X" * 11), row=None)
                 if p.record.resource_id == "bad" else p for p in batch]
 
     trail.pipeline.sealers.append(corrupt)
@@ -92,3 +93,40 @@ def test_store_rejection_isolates_the_bad_record(pg_url: str) -> None:
     assert {r.resource_id for r in trail.records()} == {"ok", "ok2"}
     assert trail.stats().failed == 1
     trail.shutdown()
+
+
+def test_batches_larger_than_one_statement_commit_as_one(sqlite_url: str) -> None:
+    writer = StoreWriter(sqlite_url, auto_migrate=True)
+    writer.write(prepared(1500))  # several multi-row statements in one explicit transaction
+    assert count(writer) == 1500
+    writer.write(prepared(1500))
+    assert count(writer) == 1500
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_timestamps_are_utc_whatever_the_session_time_zone(pg_url: str) -> None:
+    # COPY sends UTC text; a server or session in another zone must not shift it
+    url = pg_url + ("&" if "?" in pg_url else "?") + "options=-c%20TimeZone%3DAsia%2FTokyo"
+    writer = StoreWriter(url, auto_migrate=True)
+    batch = prepared(3)
+    writer.write(batch)
+    with writer.engine.connect() as conn:
+        stored = conn.execute(select(audit_trails.c.id, audit_trails.c.timestamp)).all()
+    assert {i: ts.astimezone(dt.UTC) for i, ts in stored} == {
+        p.record.id: p.record.timestamp for p in batch}
+    writer.dispose()
+
+
+def test_the_kept_connection_is_replaced_after_a_failure(store_url: str) -> None:
+    writer = StoreWriter(store_url, auto_migrate=True)
+    writer.write(prepared(10))
+    first = writer._bulk
+    assert first is not None  # kept between batches
+    first.connection.driver_connection.close()  # type: ignore[union-attr]  # it dies
+    with pytest.raises(StoreError) as failed:
+        writer.write(prepared(10, start=10))
+    assert failed.value.transient and writer._bulk is None
+    writer.write(prepared(10, start=10))  # a new connection, and the retry lands
+    assert count(writer) == 20
+    writer.dispose()
