@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 
 from .record import AuditRecord, json_safe
@@ -39,6 +41,9 @@ _FIELDS = ("old_values", "new_values", "changes", "context")
 _MAX_DEPTH = 64  # deeper than the normaliser keeps (32): nothing below it is ever stored
 _CACHE_LIMIT = 4096
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+#: Field value types __call__ leaves alone or checks with _plainly_clean (dict).
+_SKIPPED = frozenset({type(None), str, int, float, bool, dict})
+_JSON_VALUES = operator.itemgetter(*(AuditRecord._fields.index(name) for name in _FIELDS))
 
 
 def _squash(name: str) -> str:
@@ -105,6 +110,29 @@ class Redactor:
             if redacted is not value:
                 changes[name] = redacted
         return record._replace(**changes) if changes else record
+
+    def redact_batch(self, records: list[AuditRecord]) -> list[AuditRecord]:
+        """:meth:`__call__` on each record; a batch with nothing to redact is checked
+        column by column (a few C-level passes) and returned as it is."""
+        if self._batch_clean(records):
+            return records
+        return [self(record) for record in records]
+
+    def _batch_clean(self, records: list[AuditRecord]) -> bool:
+        """Whether no record of ``records`` has anything to redact: every JSON field is
+        ``None``, a scalar or a flat dict of scalars whose keys are known non-secret
+        strings. ``False`` only means "look record by record"."""
+        values = list(chain.from_iterable(map(_JSON_VALUES, records)))
+        if not _SKIPPED.issuperset(map(type, values)):
+            return False
+        dicts = [value for value in values if type(value) is dict]
+        if not _SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, dicts)))):
+            return False  # nested (or odd) values: the walk decides
+        decisions = self._decisions
+        for key in set(chain.from_iterable(dicts)):
+            if decisions.get(key) is not False and (type(key) is not str or self.is_secret(key)):
+                return False
+        return True
 
     def redact_value(self, value: Any) -> Any:
         """Return ``value`` with secret-like keys redacted at any depth (a copy if changed)."""

@@ -255,7 +255,8 @@ def test_full_queue_waits_then_drops_loudly(caplog: pytest.LogCaptureFixture) ->
     trail = AuditTrail("postgresql://postgres@127.0.0.1:1/none", queue_size=10,
                        queue_full_timeout=0.01, retry_max_backoff=0.05,
                        spool_max_bytes=0)  # no spool to spill to
-    for i in range(30):
+    # up to two batches are out of the queue (one writing, one prepared behind it)
+    for i in range(60):
         trail.record("READ", user_id="u", resource_id=str(i))
     stats = trail.stats()
     assert stats.dropped > 0
@@ -299,3 +300,25 @@ def test_records_keyset_pagination(trail: AuditTrail) -> None:
     assert len(seen) == 25 and len(set(seen)) == 25
     flat = [r for p in pages for r in p]
     assert flat == sorted(flat, key=lambda r: (r.timestamp, r.id), reverse=True)
+
+
+def test_flush_waits_for_the_batch_being_committed(sqlite_url: str) -> None:
+    # the worker hands batches to the store stage: a flush must see one in flight
+    trail = AuditTrail(sqlite_url, flush_interval=0.01)
+    release = threading.Event()
+    writing = threading.Event()
+    write = trail.writer.write
+
+    def slow_write(batch: object) -> None:
+        writing.set()
+        release.wait(10)
+        write(batch)  # type: ignore[arg-type]
+
+    trail.writer.write = slow_write  # type: ignore[method-assign]
+    trail.record("READ", user_id="u")
+    assert writing.wait(5) and not trail.pipeline._queue  # taken off the queue, not written
+    assert trail.flush(0.2) is False
+    release.set()
+    assert trail.flush(5) is True
+    assert trail.stats().written == 1
+    trail.shutdown()

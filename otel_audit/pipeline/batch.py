@@ -20,6 +20,8 @@ the worker — and before anything reaches the spool or journal.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import multiprocessing.util
 import os
@@ -30,13 +32,15 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from .._internal import log_internal_error, logger, suppress_instrumentation
 from ..config import AuditConfig
 from ..errors import AuditWriteError, StoreError
 from ..metrics import PipelineMetrics
-from ..record import AuditRecord, normalise
+from ..record import AuditRecord, normalise, plain_texts
+from ..redact import Redactor
 from ..store.writer import PreparedRecord, StoreWriter
 from .journal import Journal
 from .spool import Spool
@@ -115,6 +119,72 @@ class _FlushMarker:
         self.done = threading.Event()
 
 
+class _StoreStage:
+    """The second pipeline stage: one batch at a time written on its own thread.
+
+    While it commits batch *n* (the driver releases the GIL for the database's own
+    work), the worker redacts and normalises batch *n + 1*. ``run`` waits for the
+    batch in flight before starting the next one, so batches are sealed and committed
+    in order, one at a time, exactly as with a single thread.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._job: Callable[[], None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Start ``job`` once the previous one is done (never two at once)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._job is None)
+            if self._stopped:  # after stop(), jobs run on the calling thread
+                inline = True
+            else:
+                inline = False
+                self._job = job
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                    name="otel-audit-store")
+                    self._thread.start()
+                self._cond.notify_all()
+        if inline:
+            job()
+
+    def wait(self) -> None:
+        """Return once no job is in flight."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._job is None)
+
+    def stop(self) -> None:
+        """Finish the job in flight, then end the thread; later jobs run inline."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._job is None)
+            self._stopped = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _loop(self) -> None:
+        with suppress_instrumentation():
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._job is not None or self._stopped)
+                    job = self._job
+                if job is None:
+                    return
+                try:
+                    job()
+                except Exception:  # the job handles its own errors; this is a last resort
+                    log_internal_error("store_stage", logging.ERROR,
+                                       "audit store stage failed", exc_info=True)
+                finally:
+                    with self._cond:
+                        self._job = None
+                        self._cond.notify_all()
+
+
 class BatchPipeline:
     """Queue + worker + writer for one trail. Thread-safe and fork-safe."""
 
@@ -169,6 +239,8 @@ class BatchPipeline:
         self._write_lock = threading.RLock()
         self._state_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._store = _StoreStage()
+        self._busy = 0  # batches taken off the queue and not yet committed (or spooled)
         self._closed = False
         self._drained = 0
         self._written = 0
@@ -378,8 +450,8 @@ class BatchPipeline:
             self.open_journal()  # a new process replays what a dead one journalled
         spool = self.spool
         spooled = spool is not None and spool.pending()
-        if (not self._queue or self._worker is None) and not spooled:
-            with self._write_lock:  # a batch may be in flight
+        if not spooled and (self._worker is None or (not self._queue and not self._busy)):
+            with self._write_lock:  # a sync or outbox write may be in flight
                 return not self._queue
         if self._worker is None:
             self._start_worker()
@@ -487,30 +559,39 @@ class BatchPipeline:
 
     def _run(self) -> None:
         with suppress_instrumentation():
-            if self._durable and self.journal is None:
-                self.open_journal()
-            next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
-            while True:
-                wait = self.config.flush_interval
-                if self.spool is not None and self.spool.pending():
-                    wait = max(0.0, min(wait, self._replay_at - time.monotonic()))
-                self._wake.wait(wait)
-                self._wake.clear()
+            try:
+                self._loop()
+            finally:
+                self._store.stop()
+
+    def _loop(self) -> None:
+        if self._durable and self.journal is None:
+            self.open_journal()
+        next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
+        while True:
+            wait = self.config.flush_interval
+            if self.spool is not None and self.spool.pending():
+                wait = max(0.0, min(wait, self._replay_at - time.monotonic()))
+            self._wake.wait(wait)
+            self._wake.clear()
+            self._drain()
+            if self.spool is not None and time.monotonic() >= next_scan:
+                # segments of processes that died since we started: adopt and replay
+                next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
+                self.spool.rescan()
+            self._maybe_replay()
+            if self._stop.is_set():
                 self._drain()
-                if self.spool is not None and time.monotonic() >= next_scan:
-                    # segments of processes that died since we started: adopt and replay
-                    next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
-                    self.spool.rescan()
-                self._maybe_replay()
-                if self._stop.is_set():
-                    self._drain()
-                    return
+                self._store.wait()
+                return
 
     def _drain(self) -> None:
         queue = self._queue
         while queue:
             batch: list[_Item] = []
             markers: list[_FlushMarker] = []
+            with self._state_lock:
+                self._busy += 1  # before taking anything: flush() must see it in flight
             while queue and len(batch) < self._batch_size:
                 item = queue.popleft()
                 if isinstance(item, _FlushMarker):
@@ -522,13 +603,23 @@ class BatchPipeline:
             if batch:
                 with self._state_lock:
                     self._drained += len(batch)
-                self._write_batch(batch)
+                # prepared and sealed here while the store stage commits the previous batch
+                prepared = self._prepare_batch(batch)
+                self._seal_ahead(prepared)
+                self._store.run(functools.partial(self._write_prepared, prepared))
+            else:
+                self._done_busy()
             if markers:
+                self._store.wait()  # a flush returns only after what precedes it committed
                 self._waiting.extend(markers)
                 self._maybe_replay()
                 self._release_markers()
             if self._stop.is_set() and self._closed and not batch and not markers:
                 return
+
+    def _done_busy(self) -> None:
+        with self._state_lock:
+            self._busy -= 1
 
     def _release_markers(self) -> None:
         if self._waiting and (self.spool is None or not self.spool.pending()):
@@ -536,13 +627,31 @@ class BatchPipeline:
             for marker in waiting:
                 marker.done.set()
 
-    def _write_batch(self, batch: list[_Item]) -> None:
+    def _prepare_batch(self, batch: list[_Item]) -> list[PreparedRecord]:
         try:
-            prepared = self._prepare(batch)
+            return self._prepare(batch)
         except Exception:  # a transform bug must not lose the batch: write it untransformed
             log_internal_error("prepare", logging.ERROR,
                                "audit record preparation failed", exc_info=True)
-            prepared = [self._prepare_plain(item) for item in _resolved(batch)]
+            return [self._prepare_plain(item) for item in _resolved(batch)]
+
+    def _seal_ahead(self, prepared: list[PreparedRecord]) -> None:
+        """Seal on the worker, so that the store stage only writes.
+
+        Batches are sealed here in the order the store stage commits them. A sealer
+        that cannot start (the store holding a named stream's head is down) leaves the
+        batch unsealed: the store stage seals it inside its retry loop.
+        """
+        with contextlib.suppress(StoreError):
+            self._seal(prepared)
+
+    def _write_prepared(self, prepared: list[PreparedRecord]) -> None:
+        try:
+            self._write_batch(prepared)
+        finally:
+            self._done_busy()
+
+    def _write_batch(self, prepared: list[PreparedRecord]) -> None:
         spool = self.spool
         # keep order: while records wait in the spool, new ones queue behind them
         if spool is not None and spool.pending() and self._to_spool(prepared):
@@ -615,6 +724,7 @@ class BatchPipeline:
         if spool is None or not spool.pending() or time.monotonic() < self._replay_at:
             self._release_markers()
             return
+        self._store.wait()  # replayed records go after the batch in flight
         self._replay_spool(spool)
         self._release_markers()
 
@@ -675,8 +785,23 @@ class BatchPipeline:
     def _prepare(self, records: Sequence[_Item]) -> list[PreparedRecord]:
         cap = self.config.max_record_bytes
         redactor = self.redactor
+        resolved = _resolved(records)
+        if not self.transforms and all(type(r) is AuditRecord for r in resolved):
+            # the common batch: redaction and normalisation checked column by column
+            plain: list[AuditRecord] = resolved  # type: ignore[assignment]
+            if redactor is not None and isinstance(redactor, Redactor):
+                plain = redactor.redact_batch(plain)
+            elif redactor is not None:
+                plain = [redactor(record) for record in plain]
+            texts = plain_texts(plain, cap)
+            if texts is not None:
+                # tuple.__new__ directly: the NamedTuple's __new__ is a Python-level call
+                return list(map(tuple.__new__, repeat(PreparedRecord),
+                                zip(plain, texts, *_NO_CHAIN, strict=False)))
+            resolved = plain  # type: ignore[assignment]
+            redactor = None  # done above
         out: list[PreparedRecord] = []
-        for record in _resolved(records):
+        for record in resolved:
             if isinstance(record, PreparedRecord):  # journalled or spooled: already done
                 out.append(record)
                 continue
@@ -724,6 +849,10 @@ class BatchPipeline:
             except Exception:
                 log_internal_error("on_written", logging.ERROR,
                                    "audit post-write hook %r failed", hook, exc_info=True)
+
+
+#: The chain fields of an unsealed PreparedRecord, as columns for zip().
+_NO_CHAIN = (repeat(None),) * 7
 
 
 def _segments_of(holder: Spool | Journal | None) -> list[Any]:

@@ -1,0 +1,169 @@
+"""The column-by-column batch paths give exactly what the record-by-record paths give.
+
+Redaction (:meth:`Redactor.redact_batch`), normalisation (:func:`plain_texts`) and
+sealing (``ChainSealer`` on a plain batch) each have a fast path over a whole batch;
+whatever a batch holds, the result must equal the per-record path's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from otel_audit.integrity.canonical import _dumps, _plain_bytes, chain_hash
+from otel_audit.integrity.chain import ChainSealer
+from otel_audit.record import AuditRecord, normalise, plain_texts
+from otel_audit.redact import Redactor
+from otel_audit.store.writer import PreparedRecord
+
+NOW = dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=10)
+_odd_text = st.sampled_from(["", "x\x00y", "\ud800", "a" * 300, "ключ", "1234567890123456789"])
+_scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20)
+            | st.floats(allow_nan=True, allow_infinity=True) | _text | _odd_text)
+_keys = st.sampled_from(["enabled", "timeout", "password", "email", "api-key", "name",
+                         "123", "-1", "a\x00b"]) | _text
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=4),
+    max_leaves=8,
+)
+_field_value = (st.none() | st.dictionaries(_keys, _scalars, max_size=4) | _json
+                | st.sampled_from([uuid.UUID(int=7), {1: "a"}, {"t": NOW}, ("a", 1)]))
+_column = st.none() | _text | _odd_text | st.integers(0, 9)
+
+
+@st.composite
+def records(draw: st.DrawFn, plain: bool) -> AuditRecord:
+    """A record; ``plain`` ones are the common case (short strings, flat dicts)."""
+    if plain:
+        printable = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=8)
+        values = st.none() | st.dictionaries(
+            st.sampled_from(["enabled", "timeout", "name", "owner", "email"]),
+            st.none() | st.booleans() | st.integers(-1000, 1000) | printable, max_size=4)
+        strings = st.none() | printable.filter(bool)
+    else:
+        values, strings = _field_value, _column
+    return AuditRecord(
+        id=uuid.uuid4().hex,
+        timestamp=draw(st.sampled_from([NOW, NOW.replace(tzinfo=None)]) if not plain
+                       else st.just(NOW)),
+        action=draw(st.sampled_from(["UPDATE", "READ"]) | (strings if not plain else st.just("X"))),
+        user_id=draw(st.sampled_from(["alice", "bob"]) | (strings if not plain else st.just("u"))),
+        resource_type=draw(strings),
+        resource_id=draw(strings),
+        user_email=draw(strings),
+        client_ip=draw(strings),
+        request_method=draw(strings),
+        error_message=draw(strings),
+        old_values=draw(values),
+        new_values=draw(values),
+        changes=draw(values),
+        context=draw(values),
+        requires_review=draw(st.booleans() if plain else st.booleans() | st.none()),
+        success=draw(st.booleans()),
+        service_name="svc",
+    )
+
+
+def _batches(plain: bool) -> Any:
+    return st.lists(records(plain), min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=_batches(plain=False) | _batches(plain=True))
+def test_plain_texts_equal_normalise_record_by_record(batch: list[AuditRecord]) -> None:
+    texts = plain_texts(batch)
+    if texts is None:
+        return  # the batch goes record by record: nothing to compare
+    for record, batch_texts in zip(batch, texts, strict=True):
+        assert normalise(record) == (record, batch_texts)
+
+
+@settings(max_examples=50, deadline=None)
+@given(batch=_batches(plain=True))
+def test_plain_batches_take_the_column_path(batch: list[AuditRecord]) -> None:
+    texts = plain_texts(batch)
+    assert texts is not None
+    assert [normalise(r)[1] for r in batch] == texts
+
+
+def test_one_odd_record_sends_the_batch_record_by_record() -> None:
+    good = AuditRecord(id="a" * 32, timestamp=NOW, action="READ", user_id="u",
+                       old_values={"b": 1})
+    for odd in (good._replace(request_method="X" * 11), good._replace(old_values={1: "a"}),
+                good._replace(user_agent="nul\x00"), good._replace(timestamp=NOW.replace(
+                    tzinfo=None)), good._replace(new_values={"n": float("nan")}),
+                good._replace(context={"u": uuid.UUID(int=1)}), good._replace(success=1)):
+        assert plain_texts([good, odd]) is None
+    assert plain_texts([good, good]) == [normalise(good)[1]] * 2
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=_batches(plain=False) | _batches(plain=True),
+       allow=st.sampled_from([(), ("api-key",)]))
+def test_redact_batch_equals_record_by_record(batch: list[AuditRecord],
+                                              allow: tuple[str, ...]) -> None:
+    for mode, key in (("mask", None), ("hmac", "k")):
+        redactor = Redactor(mode, allow=allow, hmac_key=key)
+        assert redactor.redact_batch(batch) == [Redactor(mode, allow=allow, hmac_key=key)(r)
+                                                for r in batch]
+
+
+def _prepared(batch: list[AuditRecord]) -> list[PreparedRecord]:
+    return [PreparedRecord(*normalise(record)) for record in batch]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=_batches(plain=False) | _batches(plain=True),
+       key=st.sampled_from([None, b"k" * 32]))
+def test_sealing_a_batch_equals_sealing_record_by_record(batch: list[AuditRecord],
+                                                          key: bytes | None) -> None:
+    prepared = _prepared(batch)
+    salts = os.urandom(16 * len(prepared)).hex()
+    a = ChainSealer(service_name="s", stream="one", hmac_key=key, personal_keys=["email"])
+    b = ChainSealer(service_name="s", stream="one", hmac_key=key, personal_keys=["email"])
+    for sealer in (a, b):
+        sealer._resumed = True
+    if a._plain(prepared):
+        sealed = a._seal_columns(prepared, salts)
+    else:
+        sealed = [a._seal(p, salts[32 * i:32 * i + 32]) for i, p in enumerate(prepared)]
+    expected = [b._seal(p, salts[32 * i:32 * i + 32]) for i, p in enumerate(prepared)]
+    assert sealed == expected
+    assert a.head == b.head
+    for p in sealed:
+        assert p.row is not None and chain_hash(p.row, key) == p.hash
+
+
+def test_plain_batches_are_sealed_column_by_column() -> None:
+    batch = [AuditRecord(id=uuid.uuid4().hex, timestamp=NOW, action="UPDATE", user_id="u",
+                         old_values={"timeout": i}, user_email="u@example.com")
+             for i in range(5)]
+    sealer = ChainSealer(service_name="s", personal_keys=["email"])
+    prepared = _prepared(batch)
+    assert sealer._plain(prepared)
+    # a personal key inside a document, a number to canonicalise, an earlier seal: not plain
+    assert not sealer._plain(_prepared([batch[0]._replace(new_values={"email": "x"})]))
+    assert not sealer._plain(_prepared([batch[0]._replace(new_values={"n": 10**17})]))
+    assert not sealer._plain(sealer(prepared))
+
+
+@pytest.mark.parametrize("start", range(0, 0x110000, 0x8800))
+def test_orjson_payload_bytes_are_the_stdlib_encoders(start: int) -> None:
+    # every code point (surrogates excepted) in the strings a payload holds
+    chars = "".join(chr(c) for c in range(start, min(start + 0x8800, 0x110000))
+                    if not 0xD800 <= c <= 0xDFFF)
+    for items in ([chars, 1, None, -5, 2**62, [chars[:50]]], ["\"\\/\b\f\n\r\t\x7f", 0]):
+        assert _plain_bytes(items) == _dumps(items).encode()
+    # what orjson refuses goes to the stdlib encoder, which decides
+    assert _plain_bytes([2**70]) == _dumps([2**70]).encode()
+    with pytest.raises(TypeError):
+        _plain_bytes([NOW])
