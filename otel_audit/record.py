@@ -311,6 +311,8 @@ if c_make_encoder is not None:
     _c_encoder = c_make_encoder(None, _reject, c_encode_basestring, None, ":", ",",
                                 True, False, False)
 
+    _encode = _c_encoder
+
     def _dumps(value: Any) -> str:
         return "".join(_c_encoder(value, 0))
 else:  # pragma: no cover - CPython always ships the C accelerator
@@ -319,6 +321,9 @@ else:  # pragma: no cover - CPython always ships the C accelerator
 
     def _dumps(value: Any) -> str:
         return _ENCODER.encode(value)
+
+    def _encode(value: Any, _level: int) -> tuple[str]:
+        return (_ENCODER.encode(value),)
 
 
 def _json_text(value: Any, notes: _Notes, field: str) -> tuple[Any, str]:
@@ -426,15 +431,21 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536) -> list[dict[str, 
     if not records:
         return []
     columns = list(zip(*records, strict=True))
+    longest = 0  # the longest value of each field, added up: a bound on any record's size
     for pos, limit in _BOUNDED:
         column = columns[pos]
-        if not _STR_OR_NONE.issuperset(map(type, column)) or max(map(length_hint, column)) > limit:
+        if not _STR_OR_NONE.issuperset(map(type, column)):
             return None
+        most = max(map(len, filter(None, column)), default=0)
+        if most > limit:
+            return None
+        longest += most
     if not all(columns[_ACTION]) or not all(columns[_USER_ID]):
         return None
     for pos in _TEXT_POS:
         if not _STR_OR_NONE.issuperset(map(type, columns[pos])):
             return None
+        longest += max(map(len, filter(None, columns[pos])), default=0)
     if {bool} != set(map(type, columns[_REVIEW])) or {bool} != set(map(type, columns[_SUCCESS])):
         return None
     stamps = columns[_TIMESTAMP]
@@ -447,7 +458,7 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536) -> list[dict[str, 
             return None
         try:
             if None not in column:
-                texts: list[str | None] = list(map(_dumps, column))
+                texts: list[str | None] = list(map("".join, map(_encode, column, repeat(0))))
             elif column.count(None) == len(column):
                 texts = [None] * len(column)
             else:
@@ -455,6 +466,7 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536) -> list[dict[str, 
         except (TypeError, ValueError, RecursionError):
             return None
         json_columns.append(texts)
+        longest += max(map(len, filter(None, texts)), default=0)
     documents = "\x1e".join(filter(None, chain.from_iterable(json_columns)))
     if _NUMERIC_KEY.search(documents):
         return None
@@ -462,10 +474,11 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536) -> list[dict[str, 
     for text in (documents, strings):
         if "\x00" in text or "\\u0000" in text or not (text.isascii() or _utf8_ok(text)):
             return None
-    sizes = map(sum, zip(*(map(length_hint, c) for c in (*json_columns, *(
-        columns[pos] for pos in _STRING_POS))), strict=True))
-    if max(sizes) + 2048 > cap // 4:
-        return None  # large records: the exact (byte) check of normalise()
+    if longest + 2048 > cap // 4:  # not every record surely fits: add up each one's
+        sizes = map(sum, zip(*(map(length_hint, c) for c in (*json_columns, *(
+            columns[pos] for pos in _STRING_POS))), strict=True))
+        if max(sizes) + 2048 > cap // 4:
+            return None  # large records: the exact (byte) check of normalise()
     return list(map(dict, map(zip, repeat(JSON_FIELDS), zip(*json_columns, strict=True))))
 
 

@@ -236,6 +236,10 @@ def plain_chain_hashes(
     def link(prev: str, part: tuple[bytes, bytes]) -> str:
         return hash_payload(b"".join((part[0], prev.encode(), part[1])), key)
 
+    if key is None:  # the same as hash_payload(..., None), one call less per row
+        def link(prev: str, part: tuple[bytes, bytes]) -> str:
+            return hashlib.sha256(b"".join((part[0], prev.encode(), part[1]))).hexdigest()
+
     return list(accumulate(parts, link, initial=prev_hash))[1:]
 
 

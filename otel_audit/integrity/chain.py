@@ -156,8 +156,11 @@ class ChainSealer:
         ends = zip(salt_list, repeat(None), hashes, strict=False)
         rows = map(tuple.__add__, map(tuple.__add__, heads, bodies),
                    map(tuple.__add__, personals, ends))
-        sealed = list(map(PreparedRecord, records, texts, repeat(self.stream), seqs, prevs,
-                          hashes, salt_list, repeat(None), rows))
+        # tuple.__new__ directly: the NamedTuple's __new__ is a Python-level call
+        sealed: list[PreparedRecord] = list(map(
+            tuple.__new__, repeat(PreparedRecord), zip(
+                records, texts, repeat(self.stream), seqs, prevs, hashes, salt_list,
+                repeat(None), rows, strict=False)))
         self._seq += n
         self._head = hashes[-1]
         return sealed

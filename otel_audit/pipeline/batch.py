@@ -1,4 +1,4 @@
-"""The batching engine: a bounded in-memory queue drained by one background worker.
+"""The batching engine: a bounded in-memory queue drained by a background worker.
 
 Shape borrowed from the OpenTelemetry SDK's batch processors (a queue, a worker woken
 when a batch fills or the interval passes, deadline-bound shutdown, re-init after
@@ -14,8 +14,11 @@ fork), with differences that matter for an audit trail:
   before it is queued.
 
 Work on the caller's thread in ``async`` mode (:meth:`BatchPipeline.submit`) is an
-``append`` and a length check. Redaction, normalisation, chaining and I/O happen on
-the worker — and before anything reaches the spool or journal.
+``append`` and a length check. Redaction, normalisation and chaining happen on the
+worker — before anything reaches the spool or journal — and the store write on a
+second thread (:class:`_StoreStage`): while the database commits batch *n*, the worker
+prepares batch *n + 1*. A batch in which nothing needs redacting or normalising is
+checked column by column (C-level ``map``/``zip`` passes) rather than record by record.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import functools
 import logging
 import multiprocessing.util
+import operator
 import os
 import random
 import threading
@@ -86,6 +90,7 @@ class DeferredRecords:
 
 
 _Item = AuditRecord | PreparedRecord | DeferredRecords
+_CHUNK = 64  # records prepared between two pauses for the store stage (about 1-2 ms)
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 
 
@@ -122,15 +127,21 @@ class _FlushMarker:
 class _StoreStage:
     """The second pipeline stage: one batch at a time written on its own thread.
 
-    While it commits batch *n* (the driver releases the GIL for the database's own
-    work), the worker redacts and normalises batch *n + 1*. ``run`` waits for the
-    batch in flight before starting the next one, so batches are sealed and committed
-    in order, one at a time, exactly as with a single thread.
+    While it commits batch *n* (the driver lets go of the GIL for the database's own
+    work: SQLite's step, PostgreSQL's server), the worker redacts, normalises and seals
+    batch *n + 1*. ``run`` waits for the batch in flight before starting the next one,
+    so batches are committed one at a time, in the order they were sealed.
+
+    Two threads that both want the GIL hand it over slowly: a thread coming back from
+    the database waits for the other to be preempted (the 5 ms switch interval). So
+    ``run`` blocks until this thread has picked its job up, and the worker calls
+    :meth:`pause` between chunks of a batch, which lets a store thread back in.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._job: Callable[[], None] | None = None
+        self._taken = False
         self._thread: threading.Thread | None = None
         self._stopped = False
 
@@ -142,14 +153,21 @@ class _StoreStage:
                 inline = True
             else:
                 inline = False
-                self._job = job
+                self._job, self._taken = job, False
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._loop, daemon=True,
                                                     name="otel-audit-store")
                     self._thread.start()
                 self._cond.notify_all()
+                # waiting here hands the GIL over: the job starts now, not in 5 ms
+                self._cond.wait_for(lambda: self._taken or self._job is not job)
         if inline:
             job()
+
+    def pause(self) -> None:
+        """Let the store thread have the GIL if it is waiting for it (a job in flight)."""
+        if self._job is not None:
+            time.sleep(0)
 
     def wait(self) -> None:
         """Return once no job is in flight."""
@@ -172,11 +190,13 @@ class _StoreStage:
                 with self._cond:
                     self._cond.wait_for(lambda: self._job is not None or self._stopped)
                     job = self._job
+                    self._taken = True
+                    self._cond.notify_all()
                 if job is None:
                     return
                 try:
                     job()
-                except Exception:  # the job handles its own errors; this is a last resort
+                except BaseException:  # the job handles its own errors; a last resort
                     log_internal_error("store_stage", logging.ERROR,
                                        "audit store stage failed", exc_info=True)
                 finally:
@@ -603,9 +623,15 @@ class BatchPipeline:
             if batch:
                 with self._state_lock:
                     self._drained += len(batch)
-                # prepared and sealed here while the store stage commits the previous batch
-                prepared = self._prepare_batch(batch)
-                self._seal_ahead(prepared)
+                # prepared and sealed here while the store stage commits the previous
+                # batch, in chunks: between them a store thread back from the database
+                # gets the GIL
+                prepared: list[PreparedRecord] = []
+                for start in range(0, len(batch), _CHUNK):
+                    part = self._prepare_batch(batch[start:start + _CHUNK])
+                    self._seal_ahead(part)
+                    prepared += part
+                    self._store.pause()
                 self._store.run(functools.partial(self._write_prepared, prepared))
             else:
                 self._done_busy()
@@ -786,7 +812,7 @@ class BatchPipeline:
         cap = self.config.max_record_bytes
         redactor = self.redactor
         resolved = _resolved(records)
-        if not self.transforms and all(type(r) is AuditRecord for r in resolved):
+        if not self.transforms and {AuditRecord} == set(map(type, resolved)):
             # the common batch: redaction and normalisation checked column by column
             plain: list[AuditRecord] = resolved  # type: ignore[assignment]
             if redactor is not None and isinstance(redactor, Redactor):
@@ -817,7 +843,7 @@ class BatchPipeline:
 
         A record sealed before (then spooled or retried) keeps its ``seq``/``hash``.
         """
-        if not self.sealers:
+        if not self.sealers or None not in map(_SEQ, prepared):  # all sealed already
             return
         todo = [i for i, p in enumerate(prepared) if p.seq is None]
         if not todo:
@@ -851,6 +877,8 @@ class BatchPipeline:
                                    "audit post-write hook %r failed", hook, exc_info=True)
 
 
+_SEQ = operator.itemgetter(3)  # PreparedRecord.seq
+
 #: The chain fields of an unsealed PreparedRecord, as columns for zip().
 _NO_CHAIN = (repeat(None),) * 7
 
@@ -866,6 +894,8 @@ def _segments_of(holder: Spool | Journal | None) -> list[Any]:
 
 def _resolved(items: Sequence[_Item]) -> list[AuditRecord | PreparedRecord]:
     """``items`` with every :class:`DeferredRecords` replaced by the records it builds."""
+    if DeferredRecords not in set(map(type, items)):
+        return list(items)  # type: ignore[arg-type]
     out: list[AuditRecord | PreparedRecord] = []
     for item in items:
         if isinstance(item, DeferredRecords):
