@@ -4,8 +4,9 @@ For SQLite and PostgreSQL, in one run, on the same table:
 
 * end-to-end records/s: ``trail.record()`` for N records until ``flush()`` returns
   (everything committed);
-* the store's limit: the same rows, pre-built, through the raw driver
-  (``executemany`` on SQLite, ``COPY`` on PostgreSQL), batches of the trail's size;
+* the store's limit: the same rows (redacted, normalised and sealed by the trail's own
+  pipeline beforehand), through the raw driver (``executemany`` on SQLite, ``COPY`` on
+  PostgreSQL), batches of the trail's size;
 * the seed's pattern: one ORM session, ``add``, ``commit``, ``refresh`` per record.
 
 Then the caller's cost: the median microseconds of one ``record()`` with the worker
@@ -39,10 +40,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, registry
 
 from otel_audit import AuditTrail
-from otel_audit.record import normalise
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.schema import ROW_COLUMNS, audit_trails
-from otel_audit.store.writer import PreparedRecord, create_store_engine, store_row
+from otel_audit.store.writer import create_store_engine, store_row
 
 ATTRS = {
     "user_id": "alice",
@@ -100,9 +100,13 @@ def raw_limit(url: str, n: int, batch: int) -> float:
     reset(url)
     trail = AuditTrail(url, enabled=True)
     sqlite = url.startswith("sqlite")
-    # the rows the trail writes (store layout, unsealed: the chain columns stay NULL)
-    rows = [store_row(PreparedRecord(*normalise(trail.build_record("UPDATE", **fields(i)))))
-            for i in range(n)]
+    # the very rows the trail writes: redacted, normalised and sealed by its own pipeline
+    records = [trail.build_record("UPDATE", **fields(i)) for i in range(n)]
+    rows = []
+    for i in range(0, n, batch):
+        prepared = trail.pipeline._prepare(records[i:i + batch])
+        trail.pipeline._seal(prepared)
+        rows += [store_row(p) for p in prepared]
     trail.shutdown()
     cols = ", ".join(ROW_COLUMNS)
     engine = create_store_engine(url)

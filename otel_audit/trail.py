@@ -2,8 +2,9 @@
 
 The caller's thread builds an :class:`~otel_audit.record.AuditRecord` (timestamp, a
 time-ordered ID, the current trace context, classification and review flags) and
-hands it to a bounded queue. Everything else — normalisation, redaction, chaining, the
-store — happens on the trail's worker thread, except in ``sync`` mode, where the call
+hands it to a bounded queue. Everything else — normalisation, redaction, chaining (on
+the trail's worker thread) and the store write (on its store thread) — happens in the
+background, except in ``sync`` mode, where the call
 returns after the commit and raises :class:`~otel_audit.errors.AuditWriteError`
 (fail-closed).
 """

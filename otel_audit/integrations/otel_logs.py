@@ -6,7 +6,7 @@
 * :class:`OtelLogEmitter` — the trail's ``on_written`` hook behind
   ``emit_otel_logs=True``: each committed record (already normalised, and redacted
   when redaction is configured) is emitted as a log record with event name ``audit``,
-  on the trail's worker thread, never on the caller's.
+  on the trail's store thread, never on the caller's.
 """
 
 from __future__ import annotations
