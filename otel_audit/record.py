@@ -20,7 +20,7 @@ import math
 import operator
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain, repeat
 from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from operator import length_hint
@@ -414,22 +414,33 @@ def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
     return texts
 
 
+_compiled_plain_texts: Callable[..., list[dict[str, str | None]] | None] | None
+try:  # the compiled form of plain_texts (optional: built where a C compiler is)
+    from ._speedups import plain_texts as _compiled_plain_texts
+except ImportError:  # pragma: no cover - depends on the build
+    _compiled_plain_texts = None
+
 _STR_OR_NONE = frozenset({str, type(None)})
 _JSON_TYPES = frozenset({dict, list, type(None)})
 _TZINFO = operator.attrgetter("tzinfo")
 _STRING_POS = tuple(pos for pos, _ in _BOUNDED) + _TEXT_POS
 
 
-def plain_texts(records: list[AuditRecord], cap: int = 65536) -> list[dict[str, str | None]] | None:
+def plain_texts(records: list[AuditRecord], cap: int = 65536, *,
+                compiled: bool = True) -> list[dict[str, str | None]] | None:
     """The JSON texts of a batch in which no record needs normalising, else ``None``.
 
-    The check of :func:`normalise`'s fast path, made column by column with C-level
-    ``map``/``zip`` passes over the whole batch: for each record the texts are exactly
-    what ``normalise(record)`` returns (the tests compare them). ``None`` only means
-    "normalise record by record".
+    The check of :func:`normalise`'s fast path over a whole batch — in compiled code
+    when the extension is built, else column by column with C-level ``map``/``zip``
+    passes: for each record the texts are exactly what ``normalise(record)`` returns
+    (the tests compare both paths with it). ``None`` only means "normalise record by
+    record".
     """
     if not records:
         return []
+    if compiled and _compiled_plain_texts is not None:
+        return _compiled_plain_texts(list(records), cap, _BOUNDED, _TEXT_POS, _JSON_POS,
+                                     _encode, dt.UTC)
     columns = list(zip(*records, strict=True))
     longest = 0  # the longest value of each field, added up: a bound on any record's size
     for pos, limit in _BOUNDED:

@@ -47,6 +47,33 @@ def test_forked_child_records_land_exactly_once(make_trail: Factory) -> None:
     assert _count(trail) == 800
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_leaves_the_parents_kept_connection_alone(make_trail: Factory) -> None:
+    trail = make_trail(flush_interval=0.01)
+    for i in range(100):
+        trail.record("READ", user_id="parent", resource_id=str(i))
+    assert trail.flush(30)
+    assert trail.writer._bulk is not None  # the writer's kept connection is open
+    pid = os.fork()
+    if pid == 0:  # child: its own connection, and the parent's is neither used nor closed
+        code = 1
+        try:
+            assert trail.writer._bulk is None
+            for i in range(100):
+                trail.record("READ", user_id="child", resource_id=str(i))
+            code = 0 if trail.shutdown(30) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for i in range(100, 200):  # the parent goes on writing on its kept connection
+        trail.record("READ", user_id="parent", resource_id=str(i))
+    assert trail.flush(30)
+    assert trail.stats().retried == 0  # the parent's connection survived the child
+    assert _count(trail, user_id="parent") == 200
+    assert _count(trail, user_id="child") == 100
+
+
 def _child_records(url: str, n: int) -> None:
     from otel_audit import get_trail
 

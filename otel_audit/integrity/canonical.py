@@ -83,6 +83,10 @@ _ORJSON_OPTIONS = (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATE
                    | orjson.OPT_PASSTHROUGH_DATACLASS)
 
 
+#: The payload serialiser (refuses what it could render differently from the stdlib).
+payload_dumps = functools.partial(orjson.dumps, option=_ORJSON_OPTIONS)
+
+
 def _plain_bytes(items: list[Any]) -> bytes:
     """UTF-8 of ``_dumps(items)`` for payloads without floats or JSON values."""
     try:
@@ -223,7 +227,7 @@ def plain_chain_hashes(
     previous hash) is a Python step per row. Raises ``TypeError`` for a value orjson
     refuses (the caller takes the row-by-row path).
     """
-    dumps = functools.partial(orjson.dumps, option=_ORJSON_OPTIONS)
+    dumps = payload_dumps
     salted = map(str.encode, map(str.__add__, salts, repeat("\x00")))
     items = map(dumps, map(tuple.__add__, personals, repeat(((),))))
     digests = list(map(_HEXDIGEST, map(hashlib.sha256, map(bytes.__add__, salted, items))))

@@ -425,12 +425,15 @@ class StoreWriter:
         """Release pooled connections (``close=False`` after fork: do not touch the parent's)."""
         if close:
             self._drop_bulk()
-        elif self._bulk is not None:
+        else:
             # after fork the kept connection is the parent's: never close it from here,
-            # not even by garbage collection (that would end the parent's session)
-            _INHERITED.append(self._bulk)
-            self._bulk = None
+            # not even by garbage collection (that would end the parent's session); and
+            # a lock a parent's thread held at fork time would stay held here forever
+            if self._bulk is not None:
+                _INHERITED.append(self._bulk)
+                self._bulk = None
             self._bulk_lock = threading.Lock()
+            self._lock = threading.Lock()
         self.engine.dispose(close=close)
 
 

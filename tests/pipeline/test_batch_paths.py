@@ -80,19 +80,21 @@ def _batches(plain: bool) -> Any:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=_batches(plain=False) | _batches(plain=True))
 def test_plain_texts_equal_normalise_record_by_record(batch: list[AuditRecord]) -> None:
-    texts = plain_texts(batch)
-    if texts is None:
-        return  # the batch goes record by record: nothing to compare
-    for record, batch_texts in zip(batch, texts, strict=True):
-        assert normalise(record) == (record, batch_texts)
+    for compiled in (True, False):  # the compiled extension and the Python columns
+        texts = plain_texts(batch, compiled=compiled)
+        if texts is None:
+            continue  # the batch goes record by record: nothing to compare
+        for record, batch_texts in zip(batch, texts, strict=True):
+            assert normalise(record) == (record, batch_texts)
 
 
 @settings(max_examples=50, deadline=None)
 @given(batch=_batches(plain=True))
 def test_plain_batches_take_the_column_path(batch: list[AuditRecord]) -> None:
-    texts = plain_texts(batch)
-    assert texts is not None
-    assert [normalise(r)[1] for r in batch] == texts
+    for compiled in (True, False):
+        texts = plain_texts(batch, compiled=compiled)
+        assert texts is not None
+        assert [normalise(r)[1] for r in batch] == texts
 
 
 def test_one_odd_record_sends_the_batch_record_by_record() -> None:
@@ -102,8 +104,9 @@ def test_one_odd_record_sends_the_batch_record_by_record() -> None:
                 good._replace(user_agent="nul\x00"), good._replace(timestamp=NOW.replace(
                     tzinfo=None)), good._replace(new_values={"n": float("nan")}),
                 good._replace(context={"u": uuid.UUID(int=1)}), good._replace(success=1)):
-        assert plain_texts([good, odd]) is None
-    assert plain_texts([good, good]) == [normalise(good)[1]] * 2
+        for compiled in (True, False):
+            assert plain_texts([good, odd], compiled=compiled) is None
+            assert plain_texts([good, good], compiled=compiled) == [normalise(good)[1]] * 2
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,19 +131,30 @@ def test_sealing_a_batch_equals_sealing_record_by_record(batch: list[AuditRecord
                                                           key: bytes | None) -> None:
     prepared = _prepared(batch)
     salts = os.urandom(16 * len(prepared)).hex()
-    a = ChainSealer(service_name="s", stream="one", hmac_key=key, personal_keys=["email"])
-    b = ChainSealer(service_name="s", stream="one", hmac_key=key, personal_keys=["email"])
-    for sealer in (a, b):
+    by_record = ChainSealer(service_name="s", stream="one", hmac_key=key,
+                            personal_keys=["email"])
+    by_record._resumed = True
+    expected = [by_record._seal(p, salts[32 * i:32 * i + 32]) for i, p in enumerate(prepared)]
+    for compiled in (True, False):  # the compiled extension and the Python columns
+        sealer = ChainSealer(service_name="s", stream="one", hmac_key=key,
+                             personal_keys=["email"])
         sealer._resumed = True
-    if a._plain(prepared):
-        sealed = a._seal_columns(prepared, salts)
-    else:
-        sealed = [a._seal(p, salts[32 * i:32 * i + 32]) for i, p in enumerate(prepared)]
-    expected = [b._seal(p, salts[32 * i:32 * i + 32]) for i, p in enumerate(prepared)]
-    assert sealed == expected
-    assert a.head == b.head
-    for p in sealed:
-        assert p.row is not None and chain_hash(p.row, key) == p.hash
+        if not sealer._plain(prepared):
+            continue
+        sealed = sealer._seal_columns(prepared, salts, compiled=compiled)
+        assert sealed == expected
+        assert [type(p) for p in sealed] == [PreparedRecord] * len(sealed)
+        assert sealer.head == by_record.head
+        for p in sealed:
+            assert p.row is not None and chain_hash(p.row, key) == p.hash
+
+
+def test_the_compiled_sealer_is_built() -> None:
+    # the extension is optional for users; the test environment must exercise it
+    from otel_audit import record
+    from otel_audit.integrity import chain
+
+    assert chain._seal_plain is not None and record._compiled_plain_texts is not None
 
 
 def test_plain_batches_are_sealed_column_by_column() -> None:

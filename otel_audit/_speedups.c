@@ -1,0 +1,543 @@
+/* Compiled counterpart of ChainSealer._seal_columns (otel_audit/integrity/chain.py).
+ *
+ * seal_plain() seals a plain batch -- records that need neither canonical numbers nor
+ * personal-key handling -- exactly as the Python code does, one record after the
+ * other, but without the interpreter's per-record overhead. It serialises through the
+ * same orjson call and hashes through the same hashlib functions, so the bytes hashed
+ * are the same by construction; tests/pipeline/test_batch_paths.py holds the two
+ * implementations equal. The module is optional: without it the Python path runs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <datetime.h>
+
+/* AuditRecord field positions (store/writer.py asserts AuditRecord._fields) */
+enum {
+    R_ID, R_TIMESTAMP, R_ACTION, R_USER_ID, R_CORRELATION_ID, R_TRACE_ID, R_SPAN_ID,
+    R_RESOURCE_TYPE, R_RESOURCE_ID, R_RESOURCE_NAME, R_USER_EMAIL, R_TEAM_ID,
+    R_CLIENT_IP, R_USER_AGENT, R_REQUEST_PATH, R_REQUEST_METHOD, R_REQUEST_ID,
+    R_OLD_VALUES, R_NEW_VALUES, R_CHANGES, R_DATA_CLASSIFICATION, R_REQUIRES_REVIEW,
+    R_SUCCESS, R_ERROR_MESSAGE, R_CONTEXT, R_SERVICE_NAME, R_ACTING_AS,
+    R_SCHEMA_VERSION, R_FIELDS
+};
+
+#define N_BODY 24
+#define N_ROW 34
+#define N_PREPARED 9
+
+/* "YYYY-MM-DD HH:MM:SS.ffffff": what isoformat(" ", "microseconds")[:26] gives */
+static PyObject *
+timestamp_text(PyObject *ts)
+{
+    char buf[32];
+    if (!PyDateTime_Check(ts)) {
+        PyErr_SetString(PyExc_TypeError, "timestamp is not a datetime");
+        return NULL;
+    }
+    int n = snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06d",
+                     PyDateTime_GET_YEAR(ts), PyDateTime_GET_MONTH(ts),
+                     PyDateTime_GET_DAY(ts), PyDateTime_DATE_GET_HOUR(ts),
+                     PyDateTime_DATE_GET_MINUTE(ts), PyDateTime_DATE_GET_SECOND(ts),
+                     PyDateTime_DATE_GET_MICROSECOND(ts));
+    return PyUnicode_FromStringAndSize(buf, n);
+}
+
+static PyObject *str_hexdigest;  /* "hexdigest" */
+static PyObject *kw_option;      /* ("option",) */
+
+/* sha256(data).hexdigest() through the given hashlib constructor */
+static PyObject *
+hexdigest(PyObject *sha256, PyObject *data)
+{
+    PyObject *h = PyObject_CallOneArg(sha256, data);
+    if (h == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyObject_CallMethodNoArgs(h, str_hexdigest);
+    Py_DECREF(h);
+    return out;
+}
+
+/* salt + "\0" + dumped, as bytes (salt is the ASCII hex text of the record's salt) */
+static PyObject *
+salted(PyObject *salt, PyObject *dumped)
+{
+    Py_ssize_t salt_len;
+    const char *salt_text = PyUnicode_AsUTF8AndSize(salt, &salt_len);
+    if (salt_text == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(dumped);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, salt_len + 1 + n);
+    if (out == NULL) {
+        return NULL;
+    }
+    char *p = PyBytes_AS_STRING(out);
+    memcpy(p, salt_text, (size_t)salt_len);
+    p[salt_len] = '\0';
+    memcpy(p + salt_len + 1, PyBytes_AS_STRING(dumped), (size_t)n);
+    return out;
+}
+
+/* dumps(value, option=option) with no keyword dict built per call */
+static PyObject *
+call_dumps(PyObject *dumps, PyObject *option, PyObject *value)
+{
+    PyObject *args[2] = {value, option};
+    PyObject *out = PyObject_Vectorcall(dumps, args, 1, kw_option);
+    if (out != NULL && !PyBytes_Check(out)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "dumps did not return bytes");
+        return NULL;
+    }
+    return out;
+}
+
+/* seal_plain(records, texts, stream, first_seq, prev_hash, salts, dumps, option, sha256,
+ *            hasher, fmt, json_keys, prepared_type) -> list of PreparedRecord
+ *
+ * records: list of AuditRecord; texts: list of dicts (json_keys -> text or None);
+ * salts: one str of 32 hex characters per record; dumps(value, option=option) is the
+ * payload serialiser (orjson.dumps); hasher: None (sha256 hexdigest of
+ * the payload) or a callable payload -> hash text (keyed hashing).
+ */
+static PyObject *
+seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "seal_plain takes 13 arguments");
+        return NULL;
+    }
+    PyObject *records = args[0], *texts = args[1], *stream = args[2];
+    PyObject *first_seq = args[3], *prev = args[4], *salts = args[5];
+    PyObject *dumps = args[6], *option = args[7], *sha256 = args[8], *hasher = args[9];
+    PyObject *fmt = args[10], *json_keys = args[11], *prepared_type = args[12];
+
+    if (!PyList_Check(records) || !PyList_Check(texts) || !PyList_Check(salts)
+            || !PyTuple_Check(json_keys) || PyTuple_GET_SIZE(json_keys) != 4
+            || !PyType_Check(prepared_type)) {
+        PyErr_SetString(PyExc_TypeError, "seal_plain: bad argument types");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    if (PyList_GET_SIZE(texts) != n || PyList_GET_SIZE(salts) != n) {
+        PyErr_SetString(PyExc_ValueError, "seal_plain: columns of different lengths");
+        return NULL;
+    }
+    long long seq0 = PyLong_AsLongLong(first_seq);
+    if (seq0 == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyTypeObject *ptype = (PyTypeObject *)prepared_type;
+
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_INCREF(prev);
+    PyObject *seq = NULL, *personal = NULL, *dumped = NULL, *data = NULL;
+    PyObject *digest = NULL, *payload = NULL, *hash = NULL, *row = NULL;
+    PyObject *body[N_BODY] = {NULL};
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(records, i);
+        PyObject *t = PyList_GET_ITEM(texts, i);
+        PyObject *salt = PyList_GET_ITEM(salts, i);
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != R_FIELDS || !PyDict_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "seal_plain: not an AuditRecord and its texts");
+            goto fail;
+        }
+        PyObject *doc[4];
+        for (int k = 0; k < 4; k++) {
+            doc[k] = PyDict_GetItemWithError(t, PyTuple_GET_ITEM(json_keys, k));
+            if (doc[k] == NULL) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(json_keys, k));
+                }
+                goto fail;
+            }
+        }
+        int review = PyObject_IsTrue(PyTuple_GET_ITEM(r, R_REQUIRES_REVIEW));
+        int success = PyObject_IsTrue(PyTuple_GET_ITEM(r, R_SUCCESS));
+        if (review < 0 || success < 0) {
+            goto fail;
+        }
+        PyObject *ts = timestamp_text(PyTuple_GET_ITEM(r, R_TIMESTAMP));
+        if (ts == NULL) {
+            goto fail;
+        }
+        /* the hashed fields, in HASHED_FIELDS order */
+        PyObject *fields[N_BODY] = {
+            PyTuple_GET_ITEM(r, R_ID), ts, PyTuple_GET_ITEM(r, R_CORRELATION_ID),
+            PyTuple_GET_ITEM(r, R_REQUEST_ID), PyTuple_GET_ITEM(r, R_TRACE_ID),
+            PyTuple_GET_ITEM(r, R_SPAN_ID), PyTuple_GET_ITEM(r, R_ACTION),
+            PyTuple_GET_ITEM(r, R_RESOURCE_TYPE), PyTuple_GET_ITEM(r, R_RESOURCE_ID),
+            PyTuple_GET_ITEM(r, R_RESOURCE_NAME), PyTuple_GET_ITEM(r, R_TEAM_ID),
+            PyTuple_GET_ITEM(r, R_REQUEST_PATH), PyTuple_GET_ITEM(r, R_REQUEST_METHOD),
+            doc[0], doc[1], doc[2], PyTuple_GET_ITEM(r, R_DATA_CLASSIFICATION),
+            NULL, NULL, PyTuple_GET_ITEM(r, R_ERROR_MESSAGE), doc[3],
+            PyTuple_GET_ITEM(r, R_SERVICE_NAME), PyTuple_GET_ITEM(r, R_ACTING_AS),
+            PyTuple_GET_ITEM(r, R_SCHEMA_VERSION),
+        };
+        fields[17] = PyLong_FromLong(review);
+        fields[18] = PyLong_FromLong(success);
+        for (int k = 0; k < N_BODY; k++) {
+            body[k] = fields[k];
+            if (k != 1 && k != 17 && k != 18) {
+                Py_INCREF(body[k]);
+            }
+        }
+        if (body[17] == NULL || body[18] == NULL) {
+            goto fail;
+        }
+        seq = PyLong_FromLongLong(seq0 + i);
+        if (seq == NULL) {
+            goto fail;
+        }
+
+        /* personal digest: sha256(salt "\0" dumps([user_id, email, ip, agent, []])) */
+        personal = Py_BuildValue("[OOOO[]]", PyTuple_GET_ITEM(r, R_USER_ID),
+                                 PyTuple_GET_ITEM(r, R_USER_EMAIL),
+                                 PyTuple_GET_ITEM(r, R_CLIENT_IP),
+                                 PyTuple_GET_ITEM(r, R_USER_AGENT));
+        if (personal == NULL || (dumped = call_dumps(dumps, option, personal)) == NULL
+                || (data = salted(salt, dumped)) == NULL
+                || (digest = hexdigest(sha256, data)) == NULL) {
+            goto fail;
+        }
+        Py_CLEAR(personal);
+        Py_CLEAR(dumped);
+        Py_CLEAR(data);
+
+        /* payload: [FORMAT, stream, seq, prev, *body, null (no personal keys), digest] */
+        payload = PyList_New(4 + N_BODY + 2);
+        if (payload == NULL) {
+            goto fail;
+        }
+        PyObject *head[4] = {fmt, stream, seq, prev};
+        for (int k = 0; k < 4; k++) {
+            Py_INCREF(head[k]);
+            PyList_SET_ITEM(payload, k, head[k]);
+        }
+        for (int k = 0; k < N_BODY; k++) {
+            Py_INCREF(body[k]);
+            PyList_SET_ITEM(payload, 4 + k, body[k]);
+        }
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(payload, 4 + N_BODY, Py_None);
+        Py_INCREF(digest);
+        PyList_SET_ITEM(payload, 4 + N_BODY + 1, digest);
+        if ((dumped = call_dumps(dumps, option, payload)) == NULL) {
+            goto fail;
+        }
+        Py_CLEAR(payload);
+        hash = hasher == Py_None ? hexdigest(sha256, dumped) : PyObject_CallOneArg(hasher, dumped);
+        Py_CLEAR(dumped);
+        if (hash == NULL) {
+            goto fail;
+        }
+        if (!PyUnicode_Check(hash)) {
+            PyErr_SetString(PyExc_TypeError, "the hasher did not return text");
+            goto fail;
+        }
+        Py_CLEAR(digest);
+
+        /* the store row, ROW_COLUMNS order */
+        row = PyTuple_New(N_ROW);
+        if (row == NULL) {
+            goto fail;
+        }
+        PyObject *lead[3] = {stream, seq, prev};
+        for (int k = 0; k < 3; k++) {
+            Py_INCREF(lead[k]);
+            PyTuple_SET_ITEM(row, k, lead[k]);
+        }
+        for (int k = 0; k < N_BODY; k++) {
+            PyTuple_SET_ITEM(row, 3 + k, body[k]);  /* the row takes the body's references */
+            body[k] = NULL;
+        }
+        PyObject *tail[7] = {PyTuple_GET_ITEM(r, R_USER_ID), PyTuple_GET_ITEM(r, R_USER_EMAIL),
+                             PyTuple_GET_ITEM(r, R_CLIENT_IP), PyTuple_GET_ITEM(r, R_USER_AGENT),
+                             salt, Py_None, hash};
+        for (int k = 0; k < 7; k++) {
+            Py_INCREF(tail[k]);
+            PyTuple_SET_ITEM(row, 3 + N_BODY + k, tail[k]);
+        }
+
+        /* PreparedRecord(record, texts, stream, seq, prev_hash, hash, salt, None, row) */
+        PyObject *prepared = ptype->tp_alloc(ptype, N_PREPARED);
+        if (prepared == NULL) {
+            goto fail;
+        }
+        PyObject *items[N_PREPARED] = {r, t, stream, seq, prev, hash, salt, Py_None, row};
+        for (int k = 0; k < N_PREPARED; k++) {
+            Py_INCREF(items[k]);
+            PyTuple_SET_ITEM(prepared, k, items[k]);
+        }
+        PyList_SET_ITEM(out, i, prepared);
+        Py_CLEAR(row);
+        Py_CLEAR(seq);
+        Py_SETREF(prev, hash);  /* the next record chains to this one */
+        hash = NULL;
+    }
+    Py_DECREF(prev);
+    return out;
+
+fail:
+    for (int k = 0; k < N_BODY; k++) {
+        Py_CLEAR(body[k]);
+    }
+    Py_XDECREF(seq);
+    Py_XDECREF(personal);
+    Py_XDECREF(dumped);
+    Py_XDECREF(data);
+    Py_XDECREF(digest);
+    Py_XDECREF(payload);
+    Py_XDECREF(hash);
+    Py_XDECREF(row);
+    Py_DECREF(prev);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ plain_texts */
+
+/* Whether a JSON text has a key that looks numeric: [{,]"-?[0-9] (record._NUMERIC_KEY) */
+static int
+numeric_key(PyObject *text)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    for (Py_ssize_t i = 0; i + 2 < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if ((c == '{' || c == ',') && PyUnicode_READ(kind, data, i + 1) == '"') {
+            Py_UCS4 d = PyUnicode_READ(kind, data, i + 2);
+            if (d == '-' && i + 3 < n) {
+                d = PyUnicode_READ(kind, data, i + 3);
+            }
+            if (d >= '0' && d <= '9') {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* What _fast_texts() checks of every text: no NUL, no escaped NUL, valid UTF-8.
+ * Returns 1 when clean (adding its UTF-8 size to *bytes), 0 when not, -1 on error. */
+static int
+clean_text(PyObject *text, Py_ssize_t *chars, Py_ssize_t *bytes)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (PyUnicode_FindChar(text, 0, 0, n, 1) != -1) {
+        return 0;
+    }
+    static PyObject *escaped_nul;
+    if (escaped_nul == NULL && (escaped_nul = PyUnicode_FromString("\\u0000")) == NULL) {
+        return -1;
+    }
+    int has = PyUnicode_Contains(text, escaped_nul);
+    if (has != 0) {
+        return has < 0 ? -1 : 0;
+    }
+    Py_ssize_t size = n;
+    if (!PyUnicode_IS_ASCII(text)) {
+        if (PyUnicode_AsUTF8AndSize(text, &size) == NULL) {  /* lone surrogates */
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    *chars += n;
+    *bytes += size;
+    return 1;
+}
+
+/* plain_texts(records, cap, bounded, text_positions, json_fields, encode, utc)
+ *     -> list of dicts | None
+ *
+ * The compiled form of record.plain_texts(): for each record the check of
+ * normalise()'s fast path (_fast_texts) and its JSON texts; None as soon as one record
+ * needs normalising. bounded: ((position, limit), ...); json_fields: ((name,
+ * position), ...); encode(value, 0) returns the chunks of the canonical JSON text.
+ */
+static PyObject *
+plain_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "plain_texts takes 7 arguments");
+        return NULL;
+    }
+    PyObject *records = args[0], *bounded = args[2], *text_pos = args[3];
+    PyObject *json_fields = args[4], *encode = args[5], *utc = args[6];
+    Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
+    if (cap == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_Check(records) || !PyTuple_Check(bounded) || !PyTuple_Check(text_pos)
+            || !PyTuple_Check(json_fields)) {
+        PyErr_SetString(PyExc_TypeError, "plain_texts: bad argument types");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    PyObject *out = PyList_New(n);
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *empty = PyUnicode_FromStringAndSize(NULL, 0);
+    if (out == NULL || zero == NULL || empty == NULL) {
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(records, i);
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != R_FIELDS) {
+            goto not_plain;
+        }
+        Py_ssize_t chars = 0, bytes = 0;
+        int ok;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(bounded); k++) {
+            PyObject *pair = PyTuple_GET_ITEM(bounded, k);
+            Py_ssize_t pos = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
+            Py_ssize_t limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
+            PyObject *value = PyTuple_GET_ITEM(r, pos);
+            if (value == Py_None) {
+                continue;
+            }
+            if (!PyUnicode_CheckExact(value) || PyUnicode_GET_LENGTH(value) > limit) {
+                goto not_plain;
+            }
+            if ((ok = clean_text(value, &chars, &bytes)) <= 0) {
+                goto error_or_not_plain;
+            }
+        }
+        PyObject *action = PyTuple_GET_ITEM(r, R_ACTION), *user = PyTuple_GET_ITEM(r, R_USER_ID);
+        if (action == Py_None || PyUnicode_GET_LENGTH(action) == 0 || user == Py_None
+                || PyUnicode_GET_LENGTH(user) == 0) {
+            goto not_plain;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(text_pos); k++) {
+            PyObject *value = PyTuple_GET_ITEM(r, PyLong_AsSsize_t(PyTuple_GET_ITEM(text_pos, k)));
+            if (value == Py_None) {
+                continue;
+            }
+            if (!PyUnicode_CheckExact(value)) {
+                goto not_plain;
+            }
+            if ((ok = clean_text(value, &chars, &bytes)) <= 0) {
+                goto error_or_not_plain;
+            }
+        }
+        if (!PyBool_Check(PyTuple_GET_ITEM(r, R_REQUIRES_REVIEW))
+                || !PyBool_Check(PyTuple_GET_ITEM(r, R_SUCCESS))) {
+            goto not_plain;
+        }
+        PyObject *ts = PyTuple_GET_ITEM(r, R_TIMESTAMP);
+        if (!PyDateTime_CheckExact(ts) || PyDateTime_DATE_GET_TZINFO(ts) != utc) {
+            goto not_plain;
+        }
+        PyObject *texts = PyDict_New();
+        if (texts == NULL) {
+            goto fail;
+        }
+        PyList_SET_ITEM(out, i, texts);
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(json_fields); k++) {
+            PyObject *pair = PyTuple_GET_ITEM(json_fields, k);
+            PyObject *value = PyTuple_GET_ITEM(r, PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1)));
+            PyObject *text;
+            if (value == Py_None) {
+                text = Py_NewRef(Py_None);
+            }
+            else {
+                if (!PyDict_CheckExact(value) && !PyList_CheckExact(value)) {
+                    goto not_plain;
+                }
+                PyObject *call_args[2] = {value, zero};
+                PyObject *chunks = PyObject_Vectorcall(encode, call_args, 2, NULL);
+                if (chunks == NULL) {
+                    if (PyErr_ExceptionMatches(PyExc_TypeError)
+                            || PyErr_ExceptionMatches(PyExc_ValueError)
+                            || PyErr_ExceptionMatches(PyExc_RecursionError)) {
+                        PyErr_Clear();
+                        goto not_plain;
+                    }
+                    goto fail;
+                }
+                text = PyUnicode_Join(empty, chunks);
+                Py_DECREF(chunks);
+                if (text == NULL) {
+                    goto fail;
+                }
+                if (numeric_key(text) || (ok = clean_text(text, &chars, &bytes)) == 0) {
+                    Py_DECREF(text);
+                    goto not_plain;
+                }
+                if (ok < 0) {
+                    Py_DECREF(text);
+                    goto fail;
+                }
+            }
+            int set = PyDict_SetItem(texts, PyTuple_GET_ITEM(pair, 0), text);
+            Py_DECREF(text);
+            if (set < 0) {
+                goto fail;
+            }
+        }
+        /* the cap: _fast_texts' cheap bound first, then UTF-8 bytes */
+        if (chars + 2048 > cap / 4 && bytes + 2048 > cap) {
+            goto not_plain;
+        }
+        continue;
+error_or_not_plain:
+        if (ok < 0) {
+            goto fail;
+        }
+        goto not_plain;
+    }
+    Py_DECREF(zero);
+    Py_DECREF(empty);
+    return out;
+
+not_plain:
+    Py_DECREF(out);
+    Py_DECREF(zero);
+    Py_DECREF(empty);
+    Py_RETURN_NONE;
+
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(zero);
+    Py_XDECREF(empty);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"seal_plain", (PyCFunction)(void (*)(void))seal_plain, METH_FASTCALL,
+     "Seal a plain batch: the compiled form of ChainSealer._seal_columns."},
+    {"plain_texts", (PyCFunction)(void (*)(void))plain_texts, METH_FASTCALL,
+     "The compiled form of record.plain_texts()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups",
+    "Compiled hot paths of otel_audit (optional; pure-Python fallbacks exist).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) {
+        return NULL;
+    }
+    str_hexdigest = PyUnicode_InternFromString("hexdigest");
+    PyObject *option = PyUnicode_InternFromString("option");  /* keyword names: interned */
+    if (str_hexdigest == NULL || option == NULL) {
+        return NULL;
+    }
+    kw_option = PyTuple_Pack(1, option);
+    Py_DECREF(option);
+    if (kw_option == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

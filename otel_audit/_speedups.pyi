@@ -1,0 +1,28 @@
+from collections.abc import Callable
+from typing import Any
+
+def seal_plain(
+    records: list[Any],
+    texts: list[dict[str, str | None]],
+    stream: str,
+    first_seq: int,
+    prev_hash: str,
+    salts: list[str],
+    dumps: Callable[..., bytes],
+    option: int,
+    sha256: Callable[[bytes], Any],
+    hasher: Callable[[bytes], str] | None,
+    fmt: str,
+    json_keys: tuple[str, ...],
+    prepared_type: type,
+) -> list[Any]: ...
+
+def plain_texts(
+    records: list[Any],
+    cap: int,
+    bounded: tuple[tuple[int, int], ...],
+    text_positions: tuple[int, ...],
+    json_fields: tuple[tuple[str, int], ...],
+    encode: Callable[[Any, int], Any],
+    utc: Any,
+) -> list[dict[str, str | None]] | None: ...
