@@ -508,7 +508,122 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ copy_text */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} buffer;
+
+static int
+reserve(buffer *b, Py_ssize_t more)
+{
+    if (b->len + more <= b->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more) {
+        cap *= 2;
+    }
+    char *data = PyMem_Realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+/* copy_text(rows) -> bytes
+ *
+ * Rows in PostgreSQL's COPY text format: tab-separated fields, one line per row, NULL
+ * as \N, text as UTF-8 with backslash, backspace, form feed, newline, carriage
+ * return, tab and vertical tab escaped (what psycopg's write_row writes for str, int
+ * and None). Any other value type raises TypeError: the caller writes row by row.
+ */
+static PyObject *
+copy_text(PyObject *self, PyObject *rows)
+{
+    if (!PyList_Check(rows)) {
+        PyErr_SetString(PyExc_TypeError, "copy_text takes a list of tuples");
+        return NULL;
+    }
+    buffer b = {NULL, 0, 0};
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rows); i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row)) {
+            PyErr_SetString(PyExc_TypeError, "copy_text: a row is not a tuple");
+            goto fail;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(row); k++) {
+            PyObject *v = PyTuple_GET_ITEM(row, k);
+            if (reserve(&b, 32) < 0) {
+                goto fail;
+            }
+            if (k > 0) {
+                b.data[b.len++] = '\t';
+            }
+            if (v == Py_None) {
+                b.data[b.len++] = '\\';
+                b.data[b.len++] = 'N';
+            }
+            else if (PyLong_CheckExact(v)) {
+                long long x = PyLong_AsLongLong(v);
+                if (x == -1 && PyErr_Occurred()) {
+                    goto fail;
+                }
+                b.len += snprintf(b.data + b.len, 24, "%lld", x);
+            }
+            else if (PyUnicode_CheckExact(v)) {
+                Py_ssize_t n;
+                const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+                if (s == NULL || reserve(&b, 2 * n) < 0) {
+                    goto fail;
+                }
+                for (Py_ssize_t j = 0; j < n; j++) {
+                    char c = s[j], e = 0;
+                    switch (c) {
+                    case '\\': e = '\\'; break;
+                    case '\b': e = 'b'; break;
+                    case '\f': e = 'f'; break;
+                    case '\n': e = 'n'; break;
+                    case '\r': e = 'r'; break;
+                    case '\t': e = 't'; break;
+                    case '\v': e = 'v'; break;
+                    }
+                    if (e) {
+                        b.data[b.len++] = '\\';
+                        b.data[b.len++] = e;
+                    }
+                    else {
+                        b.data[b.len++] = c;
+                    }
+                }
+            }
+            else {
+                PyErr_Format(PyExc_TypeError, "copy_text: cannot write %.100s",
+                             Py_TYPE(v)->tp_name);
+                goto fail;
+            }
+        }
+        if (reserve(&b, 1) < 0) {
+            goto fail;
+        }
+        b.data[b.len++] = '\n';
+    }
+    PyObject *out = PyBytes_FromStringAndSize(b.data, b.len);
+    PyMem_Free(b.data);
+    return out;
+
+fail:
+    PyMem_Free(b.data);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"copy_text", (PyCFunction)copy_text, METH_O,
+     "Rows in PostgreSQL's COPY text format (str, int and None values)."},
     {"seal_plain", (PyCFunction)(void (*)(void))seal_plain, METH_FASTCALL,
      "Seal a plain batch: the compiled form of ChainSealer._seal_columns."},
     {"plain_texts", (PyCFunction)(void (*)(void))plain_texts, METH_FASTCALL,

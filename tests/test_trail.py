@@ -6,6 +6,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -309,10 +310,10 @@ def test_flush_waits_for_the_batch_being_committed(sqlite_url: str) -> None:
     writing = threading.Event()
     write = trail.writer.write
 
-    def slow_write(batch: object) -> None:
+    def slow_write(batch: object, **options: Any) -> None:
         writing.set()
         release.wait(10)
-        write(batch)  # type: ignore[arg-type]
+        write(batch, **options)  # type: ignore[arg-type]
 
     trail.writer.write = slow_write  # type: ignore[method-assign]
     trail.record("READ", user_id="u")

@@ -36,7 +36,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import pairwise, repeat
 from typing import Any
 
 from .._internal import log_internal_error, logger, suppress_instrumentation
@@ -90,7 +90,8 @@ class DeferredRecords:
 
 
 _Item = AuditRecord | PreparedRecord | DeferredRecords
-_CHUNK = 64  # records prepared between two pauses for the store stage (about 1-2 ms)
+_CHUNK = 64  # records prepared between two pauses for the store stage (about 1 ms)
+_FIRST_CHUNK = 8
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 
 
@@ -625,14 +626,16 @@ class BatchPipeline:
                     self._drained += len(batch)
                 # prepared and sealed here while the store stage commits the previous
                 # batch, in chunks: between them a store thread back from the database
-                # gets the GIL
+                # gets the GIL (the first chunk is short: a write just handed over
+                # soon comes back from its first round trip)
                 prepared: list[PreparedRecord] = []
-                for start in range(0, len(batch), _CHUNK):
-                    part = self._prepare_batch(batch[start:start + _CHUNK])
+                for start, end in _chunks(len(batch)):
+                    part = self._prepare_batch(batch[start:end])
                     self._seal_ahead(part)
                     prepared += part
                     self._store.pause()
-                self._store.run(functools.partial(self._write_prepared, prepared))
+                encoded = self.writer.encode(prepared)  # the store thread only sends it
+                self._store.run(functools.partial(self._write_prepared, prepared, encoded))
             else:
                 self._done_busy()
             if markers:
@@ -671,13 +674,15 @@ class BatchPipeline:
         with contextlib.suppress(StoreError):
             self._seal(prepared)
 
-    def _write_prepared(self, prepared: list[PreparedRecord]) -> None:
+    def _write_prepared(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
+                        ) -> None:
         try:
-            self._write_batch(prepared)
+            self._write_batch(prepared, encoded)
         finally:
             self._done_busy()
 
-    def _write_batch(self, prepared: list[PreparedRecord]) -> None:
+    def _write_batch(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
+                     ) -> None:
         spool = self.spool
         # keep order: while records wait in the spool, new ones queue behind them
         if spool is not None and spool.pending() and self._to_spool(prepared):
@@ -685,7 +690,7 @@ class BatchPipeline:
         attempt = 0
         while True:
             try:
-                self._write(prepared)
+                self._write(prepared, encoded=encoded)
                 return
             except StoreError as exc:
                 if not exc.transient:
@@ -838,27 +843,33 @@ class BatchPipeline:
             out.append(PreparedRecord(*normalise(record, max_record_bytes=cap)))
         return out
 
-    def _seal(self, prepared: list[PreparedRecord]) -> None:
-        """Run the sealers on the records without a chain position, in place.
+    def _seal(self, prepared: list[PreparedRecord]) -> bool:
+        """Run the sealers on the records without a chain position, in place; return
+        whether any record was sealed.
 
         A record sealed before (then spooled or retried) keeps its ``seq``/``hash``.
         """
         if not self.sealers or None not in map(_SEQ, prepared):  # all sealed already
-            return
+            return False
         todo = [i for i, p in enumerate(prepared) if p.seq is None]
-        if not todo:
-            return
         batch = [prepared[i] for i in todo]
         for sealer in self.sealers:
             batch = sealer(batch)
         for i, sealed in zip(todo, batch, strict=True):
             prepared[i] = sealed
+        return True
 
-    def _write(self, prepared: list[PreparedRecord], *, replay: bool = False) -> None:
+    def _write(self, prepared: list[PreparedRecord], *, replay: bool = False,
+               encoded: bytes | None = None) -> None:
         with self._write_lock:
-            self._seal(prepared)  # in place: a retry or the spool keeps the chain position
+            # in place: a retry or the spool keeps the chain position
+            if self._seal(prepared):
+                encoded = None  # rows changed since they were encoded
             started = time.perf_counter()
-            self.writer.write(prepared)
+            if encoded is None:
+                self.writer.write(prepared)
+            else:
+                self.writer.write(prepared, encoded=encoded)
             elapsed = time.perf_counter() - started
             with self._state_lock:
                 self._written += len(prepared)
@@ -878,6 +889,13 @@ class BatchPipeline:
 
 
 _SEQ = operator.itemgetter(3)  # PreparedRecord.seq
+
+
+@functools.lru_cache(maxsize=16)
+def _chunks(n: int) -> tuple[tuple[int, int], ...]:
+    """``(start, end)`` of the chunks a batch of ``n`` is prepared in."""
+    bounds = [0, *range(_FIRST_CHUNK, n, _CHUNK), n] if n > _FIRST_CHUNK else [0, n]
+    return tuple(pairwise(bounds))
 
 #: The chain fields of an unsealed PreparedRecord, as columns for zip().
 _NO_CHAIN = (repeat(None),) * 7

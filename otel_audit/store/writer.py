@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any, NamedTuple
 
@@ -179,6 +179,12 @@ def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:
 
 _COPY = f"COPY audit_trails ({_COLUMN_LIST}) FROM STDIN"
 
+_copy_text: Callable[[list[tuple[Any, ...]]], bytes] | None
+try:  # the compiled COPY text encoder (optional: built where a C compiler is)
+    from .._speedups import copy_text as _copy_text
+except ImportError:  # pragma: no cover - depends on the build
+    _copy_text = None
+
 # SQLite binds at most 32,766 parameters per statement (999 before 3.32)
 _SQLITE_MAX_PARAMS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _SQLITE_ROWS_PER_STATEMENT = min(512, _SQLITE_MAX_PARAMS // len(ROW_COLUMNS))
@@ -247,8 +253,25 @@ class StoreWriter:
 
     # ----------------------------------------------------------------- writes
 
-    def write(self, batch: Sequence[PreparedRecord]) -> None:
-        """Write ``batch`` in one transaction. Raises :class:`StoreError` on failure."""
+    def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
+        """What :meth:`write` would send for ``batch``, made ahead of the write.
+
+        PostgreSQL: the COPY text of its rows (compiled encoder), so the pipeline's
+        worker does that work and the store thread only sends it. ``None`` where there
+        is nothing to do ahead (other stores, no compiled encoder, an unusual value).
+        """
+        if _copy_text is None or self.dialect != "postgresql" or self.engine.driver != "psycopg":
+            return None
+        try:
+            return _copy_text([store_row(p) for p in batch])
+        except TypeError:
+            return None
+
+    def write(self, batch: Sequence[PreparedRecord], *, encoded: bytes | None = None) -> None:
+        """Write ``batch`` in one transaction. Raises :class:`StoreError` on failure.
+
+        ``encoded``: what :meth:`encode` returned for this very batch.
+        """
         if not batch:
             return
         self.ensure_schema()
@@ -256,7 +279,7 @@ class StoreWriter:
             if self.dialect == "sqlite":
                 self._write_sqlite(batch)
             elif self.dialect == "postgresql" and self.engine.driver == "psycopg":
-                self._write_postgres(batch)
+                self._write_postgres(batch, encoded)
             else:
                 self._write_generic(batch)
         except (DataError, SAIntegrityError) as exc:
@@ -332,14 +355,17 @@ class StoreWriter:
                     self._drop_bulk()
                 raise error from exc
 
-    def _write_postgres(self, batch: Sequence[PreparedRecord]) -> None:
+    def _write_postgres(self, batch: Sequence[PreparedRecord], encoded: bytes | None) -> None:
         rows = [store_row(p) for p in batch]
         with self._bulk_lock:
             try:
                 dbapi = self._bulk_connection()
                 with dbapi.cursor() as cursor, cursor.copy(_COPY) as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                    if encoded is not None:
+                        copy.write(encoded)  # rows already in COPY text form
+                    else:
+                        for row in rows:
+                            copy.write_row(row)
             except SQLAlchemyError:
                 self._drop_bulk()
                 raise

@@ -70,11 +70,11 @@ def test_failed_async_write_is_retried_with_the_same_seal(
     real = StoreWriter.write
     calls = {"n": 0}
 
-    def flaky(self: StoreWriter, batch: Any) -> None:
+    def flaky(self: StoreWriter, batch: Any, **options: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise StoreError("store briefly down")
-        real(self, batch)
+        real(self, batch, **options)
 
     monkeypatch.setattr(StoreWriter, "write", flaky)
     write_records(trail, 10)
@@ -91,7 +91,7 @@ def test_failed_sync_write_leaves_a_reported_gap(
     write_records(trail, 3)
     real = StoreWriter.write
 
-    def down(self: StoreWriter, batch: Any) -> None:
+    def down(self: StoreWriter, batch: Any, **options: Any) -> None:
         raise StoreError("store down", transient=False)
 
     monkeypatch.setattr(StoreWriter, "write", down)

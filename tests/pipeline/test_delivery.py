@@ -8,6 +8,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -110,7 +111,7 @@ def test_store_outage_spools_then_replays_in_order_exactly_once(
     real_write = writer.write
     from otel_audit.errors import StoreError
 
-    def down(batch: list[PreparedRecord]) -> None:
+    def down(batch: list[PreparedRecord], **options: Any) -> None:
         raise StoreError("store is down")
 
     writer.write = down  # type: ignore[method-assign]

@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -207,10 +208,10 @@ def test_store_outage_is_503_with_retry_after_then_recovers(
     down = threading.Event()
     down.set()
 
-    def flaky_write(batch: object) -> None:
+    def flaky_write(batch: object, **options: Any) -> None:
         if down.is_set():
             raise StoreError("connection refused")
-        real_write(batch)  # type: ignore[arg-type]
+        real_write(batch, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ingest_trail.writer, "write", flaky_write)
     body = protobuf_body(log_request(audit_logs(4)))
@@ -230,10 +231,10 @@ def test_too_many_requests_in_flight_is_503(make_app: Callable[..., IngestApp],
     real_write = ingest_trail.writer.write
     entered, release = threading.Event(), threading.Event()
 
-    def slow_write(batch: object) -> None:
+    def slow_write(batch: object, **options: Any) -> None:
         entered.set()
         release.wait(30)
-        real_write(batch)  # type: ignore[arg-type]
+        real_write(batch, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ingest_trail.writer, "write", slow_write)
     body = protobuf_body(log_request(audit_logs(1)))
@@ -287,10 +288,10 @@ def test_durable_ack_survives_a_store_outage(make_trail: Callable[..., AuditTrai
     down = threading.Event()
     down.set()
 
-    def write_during_outage(batch: object) -> None:
+    def write_during_outage(batch: object, **options: Any) -> None:
         if down.is_set():
             raise StoreError("connection refused")
-        real_write(batch)  # type: ignore[arg-type]
+        real_write(batch, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trail.writer, "write", write_during_outage)
     with running(IngestApp(trail, ack_mode="durable")) as c:

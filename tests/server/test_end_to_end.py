@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -81,11 +82,11 @@ def test_store_outage_clients_retry_and_nothing_is_lost(
     down, refused = threading.Event(), threading.Event()
     down.set()
 
-    def write_during_outage(batch: object) -> None:
+    def write_during_outage(batch: object, **options: Any) -> None:
         if down.is_set():
             refused.set()
             raise StoreError("could not connect to server: Connection refused")
-        real_write(batch)  # type: ignore[arg-type]
+        real_write(batch, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ingest_trail.writer, "write", write_during_outage)
     app = make_app(retry_after=1)

@@ -130,3 +130,35 @@ def test_the_kept_connection_is_replaced_after_a_failure(store_url: str) -> None
     writer.write(prepared(10, start=10))  # a new connection, and the retry lands
     assert count(writer) == 20
     writer.dispose()
+
+
+def test_copy_text_escapes_what_copy_reads_specially() -> None:
+    from otel_audit._speedups import copy_text
+
+    rows = [("a\tb\nc\\d\re\bf\fg\vh", None, 7, -1, "ключ ✓"), ("", None, 0, 2**40, "x")]
+    assert copy_text(rows) == (
+        b"a\\tb\\nc\\\\d\\re\\bf\\fg\\vh\t\\N\t7\t-1\t" + "ключ ✓".encode() + b"\n"
+        b"\t\\N\t0\t1099511627776\tx\n")
+    with pytest.raises(TypeError):
+        copy_text([(1.5,)])
+
+
+@pytest.mark.postgres
+def test_encoded_copy_stores_what_row_by_row_copy_stores(pg_url: str) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    tricky = "tab\there\nnew line\\back slash\r ключ ✓ \b\f\v"
+    batch = [p._replace(record=p.record._replace(resource_name=tricky, user_agent=tricky,
+                                                 error_message=tricky))
+             for p in prepared(4)]
+    batch = [PreparedRecord(*normalise(p.record)) for p in batch]
+    encoded = writer.encode(batch[:2])
+    assert encoded is not None
+    writer.write(batch[:2], encoded=encoded)  # the worker's COPY text
+    writer.write(batch[2:])  # row by row through psycopg
+    with writer.engine.connect() as conn:
+        stored = conn.execute(select(audit_trails.c.resource_name, audit_trails.c.user_agent,
+                                     audit_trails.c.error_message, audit_trails.c.new_values)
+                              .order_by(audit_trails.c.id)).all()
+    assert [tuple(r[:3]) for r in stored] == [(tricky, tricky, tricky)] * 4
+    assert [r[3] for r in stored] == [p.record.new_values for p in batch]
+    writer.dispose()
