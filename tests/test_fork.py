@@ -23,24 +23,33 @@ def _count(trail: AuditTrail, **where: str) -> int:
         return int(conn.scalar(query) or 0)
 
 
+def _run_in_child(body: Callable[[], None]) -> None:
+    """Run ``body`` in a forked child; fail unless it returns normally."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_records_land_exactly_once(make_trail: Factory) -> None:
     trail = make_trail(flush_interval=60)  # parent's records stay queued across the fork
     for i in range(500):
         trail.record("READ", user_id="parent", resource_id=str(i))
     assert trail.stats().queue_depth == 500
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            assert trail.stats().queue_depth == 0  # the parent's records are not ours
-            for i in range(300):
-                trail.record("READ", user_id="child", resource_id=str(i))
-            code = 0 if trail.shutdown(30) else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def child() -> None:
+        assert trail.stats().queue_depth == 0  # the parent's records are not ours
+        for i in range(300):
+            trail.record("READ", user_id="child", resource_id=str(i))
+        assert trail.shutdown(30)
+
+    _run_in_child(child)
     assert trail.flush(30)
     assert _count(trail, user_id="parent") == 500
     assert _count(trail, user_id="child") == 300
@@ -54,18 +63,13 @@ def test_a_child_leaves_the_parents_kept_connection_alone(make_trail: Factory) -
         trail.record("READ", user_id="parent", resource_id=str(i))
     assert trail.flush(30)
     assert trail.writer._bulk is not None  # the writer's kept connection is open
-    pid = os.fork()
-    if pid == 0:  # child: its own connection, and the parent's is neither used nor closed
-        code = 1
-        try:
-            assert trail.writer._bulk is None
-            for i in range(100):
-                trail.record("READ", user_id="child", resource_id=str(i))
-            code = 0 if trail.shutdown(30) else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def child() -> None:  # its own connection; the parent's is neither used nor closed
+        assert trail.writer._bulk is None
+        for i in range(100):
+            trail.record("READ", user_id="child", resource_id=str(i))
+        assert trail.shutdown(30)
+
+    _run_in_child(child)
     for i in range(100, 200):  # the parent goes on writing on its kept connection
         trail.record("READ", user_id="parent", resource_id=str(i))
     assert trail.flush(30)
