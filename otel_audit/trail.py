@@ -23,7 +23,6 @@ from typing import Any, TypedDict
 
 from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider
-from typing_extensions import Unpack
 from uuid_utils import uuid7
 
 from ._internal import log_internal_error
@@ -186,6 +185,44 @@ class AuditTrail:
         ``trace_id``/``span_id`` override the current span (ingest of records made
         elsewhere); otherwise the current span context is captured, sampled or not.
         """
+        return self._build(
+            action, user_id, resource_type, resource_id, resource_name, user_email, team_id,
+            client_ip, user_agent, request_path, request_method, request_id, old_values,
+            new_values, changes, data_classification, requires_review, success,
+            error_message, context, acting_as, timestamp, trace_id, span_id, service_name,
+            apply_policy)
+
+    def _build(
+        self,
+        action: str,
+        user_id: str | None,
+        resource_type: str | None,
+        resource_id: str | None,
+        resource_name: str | None,
+        user_email: str | None,
+        team_id: str | None,
+        client_ip: str | None,
+        user_agent: str | None,
+        request_path: str | None,
+        request_method: str | None,
+        request_id: str | None,
+        old_values: Any,
+        new_values: Any,
+        changes: Any,
+        data_classification: str | None,
+        requires_review: bool | None,
+        success: bool,
+        error_message: str | None,
+        context: Any,
+        acting_as: str | None,
+        timestamp: dt.datetime | None,
+        trace_id: str | None,
+        span_id: str | None,
+        service_name: str | None,
+        apply_policy: bool,
+    ) -> AuditRecord:
+        """:meth:`build_record` with every field positional (no keyword matching on the
+        hot path: :meth:`record` calls it directly)."""
         record_id = uuid7().hex
         if trace_id is None:
             ctx = _get_current_span().get_span_context()
@@ -262,13 +299,40 @@ class AuditTrail:
         *,
         mode: str | None = None,
         session: Any = None,
-        **fields: Unpack[RecordFields],
+        user_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        resource_name: str | None = None,
+        user_email: str | None = None,
+        team_id: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        request_path: str | None = None,
+        request_method: str | None = None,
+        request_id: str | None = None,
+        old_values: Any = None,
+        new_values: Any = None,
+        changes: Any = None,
+        data_classification: str | None = None,
+        requires_review: bool | None = None,
+        success: bool = True,
+        error_message: str | None = None,
+        context: Any = None,
+        acting_as: str | None = None,
+        timestamp: dt.datetime | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        service_name: str | None = None,
+        apply_policy: bool = True,
     ) -> AuditRecord | None:
         """Record one audit entry and return it (``None`` when the trail is disabled).
 
-        ``fields`` are the record's fields (``user_id``, ``resource_type``,
-        ``resource_id``, ``old_values``, ``new_values``, ``success``, ... — see
-        :class:`RecordFields`). In ``async`` mode this never raises and does no I/O:
+        The keyword arguments are the record's fields (``user_id``, ``resource_type``,
+        ``resource_id``, ``old_values``, ``new_values``, ``success``, ... — the keys of
+        :class:`RecordFields`, and :meth:`build_record`'s ``trace_id``, ``span_id``,
+        ``service_name`` and ``apply_policy``; an unknown name is a ``TypeError``, as in
+        any call, while any *value* is accepted and normalised). In ``async`` mode this
+        never raises for a value and does no I/O:
         the record is queued. In ``sync`` mode (the trail's, or ``mode="sync"`` for this
         call) it returns after the store commit and raises :class:`AuditWriteError`
         on failure; ``durable`` returns once the record is in the local journal.
@@ -279,7 +343,13 @@ class AuditTrail:
         if not self.enabled:
             return None
         try:
-            rec = self.build_record(action, **fields)
+            # every field positional: keyword matching costs the caller twice otherwise
+            rec = self._build(
+                action, user_id, resource_type, resource_id, resource_name, user_email,
+                team_id, client_ip, user_agent, request_path, request_method, request_id,
+                old_values, new_values, changes, data_classification, requires_review, success,
+                error_message, context, acting_as, timestamp, trace_id, span_id, service_name,
+                apply_policy)
         except Exception:  # never break the caller in async mode
             if mode == "sync" or (mode is None and self._sync):
                 raise

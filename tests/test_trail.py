@@ -323,3 +323,11 @@ def test_flush_waits_for_the_batch_being_committed(sqlite_url: str) -> None:
     assert trail.flush(5) is True
     assert trail.stats().written == 1
     trail.shutdown()
+
+
+def test_record_rejects_an_unknown_field_name_like_any_call(trail: AuditTrail) -> None:
+    # a misspelt field is a programming error, raised at the call like action()'s; values
+    # of known fields, however odd, are normalised instead (see the bad-value tests)
+    with pytest.raises(TypeError, match="bogus"):
+        trail.record("READ", user_id="u", bogus=1)  # type: ignore[call-arg]
+    assert trail.record("READ", user_id="u", trace_id="ab" * 16, span_id="cd" * 8) is not None
