@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -132,9 +133,8 @@ def test_the_kept_connection_is_replaced_after_a_failure(store_url: str) -> None
     writer.dispose()
 
 
-def test_copy_text_escapes_what_copy_reads_specially() -> None:
-    from otel_audit._speedups import copy_text
-
+def test_copy_text_escapes_what_copy_reads_specially(speedups: Any) -> None:
+    copy_text = speedups.copy_text
     rows = [("a\tb\nc\\d\re\bf\fg\vh", None, 7, -1, "ключ ✓"), ("", None, 0, 2**40, "x")]
     assert copy_text(rows) == (
         b"a\\tb\\nc\\\\d\\re\\bf\\fg\\vh\t\\N\t7\t-1\t" + "ключ ✓".encode() + b"\n"
@@ -144,7 +144,7 @@ def test_copy_text_escapes_what_copy_reads_specially() -> None:
 
 
 @pytest.mark.postgres
-def test_encoded_copy_stores_what_row_by_row_copy_stores(pg_url: str) -> None:
+def test_encoded_copy_stores_what_row_by_row_copy_stores(pg_url: str, speedups: Any) -> None:
     writer = StoreWriter(pg_url, auto_migrate=True)
     tricky = "tab\there\nnew line\\back slash\r ключ ✓ \b\f\v"
     batch = [p._replace(record=p.record._replace(resource_name=tricky, user_agent=tricky,
