@@ -32,6 +32,7 @@ __all__ = [
     "FORMAT",
     "GENESIS_HASH",
     "HASHED_FIELDS",
+    "PAYLOAD_OPTIONS",
     "PERSONAL_FIELDS",
     "RISKY_NUMBER",
     "canonical_json",
@@ -79,18 +80,18 @@ def _dumps(value: Any) -> str:
 # compact (checked over every code point in tests/integrity). Anything else it might
 # render differently (subclasses, dates, integers over 64 bits) is refused and takes
 # the stdlib encoder, so the format never depends on which encoder ran.
-_ORJSON_OPTIONS = (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
+PAYLOAD_OPTIONS = (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
                    | orjson.OPT_PASSTHROUGH_DATACLASS)
 
 
 #: The payload serialiser (refuses what it could render differently from the stdlib).
-payload_dumps = functools.partial(orjson.dumps, option=_ORJSON_OPTIONS)
+payload_dumps = functools.partial(orjson.dumps, option=PAYLOAD_OPTIONS)
 
 
 def _plain_bytes(items: list[Any]) -> bytes:
     """UTF-8 of ``_dumps(items)`` for payloads without floats or JSON values."""
     try:
-        return orjson.dumps(items, option=_ORJSON_OPTIONS)
+        return payload_dumps(items)
     except TypeError:  # orjson.JSONEncodeError included
         return _dumps(items).encode()
 

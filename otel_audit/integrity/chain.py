@@ -35,10 +35,10 @@ from ..store.writer import PreparedRecord, chain_row
 from .canonical import (
     FORMAT,
     GENESIS_HASH,
+    PAYLOAD_OPTIONS,
     canonical_stored_json,
     chain_hash,
     hash_payload,
-    payload_dumps,
     plain_chain_hashes,
 )
 
@@ -163,7 +163,7 @@ class ChainSealer:
             sealed: list[PreparedRecord] = _seal_plain(
                 records, texts, self.stream, self._seq + 1, self._head,
                 [salts[i:i + 32] for i in range(0, 32 * n, 32)], orjson.dumps,
-                payload_dumps.keywords["option"], hashlib.sha256, hasher,
+                PAYLOAD_OPTIONS, hashlib.sha256, hasher,
                 FORMAT, JSON_FIELDS, PreparedRecord)
             self._seq += n
             self._head = sealed[-1].hash or GENESIS_HASH

@@ -373,10 +373,7 @@ class StoreWriter:
                 if _is_unique_violation(exc):
                     self._merge_postgres(dbapi, rows)
                     return
-                permanent = str(getattr(exc, "sqlstate", "") or "").startswith(("22", "23"))
-                if not permanent:
-                    self._drop_bulk()
-                raise StoreError(f"store write failed: {exc}", transient=not permanent) from exc
+                raise self._postgres_error(exc) from exc
 
     def _merge_postgres(self, dbapi: Any, rows: Iterable[tuple[Any, ...]]) -> None:
         """Replay path: stage the batch, then insert only what is not stored yet."""
@@ -394,10 +391,14 @@ class StoreWriter:
                     f"SELECT {_COLUMN_LIST} FROM _otel_audit_stage ON CONFLICT DO NOTHING"
                 )
         except Exception as exc:
-            permanent = str(getattr(exc, "sqlstate", "") or "").startswith(("22", "23"))
-            if not permanent:
-                self._drop_bulk()
-            raise StoreError(f"store write failed: {exc}", transient=not permanent) from exc
+            raise self._postgres_error(exc) from exc
+
+    def _postgres_error(self, exc: Exception) -> StoreError:
+        """Classify a psycopg error; a transient one may be the connection: drop it."""
+        permanent = str(getattr(exc, "sqlstate", "") or "").startswith(("22", "23"))
+        if not permanent:
+            self._drop_bulk()
+        return StoreError(f"store write failed: {exc}", transient=not permanent)
 
     def _write_generic(self, batch: Sequence[PreparedRecord]) -> None:
         import json
