@@ -42,6 +42,33 @@ timestamp_text(PyObject *ts)
     return PyUnicode_FromStringAndSize(buf, n);
 }
 
+/*
+ * Takes a tuple, or an instance of a tuple subclass that adds no fields (a NamedTuple),
+ * out of the cycle collector when none of its items can be tracked: strings, numbers,
+ * datetimes, None and containers the collector has itself untracked (a dict of such
+ * values). Such a tuple can never be part of a reference cycle. CPython applies the
+ * same rule to exact tuples at their first collection; records queued for the worker
+ * live through many collections, each of which would otherwise traverse them all.
+ * Anything else stays tracked.
+ */
+static void
+maybe_untrack(PyObject *obj)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    if (!PyTuple_Check(obj) || !PyObject_GC_IsTracked(obj)
+            || type->tp_basicsize != PyTuple_Type.tp_basicsize
+            || type->tp_dictoffset != 0 || type->tp_weaklistoffset != 0) {
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); i++) {
+        PyObject *item = PyTuple_GET_ITEM(obj, i);
+        if (PyObject_IS_GC(item) && PyObject_GC_IsTracked(item)) {
+            return;
+        }
+    }
+    PyObject_GC_UnTrack(obj);
+}
+
 static PyObject *str_hexdigest;  /* "hexdigest" */
 static PyObject *kw_option;      /* ("option",) */
 
@@ -263,6 +290,7 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_INCREF(tail[k]);
             PyTuple_SET_ITEM(row, 3 + N_BODY + k, tail[k]);
         }
+        maybe_untrack(row);
 
         /* PreparedRecord(record, texts, stream, seq, prev_hash, hash, salt, None, row) */
         PyObject *prepared = ptype->tp_alloc(ptype, N_PREPARED);
@@ -274,6 +302,7 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_INCREF(items[k]);
             PyTuple_SET_ITEM(prepared, k, items[k]);
         }
+        maybe_untrack(prepared);
         PyList_SET_ITEM(out, i, prepared);
         Py_CLEAR(row);
         Py_CLEAR(seq);
@@ -621,7 +650,17 @@ fail:
     return NULL;
 }
 
+/* untrack(obj) -> obj (see maybe_untrack) */
+static PyObject *
+untrack(PyObject *self, PyObject *obj)
+{
+    maybe_untrack(obj);
+    return Py_NewRef(obj);
+}
+
 static PyMethodDef methods[] = {
+    {"untrack", (PyCFunction)untrack, METH_O,
+     "Take a tuple of untracked items out of the cycle collector; return it."},
     {"copy_text", (PyCFunction)copy_text, METH_O,
      "Rows in PostgreSQL's COPY text format (str, int and None values)."},
     {"seal_plain", (PyCFunction)(void (*)(void))seal_plain, METH_FASTCALL,

@@ -46,6 +46,13 @@ _new_record = tuple.__new__
 _now = dt.datetime.now
 _get_current_span = trace.get_current_span
 
+_untrack: Callable[[AuditRecord], AuditRecord]
+try:  # compiled (optional): a record of plain values leaves the cycle collector
+    from ._speedups import untrack as _untrack
+except ImportError:  # pragma: no cover - depends on the build
+    def _untrack(record: AuditRecord) -> AuditRecord:
+        return record
+
 
 def _link_to_current_span(record_id: str) -> None:
     """Point the current recording span at an audit row: an ``audit`` event with its ID.
@@ -261,8 +268,10 @@ class AuditTrail:
             except Exception:  # unhashable or odd values: the normaliser records them
                 requires_review = bool(requires_review)
         # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
-        # call with 28 defaults, measurable on the caller's hot path
-        return _new_record(_AuditRecord, (
+        # call with 28 defaults, measurable on the caller's hot path. Untracked by the
+        # cycle collector when it holds only plain values: a queued record then costs
+        # no collection anything (thousands may wait for the worker).
+        return _untrack(_new_record(_AuditRecord, (
             record_id,
             timestamp if timestamp is not None else _now(_UTC),
             action,
@@ -291,7 +300,7 @@ class AuditTrail:
             service_name if service_name is not None else self.service_name,
             acting_as,
             SCHEMA_VERSION,
-        ))
+        )))
 
     def record(
         self,

@@ -158,6 +158,62 @@ def test_the_compiled_paths_are_in_use(speedups: Any) -> None:
     assert record._compiled_plain_texts is speedups.plain_texts
 
 
+def test_records_of_plain_values_leave_the_cycle_collector(speedups: Any) -> None:
+    # what CPython does for exact tuples at their first collection, done at creation for
+    # records (queued by the thousand) and the rows and prepared records sealed from them
+    import gc
+
+    from otel_audit import AuditTrail
+
+    trail = AuditTrail("sqlite://", enabled=True)
+    try:
+        plain = trail.build_record("UPDATE", user_id="u", old_values={"timeout": 5},
+                                   context={"note": "x"})
+        assert not gc.is_tracked(plain)
+        # a record holding a container the collector tracks stays tracked: a cycle through
+        # it must remain collectable
+        nested = trail.build_record("UPDATE", user_id="u", new_values={"a": [1, 2]})
+        assert gc.is_tracked(nested)
+        cycle: dict[str, Any] = {}
+        looped = trail.build_record("UPDATE", user_id="u", context=cycle)
+        cycle["self"] = looped  # the dict became tracked after the record was built
+        assert gc.is_tracked(cycle)
+        sealer = ChainSealer(service_name="s")
+        sealer._resumed = True
+        sealed = sealer._seal_columns(_prepared([plain]), os.urandom(16).hex())
+        assert not gc.is_tracked(sealed[0]) and not gc.is_tracked(sealed[0].row)
+    finally:
+        trail.shutdown()
+    # tuples and subclasses that could hold more than their items are left alone
+    assert speedups.untrack(looped) is looped
+    assert gc.is_tracked(speedups.untrack(("a", [1])))
+    assert not gc.is_tracked(speedups.untrack(tuple(["a", 1])))
+
+    class Extra(tuple):  # type: ignore[type-arg]
+        pass
+
+    extra = Extra(("a", 1))
+    assert gc.is_tracked(speedups.untrack(extra))  # it has an instance __dict__
+
+
+def test_untracked_records_are_freed() -> None:
+    import sys
+
+    from otel_audit import AuditTrail
+
+    trail = AuditTrail("sqlite://", enabled=True)
+    try:
+        resource = "".join(["tool-", str(uuid.uuid4())])  # a string only this test holds
+        before = sys.getrefcount(resource)
+        records = [trail.build_record("UPDATE", user_id="u", resource_id=resource)
+                   for _ in range(100)]
+        assert sys.getrefcount(resource) == before + 100
+        del records  # deallocated by reference counting, untracked or not
+        assert sys.getrefcount(resource) == before
+    finally:
+        trail.shutdown()
+
+
 def test_plain_batches_are_sealed_column_by_column() -> None:
     batch = [AuditRecord(id=uuid.uuid4().hex, timestamp=NOW, action="UPDATE", user_id="u",
                          old_values={"timeout": i}, user_email="u@example.com")
