@@ -332,6 +332,66 @@ fail:
 /* ------------------------------------------------------------------ plain_texts */
 
 /* Whether a JSON text has a key that looks numeric: [{,]"-?[0-9] (record._NUMERIC_KEY) */
+/*
+ * Whether orjson writes exactly the stdlib encoder's text for value: a tree of exact
+ * dicts (str keys), lists and tuples over exact str and int, bool and None. Floats are
+ * not (the two format exponents differently and orjson writes NaN as null), nor is any
+ * other type (orjson serialises UUIDs, enums and subclasses the stdlib encoder
+ * rejects), nor a tree deeper than the limit.
+ */
+static int
+orjson_equal(PyObject *value, int depth)
+{
+    if (value == Py_None || PyBool_Check(value) || PyUnicode_CheckExact(value)
+            || PyLong_CheckExact(value)) {
+        return 1;
+    }
+    if (depth >= 32) {
+        return 0;
+    }
+    if (PyDict_CheckExact(value)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(value, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(k) || !orjson_equal(v, depth + 1)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        PyObject **items = PySequence_Fast_ITEMS(value);
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(value); i++) {
+            if (!orjson_equal(items[i], depth + 1)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* The canonical JSON text of value through orjson where that gives the stdlib
+ * encoder's text; NULL without an error set where it may not (or orjson refused). */
+static PyObject *
+orjson_text(PyObject *value, PyObject *dumps, PyObject *option)
+{
+    if (dumps == Py_None || !orjson_equal(value, 0)) {
+        return NULL;
+    }
+    PyObject *dumped = call_dumps(dumps, option, value);
+    if (dumped == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {  /* e.g. an int beyond 64 bits */
+            PyErr_Clear();
+        }
+        return NULL;
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(dumped),
+                                          PyBytes_GET_SIZE(dumped), NULL);
+    Py_DECREF(dumped);
+    return text;
+}
+
 static int
 numeric_key(PyObject *text)
 {
@@ -382,23 +442,26 @@ clean_text(PyObject *text, Py_ssize_t *chars, Py_ssize_t *bytes)
     return 1;
 }
 
-/* plain_texts(records, cap, bounded, text_positions, json_fields, encode, utc)
- *     -> list of dicts | None
+/* plain_texts(records, cap, bounded, text_positions, json_fields, encode, utc, dumps,
+ *             option) -> list of dicts | None
  *
  * The compiled form of record.plain_texts(): for each record the check of
  * normalise()'s fast path (_fast_texts) and its JSON texts; None as soon as one record
  * needs normalising. bounded: ((position, limit), ...); json_fields: ((name,
- * position), ...); encode(value, 0) returns the chunks of the canonical JSON text.
+ * position), ...); encode(value, 0) returns the chunks of the canonical JSON text;
+ * dumps(value, option=option) returns the same text as UTF-8 for the values
+ * orjson_equal() accepts (orjson.dumps with sorted keys; None: encode only).
  */
 static PyObject *
 plain_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "plain_texts takes 7 arguments");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "plain_texts takes 9 arguments");
         return NULL;
     }
     PyObject *records = args[0], *bounded = args[2], *text_pos = args[3];
     PyObject *json_fields = args[4], *encode = args[5], *utc = args[6];
+    PyObject *dumps = args[7], *dumps_option = args[8];
     Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
     if (cap == -1 && PyErr_Occurred()) {
         return NULL;
@@ -478,21 +541,27 @@ plain_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 if (!PyDict_CheckExact(value) && !PyList_CheckExact(value)) {
                     goto not_plain;
                 }
-                PyObject *call_args[2] = {value, zero};
-                PyObject *chunks = PyObject_Vectorcall(encode, call_args, 2, NULL);
-                if (chunks == NULL) {
-                    if (PyErr_ExceptionMatches(PyExc_TypeError)
-                            || PyErr_ExceptionMatches(PyExc_ValueError)
-                            || PyErr_ExceptionMatches(PyExc_RecursionError)) {
-                        PyErr_Clear();
-                        goto not_plain;
-                    }
-                    goto fail;
-                }
-                text = PyUnicode_Join(empty, chunks);
-                Py_DECREF(chunks);
+                text = orjson_text(value, dumps, dumps_option);
                 if (text == NULL) {
-                    goto fail;
+                    if (PyErr_Occurred()) {
+                        goto fail;
+                    }
+                    PyObject *call_args[2] = {value, zero};
+                    PyObject *chunks = PyObject_Vectorcall(encode, call_args, 2, NULL);
+                    if (chunks == NULL) {
+                        if (PyErr_ExceptionMatches(PyExc_TypeError)
+                                || PyErr_ExceptionMatches(PyExc_ValueError)
+                                || PyErr_ExceptionMatches(PyExc_RecursionError)) {
+                            PyErr_Clear();
+                            goto not_plain;
+                        }
+                        goto fail;
+                    }
+                    text = PyUnicode_Join(empty, chunks);
+                    Py_DECREF(chunks);
+                    if (text == NULL) {
+                        goto fail;
+                    }
                 }
                 if (numeric_key(text) || (ok = clean_text(text, &chars, &bytes)) == 0) {
                     Py_DECREF(text);

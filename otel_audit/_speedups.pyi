@@ -25,6 +25,8 @@ def plain_texts(
     json_fields: tuple[tuple[str, int], ...],
     encode: Callable[[Any, int], Any],
     utc: Any,
+    dumps: Callable[..., bytes] | None,
+    option: int,
 ) -> list[dict[str, str | None]] | None: ...
 
 def copy_text(rows: list[tuple[Any, ...]]) -> bytes: ...

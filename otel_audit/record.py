@@ -26,6 +26,8 @@ from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[att
 from operator import length_hint
 from typing import Any, NamedTuple
 
+import orjson
+
 __all__ = [
     "COLUMN_LIMITS",
     "JSON_FIELDS",
@@ -420,6 +422,10 @@ try:  # the compiled form of plain_texts (optional: built where a C compiler is)
 except ImportError:  # pragma: no cover - depends on the build
     _compiled_plain_texts = None
 
+#: orjson.dumps options giving the canonical text (the compiled plain_texts uses orjson
+#: only for trees of str, int, bool and None, where its bytes are the stdlib encoder's)
+_ORJSON_TEXT = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
+                | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
 _STR_OR_NONE = frozenset({str, type(None)})
 _JSON_TYPES = frozenset({dict, list, type(None)})
 _TZINFO = operator.attrgetter("tzinfo")
@@ -440,7 +446,7 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536, *,
         return []
     if compiled and _compiled_plain_texts is not None:
         return _compiled_plain_texts(list(records), cap, _BOUNDED, _TEXT_POS, _JSON_POS,
-                                     _encode, dt.UTC)
+                                     _encode, dt.UTC, orjson.dumps, _ORJSON_TEXT)
     columns = list(zip(*records, strict=True))
     longest = 0  # the longest value of each field, added up: a bound on any record's size
     for pos, limit in _BOUNDED:

@@ -88,6 +88,29 @@ def test_plain_texts_equal_normalise_record_by_record(batch: list[AuditRecord]) 
             assert normalise(record) == (record, batch_texts)
 
 
+_tree_keys = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)
+_tree = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | _tree_keys
+    | st.floats(allow_nan=False) | st.sampled_from([uuid.UUID(int=7), NOW, 1e16, -0.0]),
+    lambda inner: (st.lists(inner, max_size=3) | st.tuples(inner, inner)
+                   | st.dictionaries(_tree_keys, inner, max_size=4)),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(old=st.dictionaries(_tree_keys, _tree, max_size=5), new=st.lists(_tree, max_size=4))
+def test_compiled_texts_are_the_stdlib_encoders(old: dict[str, Any], new: list[Any]) -> None:
+    # the compiled path serialises trees of str, int, bool and None through orjson and
+    # anything else through the stdlib encoder; the texts are the stdlib encoder's
+    record = AuditRecord(id="1", timestamp=NOW, action="UPDATE", user_id="u",
+                         old_values=old, new_values=new)
+    compiled = plain_texts([record], compiled=True)
+    assert compiled == plain_texts([record], compiled=False)
+    if compiled is not None:
+        assert normalise(record) == (record, compiled[0])
+
+
 @settings(max_examples=50, deadline=None)
 @given(batch=_batches(plain=True))
 def test_plain_batches_take_the_column_path(batch: list[AuditRecord]) -> None:
