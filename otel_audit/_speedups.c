@@ -719,6 +719,74 @@ fail:
     return NULL;
 }
 
+/*
+ * sqlite_params(rows) -> (kept, params)
+ *
+ * The parameters of a multi-row INSERT of rows (tuples of one length) that leaves out
+ * the columns NULL in every row: kept is the tuple of the other columns' positions,
+ * params their values row after row (what store/writer.py's Python path builds with
+ * zip passes).
+ */
+static PyObject *
+sqlite_params(PyObject *self, PyObject *rows)
+{
+    if (!PyList_Check(rows)) {
+        PyErr_SetString(PyExc_TypeError, "sqlite_params takes a list of tuples");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(rows), width = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row) || (i > 0 && PyTuple_GET_SIZE(row) != width)) {
+            PyErr_SetString(PyExc_ValueError, "sqlite_params: rows of different lengths");
+            return NULL;
+        }
+        width = PyTuple_GET_SIZE(row);
+    }
+    Py_ssize_t kept_n = 0;
+    Py_ssize_t *kept_pos = PyMem_New(Py_ssize_t, width > 0 ? width : 1);
+    if (kept_pos == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k < width; k++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (PyTuple_GET_ITEM(PyList_GET_ITEM(rows, i), k) != Py_None) {
+                kept_pos[kept_n++] = k;
+                break;
+            }
+        }
+    }
+    PyObject *kept = PyTuple_New(kept_n);
+    PyObject *params = PyList_New(n * kept_n);
+    if (kept == NULL || params == NULL) {
+        goto fail;
+    }
+    for (Py_ssize_t j = 0; j < kept_n; j++) {
+        PyObject *pos = PyLong_FromSsize_t(kept_pos[j]);
+        if (pos == NULL) {
+            goto fail;
+        }
+        PyTuple_SET_ITEM(kept, j, pos);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        for (Py_ssize_t j = 0; j < kept_n; j++) {
+            PyList_SET_ITEM(params, i * kept_n + j, Py_NewRef(PyTuple_GET_ITEM(row, kept_pos[j])));
+        }
+    }
+    PyMem_Free(kept_pos);
+    PyObject *out = PyTuple_Pack(2, kept, params);
+    Py_DECREF(kept);
+    Py_DECREF(params);
+    return out;
+
+fail:
+    PyMem_Free(kept_pos);
+    Py_XDECREF(kept);
+    Py_XDECREF(params);
+    return NULL;
+}
+
 /* untrack(obj) -> obj (see maybe_untrack) */
 static PyObject *
 untrack(PyObject *self, PyObject *obj)
@@ -728,6 +796,8 @@ untrack(PyObject *self, PyObject *obj)
 }
 
 static PyMethodDef methods[] = {
+    {"sqlite_params", (PyCFunction)sqlite_params, METH_O,
+     "The kept column positions and flat parameters of a multi-row INSERT."},
     {"untrack", (PyCFunction)untrack, METH_O,
      "Take a tuple of untracked items out of the cycle collector; return it."},
     {"copy_text", (PyCFunction)copy_text, METH_O,

@@ -191,10 +191,26 @@ _SQLITE_ROWS_PER_STATEMENT = min(512, _SQLITE_MAX_PARAMS // len(ROW_COLUMNS))
 
 
 @functools.lru_cache(maxsize=256)
-def _sqlite_insert(columns: tuple[str, ...], rows: int) -> str:
-    one = "(" + ", ".join("?" * len(columns)) + ")"
+def _sqlite_insert(kept: tuple[int, ...], rows: int) -> str:
+    one = "(" + ", ".join("?" * len(kept)) + ")"
     values = ", ".join([one] * rows)
-    return f"INSERT OR IGNORE INTO audit_trails ({', '.join(columns)}) VALUES {values}"
+    names = ", ".join(ROW_COLUMNS[i] for i in kept)
+    return f"INSERT OR IGNORE INTO audit_trails ({names}) VALUES {values}"
+
+
+def _python_sqlite_params(rows: list[tuple[Any, ...]]) -> tuple[tuple[int, ...], list[Any]]:
+    """The positions of the columns not NULL in every row, and their values row after
+    row (the compiled ``sqlite_params`` does the same in one pass)."""
+    columns = list(zip(*rows, strict=True))
+    kept = tuple(i for i, column in enumerate(columns) if column.count(None) != len(column))
+    return kept, list(chain.from_iterable(zip(*(columns[i] for i in kept), strict=True)))
+
+
+_sqlite_params: Callable[[list[tuple[Any, ...]]], tuple[tuple[int, ...], list[Any]]]
+try:  # compiled (optional: built where a C compiler is)
+    from .._speedups import sqlite_params as _sqlite_params
+except ImportError:  # pragma: no cover - depends on the build
+    _sqlite_params = _python_sqlite_params
 
 
 def _sqlite_insert_rows(cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -206,12 +222,9 @@ def _sqlite_insert_rows(cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
     costs more than a string's, with the GIL held.
     """
     for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
-        chunk = rows[start:start + _SQLITE_ROWS_PER_STATEMENT]
-        columns = list(zip(*chunk, strict=True))
-        keep = [i for i, column in enumerate(columns) if column.count(None) != len(column)]
-        names = tuple(ROW_COLUMNS[i] for i in keep)
-        params = list(chain.from_iterable(zip(*(columns[i] for i in keep), strict=True)))
-        cursor.execute(_sqlite_insert(names, len(chunk)), params)
+        chunk = list(rows[start:start + _SQLITE_ROWS_PER_STATEMENT])
+        kept, params = _sqlite_params(chunk)
+        cursor.execute(_sqlite_insert(kept, len(chunk)), params)
 
 
 class StoreWriter:

@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from otel_audit import AuditTrail, StoreError
 from otel_audit.record import AuditRecord, normalise
 from otel_audit.store.reader import query_records
 from otel_audit.store.schema import audit_trails
-from otel_audit.store.writer import PreparedRecord, StoreWriter
+from otel_audit.store.writer import PreparedRecord, StoreWriter, _python_sqlite_params
 
 
 def prepared(n: int, start: int = 0) -> list[PreparedRecord]:
@@ -162,3 +164,22 @@ def test_encoded_copy_stores_what_row_by_row_copy_stores(pg_url: str, speedups: 
     assert [tuple(r[:3]) for r in stored] == [(tricky, tricky, tricky)] * 4
     assert [r[3] for r in stored] == [p.record.new_values for p in batch]
     writer.dispose()
+
+
+_cells = st.none() | st.text(max_size=3) | st.integers(-5, 5)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(0, 6), data=st.data())
+def test_compiled_sqlite_params_equal_the_python_columns(width: int, data: st.DataObject,
+                                                         speedups: Any) -> None:
+    rows = data.draw(st.lists(st.tuples(*[_cells] * width), min_size=1, max_size=8))
+    assert speedups.sqlite_params(rows) == _python_sqlite_params(rows)
+
+
+def test_sqlite_params_leave_out_columns_null_in_every_row(speedups: Any) -> None:
+    rows = [("a", None, 1, None), ("b", None, None, None), ("c", None, 3, None)]
+    assert speedups.sqlite_params(rows) == ((0, 2), ["a", 1, "b", None, "c", 3])
+    with pytest.raises(ValueError, match="different lengths"):
+        speedups.sqlite_params([("a",), ("b", "c")])
