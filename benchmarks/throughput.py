@@ -74,10 +74,16 @@ def sqlite_store() -> Iterator[str]:
 
 
 def reset(url: str) -> None:
+    """An empty table for the next measure. PostgreSQL truncates: a DELETE leaves dead
+    rows and index entries behind, and each measure after it would write into a larger,
+    slower table than the one before."""
     engine = create_store_engine(url)
     upgrade(engine)
     with engine.begin() as conn:
-        conn.execute(audit_trails.delete())
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"TRUNCATE {audit_trails.name}")
+        else:
+            conn.execute(audit_trails.delete())
     engine.dispose()
 
 

@@ -92,6 +92,8 @@ class DeferredRecords:
 _Item = AuditRecord | PreparedRecord | DeferredRecords
 _CHUNK = 64  # records prepared between two pauses for the store stage (about 1 ms)
 _FIRST_CHUNK = 8
+#: a worker that waited longer than this for the store's last job has time to spare
+_STORE_BOUND = 0.0002
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 
 
@@ -137,9 +139,12 @@ class _StoreStage:
     the database waits for the other to be preempted (the 5 ms switch interval). So
     ``run`` blocks until this thread has picked its job up, and the worker calls
     :meth:`pause` between chunks of a batch, which lets a store thread back in. A
-    pause costs tens of microseconds (the sleep's timer slack), so it is taken only once
-    the job is likely back: no sooner after the hand-over than the quickest of the
-    recent jobs took.
+    pause costs tens of microseconds (the sleep's timer slack). While the store is the
+    slower stage (the worker had to wait for the last job: PostgreSQL, whose driver
+    comes back for the GIL between the steps of a COPY), the worker has that time to
+    spare and pauses after every chunk. Otherwise (SQLite: one call to the database per
+    batch, quicker than the worker's share) it pauses only once the job is likely back:
+    no sooner after the hand-over than the quickest of the recent jobs took.
     """
 
     def __init__(self) -> None:
@@ -151,11 +156,17 @@ class _StoreStage:
         self._handed: float | None = None  # when run() got the GIL back from the job
         self._back_at = 0.0  # when the job in flight is likely back from the database
         self._recent: deque[float] = deque(maxlen=16)  # hand-over to end of recent jobs
+        self._eager = True  # the worker waited for the last job: pause after every chunk
 
     def run(self, job: Callable[[], None]) -> None:
         """Start ``job`` once the previous one is done (never two at once)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._job is None)
+            if self._job is not None:
+                waiting = time.perf_counter()
+                self._cond.wait_for(lambda: self._job is None)
+                self._eager = time.perf_counter() - waiting > _STORE_BOUND
+            else:
+                self._eager = False
             if self._stopped:  # after stop(), jobs run on the calling thread
                 inline = True
             else:
@@ -177,7 +188,7 @@ class _StoreStage:
     def pause(self) -> None:
         """Let the store thread have the GIL if it is likely waiting for it: a job in
         flight that is probably back from the database."""
-        if self._job is not None and time.perf_counter() >= self._back_at:
+        if self._job is not None and (self._eager or time.perf_counter() >= self._back_at):
             time.sleep(0)
 
     def wait(self) -> None:
