@@ -1,15 +1,18 @@
-/* Compiled counterpart of ChainSealer._seal_columns (otel_audit/integrity/chain.py).
+/* Compiled hot paths of otel_audit (optional: without the module the Python paths run).
  *
- * seal_plain() seals a plain batch -- records that need neither canonical numbers nor
- * personal-key handling -- exactly as the Python code does, one record after the
- * other, but without the interpreter's per-record overhead. It serialises through the
- * same orjson call and hashes through the same hashlib functions, so the bytes hashed
- * are the same by construction; tests/pipeline/test_batch_paths.py holds the two
- * implementations equal. The module is optional: without it the Python path runs.
+ * seal_plain() is the counterpart of ChainSealer._seal_columns
+ * (otel_audit/integrity/chain.py): it seals a plain batch -- records that need neither
+ * canonical numbers nor personal-key handling -- exactly as the Python code does, one
+ * record after the other, without the interpreter's per-record overhead. It serialises
+ * through the same orjson call, and hashes (SHA-256, HMAC-SHA256) with OpenSSL's
+ * libcrypto, the library behind hashlib, with the GIL released: the chain of a batch is
+ * hashed while other threads run. tests/pipeline/test_batch_paths.py holds the
+ * compiled and Python paths equal.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <openssl/evp.h>
 
 /* AuditRecord field positions (store/writer.py asserts AuditRecord._fields) */
 enum {
@@ -69,21 +72,7 @@ maybe_untrack(PyObject *obj)
     PyObject_GC_UnTrack(obj);
 }
 
-static PyObject *str_hexdigest;  /* "hexdigest" */
 static PyObject *kw_option;      /* ("option",) */
-
-/* sha256(data).hexdigest() through the given hashlib constructor */
-static PyObject *
-hexdigest(PyObject *sha256, PyObject *data)
-{
-    PyObject *h = PyObject_CallOneArg(sha256, data);
-    if (h == NULL) {
-        return NULL;
-    }
-    PyObject *out = PyObject_CallMethodNoArgs(h, str_hexdigest);
-    Py_DECREF(h);
-    return out;
-}
 
 /* salt + "\0" + dumped, as bytes (salt is the ASCII hex text of the record's salt) */
 static PyObject *
@@ -120,35 +109,169 @@ call_dumps(PyObject *dumps, PyObject *option, PyObject *value)
     return out;
 }
 
-/* seal_plain(records, texts, stream, first_seq, prev_hash, salts, dumps, option, sha256,
- *            hasher, fmt, json_keys, prepared_type) -> list of PreparedRecord
+/* One record of a batch between the three phases of seal_plain(). */
+typedef struct {
+    PyObject *personal;     /* salt "\0" personal JSON (bytes) */
+    PyObject *payload;      /* the payload JSON with placeholders for prev and digest */
+    Py_ssize_t off_prev;    /* where the previous hash goes in the payload */
+    char hash[64];          /* the record's hash, hex */
+} sealing;
+
+static const char HEX[] = "0123456789abcdef";
+
+static void
+to_hex(const unsigned char *md, char *out)
+{
+    for (int k = 0; k < 32; k++) {
+        out[2 * k] = HEX[md[k] >> 4];
+        out[2 * k + 1] = HEX[md[k] & 15];
+    }
+}
+
+static const EVP_MD *sha256_md;  /* fetched once: no implicit fetch per digest */
+
+static int
+digest(EVP_MD_CTX *ctx, const EVP_MD_CTX *from, const void *data, size_t len,
+       unsigned char *md)
+{
+    unsigned int md_len;
+    if (from != NULL) {
+        if (!EVP_MD_CTX_copy_ex(ctx, from)) {
+            return 0;
+        }
+    }
+    else if (!EVP_DigestInit_ex(ctx, sha256_md, NULL)) {
+        return 0;
+    }
+    return EVP_DigestUpdate(ctx, data, len) && EVP_DigestFinal_ex(ctx, md, &md_len);
+}
+
+/*
+ * The hash chain of a batch, without the GIL. For each record in order: the personal
+ * digest (sha256 of its salted personal JSON, hex) and the previous record's hash go
+ * into their places in the payload, which is then hashed: SHA-256, or HMAC-SHA256
+ * (RFC 2104) when pads (the key's inner and outer pad states) are given.
+ */
+static int
+chain_hashes(sealing *s, Py_ssize_t n, const char *prev, EVP_MD_CTX *const *pads,
+             char *arena)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL) {
+        return 0;
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < n && ok; i++) {
+        Py_ssize_t len = PyBytes_GET_SIZE(s[i].payload);
+        memcpy(arena, PyBytes_AS_STRING(s[i].payload), (size_t)len);
+        ok = digest(ctx, NULL, PyBytes_AS_STRING(s[i].personal),
+                    (size_t)PyBytes_GET_SIZE(s[i].personal), md);
+        if (!ok) {
+            break;
+        }
+        to_hex(md, arena + len - 66);  /* ...,"<digest>"] */
+        memcpy(arena + s[i].off_prev, prev, 64);
+        if (pads == NULL) {
+            ok = digest(ctx, NULL, arena, (size_t)len, md);
+        }
+        else {
+            ok = digest(ctx, pads[0], arena, (size_t)len, md)
+                 && digest(ctx, pads[1], md, 32, md);
+        }
+        to_hex(md, s[i].hash);
+        prev = s[i].hash;
+    }
+    EVP_MD_CTX_free(ctx);
+    return ok;
+}
+
+/* The inner and outer pad states of HMAC-SHA256 for key (RFC 2104). */
+static int
+hmac_pads(PyObject *key, EVP_MD_CTX **pads)
+{
+    unsigned char block[64] = {0}, pad[64], md[EVP_MAX_MD_SIZE];
+    char *k;
+    Py_ssize_t k_len;
+    if (PyBytes_AsStringAndSize(key, &k, &k_len) < 0) {
+        return 0;
+    }
+    pads[0] = EVP_MD_CTX_new();
+    pads[1] = EVP_MD_CTX_new();
+    if (pads[0] == NULL || pads[1] == NULL) {
+        goto fail;
+    }
+    if (k_len > 64) {
+        if (!digest(pads[0], NULL, k, (size_t)k_len, md)) {
+            goto fail;
+        }
+        memcpy(block, md, 32);
+    }
+    else {
+        memcpy(block, k, (size_t)k_len);
+    }
+    for (int j = 0; j < 2; j++) {
+        for (int b = 0; b < 64; b++) {
+            pad[b] = block[b] ^ (j == 0 ? 0x36 : 0x5C);
+        }
+        if (!EVP_DigestInit_ex(pads[j], sha256_md, NULL)
+                || !EVP_DigestUpdate(pads[j], pad, 64)) {
+            goto fail;
+        }
+    }
+    return 1;
+
+fail:
+    EVP_MD_CTX_free(pads[0]);
+    EVP_MD_CTX_free(pads[1]);
+    pads[0] = pads[1] = NULL;
+    PyErr_SetString(PyExc_RuntimeError, "seal_plain: OpenSSL could not set up HMAC");
+    return 0;
+}
+
+/* seal_plain(records, texts, stream, first_seq, prev_hash, salts, dumps, option, key,
+ *            fmt, json_keys, prepared_type) -> list of PreparedRecord
  *
  * records: list of AuditRecord; texts: list of dicts (json_keys -> text or None);
- * salts: one str of 32 hex characters per record; dumps(value, option=option) is the
- * payload serialiser (orjson.dumps); hasher: None (sha256 hexdigest of
- * the payload) or a callable payload -> hash text (keyed hashing).
+ * prev_hash: 64 lowercase hex characters; salts: one str of 32 hex characters per
+ * record; dumps(value, option=option) is the payload serialiser (orjson.dumps); key:
+ * None (SHA-256 of the payload) or bytes (HMAC-SHA256).
+ *
+ * Three phases: with the GIL, each record's row and its payload and personal JSON
+ * (placeholders where the hashes go); without it, the chain of hashes (OpenSSL);
+ * with it again, the hashes into the rows and the PreparedRecords. A payload whose
+ * placeholders are not where they must be raises TypeError (the caller then seals
+ * record by record).
  */
 static PyObject *
 seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 13) {
-        PyErr_SetString(PyExc_TypeError, "seal_plain takes 13 arguments");
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "seal_plain takes 12 arguments");
         return NULL;
     }
     PyObject *records = args[0], *texts = args[1], *stream = args[2];
     PyObject *first_seq = args[3], *prev = args[4], *salts = args[5];
-    PyObject *dumps = args[6], *option = args[7], *sha256 = args[8], *hasher = args[9];
-    PyObject *fmt = args[10], *json_keys = args[11], *prepared_type = args[12];
+    PyObject *dumps = args[6], *option = args[7], *key = args[8];
+    PyObject *fmt = args[9], *json_keys = args[10], *prepared_type = args[11];
 
     if (!PyList_Check(records) || !PyList_Check(texts) || !PyList_Check(salts)
             || !PyTuple_Check(json_keys) || PyTuple_GET_SIZE(json_keys) != 4
-            || !PyType_Check(prepared_type)) {
+            || !PyType_Check(prepared_type) || (key != Py_None && !PyBytes_Check(key))) {
         PyErr_SetString(PyExc_TypeError, "seal_plain: bad argument types");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(records);
     if (PyList_GET_SIZE(texts) != n || PyList_GET_SIZE(salts) != n) {
         PyErr_SetString(PyExc_ValueError, "seal_plain: columns of different lengths");
+        return NULL;
+    }
+    Py_ssize_t prev_len;
+    const char *prev_text = PyUnicode_Check(prev) ? PyUnicode_AsUTF8AndSize(prev, &prev_len)
+                                                  : NULL;
+    if (prev_text == NULL || prev_len != 64) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "seal_plain: prev_hash is not 64 hex characters");
         return NULL;
     }
     long long seq0 = PyLong_AsLongLong(first_seq);
@@ -158,19 +281,43 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyTypeObject *ptype = (PyTypeObject *)prepared_type;
 
     PyObject *out = PyList_New(n);
-    if (out == NULL) {
-        return NULL;
+    sealing *s = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(sealing));
+    PyObject **rows = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(PyObject *));
+    PyObject *head = NULL, *placeholder = NULL, *personal = NULL, *dumped = NULL;
+    PyObject *payload = NULL, *hashes = NULL;
+    EVP_MD_CTX *pads[2] = {NULL, NULL};
+    char *arena = NULL;
+    if (out == NULL || s == NULL || rows == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        goto fail;
     }
-    Py_INCREF(prev);
-    PyObject *seq = NULL, *personal = NULL, *dumped = NULL, *data = NULL;
-    PyObject *digest = NULL, *payload = NULL, *hash = NULL, *row = NULL;
-    PyObject *body[N_BODY] = {NULL};
+    placeholder = PyUnicode_New(64, 127);
+    if (placeholder == NULL) {
+        goto fail;
+    }
+    memset(PyUnicode_1BYTE_DATA(placeholder), '0', 64);
+    /* the payload starts [fmt,stream,seq," and the previous hash follows */
+    head = PyList_New(2);
+    if (head == NULL) {
+        goto fail;
+    }
+    PyList_SET_ITEM(head, 0, Py_NewRef(fmt));
+    PyList_SET_ITEM(head, 1, Py_NewRef(stream));
+    if ((dumped = call_dumps(dumps, option, head)) == NULL) {
+        goto fail;
+    }
+    Py_ssize_t head_len = PyBytes_GET_SIZE(dumped) - 1;  /* without the "]" */
+    Py_CLEAR(dumped);
 
+    Py_ssize_t longest = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *r = PyList_GET_ITEM(records, i);
         PyObject *t = PyList_GET_ITEM(texts, i);
         PyObject *salt = PyList_GET_ITEM(salts, i);
-        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != R_FIELDS || !PyDict_Check(t)) {
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != R_FIELDS || !PyDict_Check(t)
+                || !PyUnicode_Check(salt)) {
             PyErr_SetString(PyExc_TypeError, "seal_plain: not an AuditRecord and its texts");
             goto fail;
         }
@@ -189,11 +336,25 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (review < 0 || success < 0) {
             goto fail;
         }
-        PyObject *ts = timestamp_text(PyTuple_GET_ITEM(r, R_TIMESTAMP));
-        if (ts == NULL) {
+        /* the store row (ROW_COLUMNS order), prev_hash and hash left None for now */
+        PyObject *row = rows[i] = PyTuple_New(N_ROW);
+        if (row == NULL) {
             goto fail;
         }
-        /* the hashed fields, in HASHED_FIELDS order */
+        for (int k = 0; k < N_ROW; k++) {
+            PyTuple_SET_ITEM(row, k, Py_NewRef(Py_None));
+        }
+        PyObject *seq = PyLong_FromLongLong(seq0 + i);
+        PyObject *ts = timestamp_text(PyTuple_GET_ITEM(r, R_TIMESTAMP));
+        PyObject *flags[2] = {PyLong_FromLong(review), PyLong_FromLong(success)};
+        if (seq == NULL || ts == NULL || flags[0] == NULL || flags[1] == NULL) {
+            Py_XDECREF(seq);
+            Py_XDECREF(ts);
+            Py_XDECREF(flags[0]);
+            Py_XDECREF(flags[1]);
+            goto fail;
+        }
+        /* the hashed fields, in HASHED_FIELDS order, are the row's items 3..26 */
         PyObject *fields[N_BODY] = {
             PyTuple_GET_ITEM(r, R_ID), ts, PyTuple_GET_ITEM(r, R_CORRELATION_ID),
             PyTuple_GET_ITEM(r, R_REQUEST_ID), PyTuple_GET_ITEM(r, R_TRACE_ID),
@@ -202,131 +363,136 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyTuple_GET_ITEM(r, R_RESOURCE_NAME), PyTuple_GET_ITEM(r, R_TEAM_ID),
             PyTuple_GET_ITEM(r, R_REQUEST_PATH), PyTuple_GET_ITEM(r, R_REQUEST_METHOD),
             doc[0], doc[1], doc[2], PyTuple_GET_ITEM(r, R_DATA_CLASSIFICATION),
-            NULL, NULL, PyTuple_GET_ITEM(r, R_ERROR_MESSAGE), doc[3],
+            flags[0], flags[1], PyTuple_GET_ITEM(r, R_ERROR_MESSAGE), doc[3],
             PyTuple_GET_ITEM(r, R_SERVICE_NAME), PyTuple_GET_ITEM(r, R_ACTING_AS),
             PyTuple_GET_ITEM(r, R_SCHEMA_VERSION),
         };
-        fields[17] = PyLong_FromLong(review);
-        fields[18] = PyLong_FromLong(success);
+        PyObject *tail[5] = {PyTuple_GET_ITEM(r, R_USER_ID), PyTuple_GET_ITEM(r, R_USER_EMAIL),
+                             PyTuple_GET_ITEM(r, R_CLIENT_IP), PyTuple_GET_ITEM(r, R_USER_AGENT),
+                             salt};
+        Py_SETREF(((PyTupleObject *)row)->ob_item[0], Py_NewRef(stream));
+        Py_SETREF(((PyTupleObject *)row)->ob_item[1], seq);
         for (int k = 0; k < N_BODY; k++) {
-            body[k] = fields[k];
-            if (k != 1 && k != 17 && k != 18) {
-                Py_INCREF(body[k]);
-            }
+            PyObject *v = fields[k];  /* 1, 17 and 18: new references, the row takes them */
+            Py_SETREF(((PyTupleObject *)row)->ob_item[3 + k],
+                      k == 1 || k == 17 || k == 18 ? v : Py_NewRef(v));
         }
-        if (body[17] == NULL || body[18] == NULL) {
-            goto fail;
-        }
-        seq = PyLong_FromLongLong(seq0 + i);
-        if (seq == NULL) {
-            goto fail;
+        for (int k = 0; k < 5; k++) {
+            Py_SETREF(((PyTupleObject *)row)->ob_item[3 + N_BODY + k], Py_NewRef(tail[k]));
         }
 
-        /* personal digest: sha256(salt "\0" dumps([user_id, email, ip, agent, []])) */
-        personal = Py_BuildValue("[OOOO[]]", PyTuple_GET_ITEM(r, R_USER_ID),
-                                 PyTuple_GET_ITEM(r, R_USER_EMAIL),
-                                 PyTuple_GET_ITEM(r, R_CLIENT_IP),
-                                 PyTuple_GET_ITEM(r, R_USER_AGENT));
+        /* personal JSON: salt "\0" dumps([user_id, email, ip, agent, []]) */
+        personal = Py_BuildValue("[OOOO[]]", tail[0], tail[1], tail[2], tail[3]);
         if (personal == NULL || (dumped = call_dumps(dumps, option, personal)) == NULL
-                || (data = salted(salt, dumped)) == NULL
-                || (digest = hexdigest(sha256, data)) == NULL) {
+                || (s[i].personal = salted(salt, dumped)) == NULL) {
             goto fail;
         }
         Py_CLEAR(personal);
         Py_CLEAR(dumped);
-        Py_CLEAR(data);
 
         /* payload: [FORMAT, stream, seq, prev, *body, null (no personal keys), digest] */
         payload = PyList_New(4 + N_BODY + 2);
         if (payload == NULL) {
             goto fail;
         }
-        PyObject *head[4] = {fmt, stream, seq, prev};
-        for (int k = 0; k < 4; k++) {
-            Py_INCREF(head[k]);
-            PyList_SET_ITEM(payload, k, head[k]);
-        }
+        PyList_SET_ITEM(payload, 0, Py_NewRef(fmt));
+        PyList_SET_ITEM(payload, 1, Py_NewRef(stream));
+        PyList_SET_ITEM(payload, 2, Py_NewRef(seq));
+        PyList_SET_ITEM(payload, 3, Py_NewRef(placeholder));
         for (int k = 0; k < N_BODY; k++) {
-            Py_INCREF(body[k]);
-            PyList_SET_ITEM(payload, 4 + k, body[k]);
+            PyList_SET_ITEM(payload, 4 + k, Py_NewRef(PyTuple_GET_ITEM(row, 3 + k)));
         }
-        Py_INCREF(Py_None);
-        PyList_SET_ITEM(payload, 4 + N_BODY, Py_None);
-        Py_INCREF(digest);
-        PyList_SET_ITEM(payload, 4 + N_BODY + 1, digest);
-        if ((dumped = call_dumps(dumps, option, payload)) == NULL) {
+        PyList_SET_ITEM(payload, 4 + N_BODY, Py_NewRef(Py_None));
+        PyList_SET_ITEM(payload, 4 + N_BODY + 1, Py_NewRef(placeholder));
+        if ((s[i].payload = call_dumps(dumps, option, payload)) == NULL) {
             goto fail;
         }
         Py_CLEAR(payload);
-        hash = hasher == Py_None ? hexdigest(sha256, dumped) : PyObject_CallOneArg(hasher, dumped);
-        Py_CLEAR(dumped);
-        if (hash == NULL) {
+        /* the placeholders must be exactly where the hashes go */
+        char digits[24];
+        Py_ssize_t len = PyBytes_GET_SIZE(s[i].payload);
+        const char *text = PyBytes_AS_STRING(s[i].payload);
+        s[i].off_prev = head_len + snprintf(digits, sizeof digits, ",%lld,\"", seq0 + i);
+        if (len < s[i].off_prev + 64 + 68 || text[s[i].off_prev - 1] != '"'
+                || text[s[i].off_prev + 64] != '"'
+                || memcmp(text + s[i].off_prev, PyUnicode_1BYTE_DATA(placeholder), 64) != 0
+                || memcmp(text + len - 68, ",\"", 2) != 0 || memcmp(text + len - 2, "\"]", 2) != 0
+                || memcmp(text + len - 66, PyUnicode_1BYTE_DATA(placeholder), 64) != 0) {
+            PyErr_SetString(PyExc_TypeError, "seal_plain: unexpected payload layout");
             goto fail;
         }
-        if (!PyUnicode_Check(hash)) {
-            PyErr_SetString(PyExc_TypeError, "the hasher did not return text");
-            goto fail;
+        if (len > longest) {
+            longest = len;
         }
-        Py_CLEAR(digest);
+    }
 
-        /* the store row, ROW_COLUMNS order */
-        row = PyTuple_New(N_ROW);
-        if (row == NULL) {
-            goto fail;
-        }
-        PyObject *lead[3] = {stream, seq, prev};
-        for (int k = 0; k < 3; k++) {
-            Py_INCREF(lead[k]);
-            PyTuple_SET_ITEM(row, k, lead[k]);
-        }
-        for (int k = 0; k < N_BODY; k++) {
-            PyTuple_SET_ITEM(row, 3 + k, body[k]);  /* the row takes the body's references */
-            body[k] = NULL;
-        }
-        PyObject *tail[7] = {PyTuple_GET_ITEM(r, R_USER_ID), PyTuple_GET_ITEM(r, R_USER_EMAIL),
-                             PyTuple_GET_ITEM(r, R_CLIENT_IP), PyTuple_GET_ITEM(r, R_USER_AGENT),
-                             salt, Py_None, hash};
-        for (int k = 0; k < 7; k++) {
-            Py_INCREF(tail[k]);
-            PyTuple_SET_ITEM(row, 3 + N_BODY + k, tail[k]);
-        }
-        maybe_untrack(row);
+    if (key != Py_None && !hmac_pads(key, pads)) {
+        goto fail;
+    }
+    arena = PyMem_RawMalloc(longest > 0 ? (size_t)longest : 1);
+    if (arena == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, arena);
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_SetString(PyExc_RuntimeError, "seal_plain: OpenSSL failed to hash");
+        goto fail;
+    }
 
-        /* PreparedRecord(record, texts, stream, seq, prev_hash, hash, salt, None, row) */
-        PyObject *prepared = ptype->tp_alloc(ptype, N_PREPARED);
+    /* the hashes into the rows; PreparedRecord(record, texts, stream, seq, prev_hash,
+     * hash, salt, None, row) */
+    PyObject *previous = Py_NewRef(prev);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = rows[i];
+        PyObject *hash = PyUnicode_FromStringAndSize(s[i].hash, 64);
+        PyObject *prepared = hash == NULL ? NULL : ptype->tp_alloc(ptype, N_PREPARED);
         if (prepared == NULL) {
+            Py_XDECREF(hash);
+            Py_DECREF(previous);
             goto fail;
         }
-        PyObject *items[N_PREPARED] = {r, t, stream, seq, prev, hash, salt, Py_None, row};
+        Py_SETREF(((PyTupleObject *)row)->ob_item[2], Py_NewRef(previous));
+        Py_SETREF(((PyTupleObject *)row)->ob_item[N_ROW - 1], Py_NewRef(hash));
+        maybe_untrack(row);
+        PyObject *items[N_PREPARED] = {
+            PyList_GET_ITEM(records, i), PyList_GET_ITEM(texts, i), stream,
+            PyTuple_GET_ITEM(row, 1), previous, hash, PyList_GET_ITEM(salts, i), Py_None, row,
+        };
         for (int k = 0; k < N_PREPARED; k++) {
-            Py_INCREF(items[k]);
-            PyTuple_SET_ITEM(prepared, k, items[k]);
+            PyTuple_SET_ITEM(prepared, k, Py_NewRef(items[k]));
         }
         maybe_untrack(prepared);
         PyList_SET_ITEM(out, i, prepared);
-        Py_CLEAR(row);
-        Py_CLEAR(seq);
-        Py_SETREF(prev, hash);  /* the next record chains to this one */
-        hash = NULL;
+        Py_SETREF(previous, hash);  /* the next record chains to this one */
     }
-    Py_DECREF(prev);
-    return out;
+    Py_DECREF(previous);
+    hashes = out;
+    out = NULL;
 
 fail:
-    for (int k = 0; k < N_BODY; k++) {
-        Py_CLEAR(body[k]);
+    for (Py_ssize_t i = 0; s != NULL && i < n; i++) {
+        Py_XDECREF(s[i].personal);
+        Py_XDECREF(s[i].payload);
     }
-    Py_XDECREF(seq);
+    for (Py_ssize_t i = 0; rows != NULL && i < n; i++) {
+        Py_XDECREF(rows[i]);
+    }
+    PyMem_Free(s);
+    PyMem_Free(rows);
+    PyMem_RawFree(arena);
+    EVP_MD_CTX_free(pads[0]);
+    EVP_MD_CTX_free(pads[1]);
+    Py_XDECREF(head);
+    Py_XDECREF(placeholder);
     Py_XDECREF(personal);
     Py_XDECREF(dumped);
-    Py_XDECREF(data);
-    Py_XDECREF(digest);
     Py_XDECREF(payload);
-    Py_XDECREF(hash);
-    Py_XDECREF(row);
-    Py_DECREF(prev);
-    Py_DECREF(out);
-    return NULL;
+    Py_XDECREF(out);
+    return hashes;
 }
 
 /* ------------------------------------------------------------------ plain_texts */
@@ -822,9 +988,17 @@ PyInit__speedups(void)
     if (PyDateTimeAPI == NULL) {
         return NULL;
     }
-    str_hexdigest = PyUnicode_InternFromString("hexdigest");
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+    sha256_md = EVP_sha256();
+#endif
+    if (sha256_md == NULL) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL has no SHA-256");
+        return NULL;
+    }
     PyObject *option = PyUnicode_InternFromString("option");  /* keyword names: interned */
-    if (str_hexdigest == NULL || option == NULL) {
+    if (option == NULL) {
         return NULL;
     }
     kw_option = PyTuple_Pack(1, option);

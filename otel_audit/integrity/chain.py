@@ -14,8 +14,6 @@ batches, sealed, for later retries.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import operator
 import os
@@ -38,7 +36,6 @@ from .canonical import (
     PAYLOAD_OPTIONS,
     canonical_stored_json,
     chain_hash,
-    hash_payload,
     plain_chain_hashes,
 )
 
@@ -158,13 +155,10 @@ class ChainSealer:
         records = list(map(_RECORD, batch))
         texts = list(map(_TEXTS, batch))
         if compiled and _seal_plain is not None:
-            key = self.hmac_key
-            hasher = None if key is None else functools.partial(hash_payload, key=key)
             sealed: list[PreparedRecord] = _seal_plain(
                 records, texts, self.stream, self._seq + 1, self._head,
                 [salts[i:i + 32] for i in range(0, 32 * n, 32)], orjson.dumps,
-                PAYLOAD_OPTIONS, hashlib.sha256, hasher,
-                FORMAT, JSON_FIELDS, PreparedRecord)
+                PAYLOAD_OPTIONS, self.hmac_key, FORMAT, JSON_FIELDS, PreparedRecord)
             self._seq += n
             self._head = sealed[-1].hash or GENESIS_HASH
             return sealed

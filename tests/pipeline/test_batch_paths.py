@@ -149,7 +149,7 @@ def _prepared(batch: list[AuditRecord]) -> list[PreparedRecord]:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=_batches(plain=False) | _batches(plain=True),
-       key=st.sampled_from([None, b"k" * 32]))
+       key=st.sampled_from([None, b"k" * 32, b"long key " * 9]))
 def test_sealing_a_batch_equals_sealing_record_by_record(batch: list[AuditRecord],
                                                           key: bytes | None) -> None:
     prepared = _prepared(batch)
