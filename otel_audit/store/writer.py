@@ -369,7 +369,6 @@ class StoreWriter:
                 raise error from exc
 
     def _write_postgres(self, batch: Sequence[PreparedRecord], encoded: bytes | None) -> None:
-        rows = [store_row(p) for p in batch]
         with self._bulk_lock:
             try:
                 dbapi = self._bulk_connection()
@@ -377,14 +376,14 @@ class StoreWriter:
                     if encoded is not None:
                         copy.write(encoded)  # rows already in COPY text form
                     else:
-                        for row in rows:
-                            copy.write_row(row)
+                        for prepared in batch:
+                            copy.write_row(store_row(prepared))
             except SQLAlchemyError:
                 self._drop_bulk()
                 raise
             except Exception as exc:  # psycopg errors raised inside COPY are not wrapped
                 if _is_unique_violation(exc):
-                    self._merge_postgres(dbapi, rows)
+                    self._merge_postgres(dbapi, map(store_row, batch))
                     return
                 raise self._postgres_error(exc) from exc
 
