@@ -128,42 +128,42 @@ class _FlushMarker:
 
 
 class _StoreStage:
-    """The second pipeline stage: one batch at a time written on its own thread.
+    """The second pipeline stage: batches written one at a time on their own thread.
 
     While it commits batch *n* (the driver lets go of the GIL for the database's own
     work: SQLite's step, PostgreSQL's server), the worker redacts, normalises and seals
-    batch *n + 1*. ``run`` waits for the batch in flight before starting the next one,
-    so batches are committed one at a time, in the order they were sealed.
+    the next ones. One sealed batch may wait behind the one being written, so the
+    store thread goes from one to the next without waiting for the worker; ``run``
+    blocks while one is already waiting. Batches are committed one at a time, in the
+    order they were sealed.
 
     Two threads that both want the GIL hand it over slowly: a thread coming back from
-    the database waits for the other to be preempted (the 5 ms switch interval). So
-    ``run`` blocks until this thread has picked its job up, and the worker calls
-    :meth:`pause` between chunks of a batch, which lets a store thread back in. A
-    pause costs tens of microseconds (the sleep's timer slack). While the store is the
-    slower stage (the worker had to wait for the last job: PostgreSQL, whose driver
-    comes back for the GIL between the steps of a COPY), the worker has that time to
-    spare and pauses after every chunk. Otherwise (SQLite: one call to the database per
-    batch, quicker than the worker's share) it pauses only once the job is likely back:
-    no sooner after the hand-over than the quickest of the recent jobs took.
+    the database waits for the other to be preempted (the 5 ms switch interval). So the
+    worker calls :meth:`pause` between chunks of a batch, which lets a store thread
+    back in. A pause costs tens of microseconds (the sleep's timer slack). While the
+    store is the slower stage (the worker had to wait for room: PostgreSQL, whose
+    driver comes back for the GIL between the steps of a COPY), the worker has that
+    time to spare and pauses after every chunk. Otherwise (SQLite: one call to the
+    database per batch, quicker than the worker's share) it pauses only once the job
+    is likely back: no sooner after its start than the quickest of the recent jobs took.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._job: Callable[[], None] | None = None
-        self._taken = False
+        self._waiting: Callable[[], None] | None = None  # sealed, behind the running job
+        self._running = False
         self._thread: threading.Thread | None = None
         self._stopped = False
-        self._handed: float | None = None  # when run() got the GIL back from the job
-        self._back_at = 0.0  # when the job in flight is likely back from the database
-        self._recent: deque[float] = deque(maxlen=16)  # hand-over to end of recent jobs
-        self._eager = True  # the worker waited for the last job: pause after every chunk
+        self._back_at = 0.0  # when the running job is likely back from the database
+        self._recent: deque[float] = deque(maxlen=16)  # durations of recent jobs
+        self._eager = True  # the worker waited for room: pause after every chunk
 
     def run(self, job: Callable[[], None]) -> None:
-        """Start ``job`` once the previous one is done (never two at once)."""
+        """Queue ``job`` behind the running one (blocks while another is waiting)."""
         with self._cond:
-            if self._job is not None:
+            if self._waiting is not None:
                 waiting = time.perf_counter()
-                self._cond.wait_for(lambda: self._job is None)
+                self._cond.wait_for(lambda: self._waiting is None)
                 self._eager = time.perf_counter() - waiting > _STORE_BOUND
             else:
                 self._eager = False
@@ -171,35 +171,34 @@ class _StoreStage:
                 inline = True
             else:
                 inline = False
-                self._job, self._taken, self._handed = job, False, None
+                self._waiting = job
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._loop, daemon=True,
                                                     name="otel-audit-store")
                     self._thread.start()
                 self._cond.notify_all()
-                # waiting here hands the GIL over: the job starts now, not in 5 ms
-                self._cond.wait_for(lambda: self._taken or self._job is not job)
-                if self._job is job:
-                    self._handed = now = time.perf_counter()
-                    self._back_at = now + min(self._recent, default=0.0)
         if inline:
             job()
 
     def pause(self) -> None:
-        """Let the store thread have the GIL if it is likely waiting for it: a job in
-        flight that is probably back from the database."""
-        if self._job is not None and (self._eager or time.perf_counter() >= self._back_at):
+        """Let the store thread have the GIL if it is likely waiting for it: a job about
+        to start, or one probably back from the database."""
+        if (self._waiting is not None and not self._running) or (
+                self._running and (self._eager or time.perf_counter() >= self._back_at)):
             time.sleep(0)
 
+    def _idle(self) -> bool:
+        return self._waiting is None and not self._running
+
     def wait(self) -> None:
-        """Return once no job is in flight."""
+        """Return once no job is waiting or running."""
         with self._cond:
-            self._cond.wait_for(lambda: self._job is None)
+            self._cond.wait_for(self._idle)
 
     def stop(self) -> None:
-        """Finish the job in flight, then end the thread; later jobs run inline."""
+        """Finish the jobs queued, then end the thread; later jobs run inline."""
         with self._cond:
-            self._cond.wait_for(lambda: self._job is None)
+            self._cond.wait_for(self._idle)
             self._stopped = True
             self._cond.notify_all()
             thread = self._thread
@@ -210,12 +209,14 @@ class _StoreStage:
         with suppress_instrumentation():
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._job is not None or self._stopped)
-                    job = self._job
-                    self._taken = True
+                    self._cond.wait_for(lambda: self._waiting is not None or self._stopped)
+                    job, self._waiting = self._waiting, None
+                    if job is None:
+                        return
+                    self._running = True
+                    started = time.perf_counter()
+                    self._back_at = started + min(self._recent, default=0.0)
                     self._cond.notify_all()
-                if job is None:
-                    return
                 try:
                     job()
                 except BaseException:  # the job handles its own errors; a last resort
@@ -223,9 +224,8 @@ class _StoreStage:
                                        "audit store stage failed", exc_info=True)
                 finally:
                     with self._cond:
-                        if self._handed is not None:
-                            self._recent.append(time.perf_counter() - self._handed)
-                        self._job = None
+                        self._recent.append(time.perf_counter() - started)
+                        self._running = False
                         self._cond.notify_all()
 
 
