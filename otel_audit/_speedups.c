@@ -74,27 +74,6 @@ maybe_untrack(PyObject *obj)
 
 static PyObject *kw_option;      /* ("option",) */
 
-/* salt + "\0" + dumped, as bytes (salt is the ASCII hex text of the record's salt) */
-static PyObject *
-salted(PyObject *salt, PyObject *dumped)
-{
-    Py_ssize_t salt_len;
-    const char *salt_text = PyUnicode_AsUTF8AndSize(salt, &salt_len);
-    if (salt_text == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PyBytes_GET_SIZE(dumped);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, salt_len + 1 + n);
-    if (out == NULL) {
-        return NULL;
-    }
-    char *p = PyBytes_AS_STRING(out);
-    memcpy(p, salt_text, (size_t)salt_len);
-    p[salt_len] = '\0';
-    memcpy(p + salt_len + 1, PyBytes_AS_STRING(dumped), (size_t)n);
-    return out;
-}
-
 /* dumps(value, option=option) with no keyword dict built per call */
 static PyObject *
 call_dumps(PyObject *dumps, PyObject *option, PyObject *value)
@@ -109,13 +88,44 @@ call_dumps(PyObject *dumps, PyObject *option, PyObject *value)
     return out;
 }
 
-/* One record of a batch between the three phases of seal_plain(). */
+/* One record of a batch between the three phases of seal_plain(): where its texts
+ * are in the batch's arena, and its hash. */
 typedef struct {
-    PyObject *personal;     /* salt "\0" personal JSON (bytes) */
-    PyObject *payload;      /* the payload JSON with placeholders for prev and digest */
-    Py_ssize_t off_prev;    /* where the previous hash goes in the payload */
-    char hash[64];          /* the record's hash, hex */
+    size_t personal, personal_len;  /* salt "\0" personal JSON */
+    size_t payload, payload_len;    /* payload JSON, placeholders for prev and digest */
+    size_t prev_at;                 /* where the previous hash goes in the payload */
+    char hash[64];                  /* the record's hash, hex */
 } sealing;
+
+/* A growing buffer of the batch's texts. The JSON is copied in as soon as it is made
+ * and its bytes object freed, so the allocator reuses one block instead of holding a
+ * batch of them (freeing those at once made glibc trim and re-fault the heap). */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} arena;
+
+static int
+arena_add(arena *a, const char *data, size_t len, size_t *at)
+{
+    if (a->len + len > a->cap) {
+        size_t cap = a->cap ? a->cap : 65536;
+        while (cap < a->len + len) {
+            cap *= 2;
+        }
+        char *grown = PyMem_RawRealloc(a->data, cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return 0;
+        }
+        a->data = grown;
+        a->cap = cap;
+    }
+    memcpy(a->data + a->len, data, len);
+    *at = a->len;
+    a->len += len;
+    return 1;
+}
 
 static const char HEX[] = "0123456789abcdef";
 
@@ -154,7 +164,7 @@ digest(EVP_MD_CTX *ctx, const EVP_MD_CTX *from, const void *data, size_t len,
  */
 static int
 chain_hashes(sealing *s, Py_ssize_t n, const char *prev, EVP_MD_CTX *const *pads,
-             char *arena)
+             char *texts)
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL) {
@@ -163,20 +173,19 @@ chain_hashes(sealing *s, Py_ssize_t n, const char *prev, EVP_MD_CTX *const *pads
     unsigned char md[EVP_MAX_MD_SIZE];
     int ok = 1;
     for (Py_ssize_t i = 0; i < n && ok; i++) {
-        Py_ssize_t len = PyBytes_GET_SIZE(s[i].payload);
-        memcpy(arena, PyBytes_AS_STRING(s[i].payload), (size_t)len);
-        ok = digest(ctx, NULL, PyBytes_AS_STRING(s[i].personal),
-                    (size_t)PyBytes_GET_SIZE(s[i].personal), md);
+        char *payload = texts + s[i].payload;
+        size_t len = s[i].payload_len;
+        ok = digest(ctx, NULL, texts + s[i].personal, s[i].personal_len, md);
         if (!ok) {
             break;
         }
-        to_hex(md, arena + len - 66);  /* ...,"<digest>"] */
-        memcpy(arena + s[i].off_prev, prev, 64);
+        to_hex(md, payload + len - 66);  /* ...,"<digest>"] */
+        memcpy(payload + s[i].prev_at, prev, 64);
         if (pads == NULL) {
-            ok = digest(ctx, NULL, arena, (size_t)len, md);
+            ok = digest(ctx, NULL, payload, len, md);
         }
         else {
-            ok = digest(ctx, pads[0], arena, (size_t)len, md)
+            ok = digest(ctx, pads[0], payload, len, md)
                  && digest(ctx, pads[1], md, 32, md);
         }
         to_hex(md, s[i].hash);
@@ -286,7 +295,7 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *head = NULL, *placeholder = NULL, *personal = NULL, *dumped = NULL;
     PyObject *payload = NULL, *hashes = NULL;
     EVP_MD_CTX *pads[2] = {NULL, NULL};
-    char *arena = NULL;
+    arena texts_of = {NULL, 0, 0};
     if (out == NULL || s == NULL || rows == NULL) {
         if (!PyErr_Occurred()) {
             PyErr_NoMemory();
@@ -311,7 +320,6 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t head_len = PyBytes_GET_SIZE(dumped) - 1;  /* without the "]" */
     Py_CLEAR(dumped);
 
-    Py_ssize_t longest = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *r = PyList_GET_ITEM(records, i);
         PyObject *t = PyList_GET_ITEM(texts, i);
@@ -383,10 +391,20 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
         /* personal JSON: salt "\0" dumps([user_id, email, ip, agent, []]) */
         personal = Py_BuildValue("[OOOO[]]", tail[0], tail[1], tail[2], tail[3]);
-        if (personal == NULL || (dumped = call_dumps(dumps, option, personal)) == NULL
-                || (s[i].personal = salted(salt, dumped)) == NULL) {
+        if (personal == NULL || (dumped = call_dumps(dumps, option, personal)) == NULL) {
             goto fail;
         }
+        Py_ssize_t salt_len;
+        const char *salt_text = PyUnicode_AsUTF8AndSize(salt, &salt_len);
+        size_t unused;
+        if (salt_text == NULL
+                || !arena_add(&texts_of, salt_text, (size_t)salt_len, &s[i].personal)
+                || !arena_add(&texts_of, "", 1, &unused)
+                || !arena_add(&texts_of, PyBytes_AS_STRING(dumped),
+                              (size_t)PyBytes_GET_SIZE(dumped), &unused)) {
+            goto fail;
+        }
+        s[i].personal_len = (size_t)salt_len + 1 + (size_t)PyBytes_GET_SIZE(dumped);
         Py_CLEAR(personal);
         Py_CLEAR(dumped);
 
@@ -404,39 +422,36 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         PyList_SET_ITEM(payload, 4 + N_BODY, Py_NewRef(Py_None));
         PyList_SET_ITEM(payload, 4 + N_BODY + 1, Py_NewRef(placeholder));
-        if ((s[i].payload = call_dumps(dumps, option, payload)) == NULL) {
+        if ((dumped = call_dumps(dumps, option, payload)) == NULL) {
             goto fail;
         }
         Py_CLEAR(payload);
         /* the placeholders must be exactly where the hashes go */
         char digits[24];
-        Py_ssize_t len = PyBytes_GET_SIZE(s[i].payload);
-        const char *text = PyBytes_AS_STRING(s[i].payload);
-        s[i].off_prev = head_len + snprintf(digits, sizeof digits, ",%lld,\"", seq0 + i);
-        if (len < s[i].off_prev + 64 + 68 || text[s[i].off_prev - 1] != '"'
-                || text[s[i].off_prev + 64] != '"'
-                || memcmp(text + s[i].off_prev, PyUnicode_1BYTE_DATA(placeholder), 64) != 0
+        Py_ssize_t len = PyBytes_GET_SIZE(dumped);
+        const char *text = PyBytes_AS_STRING(dumped);
+        Py_ssize_t prev_at = head_len + snprintf(digits, sizeof digits, ",%lld,\"", seq0 + i);
+        if (len < prev_at + 64 + 68 || text[prev_at - 1] != '"' || text[prev_at + 64] != '"'
+                || memcmp(text + prev_at, PyUnicode_1BYTE_DATA(placeholder), 64) != 0
                 || memcmp(text + len - 68, ",\"", 2) != 0 || memcmp(text + len - 2, "\"]", 2) != 0
                 || memcmp(text + len - 66, PyUnicode_1BYTE_DATA(placeholder), 64) != 0) {
             PyErr_SetString(PyExc_TypeError, "seal_plain: unexpected payload layout");
             goto fail;
         }
-        if (len > longest) {
-            longest = len;
+        if (!arena_add(&texts_of, text, (size_t)len, &s[i].payload)) {
+            goto fail;
         }
+        s[i].payload_len = (size_t)len;
+        s[i].prev_at = (size_t)prev_at;
+        Py_CLEAR(dumped);
     }
 
     if (key != Py_None && !hmac_pads(key, pads)) {
         goto fail;
     }
-    arena = PyMem_RawMalloc(longest > 0 ? (size_t)longest : 1);
-    if (arena == NULL) {
-        PyErr_NoMemory();
-        goto fail;
-    }
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, arena);
+    ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, texts_of.data);
     Py_END_ALLOW_THREADS
     if (!ok) {
         PyErr_SetString(PyExc_RuntimeError, "seal_plain: OpenSSL failed to hash");
@@ -474,16 +489,12 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     out = NULL;
 
 fail:
-    for (Py_ssize_t i = 0; s != NULL && i < n; i++) {
-        Py_XDECREF(s[i].personal);
-        Py_XDECREF(s[i].payload);
-    }
     for (Py_ssize_t i = 0; rows != NULL && i < n; i++) {
         Py_XDECREF(rows[i]);
     }
     PyMem_Free(s);
     PyMem_Free(rows);
-    PyMem_RawFree(arena);
+    PyMem_RawFree(texts_of.data);
     EVP_MD_CTX_free(pads[0]);
     EVP_MD_CTX_free(pads[1]);
     Py_XDECREF(head);
