@@ -90,7 +90,7 @@ class DeferredRecords:
 
 
 _Item = AuditRecord | PreparedRecord | DeferredRecords
-_CHUNK = 64  # records prepared between two pauses for the store stage (about 1 ms)
+_CHUNK = 64  # records prepared between two pauses for the store stage (a fraction of a ms)
 _FIRST_CHUNK = 8
 #: a worker that waited longer than this for the store's last job has time to spare
 _STORE_BOUND = 0.0002

@@ -1,0 +1,78 @@
+"""The pipeline's store stage: batches committed one at a time, in order, on its thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from otel_audit.pipeline.batch import _StoreStage
+
+
+def test_jobs_run_one_at_a_time_in_order_on_the_store_thread() -> None:
+    stage = _StoreStage()
+    done: list[int] = []
+    threads: set[str] = set()
+    running = threading.Semaphore(1)  # a second job running at once would find it taken
+
+    def job(n: int) -> None:
+        assert running.acquire(blocking=False), "two jobs ran at once"
+        threads.add(threading.current_thread().name)
+        time.sleep(0.001)
+        done.append(n)
+        running.release()
+
+    for n in range(50):
+        stage.run(lambda n=n: job(n))
+    stage.wait()
+    assert done == list(range(50))
+    assert threads == {"otel-audit-store"}
+    stage.stop()
+
+
+def test_run_blocks_while_a_job_waits_behind_the_running_one() -> None:
+    stage = _StoreStage()
+    release = threading.Event()
+    started = threading.Event()
+
+    def first() -> None:
+        started.set()
+        release.wait(5)
+
+    stage.run(first)
+    assert started.wait(5)
+    stage.run(lambda: None)  # waits in the slot behind the running job
+    third_queued = threading.Event()
+
+    def queue_third() -> None:
+        stage.run(lambda: None)
+        third_queued.set()
+
+    threading.Thread(target=queue_third).start()
+    assert not third_queued.wait(0.2)  # the slot is taken: run() blocks
+    release.set()
+    assert third_queued.wait(5)
+    stage.wait()
+    stage.stop()
+
+
+def test_after_stop_jobs_run_on_the_calling_thread() -> None:
+    stage = _StoreStage()
+    ran: list[str] = []
+    stage.run(lambda: ran.append(threading.current_thread().name))
+    stage.stop()
+    stage.run(lambda: ran.append(threading.current_thread().name))
+    assert ran == ["otel-audit-store", threading.current_thread().name]
+
+
+def test_a_failing_job_does_not_stop_the_stage() -> None:
+    stage = _StoreStage()
+    done: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("job bug")
+
+    stage.run(boom)
+    stage.run(lambda: done.append(1))
+    stage.wait()
+    assert done == [1]
+    stage.stop()
