@@ -9,6 +9,7 @@
  * hashed while other threads run. tests/pipeline/test_batch_paths.py holds the
  * compiled and Python paths equal.
  */
+#define _GNU_SOURCE  /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
@@ -964,6 +965,79 @@ fail:
     return NULL;
 }
 
+/*
+ * texts_special(texts, marks) -> bool
+ *
+ * Whether any text in texts (a list of dicts of str or None) may need canonical numbers
+ * or holds a personal key: contains "-0.0", a run of 16 ASCII digits, or one of marks
+ * (strs). The compiled form of ChainSealer._special over a batch's texts. Searched in
+ * UTF-8, where every one of those is found exactly where it is in the text.
+ */
+static PyObject *
+texts_special(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "texts_special(list of dicts, tuple of str)");
+        return NULL;
+    }
+    PyObject *texts = args[0], *marks = args[1];
+    Py_ssize_t n_marks = PyTuple_GET_SIZE(marks);
+    for (Py_ssize_t m = 0; m < n_marks; m++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(marks, m))) {
+            PyErr_SetString(PyExc_TypeError, "texts_special: a mark is not a str");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(texts); i++) {
+        PyObject *t = PyList_GET_ITEM(texts, i);
+        if (!PyDict_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "texts_special: not a dict of texts");
+            return NULL;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(t, &pos, &key, &value)) {
+            if (value == Py_None) {
+                continue;
+            }
+            if (!PyUnicode_Check(value)) {
+                PyErr_SetString(PyExc_TypeError, "texts_special: a text is not a str");
+                return NULL;
+            }
+            Py_ssize_t len;
+            const char *text = PyUnicode_AsUTF8AndSize(value, &len);
+            if (text == NULL) {
+                return NULL;
+            }
+            if (memmem(text, (size_t)len, "-0.0", 4) != NULL) {
+                Py_RETURN_TRUE;
+            }
+            int digits = 0;
+            for (Py_ssize_t j = 0; j < len; j++) {
+                if (text[j] >= '0' && text[j] <= '9') {
+                    if (++digits == 16) {
+                        Py_RETURN_TRUE;
+                    }
+                }
+                else {
+                    digits = 0;
+                }
+            }
+            for (Py_ssize_t m = 0; m < n_marks; m++) {
+                Py_ssize_t mark_len;
+                const char *mark = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(marks, m), &mark_len);
+                if (mark == NULL) {
+                    return NULL;
+                }
+                if (memmem(text, (size_t)len, mark, (size_t)mark_len) != NULL) {
+                    Py_RETURN_TRUE;
+                }
+            }
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
 /* untrack(obj) -> obj (see maybe_untrack) */
 static PyObject *
 untrack(PyObject *self, PyObject *obj)
@@ -973,6 +1047,8 @@ untrack(PyObject *self, PyObject *obj)
 }
 
 static PyMethodDef methods[] = {
+    {"texts_special", (PyCFunction)(void (*)(void))texts_special, METH_FASTCALL,
+     "Whether a batch's texts need canonical numbers or hold a personal key."},
     {"sqlite_params", (PyCFunction)sqlite_params, METH_O,
      "The kept column positions and flat parameters of a multi-row INSERT."},
     {"untrack", (PyCFunction)untrack, METH_O,

@@ -40,10 +40,12 @@ from .canonical import (
 )
 
 _seal_plain: Callable[..., list[PreparedRecord]] | None
-try:  # the compiled form of _seal_columns (optional: built where a C compiler is)
+_texts_special: Callable[[list[dict[str, str | None]], tuple[str, ...]], bool] | None
+try:  # compiled forms of _seal_columns and _special (optional: built where a C compiler is)
     from .._speedups import seal_plain as _seal_plain
+    from .._speedups import texts_special as _texts_special
 except ImportError:  # pragma: no cover - depends on the build
-    _seal_plain = None
+    _seal_plain = _texts_special = None
 
 __all__ = ["ChainSealer", "new_stream_name"]
 
@@ -135,13 +137,18 @@ class ChainSealer:
         return ("-0.0" in text or _LONG_NUMBER.search(text) is not None
                 or any(mark in text for mark in self._marks))
 
-    def _plain(self, batch: list[PreparedRecord]) -> bool:
+    def _plain(self, batch: list[PreparedRecord], *, compiled: bool = True) -> bool:
         """Whether the whole batch can be sealed column by column: nothing sealed yet,
-        no text needing canonical numbers or holding a personal key, a hex head."""
+        no text needing canonical numbers or holding a personal key (checked in compiled
+        code when the extension is built), a hex head."""
         if not batch or any(map(operator.is_not, map(_SEQ, batch), repeat(None))):
             return False
+        if _HEX64.fullmatch(self._head) is None:
+            return False
+        if compiled and _texts_special is not None:
+            return not _texts_special(list(map(_TEXTS, batch)), self._marks)
         texts = "\x1e".join(filter(None, chain.from_iterable(map(dict.values, map(_TEXTS, batch)))))
-        return not self._special(texts) and _HEX64.fullmatch(self._head) is not None
+        return not self._special(texts)
 
     def _seal_columns(self, batch: list[PreparedRecord], salts: str, *,
                       compiled: bool = True) -> list[PreparedRecord]:

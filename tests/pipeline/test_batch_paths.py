@@ -237,6 +237,25 @@ def test_untracked_records_are_freed() -> None:
         trail.shutdown()
 
 
+_pieces = [*'0123456789-.,:"{}[] aé✓', "-0.0", '"email":', "email", "\U0001f600",
+           "123456789012345", "1234567890123456"]  # a digit either side of 15 makes 16
+_special_text = st.lists(st.sampled_from(_pieces), max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.dictionaries(st.sampled_from(["old_values", "new_values", "context"]),
+                                      st.none() | _special_text, max_size=3),
+                      min_size=1, max_size=4))
+def test_compiled_plain_check_equals_the_python_one(texts: list[dict[str, str | None]]) -> None:
+    # "-0.0", runs of 16 digits and personal-key marks, found by both paths alike
+    sealer = ChainSealer(service_name="s", personal_keys=["email"])
+    batch = [PreparedRecord(AuditRecord(id=str(i), timestamp=NOW, action="X", user_id="u"),
+                            {"old_values": None, "new_values": None, "changes": None,
+                             "context": None, **t})
+             for i, t in enumerate(texts)]
+    assert sealer._plain(batch, compiled=True) == sealer._plain(batch, compiled=False)
+
+
 def test_plain_batches_are_sealed_column_by_column() -> None:
     batch = [AuditRecord(id=uuid.uuid4().hex, timestamp=NOW, action="UPDATE", user_id="u",
                          old_values={"timeout": i}, user_email="u@example.com")
