@@ -239,6 +239,18 @@ fail:
     return 0;
 }
 
+/* Whether a METH_FASTCALL entry point got the number of arguments it takes (if not,
+ * a TypeError is set). */
+static int
+takes(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, expected);
+        return 0;
+    }
+    return 1;
+}
+
 /* seal_plain(records, texts, stream, first_seq, prev_hash, salts, dumps, option, key,
  *            fmt, json_keys, prepared_type) -> list of PreparedRecord
  *
@@ -256,8 +268,7 @@ fail:
 static PyObject *
 seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "seal_plain takes 12 arguments");
+    if (!takes("seal_plain", nargs, 12)) {
         return NULL;
     }
     PyObject *records = args[0], *texts = args[1], *stream = args[2];
@@ -633,8 +644,7 @@ clean_text(PyObject *text, Py_ssize_t *chars, Py_ssize_t *bytes)
 static PyObject *
 plain_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "plain_texts takes 9 arguments");
+    if (!takes("plain_texts", nargs, 9)) {
         return NULL;
     }
     PyObject *records = args[0], *bounded = args[2], *text_pos = args[3];
@@ -976,7 +986,10 @@ fail:
 static PyObject *
 texts_special(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyList_Check(args[0]) || !PyTuple_Check(args[1])) {
+    if (!takes("texts_special", nargs, 2)) {
+        return NULL;
+    }
+    if (!PyList_Check(args[0]) || !PyTuple_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "texts_special(list of dicts, tuple of str)");
         return NULL;
     }
