@@ -5,9 +5,11 @@
  * canonical numbers nor personal-key handling -- exactly as the Python code does, one
  * record after the other, without the interpreter's per-record overhead. It serialises
  * through the same orjson call, and hashes (SHA-256, HMAC-SHA256) with OpenSSL's
- * libcrypto, the library behind hashlib, with the GIL released: the chain of a batch is
- * hashed while other threads run. tests/pipeline/test_batch_paths.py holds the
- * compiled and Python paths equal.
+ * libcrypto, the library behind hashlib. The GIL is kept while hashing: a chunk's chain
+ * takes a fraction of a millisecond, and a worker that lets go of the GIL while the
+ * application's threads are busy in Python gets it back only after their switch
+ * interval (5 ms). tests/pipeline/test_batch_paths.py holds the compiled and Python
+ * paths equal.
  */
 #define _GNU_SOURCE  /* memmem */
 #define PY_SSIZE_T_CLEAN
@@ -158,10 +160,10 @@ digest(EVP_MD_CTX *ctx, const EVP_MD_CTX *from, const void *data, size_t len,
 }
 
 /*
- * The hash chain of a batch, without the GIL. For each record in order: the personal
- * digest (sha256 of its salted personal JSON, hex) and the previous record's hash go
- * into their places in the payload, which is then hashed: SHA-256, or HMAC-SHA256
- * (RFC 2104) when pads (the key's inner and outer pad states) are given.
+ * The hash chain of a batch (it touches no Python object). For each record in order:
+ * the personal digest (sha256 of its salted personal JSON, hex) and the previous
+ * record's hash go into their places in the payload, which is then hashed: SHA-256, or
+ * HMAC-SHA256 (RFC 2104) when pads (the key's inner and outer pad states) are given.
  */
 static int
 chain_hashes(sealing *s, Py_ssize_t n, const char *prev, EVP_MD_CTX *const *pads,
@@ -259,9 +261,9 @@ takes(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
  * record; dumps(value, option=option) is the payload serialiser (orjson.dumps); key:
  * None (SHA-256 of the payload) or bytes (HMAC-SHA256).
  *
- * Three phases: with the GIL, each record's row and its payload and personal JSON
- * (placeholders where the hashes go); without it, the chain of hashes (OpenSSL);
- * with it again, the hashes into the rows and the PreparedRecords. A payload whose
+ * Three phases: each record's row and its payload and personal JSON (placeholders where
+ * the hashes go); the chain of hashes (OpenSSL); the hashes into the rows and the
+ * PreparedRecords. A payload whose
  * placeholders are not where they must be raises TypeError (the caller then seals
  * record by record).
  */
@@ -461,10 +463,7 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (key != Py_None && !hmac_pads(key, pads)) {
         goto fail;
     }
-    int ok;
-    Py_BEGIN_ALLOW_THREADS
-    ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, texts_of.data);
-    Py_END_ALLOW_THREADS
+    int ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, texts_of.data);
     if (!ok) {
         PyErr_SetString(PyExc_RuntimeError, "seal_plain: OpenSSL failed to hash");
         goto fail;
