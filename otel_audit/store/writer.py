@@ -4,9 +4,11 @@ Each dialect gets its fastest idempotent bulk path:
 
 * SQLite: multi-row ``INSERT OR IGNORE`` statements straight through the driver (WAL
   mode, ``synchronous=NORMAL``, a busy timeout);
-* PostgreSQL (psycopg 3): ``COPY ... FROM STDIN`` straight into the table; if the batch
-  collides with rows already stored (a replay), it is copied into a temporary staging
-  table and merged with ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``;
+* PostgreSQL (psycopg 3): ``COPY ... FROM STDIN`` straight into the table (the COPY
+  text made by the pipeline's worker and sent, where the compiled ``_pqcopy`` is built,
+  through psycopg's own libpq connection with one GIL release for the batch); if the
+  batch collides with rows already stored (a replay), it is copied into a temporary
+  staging table and merged with ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``;
 * anything else SQLAlchemy speaks: a batched ``INSERT`` of the IDs not yet present.
 
 Replaying a batch therefore never duplicates a row. Rows go in the chain's layout
@@ -21,6 +23,7 @@ import functools
 import logging
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
@@ -179,11 +182,59 @@ def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:
 
 _COPY = f"COPY audit_trails ({_COLUMN_LIST}) FROM STDIN"
 
+_COPY_COMMAND = _COPY.encode()
+
 _copy_text: Callable[[list[tuple[Any, ...]]], bytes] | None
 try:  # the compiled COPY text encoder (optional: built where a C compiler is)
     from .._speedups import copy_text as _copy_text
 except ImportError:  # pragma: no cover - depends on the build
     _copy_text = None
+
+#: ``copy_in(pgconn_ptr, command, data, busy) -> None or (sqlstate or None, message)``
+CopyIn = Callable[[int, bytes, bytes, bytearray | None], tuple[str | None, str] | None]
+
+
+@functools.cache
+def _pq_copy_in() -> CopyIn | None:
+    """The compiled COPY (``otel_audit._pqcopy``) bound to the libpq psycopg loaded, or
+    None where it is not built or that libpq cannot be found.
+
+    psycopg's own COPY comes back for the GIL at each step of the protocol, and each
+    time waits for a busy thread's switch interval; this one lets go of it once.
+    """
+    try:
+        from .. import _pqcopy
+    except ImportError:  # pragma: no cover - depends on the build
+        return None
+    try:
+        from psycopg import pq
+
+        if pq.__impl__ == "python":  # ctypes: the library it opened
+            from psycopg.pq import _pq_ctypes
+
+            path = _pq_ctypes.pq._name  # type: ignore[attr-defined]
+        else:  # the compiled module that links libpq
+            path = sys.modules[pq.PGconn.__module__].__file__
+        _pqcopy.bind(path)
+    except (ImportError, AttributeError, OSError, TypeError) as exc:
+        logger.debug("compiled COPY unavailable, using psycopg's: %s", exc)
+        return None
+    return _pqcopy.copy_in
+
+
+def _copy_failure(sqlstate: str | None, message: str) -> Exception:
+    """The psycopg error of a failed compiled COPY (classified like psycopg's own)."""
+    import psycopg
+    from psycopg import errors
+
+    if sqlstate is None:  # the connection failed
+        return psycopg.OperationalError(message)
+    try:
+        return errors.lookup(sqlstate)(message)
+    except KeyError:
+        exc = psycopg.DatabaseError(message)
+        exc.sqlstate = sqlstate
+        return exc
 
 # SQLite binds at most 32,766 parameters per statement (999 before 3.32)
 _SQLITE_MAX_PARAMS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
@@ -239,6 +290,12 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._bulk: Connection | None = None  # see _bulk_connection()
         self._bulk_lock = threading.Lock()
+        #: Where a write reports being in the driver without the GIL (first byte 1), or
+        #: None where the driver does not tell (see :attr:`busy`).
+        self.busy: bytearray | None = None
+        if (self.dialect == "postgresql" and self.engine.driver == "psycopg"
+                and _copy_text is not None and _pq_copy_in() is not None):
+            self.busy = bytearray(1)
 
     # ----------------------------------------------------------------- schema
 
@@ -372,12 +429,18 @@ class StoreWriter:
         with self._bulk_lock:
             try:
                 dbapi = self._bulk_connection()
-                with dbapi.cursor() as cursor, cursor.copy(_COPY) as copy:
-                    if encoded is not None:
-                        copy.write(encoded)  # rows already in COPY text form
-                    else:
-                        for prepared in batch:
-                            copy.write_row(store_row(prepared))
+                copy_in = _pq_copy_in()
+                if copy_in is not None and encoded is not None:  # COPY text, one GIL release
+                    failure = copy_in(dbapi.pgconn.pgconn_ptr, _COPY_COMMAND, encoded, self.busy)
+                    if failure is not None:
+                        raise _copy_failure(*failure)
+                else:
+                    with dbapi.cursor() as cursor, cursor.copy(_COPY) as copy:
+                        if encoded is not None:
+                            copy.write(encoded)  # rows already in COPY text form
+                        else:
+                            for prepared in batch:
+                                copy.write_row(store_row(prepared))
             except SQLAlchemyError:
                 self._drop_bulk()
                 raise

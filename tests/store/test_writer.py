@@ -1,18 +1,24 @@
-"""Store writers: idempotent replay, the generic path, permanent errors, schema checks."""
+"""Store writers: idempotent replay, the generic path, permanent errors, schema checks,
+the compiled COPY."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from otel_audit import AuditTrail, StoreError
 from otel_audit.record import AuditRecord, normalise
+from otel_audit.store import writer as writer_module
 from otel_audit.store.reader import query_records
 from otel_audit.store.schema import audit_trails
 from otel_audit.store.writer import PreparedRecord, StoreWriter, _python_sqlite_params
@@ -183,3 +189,140 @@ def test_sqlite_params_leave_out_columns_null_in_every_row(speedups: Any) -> Non
     assert speedups.sqlite_params(rows) == ((0, 2), ["a", 1, "b", None, "c", 3])
     with pytest.raises(ValueError, match="different lengths"):
         speedups.sqlite_params([("a",), ("b", "c")])
+
+
+# ------------------------------------------------- the compiled COPY (otel_audit._pqcopy)
+# psycopg's own libpq, one GIL release a batch: it must store what psycopg's COPY stores,
+# classify failures alike (rejected: permanent; connection lost: transient, replaced),
+# merge a replay, and say while it runs without the GIL.
+
+
+@pytest.fixture
+def pqcopy() -> Any:
+    """The compiled COPY, bound to psycopg's libpq: a failure in CI, a skip where it was
+    not built (the writer then runs psycopg's COPY, which the other tests cover)."""
+    copy_in = writer_module._pq_copy_in()
+    if copy_in is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("otel_audit._pqcopy is not built or cannot find psycopg's libpq")
+        pytest.skip("otel_audit._pqcopy is not built (no C compiler at install)")
+    return copy_in
+
+
+def stored(writer: StoreWriter) -> list[tuple[Any, ...]]:
+    with writer.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(
+            select(audit_trails).order_by(audit_trails.c.id))]
+
+
+@pytest.mark.postgres
+def test_compiled_copy_stores_what_psycopg_copy_stores(
+        pg_url: str, pqcopy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    assert writer.busy is not None and writer.busy[0] == 0
+    tricky = "tab\there\nnew line\\back slash\r ключ ✓ \b\f\v"
+    batch = [p._replace(record=p.record._replace(resource_name=tricky, context={"k": tricky}))
+             for p in prepared(20)]
+    batch = [PreparedRecord(*normalise(p.record)) for p in batch]
+    encoded = writer.encode(batch)
+    assert encoded is not None
+    writer.write(batch, encoded=encoded)
+    compiled = stored(writer)
+    with writer.engine.begin() as conn:
+        conn.execute(text("TRUNCATE audit_trails"))
+    monkeypatch.setattr(writer_module, "_pq_copy_in", lambda: None)  # psycopg's COPY
+    writer.write(batch, encoded=encoded)
+    assert stored(writer) == compiled and len(compiled) == 20
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_a_replay_through_the_compiled_copy_is_merged(pg_url: str, pqcopy: Any) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    first, overlap = prepared(30), prepared(20, start=20)
+    writer.write(first, encoded=writer.encode(first))
+    writer.write(first, encoded=writer.encode(first))  # a full replay
+    writer.write(overlap, encoded=writer.encode(overlap))  # 10 stored + 10 new
+    assert count(writer) == 40
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_a_rejected_copy_is_permanent_and_the_connection_kept(pg_url: str, pqcopy: Any) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    batch = prepared(5)
+    with pytest.raises(StoreError) as rejected:
+        writer.write(batch, encoded=b"not\ta row of this table\n")
+    assert not rejected.value.transient
+    assert str(getattr(rejected.value.__cause__, "sqlstate", "")).startswith("22")
+    kept = writer._bulk
+    assert kept is not None  # a rejected batch says nothing against the connection
+    writer.write(batch, encoded=writer.encode(batch))
+    assert writer._bulk is kept and count(writer) == 5
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_a_lost_connection_is_transient_and_replaced(pg_url: str, pqcopy: Any) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    writer.write(prepared(5), encoded=writer.encode(prepared(5)))
+    assert writer._bulk is not None
+    pid = writer._bulk.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    with writer.engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    batch = prepared(5, start=5)
+    with pytest.raises(StoreError) as failed:
+        writer.write(batch, encoded=writer.encode(batch))
+    assert failed.value.transient and writer._bulk is None
+    assert isinstance(failed.value.__cause__, psycopg.OperationalError)
+    writer.write(batch, encoded=writer.encode(batch))  # a new connection, and the retry lands
+    assert count(writer) == 10
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_busy_is_set_while_the_copy_runs_without_the_gil(pg_url: str, pqcopy: Any) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    writer.write(prepared(1), encoded=writer.encode(prepared(1)))  # the connection is open
+    batch = prepared(10, start=1)
+    encoded = writer.encode(batch)
+    assert writer.busy is not None
+    locker = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    locker.execute("LOCK TABLE audit_trails IN ACCESS EXCLUSIVE MODE")  # COPY waits on it
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            writer.write(batch, encoded=encoded)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not writer.busy[0] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert writer.busy[0] == 1 and thread.is_alive()  # waiting on the lock, in libpq
+    locker.rollback()  # the lock goes: the COPY commits
+    thread.join(10)
+    locker.close()
+    assert not errors and not thread.is_alive()
+    assert writer.busy[0] == 0 and count(writer) == 11
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_copy_in_refuses_what_it_cannot_use(pg_url: str, pqcopy: Any) -> None:
+    conn = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    conn.execute("SELECT 1")  # not autocommit: a transaction is open
+    with pytest.raises(ValueError, match="not idle"):
+        pqcopy(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN", b"", None)
+    conn.rollback()
+    with pytest.raises(TypeError):
+        pqcopy(conn.pgconn.pgconn_ptr, "COPY audit_trails (id) FROM STDIN", b"", None)
+    with pytest.raises(TypeError, match="bytearray"):
+        pqcopy(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN", b"", bytearray())
+    conn.close()
+    with pytest.raises(TypeError):  # a closed connection has no pointer
+        pqcopy(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN", b"", None)
