@@ -140,15 +140,20 @@ class _StoreStage:
     Two threads that both want the GIL hand it over slowly: a thread coming back from
     the database waits for the other to be preempted (the 5 ms switch interval). So the
     worker calls :meth:`pause` between chunks of a batch, which lets a store thread
-    back in. A pause costs tens of microseconds (the sleep's timer slack). While the
-    store is the slower stage (the worker had to wait for room: PostgreSQL, whose
-    driver comes back for the GIL between the steps of a COPY), the worker has that
-    time to spare and pauses after every chunk. Otherwise (SQLite: one call to the
-    database per batch, quicker than the worker's share) it pauses only once the job
-    is likely back: no sooner after its start than the quickest of the recent jobs took.
+    back in. A pause costs tens of microseconds (the sleep's timer slack), but while the
+    application's threads are busy in Python it hands them the GIL for their switch
+    interval too, so the worker pauses only when the store thread likely wants it.
+    Where the writer says when it is in the driver without the GIL (``busy``: the
+    compiled PostgreSQL COPY), that is exactly when the job is running and out of the
+    driver. Otherwise: while the store is the slower stage (the worker had to wait for
+    room: psycopg's own COPY comes back for the GIL between its steps), after every
+    chunk; else (SQLite: one call to the database per batch, quicker than the worker's
+    share) only once the job is likely back: no sooner after its start than the
+    quickest of the recent jobs took.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, busy: bytearray | None = None) -> None:
+        self._busy = busy  # the writer's "in the driver without the GIL" byte, if it has one
         self._cond = threading.Condition(threading.Lock())
         self._waiting: Callable[[], None] | None = None  # sealed, behind the running job
         self._running = False
@@ -183,9 +188,15 @@ class _StoreStage:
     def pause(self) -> None:
         """Let the store thread have the GIL if it is likely waiting for it: a job about
         to start, or one probably back from the database."""
-        if (self._waiting is not None and not self._running) or (
-                self._running and (self._eager or time.perf_counter() >= self._back_at)):
+        if self._waiting is not None and not self._running:
             time.sleep(0)
+        elif self._running:
+            busy = self._busy
+            if busy is not None:
+                if not busy[0]:  # not in the driver: it has the GIL or waits for it
+                    time.sleep(0)
+            elif self._eager or time.perf_counter() >= self._back_at:
+                time.sleep(0)
 
     def _idle(self) -> bool:
         return self._waiting is None and not self._running
@@ -283,7 +294,7 @@ class BatchPipeline:
         self._write_lock = threading.RLock()
         self._state_lock = threading.Lock()
         self._worker: threading.Thread | None = None
-        self._store = _StoreStage()
+        self._store = _StoreStage(getattr(self.writer, "busy", None))
         self._busy = 0  # batches taken off the queue and not yet committed (or spooled)
         self._closed = False
         self._drained = 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+from otel_audit.pipeline import batch as batch_module
 from otel_audit.pipeline.batch import _StoreStage
 
 
@@ -75,4 +78,32 @@ def test_a_failing_job_does_not_stop_the_stage() -> None:
     stage.run(lambda: done.append(1))
     stage.wait()
     assert done == [1]
+    stage.stop()
+
+
+def test_pause_lets_go_only_when_the_store_thread_wants_the_gil(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the writer's busy byte, the worker pauses while a job runs only when that
+    job is out of the driver (it holds or waits for the GIL), never while it is in it."""
+    busy = bytearray(1)
+    stage = _StoreStage(busy)
+    release, started = threading.Event(), threading.Event()
+
+    def job() -> None:
+        started.set()
+        release.wait(5)
+
+    stage.run(job)
+    assert started.wait(5)
+    sleeps: list[float] = []
+    monkeypatch.setattr(batch_module.time, "sleep", sleeps.append)
+    busy[0] = 1  # in the driver without the GIL: no pause
+    stage.pause()
+    assert sleeps == []
+    busy[0] = 0  # back in Python: pause
+    stage.pause()
+    assert sleeps == [0]
+    monkeypatch.undo()
+    release.set()
+    stage.wait()
     stage.stop()
