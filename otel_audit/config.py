@@ -99,8 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest a record waits before its batch is written (seconds as keyword, "
             "milliseconds in the environment)."),
     Setting("queue_size", "OTEL_AUDIT_QUEUE_SIZE", 65536, int,
-            "Records held in memory before the queue counts as full (besides up to three "
-            "batches out of it: one committing, one sealed behind it, one being prepared)."),
+            "Records held in memory before the queue counts as full (besides up to six "
+            "batches out of it: one committing, up to four sealed behind it, one being "
+            "prepared)."),
     Setting("queue_full_timeout", "OTEL_AUDIT_QUEUE_FULL_TIMEOUT_MS", 0.1, _ms_to_seconds,
             "How long `record()` waits for room in a full queue before the overflow policy "
             "applies."),

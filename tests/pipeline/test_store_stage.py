@@ -107,3 +107,27 @@ def test_pause_lets_go_only_when_the_store_thread_wants_the_gil(
     release.set()
     stage.wait()
     stage.stop()
+
+
+def test_up_to_depth_jobs_wait_behind_the_running_one() -> None:
+    stage = _StoreStage(depth=3)
+    release, started = threading.Event(), threading.Event()
+    done: list[int] = []
+
+    def first() -> None:
+        started.set()
+        release.wait(5)
+
+    stage.run(first)
+    assert started.wait(5)
+    for n in range(3):  # three wait without blocking the caller
+        stage.run(lambda n=n: done.append(n))
+    fifth = threading.Thread(target=stage.run, args=(lambda: done.append(3),))
+    fifth.start()
+    fifth.join(0.2)
+    assert fifth.is_alive()  # the fourth waiting job blocks until one is taken
+    release.set()
+    fifth.join(5)
+    stage.wait()
+    assert done == [0, 1, 2, 3]
+    stage.stop()
