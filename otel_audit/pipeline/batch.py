@@ -169,7 +169,7 @@ class _StoreStage:
         self._eager = True  # the worker waited for room: pause after every chunk
 
     def run(self, job: Callable[[], None]) -> None:
-        """Queue ``job`` behind the running one (blocks while another is waiting)."""
+        """Queue ``job`` behind the running one (blocks while ``depth`` jobs are waiting)."""
         with self._cond:
             if len(self._waiting) >= self._depth:
                 waiting = time.perf_counter()

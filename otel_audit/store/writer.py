@@ -290,8 +290,8 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._bulk: Connection | None = None  # see _bulk_connection()
         self._bulk_lock = threading.Lock()
-        #: Where a write reports being in the driver without the GIL (first byte 1), or
-        #: None where the driver does not tell (see :attr:`busy`).
+        #: First byte 1 while a write is in the driver without the GIL (the compiled
+        #: PostgreSQL COPY sets and clears it); None where the driver does not tell.
         self.busy: bytearray | None = None
         if (self.dialect == "postgresql" and self.engine.driver == "psycopg"
                 and _copy_text is not None and _pq_copy_in() is not None):
