@@ -256,9 +256,9 @@ def test_full_queue_waits_then_drops_loudly(caplog: pytest.LogCaptureFixture) ->
     trail = AuditTrail("postgresql://postgres@127.0.0.1:1/none", queue_size=10,
                        queue_full_timeout=0.01, retry_max_backoff=0.05,
                        spool_max_bytes=0)  # no spool to spill to
-    # up to three batches are out of the queue (one writing, one sealed behind it, one
-    # being prepared)
-    for i in range(60):
+    # up to six batches of at most ten are out of the queue (one writing, four sealed
+    # behind it, one being prepared): 70 records fit, the rest must be dropped
+    for i in range(120):
         trail.record("READ", user_id="u", resource_id=str(i))
     stats = trail.stats()
     assert stats.dropped > 0
