@@ -263,9 +263,8 @@ takes(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
  *
  * Three phases: each record's row and its payload and personal JSON (placeholders where
  * the hashes go); the chain of hashes (OpenSSL); the hashes into the rows and the
- * PreparedRecords. A payload whose
- * placeholders are not where they must be raises TypeError (the caller then seals
- * record by record).
+ * PreparedRecords. A payload whose placeholders are not where they must be raises
+ * TypeError (the caller then seals record by record).
  */
 static PyObject *
 seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
