@@ -11,6 +11,11 @@
  * The connection must be idle and in autocommit mode: the batch is one COPY, which is
  * its own transaction. A failure comes back as the server's SQLSTATE and message (or a
  * connection error, without SQLSTATE).
+ *
+ * ``Copier`` goes one step further: batches handed to it are sent one after the other,
+ * in order, by a thread of its own that never takes the GIL, so the server goes from one
+ * batch to the next without waiting for a Python thread to be scheduled. The first
+ * failure halts it: the batches queued behind the failed one are given back unsent.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,6 +23,8 @@
 #include <poll.h>
 #include <errno.h>
 #include <string.h>
+#include <pthread.h>
+#include <unistd.h>
 
 typedef struct pg_conn PGconn;
 typedef struct pg_result PGresult;
@@ -187,6 +194,10 @@ static int
 copy_one(PGconn *conn, const char *command, const char *data, Py_ssize_t len, failure *f)
 {
     int broken = 0;
+    if (pq.status(conn) != CONNECTION_OK || pq.transactionStatus(conn) != PQTRANS_IDLE) {
+        fail(f, NULL, "the connection is not idle");
+        return -1;
+    }
     if (!pq.sendQuery(conn, command) || flush_all(conn, f) < 0) {
         fail_conn(f, conn);
         return -1;
@@ -241,6 +252,17 @@ copy_one(PGconn *conn, const char *command, const char *data, Py_ssize_t len, fa
     }
     drain(conn, f, &broken);
     return f->message != NULL ? -1 : 0;
+}
+
+/* None for no failure, else (sqlstate or None, message). */
+static PyObject *
+failure_value(const failure *f)
+{
+    if (f->message == NULL) {
+        Py_RETURN_NONE;
+    }
+    return f->sqlstate[0] ? Py_BuildValue("(ss)", f->sqlstate, f->message)
+                          : Py_BuildValue("(Os)", Py_None, f->message);
 }
 
 /* copy_in(conn, command, data[, busy]) -> None or (sqlstate or None, message)
@@ -306,14 +328,402 @@ copy_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (busy != NULL) {
         PyBuffer_Release(&view);
     }
-    if (f.message == NULL) {
-        Py_RETURN_NONE;
-    }
-    PyObject *result = f.sqlstate[0] ? Py_BuildValue("(ss)", f.sqlstate, f.message)
-                                     : Py_BuildValue("(Os)", Py_None, f.message);
+    PyObject *result = failure_value(&f);
     free(f.message);
     return result;
 }
+
+/* ------------------------------------------------------------------ Copier, Ticket */
+
+enum { T_QUEUED, T_RUNNING, T_DONE, T_CANCELLED };
+
+typedef struct Copier Copier;
+
+/* One batch handed to a Copier: its data, its place in the queue, its outcome. */
+typedef struct Ticket {
+    PyObject_HEAD
+    Copier *owner;        /* strong */
+    PyObject *command;    /* bytes, strong: read by the copier's thread without the GIL */
+    PyObject *data;       /* bytes, strong */
+    PGconn *conn;
+    int state;            /* under owner->mu */
+    failure f;            /* set by the copier's thread before state becomes T_DONE */
+    struct Ticket *next;  /* in the owner's queue or its finished list */
+} Ticket;
+
+struct Copier {
+    PyObject_HEAD
+    pthread_mutex_t mu;
+    pthread_cond_t cv;    /* broadcast whenever a ticket finishes or the queue changes */
+    pthread_t thread;
+    int started, stopping, halted;
+    pid_t pid;            /* the process that owns the thread (a fork's child does not) */
+    Ticket *head, *tail;  /* queued, in order; each holds a reference owned by the queue */
+    Ticket *running;
+    Ticket *finished;     /* done or cancelled: the queue's references, to release */
+    Py_ssize_t pending;   /* queued + running */
+};
+
+static PyTypeObject TicketType;
+static PyTypeObject CopierType;
+
+/* Move ``t`` to the finished list (under mu). */
+static void
+finish(Copier *c, Ticket *t, int state)
+{
+    t->state = state;
+    t->next = c->finished;
+    c->finished = t;
+}
+
+/* Cancel every queued ticket (under mu). */
+static void
+cancel_queued(Copier *c)
+{
+    while (c->head != NULL) {
+        Ticket *t = c->head;
+        c->head = t->next;
+        c->pending--;
+        finish(c, t, T_CANCELLED);
+    }
+    c->tail = NULL;
+}
+
+static void *
+copier_main(void *arg)
+{
+    Copier *c = (Copier *)arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (c->head == NULL && !c->stopping) {
+            pthread_cond_wait(&c->cv, &c->mu);
+        }
+        if (c->head == NULL) {
+            break;
+        }
+        Ticket *t = c->head;
+        c->head = t->next;
+        if (c->head == NULL) {
+            c->tail = NULL;
+        }
+        t->state = T_RUNNING;
+        c->running = t;
+        pthread_mutex_unlock(&c->mu);
+        copy_one(t->conn, PyBytes_AS_STRING(t->command), PyBytes_AS_STRING(t->data),
+                 PyBytes_GET_SIZE(t->data), &t->f);
+        pthread_mutex_lock(&c->mu);
+        c->running = NULL;
+        c->pending--;
+        finish(c, t, T_DONE);
+        if (t->f.message != NULL) {  /* halt: what follows must not overtake it */
+            c->halted = 1;
+            cancel_queued(c);
+        }
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* Release the queue's references to finished tickets (with the GIL). */
+static void
+release_finished(Copier *c)
+{
+    pthread_mutex_lock(&c->mu);
+    Ticket *t = c->finished;
+    c->finished = NULL;
+    pthread_mutex_unlock(&c->mu);
+    while (t != NULL) {
+        Ticket *next = t->next;
+        t->next = NULL;
+        Py_DECREF(t);
+        t = next;
+    }
+}
+
+static int
+foreign(Copier *c)
+{
+    return c->pid != getpid();
+}
+
+/* Wait without the GIL until ``done(c)`` holds. */
+static void
+wait_until(Copier *c, int (*done)(Copier *, void *), void *arg)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
+    while (!done(c, arg)) {
+        pthread_cond_wait(&c->cv, &c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
+    Py_END_ALLOW_THREADS
+}
+
+static int
+is_idle(Copier *c, void *arg)
+{
+    (void)arg;
+    return c->pending == 0;
+}
+
+static int
+not_running(Copier *c, void *arg)
+{
+    (void)arg;
+    return c->running == NULL;
+}
+
+static int
+ticket_finished(Copier *c, void *arg)
+{
+    (void)c;
+    return ((Ticket *)arg)->state >= T_DONE;
+}
+
+static PyObject *
+Copier_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Copier() takes no arguments");
+        return NULL;
+    }
+    Copier *c = (Copier *)type->tp_alloc(type, 0);
+    if (c == NULL) {
+        return NULL;
+    }
+    if (pthread_mutex_init(&c->mu, NULL) != 0 || pthread_cond_init(&c->cv, NULL) != 0) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_OSError, "cannot initialise the copier's lock");
+        return NULL;
+    }
+    c->pid = getpid();
+    return (PyObject *)c;
+}
+
+static void
+Copier_dealloc(Copier *c)
+{
+    /* tickets hold their copier: by now nothing is queued, running or finished */
+    if (!foreign(c)) {
+        if (c->started) {
+            pthread_mutex_lock(&c->mu);
+            c->stopping = 1;
+            pthread_cond_broadcast(&c->cv);
+            pthread_mutex_unlock(&c->mu);
+            Py_BEGIN_ALLOW_THREADS
+            pthread_join(c->thread, NULL);
+            Py_END_ALLOW_THREADS
+        }
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+    }  /* in a fork's child the lock may have been held at fork time: leave it alone */
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* submit(conn, command, data, resume=False) -> Ticket or None */
+static PyObject *
+Copier_submit(Copier *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "submit() takes 3 or 4 arguments");
+        return NULL;
+    }
+    if (!bound) {
+        PyErr_SetString(PyExc_RuntimeError, "libpq is not bound: call bind() first");
+        return NULL;
+    }
+    if (!PyLong_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "submit() takes an int and two bytes");
+        return NULL;
+    }
+    int resume = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
+    if (resume < 0) {
+        return NULL;
+    }
+    PGconn *conn = (PGconn *)PyLong_AsVoidPtr(args[0]);
+    if (conn == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "the connection is closed");
+        }
+        return NULL;
+    }
+    if (foreign(c)) {
+        Py_RETURN_NONE;  /* a fork's child: its parent's copier does not run here */
+    }
+    release_finished(c);
+    Ticket *t = PyObject_New(Ticket, &TicketType);
+    if (t == NULL) {
+        return NULL;
+    }
+    Py_INCREF(c);
+    t->owner = c;
+    Py_INCREF(args[1]);
+    t->command = args[1];
+    Py_INCREF(args[2]);
+    t->data = args[2];
+    t->conn = conn;
+    t->state = T_QUEUED;
+    t->f.sqlstate[0] = '\0';
+    t->f.message = NULL;
+    t->next = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (c->halted && !resume) {
+        pthread_mutex_unlock(&c->mu);
+        Py_DECREF(t);
+        Py_RETURN_NONE;
+    }
+    if (!c->started) {
+        if (pthread_create(&c->thread, NULL, copier_main, c) != 0) {
+            pthread_mutex_unlock(&c->mu);
+            Py_DECREF(t);
+            Py_RETURN_NONE;  /* no thread: the caller writes the batch itself */
+        }
+        c->started = 1;
+    }
+    c->halted = 0;
+    Py_INCREF(t);  /* the queue's reference */
+    if (c->tail != NULL) {
+        c->tail->next = t;
+    } else {
+        c->head = t;
+    }
+    c->tail = t;
+    c->pending++;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return (PyObject *)t;
+}
+
+/* halt(): cancel what is queued, wait for the running batch, refuse batches until a
+ * submit(..., resume=True). */
+static PyObject *
+Copier_halt(Copier *c, PyObject *Py_UNUSED(arg))
+{
+    if (!foreign(c)) {
+        pthread_mutex_lock(&c->mu);
+        c->halted = 1;
+        cancel_queued(c);
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        wait_until(c, not_running, NULL);
+        release_finished(c);
+    }
+    Py_RETURN_NONE;
+}
+
+/* settle(): wait until every batch handed over is done (or cancelled). */
+static PyObject *
+Copier_settle(Copier *c, PyObject *Py_UNUSED(arg))
+{
+    if (!foreign(c)) {
+        wait_until(c, is_idle, NULL);
+        release_finished(c);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Copier_get_halted(Copier *c, void *Py_UNUSED(closure))
+{
+    if (foreign(c)) {
+        Py_RETURN_TRUE;
+    }
+    pthread_mutex_lock(&c->mu);
+    int halted = c->halted;
+    pthread_mutex_unlock(&c->mu);
+    return PyBool_FromLong(halted);
+}
+
+static PyObject *
+Copier_get_pending(Copier *c, void *Py_UNUSED(closure))
+{
+    if (foreign(c)) {
+        return PyLong_FromLong(0);
+    }
+    pthread_mutex_lock(&c->mu);
+    Py_ssize_t pending = c->pending;
+    pthread_mutex_unlock(&c->mu);
+    return PyLong_FromSsize_t(pending);
+}
+
+static PyMethodDef Copier_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))Copier_submit, METH_FASTCALL,
+     "Queue a batch (as copy_in takes it); a Ticket, or None while halted."},
+    {"halt", (PyCFunction)Copier_halt, METH_NOARGS,
+     "Cancel the queued batches, wait for the running one, refuse new ones."},
+    {"settle", (PyCFunction)Copier_settle, METH_NOARGS,
+     "Wait until every batch handed over is done or cancelled."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Copier_getset[] = {
+    {"halted", (getter)Copier_get_halted, NULL,
+     "Whether a failure (or halt()) stopped it: submit() refuses until resumed.", NULL},
+    {"pending", (getter)Copier_get_pending, NULL, "Batches queued or running.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CopierType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "otel_audit._pqcopy.Copier",
+    .tp_basicsize = sizeof(Copier),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Sends batches of COPY text in order on a thread of its own, without the GIL.",
+    .tp_new = Copier_new,
+    .tp_dealloc = (destructor)Copier_dealloc,
+    .tp_methods = Copier_methods,
+    .tp_getset = Copier_getset,
+};
+
+static void
+Ticket_dealloc(Ticket *t)
+{
+    Py_XDECREF(t->command);
+    Py_XDECREF(t->data);
+    Py_XDECREF(t->owner);
+    free(t->f.message);
+    PyObject_Free(t);
+}
+
+/* wait() -> None (committed), (sqlstate or None, message) (failed) or False (cancelled:
+ * never sent) */
+static PyObject *
+Ticket_wait(Ticket *t, PyObject *Py_UNUSED(arg))
+{
+    Copier *c = t->owner;
+    if (foreign(c)) {
+        Py_RETURN_FALSE;
+    }
+    pthread_mutex_lock(&c->mu);
+    int finished = t->state >= T_DONE;
+    pthread_mutex_unlock(&c->mu);
+    if (!finished) {
+        wait_until(c, ticket_finished, t);
+    }
+    release_finished(c);
+    if (t->state == T_CANCELLED) {
+        Py_RETURN_FALSE;
+    }
+    return failure_value(&t->f);
+}
+
+static PyMethodDef Ticket_methods[] = {
+    {"wait", (PyCFunction)Ticket_wait, METH_NOARGS,
+     "Wait for the batch: None once committed, (sqlstate, message) if it failed, "
+     "False if it was cancelled unsent."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TicketType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "otel_audit._pqcopy.Ticket",
+    .tp_basicsize = sizeof(Ticket),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One batch handed to a Copier.",
+    .tp_dealloc = (destructor)Ticket_dealloc,
+    .tp_methods = Ticket_methods,
+};
 
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)bind, METH_O,
@@ -332,5 +742,17 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__pqcopy(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&CopierType) < 0 || PyType_Ready(&TicketType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Copier", (PyObject *)&CopierType) < 0
+        || PyModule_AddObjectRef(m, "Ticket", (PyObject *)&TicketType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }
