@@ -6,9 +6,11 @@ Each dialect gets its fastest idempotent bulk path:
   mode, ``synchronous=NORMAL``, a busy timeout);
 * PostgreSQL (psycopg 3): ``COPY ... FROM STDIN`` straight into the table (the COPY
   text made by the pipeline's worker and sent, where the compiled ``_pqcopy`` is built,
-  through psycopg's own libpq connection with one GIL release for the batch); if the
-  batch collides with rows already stored (a replay), it is copied into a temporary
-  staging table and merged with ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``;
+  through psycopg's own libpq connection with one GIL release for the batch, or handed
+  ahead to the writer's copier thread, which sends batches one after the other without
+  the GIL: :meth:`StoreWriter.send_ahead`); if the batch collides with rows already
+  stored (a replay), it is copied into a temporary staging table and merged with
+  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``;
 * anything else SQLAlchemy speaks: a batched ``INSERT`` of the IDs not yet present.
 
 Replaying a batch therefore never duplicates a row. Rows go in the chain's layout
@@ -27,7 +29,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import URL
@@ -45,7 +47,9 @@ from ..errors import ConfigError, StoreError
 from ..record import JSON_FIELDS, AuditRecord
 from .schema import ROW_COLUMNS, audit_trails
 
-__all__ = ["PreparedRecord", "StoreWriter", "chain_row", "create_store_engine", "store_row"]
+__all__ = [
+    "Ahead", "PreparedRecord", "StoreWriter", "chain_row", "create_store_engine", "store_row",
+]
 
 logger = logging.getLogger("otel_audit.store")
 
@@ -194,6 +198,13 @@ except ImportError:  # pragma: no cover - depends on the build
 CopyIn = Callable[[int, bytes, bytes, bytearray | None], tuple[str | None, str] | None]
 
 
+class Ahead(Protocol):
+    """A batch handed to the writer's copier thread (:meth:`StoreWriter.send_ahead`)."""
+
+    def wait(self) -> tuple[str | None, str] | bool | None:
+        """None once committed, ``(sqlstate, message)`` if it failed, False if unsent."""
+
+
 @functools.cache
 def _pq_copy_in() -> CopyIn | None:
     """The compiled COPY (``otel_audit._pqcopy``) bound to the libpq psycopg loaded, or
@@ -293,6 +304,9 @@ class StoreWriter:
         #: First byte 1 while a write is in the driver without the GIL (the compiled
         #: PostgreSQL COPY sets and clears it); None where the driver does not tell.
         self.busy: bytearray | None = None
+        #: Sends batches handed over by :meth:`send_ahead`, in order, on its own thread
+        #: (the compiled PostgreSQL COPY); created with the kept connection.
+        self._copier: Any = None
         if (self.dialect == "postgresql" and self.engine.driver == "psycopg"
                 and _copy_text is not None and _pq_copy_in() is not None):
             self.busy = bytearray(1)
@@ -337,6 +351,58 @@ class StoreWriter:
         except TypeError:
             return None
 
+    def sends_ahead(self) -> bool:
+        """Whether :meth:`send_ahead` may take batches: PostgreSQL with the compiled COPY,
+        and :meth:`write` not replaced (a subclass or a wrapper of it sees every batch)."""
+        return (self.busy is not None and type(self).write is _STOCK_WRITE
+                and "write" not in vars(self))
+
+    def send_ahead(self, encoded: bytes, *, resume: bool = False) -> Ahead | None:
+        """Hand a batch's COPY text (what :meth:`encode` made) to the copier thread.
+
+        The copier sends the batches handed to it one after the other, in order, on a
+        thread that never waits for the GIL: the server goes from one batch to the next
+        while Python threads are busy. Pass the ticket to :meth:`landed` for the
+        outcome. The first failure halts the copier: the batches behind the failed one
+        come back unsent, and it refuses new ones until ``resume`` (pass it only once
+        every batch handed over before has been dealt with, or order is lost).
+
+        None where it cannot take the batch (not :meth:`sends_ahead`, halted, the store
+        unreachable): write it with :meth:`write`.
+        """
+        if not self.sends_ahead():
+            return None
+        with self._bulk_lock:  # the connection is not dropped while a batch is handed over
+            try:
+                self.ensure_schema()
+                dbapi = self._bulk_connection()
+            except (StoreError, SQLAlchemyError, OSError):
+                return None  # the write that follows reports it
+            ahead: Ahead | None = self._copier.submit(
+                dbapi.pgconn.pgconn_ptr, _COPY_COMMAND, encoded, resume)
+            return ahead
+
+    def landed(self, batch: Sequence[PreparedRecord], ahead: Ahead) -> bool:
+        """Wait for a batch handed to :meth:`send_ahead`: True once committed, False if it
+        was never sent (write it with :meth:`write`). Raises :class:`StoreError` if it
+        failed, classified as :meth:`write` classifies it (a replayed batch that
+        collides with stored rows is merged, and has landed)."""
+        failure = ahead.wait()
+        if failure is None or failure is False:
+            return failure is None
+        assert isinstance(failure, tuple)
+        with self._bulk_lock:
+            try:
+                raise _copy_failure(*failure)
+            except Exception as exc:
+                if not _is_unique_violation(exc):
+                    raise self._postgres_error(exc) from exc
+            try:
+                self._merge_postgres(self._bulk_connection(), map(store_row, batch))
+            except (SQLAlchemyError, OSError) as exc:
+                raise StoreError(f"store write failed: {exc}") from exc
+        return True
+
     def write(self, batch: Sequence[PreparedRecord], *, encoded: bytes | None = None) -> None:
         """Write ``batch`` in one transaction. Raises :class:`StoreError` on failure.
 
@@ -376,10 +442,18 @@ class StoreWriter:
                 conn.close()
                 raise
             self._bulk = conn
+            if self.busy is not None and self._copier is None:
+                from .. import _pqcopy
+
+                self._copier = _pqcopy.Copier()
         return conn.connection.driver_connection
 
     def _drop_bulk(self) -> None:
-        """Forget the kept connection after a failure: the next batch opens a new one."""
+        """Forget the kept connection after a failure: the next batch opens a new one.
+
+        The copier stops first: batches queued on it come back unsent."""
+        if self._copier is not None:
+            self._copier.halt()
         conn, self._bulk = self._bulk, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -429,6 +503,8 @@ class StoreWriter:
         with self._bulk_lock:
             try:
                 dbapi = self._bulk_connection()
+                if self._copier is not None:
+                    self._copier.settle()  # batches handed over before go first
                 copy_in = _pq_copy_in()
                 if copy_in is not None and encoded is not None:  # COPY text, one GIL release
                     failure = copy_in(dbapi.pgconn.pgconn_ptr, _COPY_COMMAND, encoded, self.busy)
@@ -534,13 +610,19 @@ class StoreWriter:
             if self._bulk is not None:
                 _INHERITED.append(self._bulk)
                 self._bulk = None
+            if self._copier is not None:  # its thread runs in the parent only
+                _INHERITED.append(self._copier)
+                self._copier = None
             self._bulk_lock = threading.Lock()
             self._lock = threading.Lock()
         self.engine.dispose(close=close)
 
 
-#: Connections inherited across fork, kept referenced so the child never closes them.
-_INHERITED: list[Connection] = []
+#: Connections (and copiers) inherited across fork, kept referenced so the child never
+#: closes them.
+_INHERITED: list[Any] = []
+
+_STOCK_WRITE = StoreWriter.write
 
 
 def _wrap_dbapi_error(exc: Exception) -> StoreError:

@@ -197,18 +197,6 @@ def test_sqlite_params_leave_out_columns_null_in_every_row(speedups: Any) -> Non
 # merge a replay, and say while it runs without the GIL.
 
 
-@pytest.fixture
-def pqcopy() -> Any:
-    """The compiled COPY, bound to psycopg's libpq: a failure in CI, a skip where it was
-    not built (the writer then runs psycopg's COPY, which the other tests cover)."""
-    copy_in = writer_module._pq_copy_in()
-    if copy_in is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("otel_audit._pqcopy is not built or cannot find psycopg's libpq")
-        pytest.skip("otel_audit._pqcopy is not built (no C compiler at install)")
-    return copy_in
-
-
 def stored(writer: StoreWriter) -> list[tuple[Any, ...]]:
     with writer.engine.connect() as conn:
         return [tuple(row) for row in conn.execute(
@@ -326,3 +314,122 @@ def test_copy_in_refuses_what_it_cannot_use(pg_url: str, pqcopy: Any) -> None:
     conn.close()
     with pytest.raises(TypeError):  # a closed connection has no pointer
         pqcopy(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN", b"", None)
+
+
+# ------------------------------------------- the copier thread (StoreWriter.send_ahead)
+# batches handed over go out in order on a thread of the copier's own, without the GIL;
+# the first failure halts it and the batches behind come back unsent.
+
+
+def batches(n: int, size: int = 10, start: int = 0) -> list[list[PreparedRecord]]:
+    return [prepared(size, start=start + i * size) for i in range(n)]
+
+
+def locked(pg_url: str) -> psycopg.Connection[Any]:
+    """A connection holding a lock that makes every COPY into the table wait."""
+    locker = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    locker.execute("LOCK TABLE audit_trails IN SHARE MODE")  # reads go on
+    return locker
+
+
+@pytest.mark.postgres
+def test_the_copier_sends_what_it_is_handed_without_python(pg_url: str, pqcopy: Any) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    assert writer.sends_ahead()
+    writer.ensure_schema()
+    locker = locked(pg_url)
+    work = batches(4)
+    tickets = [writer.send_ahead(writer.encode(b) or b"") for b in work]
+    assert all(t is not None for t in tickets)
+    time.sleep(0.05)
+    assert writer._copier.pending == 4 and count(writer) == 0  # queued behind the lock
+    locker.rollback()  # from here the copier's thread alone commits them, in order
+    locker.close()
+    deadline = time.monotonic() + 10
+    while writer._copier.pending and time.monotonic() < deadline:
+        time.sleep(0.001)  # this thread never calls into the copier meanwhile
+    assert writer._copier.pending == 0 and count(writer) == 40
+    assert [writer.landed(b, t) for b, t in zip(work, tickets, strict=True)] == [True] * 4  # type: ignore[arg-type]
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_a_failed_batch_halts_the_copier_and_the_rest_come_back(pg_url: str, pqcopy: Any,
+                                                                ) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    writer.ensure_schema()
+    good, behind = batches(1), batches(2, start=100)
+    locker = locked(pg_url)  # all four are queued before the first runs
+    first = writer.send_ahead(writer.encode(good[0]) or b"")
+    bad = writer.send_ahead(b"not\ta row of this table\n")
+    rest = [writer.send_ahead(writer.encode(b) or b"") for b in behind]
+    locker.rollback()
+    locker.close()
+    assert first is not None and bad is not None and None not in rest
+    assert writer.landed(good[0], first) is True
+    with pytest.raises(StoreError) as rejected:
+        writer.landed(prepared(1, start=50), bad)
+    assert not rejected.value.transient and writer._bulk is not None
+    assert [writer.landed(b, t) for b, t in zip(behind, rest, strict=True)] == [False, False]  # type: ignore[arg-type]
+    assert writer._copier.halted and writer.send_ahead(writer.encode(behind[0]) or b"") is None
+    for batch in behind:  # what came back unsent is written as usual, in order
+        writer.write(batch, encoded=writer.encode(batch))
+    again = writer.send_ahead(writer.encode(prepared(5, start=200)) or b"", resume=True)
+    assert again is not None and writer.landed(prepared(5, start=200), again) is True
+    assert not writer._copier.halted and count(writer) == 10 + 20 + 5
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_a_replay_handed_to_the_copier_is_merged(pg_url: str, pqcopy: Any) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    writer.ensure_schema()
+    batch, overlap = prepared(30), prepared(20, start=20)
+    for b in (batch, batch, overlap):
+        ahead = writer.send_ahead(writer.encode(b) or b"", resume=True)
+        assert ahead is not None and writer.landed(b, ahead) is True
+    assert count(writer) == 40
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_a_lost_connection_fails_the_running_batch_and_hands_back_the_rest(
+        pg_url: str, pqcopy: Any) -> None:
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    writer.ensure_schema()
+    work = batches(3)
+    locker = locked(pg_url)
+    tickets = [writer.send_ahead(writer.encode(b) or b"") for b in work]
+    assert writer._bulk is not None
+    pid = writer._bulk.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    locker.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    locker.rollback()
+    locker.close()
+    with pytest.raises(StoreError) as failed:
+        writer.landed(work[0], tickets[0])  # type: ignore[arg-type]
+    assert failed.value.transient and writer._bulk is None  # dropped, to be replaced
+    assert [writer.landed(b, t) for b, t in zip(work[1:], tickets[1:], strict=True)] == [False, False]  # type: ignore[arg-type]
+    for batch in work:
+        writer.write(batch, encoded=writer.encode(batch))  # a new connection
+    assert count(writer) == 30
+    writer.dispose()
+
+
+@pytest.mark.postgres
+def test_only_the_stock_postgres_writer_sends_ahead(pg_url: str, sqlite_url: str,
+                                                    pqcopy: Any) -> None:
+    assert not StoreWriter(sqlite_url).sends_ahead()
+    assert StoreWriter(sqlite_url).send_ahead(b"x") is None
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    assert writer.sends_ahead()
+    real = writer.write
+    writer.write = lambda batch, **options: real(batch, **options)  # type: ignore[method-assign]
+    assert not writer.sends_ahead()  # a wrapped write() must see every batch
+    assert writer.send_ahead(b"x") is None
+
+    class Audited(StoreWriter):
+        def write(self, batch: Any, **options: Any) -> None:
+            super().write(batch, **options)
+
+    assert not Audited(pg_url).sends_ahead()
+    writer.dispose()
