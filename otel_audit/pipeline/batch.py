@@ -17,7 +17,9 @@ Work on the caller's thread in ``async`` mode (:meth:`BatchPipeline.submit`) is 
 ``append`` and a length check. Redaction, normalisation and chaining happen on the
 worker — before anything reaches the spool or journal — and the store write on a
 second thread (:class:`_StoreStage`): while the database commits batch *n*, the worker
-prepares batch *n + 1*. A batch in which nothing needs redacting or normalising is
+prepares batch *n + 1*. On PostgreSQL with the compiled COPY the worker also hands each
+batch's COPY text to the writer's copier thread, which sends batches in order without
+ever taking the GIL; the store thread then only collects each batch's outcome. A batch in which nothing needs redacting or normalising is
 checked column by column (C-level ``map``/``zip`` passes) rather than record by record.
 """
 
@@ -45,7 +47,7 @@ from ..errors import AuditWriteError, StoreError
 from ..metrics import PipelineMetrics
 from ..record import AuditRecord, normalise, plain_texts
 from ..redact import Redactor
-from ..store.writer import PreparedRecord, StoreWriter
+from ..store.writer import Ahead, PreparedRecord, StoreWriter
 from .journal import Journal
 from .spool import Spool
 
@@ -167,6 +169,9 @@ class _StoreStage:
         self._back_at = 0.0  # when the running job is likely back from the database
         self._recent: deque[float] = deque(maxlen=16)  # durations of recent jobs
         self._eager = True  # the worker waited for room: pause after every chunk
+        #: the last job's batch went to the writer's copier thread: the server is busy
+        #: with it (or what precedes it) whatever this thread does, so no pauses
+        self.ahead = False
 
     def run(self, job: Callable[[], None]) -> None:
         """Queue ``job`` behind the running one (blocks while ``depth`` jobs are waiting)."""
@@ -193,6 +198,8 @@ class _StoreStage:
     def pause(self) -> None:
         """Let the store thread have the GIL if it is likely waiting for it: a job about
         to start, or one probably back from the database."""
+        if self.ahead:
+            return
         if self._waiting and not self._running:
             time.sleep(0)
         elif self._running:
@@ -205,6 +212,11 @@ class _StoreStage:
 
     def _idle(self) -> bool:
         return not self._waiting and not self._running
+
+    def idle(self) -> bool:
+        """Whether no job is waiting or running."""
+        with self._cond:
+            return self._idle()
 
     def wait(self) -> None:
         """Return once no job is waiting or running."""
@@ -301,6 +313,7 @@ class BatchPipeline:
         self._worker: threading.Thread | None = None
         self._store = _StoreStage(getattr(self.writer, "busy", None), _STORE_DEPTH)
         self._busy = 0  # batches taken off the queue and not yet committed (or spooled)
+        self._unsent = 0  # batches the store stage writes itself, not yet done (see _send_ahead)
         self._closed = False
         self._drained = 0
         self._written = 0
@@ -674,7 +687,9 @@ class BatchPipeline:
                     prepared += part
                     self._store.pause()
                 encoded = self.writer.encode(prepared)  # the store thread only sends it
-                self._store.run(functools.partial(self._write_prepared, prepared, encoded))
+                ahead, unsent = self._send_ahead(prepared, encoded)
+                self._store.run(functools.partial(self._write_prepared, prepared, encoded, ahead,
+                                                  unsent))
             else:
                 self._done_busy()
             if markers:
@@ -713,25 +728,64 @@ class BatchPipeline:
         with contextlib.suppress(StoreError):
             self._seal(prepared)
 
+    def _send_ahead(self, prepared: list[PreparedRecord], encoded: bytes | None,
+                    ) -> tuple[Ahead | None, bool]:
+        """Hand the batch to the writer's copier thread if it takes batches (PostgreSQL
+        with the compiled COPY) and order allows: the copier sends what it is handed in
+        order, so not while a batch handed to the store stage without it is still to be
+        written, nor while the spool holds records, nor an unsealed batch (the store
+        stage seals it). After a failure halted the copier, it resumes only once the
+        store stage has dealt with every batch before. Returns the ticket (or None: the
+        store stage writes the batch itself) and whether the batch counts as unsent."""
+        writer = self.writer
+        if not writer.sends_ahead():
+            return None, False
+        ahead = None
+        if (encoded is not None and not self._unsent
+                and (self.spool is None or not self.spool.pending())
+                and (not self.sealers or None not in map(_SEQ, prepared))):
+            ahead = writer.send_ahead(encoded, resume=self._store.idle())
+        if ahead is None:
+            with self._state_lock:
+                self._unsent += 1
+        self._store.ahead = ahead is not None
+        return ahead, ahead is None
+
     def _write_prepared(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
-                        ) -> None:
+                        ahead: Ahead | None = None, unsent: bool = False) -> None:
         try:
-            self._write_batch(prepared, encoded)
+            self._write_batch(prepared, encoded, ahead)
         finally:
+            if unsent:
+                with self._state_lock:
+                    self._unsent -= 1
             self._done_busy()
 
     def _write_batch(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
-                     ) -> None:
+                     ahead: Ahead | None = None) -> None:
+        failed: StoreError | None = None
+        if ahead is not None:  # handed to the copier: committed, failed, or never sent
+            try:
+                with self._write_lock:
+                    started = time.perf_counter()
+                    if self.writer.landed(prepared, ahead):
+                        self._wrote(prepared, time.perf_counter() - started)
+                        return
+            except StoreError as exc:
+                failed = exc
         spool = self.spool
         # keep order: while records wait in the spool, new ones queue behind them
-        if spool is not None and spool.pending() and self._to_spool(prepared):
+        if failed is None and spool is not None and spool.pending() and self._to_spool(prepared):
             return
         attempt = 0
         while True:
             try:
+                if failed is not None:
+                    raise failed
                 self._write(prepared, encoded=encoded)
                 return
             except StoreError as exc:
+                failed = None
                 if not exc.transient:
                     self._write_one_by_one(prepared)
                     return
@@ -909,11 +963,15 @@ class BatchPipeline:
                 self.writer.write(prepared)
             else:
                 self.writer.write(prepared, encoded=encoded)
-            elapsed = time.perf_counter() - started
-            with self._state_lock:
-                self._written += len(prepared)
-                if replay:
-                    self._replayed += len(prepared)
+            self._wrote(prepared, time.perf_counter() - started, replay=replay)
+
+    def _wrote(self, prepared: list[PreparedRecord], elapsed: float, *,
+               replay: bool = False) -> None:
+        """Count a committed batch, then tell the journal and the post-write hooks."""
+        with self._state_lock:
+            self._written += len(prepared)
+            if replay:
+                self._replayed += len(prepared)
         self.metrics.written(len(prepared), elapsed)
         if replay:
             self.metrics.replayed(len(prepared))

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy import text
 
+from otel_audit import AuditTrail
 from otel_audit.pipeline import batch as batch_module
 from otel_audit.pipeline.batch import _StoreStage
+from otel_audit.integrity.verify import verify_trail
+
+KEY = "store-stage-key"
+
+
+def write_records(trail: AuditTrail, count: int, *, start: int = 0) -> None:
+    for i in range(start, start + count):
+        trail.record("UPDATE", user_id=f"user-{i % 4}", resource_type="tool",
+                     resource_id=f"tool-{i}", new_values={"n": i, "name": f"new-{i} é"})
+
+
+def verify(trail: AuditTrail) -> bool:
+    return verify_trail(trail.writer.engine, key=KEY.encode()).ok
 
 
 def test_jobs_run_one_at_a_time_in_order_on_the_store_thread() -> None:
@@ -131,3 +148,66 @@ def test_up_to_depth_jobs_wait_behind_the_running_one() -> None:
     stage.wait()
     assert done == [0, 1, 2, 3]
     stage.stop()
+
+
+# ------------------------------------- PostgreSQL: batches handed to the writer's copier
+
+
+def _backend_pid(trail: AuditTrail) -> int:
+    bulk = trail.writer._bulk
+    assert bulk is not None
+    return int(bulk.connection.driver_connection.info.backend_pid)  # type: ignore[union-attr]
+
+
+def _seq_in_commit_order(trail: AuditTrail) -> list[int]:
+    """The chain positions in the order their transactions wrote them (COPY and merge:
+    one transaction a batch, transaction IDs given out in order)."""
+    with trail.writer.engine.connect() as conn:
+        return [int(s) for s in conn.execute(text(
+            "SELECT seq FROM audit_trails ORDER BY xmin::text::bigint, seq")).scalars()]
+
+
+@pytest.mark.postgres
+def test_the_worker_hands_batches_to_the_copier(pg_url: str, pqcopy: Any) -> None:
+    trail = AuditTrail(pg_url, batch_size=50, hmac_key=KEY)
+    handed: list[object] = []
+    send_ahead = trail.writer.send_ahead
+
+    def spy(encoded: bytes, **options: Any) -> Any:
+        ahead = send_ahead(encoded, **options)
+        handed.append(ahead)
+        return ahead
+
+    trail.writer.send_ahead = spy  # type: ignore[method-assign]
+    write_records(trail, 2000)
+    assert trail.flush(30)
+    assert trail.stats().written == 2000
+    assert len(handed) == 40 and None not in handed  # every batch went through the copier
+    assert _seq_in_commit_order(trail) == list(range(1, 2001))
+    assert verify(trail)
+    trail.shutdown()
+
+
+@pytest.mark.postgres
+def test_a_lost_connection_under_queued_batches_loses_and_reorders_nothing(
+        pg_url: str, pqcopy: Any) -> None:
+    trail = AuditTrail(pg_url, batch_size=50, hmac_key=KEY, retry_max_backoff=0.05)
+    write_records(trail, 50)
+    assert trail.flush(10)  # the writer's connection is open
+    locker = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    locker.execute("LOCK TABLE audit_trails IN SHARE MODE")  # reads go on
+    write_records(trail, 300, start=50)  # six batches: one waits on the lock, five queued
+    deadline = time.monotonic() + 10
+    while trail.writer._copier.pending < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert trail.writer._copier.pending >= 3
+    locker.execute("SELECT pg_terminate_backend(%s)", (_backend_pid(trail),))
+    locker.rollback()
+    locker.close()
+    write_records(trail, 150, start=350)  # more behind them, while the store recovers
+    assert trail.flush(30)
+    stats = trail.stats()
+    assert stats.written == 500 and stats.retried >= 1 and stats.failed == 0
+    assert _seq_in_commit_order(trail) == list(range(1, 501))
+    assert verify(trail)
+    trail.shutdown()
