@@ -265,6 +265,30 @@ failure_value(const failure *f)
                           : Py_BuildValue("(Os)", Py_None, f->message);
 }
 
+/* The connection of a call taking (conn, command, data[, option]); NULL with an error
+ * set when the arguments are not that. */
+static PGconn *
+batch_args(const char *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 && nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 3 or 4 arguments", name);
+        return NULL;
+    }
+    if (!bound) {
+        PyErr_SetString(PyExc_RuntimeError, "libpq is not bound: call bind() first");
+        return NULL;
+    }
+    if (!PyLong_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
+        PyErr_Format(PyExc_TypeError, "%s() takes an int and two bytes", name);
+        return NULL;
+    }
+    PGconn *conn = (PGconn *)PyLong_AsVoidPtr(args[0]);
+    if (conn == NULL && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "the connection is closed");
+    }
+    return conn;
+}
+
 /* copy_in(conn, command, data[, busy]) -> None or (sqlstate or None, message)
  *
  * conn: the address of an idle autocommit PGconn (psycopg's ``pgconn.pgconn_ptr``);
@@ -279,23 +303,8 @@ failure_value(const failure *f)
 static PyObject *
 copy_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "copy_in() takes 3 or 4 arguments");
-        return NULL;
-    }
-    if (!bound) {
-        PyErr_SetString(PyExc_RuntimeError, "libpq is not bound: call bind() first");
-        return NULL;
-    }
-    if (!PyLong_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "copy_in() takes an int and two bytes");
-        return NULL;
-    }
-    PGconn *conn = (PGconn *)PyLong_AsVoidPtr(args[0]);
+    PGconn *conn = batch_args("copy_in", args, nargs);
     if (conn == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "the connection is closed");
-        }
         return NULL;
     }
     if (pq.status(conn) != CONNECTION_OK || pq.transactionStatus(conn) != PQTRANS_IDLE) {
@@ -525,27 +534,12 @@ Copier_dealloc(Copier *c)
 static PyObject *
 Copier_submit(Copier *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "submit() takes 3 or 4 arguments");
-        return NULL;
-    }
-    if (!bound) {
-        PyErr_SetString(PyExc_RuntimeError, "libpq is not bound: call bind() first");
-        return NULL;
-    }
-    if (!PyLong_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "submit() takes an int and two bytes");
+    PGconn *conn = batch_args("submit", args, nargs);
+    if (conn == NULL) {
         return NULL;
     }
     int resume = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
     if (resume < 0) {
-        return NULL;
-    }
-    PGconn *conn = (PGconn *)PyLong_AsVoidPtr(args[0]);
-    if (conn == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "the connection is closed");
-        }
         return NULL;
     }
     if (foreign(c)) {

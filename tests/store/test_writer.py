@@ -4,7 +4,6 @@ the compiled COPY."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 import time
 from pathlib import Path
@@ -311,9 +310,21 @@ def test_copy_in_refuses_what_it_cannot_use(pg_url: str, pqcopy: Any) -> None:
         pqcopy(conn.pgconn.pgconn_ptr, "COPY audit_trails (id) FROM STDIN", b"", None)
     with pytest.raises(TypeError, match="bytearray"):
         pqcopy(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN", b"", bytearray())
+    from otel_audit._pqcopy import Copier
+
+    copier = Copier()
+    with pytest.raises(TypeError, match="an int and two bytes"):
+        copier.submit(conn.pgconn.pgconn_ptr, "COPY audit_trails (id) FROM STDIN", b"")
+    with pytest.raises(TypeError, match="3 or 4 arguments"):
+        copier.submit(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="no arguments"):
+        Copier(1)  # type: ignore[call-arg]
     conn.close()
     with pytest.raises(TypeError):  # a closed connection has no pointer
         pqcopy(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN", b"", None)
+    with pytest.raises(TypeError):
+        copier.submit(conn.pgconn.pgconn_ptr, b"COPY audit_trails (id) FROM STDIN", b"")
+    assert copier.pending == 0 and not copier.halted
 
 
 # ------------------------------------------- the copier thread (StoreWriter.send_ahead)
@@ -408,7 +419,8 @@ def test_a_lost_connection_fails_the_running_batch_and_hands_back_the_rest(
     with pytest.raises(StoreError) as failed:
         writer.landed(work[0], tickets[0])  # type: ignore[arg-type]
     assert failed.value.transient and writer._bulk is None  # dropped, to be replaced
-    assert [writer.landed(b, t) for b, t in zip(work[1:], tickets[1:], strict=True)] == [False, False]  # type: ignore[arg-type]
+    rest = zip(work[1:], tickets[1:], strict=True)
+    assert [writer.landed(b, t) for b, t in rest] == [False, False]  # type: ignore[arg-type]
     for batch in work:
         writer.write(batch, encoded=writer.encode(batch))  # a new connection
     assert count(writer) == 30
@@ -423,7 +435,11 @@ def test_only_the_stock_postgres_writer_sends_ahead(pg_url: str, sqlite_url: str
     writer = StoreWriter(pg_url, auto_migrate=True)
     assert writer.sends_ahead()
     real = writer.write
-    writer.write = lambda batch, **options: real(batch, **options)  # type: ignore[method-assign]
+
+    def wrapped(batch: Any, **options: Any) -> None:
+        real(batch, **options)
+
+    writer.write = wrapped  # type: ignore[method-assign]
     assert not writer.sends_ahead()  # a wrapped write() must see every batch
     assert writer.send_ahead(b"x") is None
 
