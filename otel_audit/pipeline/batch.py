@@ -19,8 +19,9 @@ worker — before anything reaches the spool or journal — and the store write 
 second thread (:class:`_StoreStage`): while the database commits batch *n*, the worker
 prepares batch *n + 1*. On PostgreSQL with the compiled COPY the worker also hands each
 batch's COPY text to the writer's copier thread, which sends batches in order without
-ever taking the GIL; the store thread then only collects each batch's outcome. A batch in which nothing needs redacting or normalising is
-checked column by column (C-level ``map``/``zip`` passes) rather than record by record.
+ever taking the GIL; the store thread then only collects each batch's outcome. A batch
+in which nothing needs redacting or normalising is checked column by column (C-level
+``map``/``zip`` passes) rather than record by record.
 """
 
 from __future__ import annotations
