@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from otel_audit import AuditTrail
+from otel_audit.integrity.verify import verify_trail
 from otel_audit.pipeline import batch as batch_module
 from otel_audit.pipeline.batch import _StoreStage
-from otel_audit.integrity.verify import verify_trail
 
 KEY = "store-stage-key"
 
