@@ -49,6 +49,9 @@ except ImportError:  # pragma: no cover - depends on the build
 
 __all__ = ["ChainSealer", "new_stream_name"]
 
+#: Bytes of randomness drawn at once for the records' salts (see ChainSealer._salts).
+_SALT_POOL = 1 << 16
+
 #: ``(stream) -> (last seq, last hash) | None``: where a named stream resumes.
 HeadLookup = Callable[[str], "tuple[int, str] | None"]
 
@@ -100,14 +103,15 @@ class ChainSealer:
         self._seq = 0
         self._head = GENESIS_HASH
         self._resumed = self.configured_stream is None
+        self._salt_pool = b""  # never the parent's: a child must not reuse its salts
+        self._salt_at = 0
 
     # ------------------------------------------------------------------ pipeline hooks
 
     def __call__(self, batch: list[PreparedRecord]) -> list[PreparedRecord]:
         """Seal ``batch`` (the :data:`~otel_audit.pipeline.batch.BatchSealer` contract)."""
-        # one urandom call for the batch's salts instead of one per record
-        salts = os.urandom(16 * len(batch)).hex()
         with self._lock:
+            salts = self._salts(len(batch))
             if not self._resumed:
                 self._resume()
             if self._plain(batch):
@@ -125,6 +129,22 @@ class ChainSealer:
             return self.stream, self._seq, self._head
 
     # ------------------------------------------------------------------ internals
+
+    def _salts(self, n: int) -> str:
+        """Hex salts for ``n`` records (32 hex digits each), from a pool of randomness
+        drawn from ``os.urandom`` 64 KiB at a time (about 4,000 records).
+
+        ``os.urandom`` lets go of the GIL, and a worker that lets go of it while the
+        application's threads are busy waits out their switch interval (5 ms) to get it
+        back: drawing salts once per chunk cost the worker most of its time under a
+        busy caller. Called under the lock; the pool is dropped after fork.
+        """
+        need = 16 * n
+        at = self._salt_at
+        if len(self._salt_pool) - at < need:
+            self._salt_pool, at = os.urandom(max(_SALT_POOL, need)), 0
+        self._salt_at = at + need
+        return self._salt_pool[at:at + need].hex()
 
     def _resume(self) -> None:
         head = self._head_lookup(self.stream) if self._head_lookup is not None else None

@@ -602,7 +602,8 @@ class StoreWriter:
     def dispose(self, *, close: bool = True) -> None:
         """Release pooled connections (``close=False`` after fork: do not touch the parent's)."""
         if close:
-            self._drop_bulk()
+            with self._bulk_lock:  # not while a batch is being handed to the copier
+                self._drop_bulk()
         else:
             # after fork the kept connection is the parent's: never close it from here,
             # not even by garbage collection (that would end the parent's session); and

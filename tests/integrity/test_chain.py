@@ -53,6 +53,40 @@ def test_async_and_sync_writers_share_one_gapless_chain(make_trail: Factory,
     assert verify(engine).ok
 
 
+def test_salts_are_fresh_for_every_record_and_never_a_parents(monkeypatch: pytest.MonkeyPatch,
+                                                               ) -> None:
+    from otel_audit.integrity import chain as chain_module
+
+    monkeypatch.setattr(chain_module, "_SALT_POOL", 16 * 40)  # a refill every 40 records
+    draws = []
+    urandom = os.urandom
+    monkeypatch.setattr(chain_module.os, "urandom",
+                        lambda n: draws.append(n) or urandom(n))  # type: ignore[func-returns-value]
+    sealer = ChainSealer(service_name="svc", hmac_key=b"k")
+    base = AuditRecord(id="0" * 32, timestamp=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                       action="READ", user_id="u")
+    salts = []
+    for size in (1, 7, 30, 64, 3):  # across refills, and one batch larger than the pool
+        batch = [PreparedRecord(*normalise(base._replace(id=f"{len(salts) + i:032x}")))
+                 for i in range(size)]
+        salts += [p.pii_salt for p in sealer(batch)]
+    assert len(salts) == 105 and len(set(salts)) == 105
+    assert all(s is not None and len(s) == 32 for s in salts)
+    assert draws == [640, 1024, 640]  # drawn in bulk, not per batch
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must draw its own: the parent's pool holds unused salts
+        child = sealer([PreparedRecord(*normalise(base._replace(id="f" * 32)))])[0].pii_salt
+        os.write(write, (child or "").encode())
+        os._exit(0)
+    os.close(write)
+    child_salt = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent_next = sealer([PreparedRecord(*normalise(base._replace(id="e" * 32)))])[0].pii_salt
+    assert len(child_salt) == 32 and child_salt != parent_next and child_salt not in salts
+
+
 def test_sealer_keeps_an_existing_seal() -> None:
     sealer = ChainSealer(service_name="svc", hmac_key=b"k")
     record = AuditRecord("a" * 32, dt.datetime.now(dt.UTC), "READ", "u")
