@@ -680,9 +680,11 @@ class BatchPipeline:
                 # prepared and sealed here while the store stage commits the previous
                 # batch, in chunks: between them a store thread back from the database
                 # gets the GIL (the first chunk is short: a write just handed over
-                # soon comes back from its first round trip)
+                # soon comes back from its first round trip). Batches handed to the
+                # copier need no pauses: in one piece
                 prepared: list[PreparedRecord] = []
-                for start, end in _chunks(len(batch)):
+                chunks = ((0, len(batch)),) if self._store.ahead else _chunks(len(batch))
+                for start, end in chunks:
                     part = self._prepare_batch(batch[start:end])
                     self._seal_ahead(part)
                     prepared += part
