@@ -31,21 +31,61 @@ enum {
 #define N_ROW 34
 #define N_PREPARED 9
 
+/* ``value`` in ``width`` decimal digits, zero-padded, at ``out`` (0 <= value < 10^width) */
+static void
+put_digits(char *out, int value, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        out[i] = (char)('0' + value % 10);
+        value /= 10;
+    }
+}
+
+/* ``x`` in decimal at ``out`` (room for 20 characters); returns the length (what
+ * snprintf's "%lld" gives, without its cost on every row) */
+static int
+put_ll(char *out, long long x)
+{
+    char tmp[20];
+    int n = 0;
+    unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    int len = 0;
+    if (x < 0) {
+        out[len++] = '-';
+    }
+    while (n > 0) {
+        out[len++] = tmp[--n];
+    }
+    return len;
+}
+
 /* "YYYY-MM-DD HH:MM:SS.ffffff": what isoformat(" ", "microseconds")[:26] gives */
 static PyObject *
 timestamp_text(PyObject *ts)
 {
-    char buf[32];
+    char buf[26];
     if (!PyDateTime_Check(ts)) {
         PyErr_SetString(PyExc_TypeError, "timestamp is not a datetime");
         return NULL;
     }
-    int n = snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06d",
-                     PyDateTime_GET_YEAR(ts), PyDateTime_GET_MONTH(ts),
-                     PyDateTime_GET_DAY(ts), PyDateTime_DATE_GET_HOUR(ts),
-                     PyDateTime_DATE_GET_MINUTE(ts), PyDateTime_DATE_GET_SECOND(ts),
-                     PyDateTime_DATE_GET_MICROSECOND(ts));
-    return PyUnicode_FromStringAndSize(buf, n);
+    put_digits(buf, PyDateTime_GET_YEAR(ts), 4);  /* datetime's years are 1..9999 */
+    buf[4] = '-';
+    put_digits(buf + 5, PyDateTime_GET_MONTH(ts), 2);
+    buf[7] = '-';
+    put_digits(buf + 8, PyDateTime_GET_DAY(ts), 2);
+    buf[10] = ' ';
+    put_digits(buf + 11, PyDateTime_DATE_GET_HOUR(ts), 2);
+    buf[13] = ':';
+    put_digits(buf + 14, PyDateTime_DATE_GET_MINUTE(ts), 2);
+    buf[16] = ':';
+    put_digits(buf + 17, PyDateTime_DATE_GET_SECOND(ts), 2);
+    buf[19] = '.';
+    put_digits(buf + 20, PyDateTime_DATE_GET_MICROSECOND(ts), 6);
+    return PyUnicode_FromStringAndSize(buf, 26);
 }
 
 /*
@@ -443,7 +483,7 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         char digits[24];
         Py_ssize_t len = PyBytes_GET_SIZE(dumped);
         const char *text = PyBytes_AS_STRING(dumped);
-        Py_ssize_t prev_at = head_len + snprintf(digits, sizeof digits, ",%lld,\"", seq0 + i);
+        Py_ssize_t prev_at = head_len + 3 + put_ll(digits, seq0 + i);  /* ,<seq>," */
         if (len < prev_at + 64 + 68 || text[prev_at - 1] != '"' || text[prev_at + 64] != '"'
                 || memcmp(text + prev_at, PyUnicode_1BYTE_DATA(placeholder), 64) != 0
                 || memcmp(text + len - 68, ",\"", 2) != 0 || memcmp(text + len - 2, "\"]", 2) != 0
@@ -857,7 +897,7 @@ copy_text(PyObject *self, PyObject *rows)
                 if (x == -1 && PyErr_Occurred()) {
                     goto fail;
                 }
-                b.len += snprintf(b.data + b.len, 24, "%lld", x);
+                b.len += put_ll(b.data + b.len, x);
             }
             else if (PyUnicode_CheckExact(v)) {
                 Py_ssize_t n;
@@ -981,6 +1021,41 @@ fail:
  * (strs). The compiled form of ChainSealer._special over a batch's texts. Searched in
  * UTF-8, where every one of those is found exactly where it is in the text.
  */
+/* Whether text[0:len] contains "-0.0", a run of 16 ASCII digits or one of the marks:
+ * one pass, trying the needles that start with the byte at hand (first[c]). */
+static int
+text_special(const char *text, Py_ssize_t len, const char *const *marks,
+             const Py_ssize_t *mark_lens, Py_ssize_t n_marks, const unsigned char *first)
+{
+    int digits = 0;
+    for (Py_ssize_t j = 0; j < len; j++) {
+        unsigned char c = (unsigned char)text[j];
+        if (c >= '0' && c <= '9') {
+            if (++digits == 16) {
+                return 1;
+            }
+        }
+        else {
+            digits = 0;
+        }
+        if (!first[c]) {
+            continue;
+        }
+        if (c == '-' && len - j >= 4 && memcmp(text + j, "-0.0", 4) == 0) {
+            return 1;
+        }
+        for (Py_ssize_t m = 0; m < n_marks; m++) {
+            if ((unsigned char)marks[m][0] == c && len - j >= mark_lens[m]
+                    && memcmp(text + j, marks[m], (size_t)mark_lens[m]) == 0) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+#define MAX_MARKS 64
+
 static PyObject *
 texts_special(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -993,10 +1068,30 @@ texts_special(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *texts = args[0], *marks = args[1];
     Py_ssize_t n_marks = PyTuple_GET_SIZE(marks);
+    if (n_marks > MAX_MARKS) {
+        PyErr_SetString(PyExc_ValueError, "texts_special: more than 64 marks");
+        return NULL;
+    }
+    const char *mark_text[MAX_MARKS];
+    Py_ssize_t mark_len[MAX_MARKS];
+    unsigned char first[256] = {0};
+    int empty = 0;
+    first['-'] = 1;
     for (Py_ssize_t m = 0; m < n_marks; m++) {
-        if (!PyUnicode_Check(PyTuple_GET_ITEM(marks, m))) {
+        PyObject *mark = PyTuple_GET_ITEM(marks, m);
+        if (!PyUnicode_Check(mark)) {
             PyErr_SetString(PyExc_TypeError, "texts_special: a mark is not a str");
             return NULL;
+        }
+        mark_text[m] = PyUnicode_AsUTF8AndSize(mark, &mark_len[m]);
+        if (mark_text[m] == NULL) {
+            return NULL;
+        }
+        if (mark_len[m] == 0) {
+            empty = 1;  /* found in any text */
+        }
+        else {
+            first[(unsigned char)mark_text[m][0]] = 1;
         }
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(texts); i++) {
@@ -1020,29 +1115,8 @@ texts_special(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (text == NULL) {
                 return NULL;
             }
-            if (memmem(text, (size_t)len, "-0.0", 4) != NULL) {
+            if (empty || text_special(text, len, mark_text, mark_len, n_marks, first)) {
                 Py_RETURN_TRUE;
-            }
-            int digits = 0;
-            for (Py_ssize_t j = 0; j < len; j++) {
-                if (text[j] >= '0' && text[j] <= '9') {
-                    if (++digits == 16) {
-                        Py_RETURN_TRUE;
-                    }
-                }
-                else {
-                    digits = 0;
-                }
-            }
-            for (Py_ssize_t m = 0; m < n_marks; m++) {
-                Py_ssize_t mark_len;
-                const char *mark = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(marks, m), &mark_len);
-                if (mark == NULL) {
-                    return NULL;
-                }
-                if (memmem(text, (size_t)len, mark, (size_t)mark_len) != NULL) {
-                    Py_RETURN_TRUE;
-                }
             }
         }
     }
