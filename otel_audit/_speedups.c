@@ -866,6 +866,12 @@ reserve(buffer *b, Py_ssize_t more)
  * return, tab and vertical tab escaped (what psycopg's write_row writes for str, int
  * and None). Any other value type raises TypeError: the caller writes row by row.
  */
+/* The letter COPY text escapes a byte with after a backslash; 0: the byte as it is. */
+static const char COPY_ESCAPE[256] = {
+    ['\\'] = '\\', ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
+    ['\v'] = 'v',
+};
+
 static PyObject *
 copy_text(PyObject *self, PyObject *rows)
 {
@@ -905,25 +911,20 @@ copy_text(PyObject *self, PyObject *rows)
                 if (s == NULL || reserve(&b, 2 * n) < 0) {
                     goto fail;
                 }
+                /* runs of bytes that need no escape are copied whole */
+                Py_ssize_t run = 0;
                 for (Py_ssize_t j = 0; j < n; j++) {
-                    char c = s[j], e = 0;
-                    switch (c) {
-                    case '\\': e = '\\'; break;
-                    case '\b': e = 'b'; break;
-                    case '\f': e = 'f'; break;
-                    case '\n': e = 'n'; break;
-                    case '\r': e = 'r'; break;
-                    case '\t': e = 't'; break;
-                    case '\v': e = 'v'; break;
-                    }
+                    char e = COPY_ESCAPE[(unsigned char)s[j]];
                     if (e) {
+                        memcpy(b.data + b.len, s + run, (size_t)(j - run));
+                        b.len += j - run;
                         b.data[b.len++] = '\\';
                         b.data[b.len++] = e;
-                    }
-                    else {
-                        b.data[b.len++] = c;
+                        run = j + 1;
                     }
                 }
+                memcpy(b.data + b.len, s + run, (size_t)(n - run));
+                b.len += n - run;
             }
             else {
                 PyErr_Format(PyExc_TypeError, "copy_text: cannot write %.100s",
