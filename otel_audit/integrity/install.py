@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -46,6 +47,9 @@ def stored_head(writer: StoreWriter, stream: str) -> tuple[int, str] | None:
     return best
 
 
+_STREAM = operator.itemgetter(2)  # PreparedRecord.stream
+
+
 class PeriodicCheckpoints:
     """``on_written`` hook: checkpoint this writer's chain every ``every`` committed records."""
 
@@ -61,15 +65,17 @@ class PeriodicCheckpoints:
     def __call__(self, batch: Sequence[PreparedRecord]) -> None:
         """Count ``batch``; at the threshold, checkpoint its last record of this stream."""
         stream = self.sealer.stream
-        mine = [p for p in batch if p.stream == stream and p.seq is not None]
-        if not mine:
+        # counted with C-level passes: this runs on the store thread for every batch
+        count = list(map(_STREAM, batch)).count(stream)  # a stream is set with its seq
+        if not count:
             return
         with self._lock:
-            self._since_last += len(mine)
+            self._since_last += count
             if self._since_last < self.every:
                 return
             self._since_last = 0
-        last = max(mine, key=lambda p: p.seq or 0)
+        last = max((p for p in batch if p.stream == stream and p.seq is not None),
+                   key=lambda p: p.seq or 0)
         try:
             write_checkpoint(self.writer.engine, stream, last.seq or 0, last.hash or "",
                              self.key)
