@@ -103,17 +103,27 @@ def reset(url: str) -> None:
 # ----------------------------------------------------------------------------- measures
 
 
-def end_to_end(url: str, n: int, batch: int) -> float:
+def started_trail(url: str, batch: int, queue_size: int) -> AuditTrail:
+    """A trail on an empty table, started as the raw driver is before its timing: the
+    worker running and the store's connection open (one record written and removed)."""
     reset(url)
-    trail = AuditTrail(url, batch_size=batch, queue_size=max(n, 65536))
-    trail.writer.ensure_schema()
+    trail = AuditTrail(url, batch_size=batch, queue_size=queue_size)
+    trail.record("READ", user_id="warm-up")
+    assert trail.flush(60)
+    with trail.writer.engine.begin() as conn:
+        conn.execute(audit_trails.delete())
+    return trail
+
+
+def end_to_end(url: str, n: int, batch: int) -> float:
+    trail = started_trail(url, batch, max(n, 65536))
     gc.collect()
     start = time.perf_counter()
     for i in range(n):
         trail.record("UPDATE", **fields(i))
     assert trail.flush(600)
     elapsed = time.perf_counter() - start
-    assert trail.stats().written == n
+    assert trail.stats().written == n + 1
     trail.shutdown()
     return n / elapsed
 
@@ -122,9 +132,7 @@ def pipeline_alone(url: str, n: int, batch: int) -> float:
     """Records/s of the pipeline without the caller: records built beforehand, queued at
     once, until committed (what the end-to-end figure loses to the caller's share of
     the GIL)."""
-    reset(url)
-    trail = AuditTrail(url, batch_size=batch, queue_size=max(n, 65536))
-    trail.writer.ensure_schema()
+    trail = started_trail(url, batch, max(n, 65536))
     records = [trail.build_record("UPDATE", **fields(i)) for i in range(n)]
     gc.collect()
     start = time.perf_counter()
@@ -132,7 +140,7 @@ def pipeline_alone(url: str, n: int, batch: int) -> float:
         trail.pipeline.submit(record)
     assert trail.flush(600)
     elapsed = time.perf_counter() - start
-    assert trail.stats().written == n
+    assert trail.stats().written == n + 1
     trail.shutdown()
     return n / elapsed
 
