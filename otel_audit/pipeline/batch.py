@@ -156,7 +156,9 @@ class _StoreStage:
     room: psycopg's own COPY comes back for the GIL between its steps), after every
     chunk; else (SQLite: one call to the database per batch, quicker than the worker's
     share) only once the job is likely back: no sooner after its start than the
-    quickest of the recent jobs took.
+    quickest of the recent jobs took. A job whose batch went to the writer's copier
+    thread (``ahead``) needs no pauses: the server goes on with the queued batches
+    whatever this thread does, and the job only collects the outcome.
     """
 
     def __init__(self, busy: bytearray | None = None, depth: int = 1) -> None:
