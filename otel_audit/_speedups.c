@@ -72,19 +72,22 @@ timestamp_text(PyObject *ts)
         PyErr_SetString(PyExc_TypeError, "timestamp is not a datetime");
         return NULL;
     }
-    put_digits(buf, PyDateTime_GET_YEAR(ts), 4);  /* datetime's years are 1..9999 */
-    buf[4] = '-';
-    put_digits(buf + 5, PyDateTime_GET_MONTH(ts), 2);
-    buf[7] = '-';
-    put_digits(buf + 8, PyDateTime_GET_DAY(ts), 2);
-    buf[10] = ' ';
-    put_digits(buf + 11, PyDateTime_DATE_GET_HOUR(ts), 2);
-    buf[13] = ':';
-    put_digits(buf + 14, PyDateTime_DATE_GET_MINUTE(ts), 2);
-    buf[16] = ':';
-    put_digits(buf + 17, PyDateTime_DATE_GET_SECOND(ts), 2);
-    buf[19] = '.';
-    put_digits(buf + 20, PyDateTime_DATE_GET_MICROSECOND(ts), 6);
+    /* datetime's years are 1..9999: every field fits its width */
+    const int fields[7] = {
+        PyDateTime_GET_YEAR(ts), PyDateTime_GET_MONTH(ts), PyDateTime_GET_DAY(ts),
+        PyDateTime_DATE_GET_HOUR(ts), PyDateTime_DATE_GET_MINUTE(ts),
+        PyDateTime_DATE_GET_SECOND(ts), PyDateTime_DATE_GET_MICROSECOND(ts),
+    };
+    static const int widths[7] = {4, 2, 2, 2, 2, 2, 6};
+    static const char after[7] = "-- ::.";  /* the separator after each field */
+    char *at = buf;
+    for (int i = 0; i < 7; i++) {
+        put_digits(at, fields[i], widths[i]);
+        at += widths[i];
+        if (i < 6) {
+            *at++ = after[i];
+        }
+    }
     return PyUnicode_FromStringAndSize(buf, 26);
 }
 
