@@ -391,16 +391,14 @@ class StoreWriter:
         if failure is None or failure is False:
             return failure is None
         assert isinstance(failure, tuple)
+        exc = _copy_failure(*failure)
         with self._bulk_lock:
-            try:
-                raise _copy_failure(*failure)
-            except Exception as exc:
-                if not _is_unique_violation(exc):
-                    raise self._postgres_error(exc) from exc
+            if not _is_unique_violation(exc):
+                raise self._postgres_error(exc) from exc
             try:
                 self._merge_postgres(self._bulk_connection(), map(store_row, batch))
-            except (SQLAlchemyError, OSError) as exc:
-                raise StoreError(f"store write failed: {exc}") from exc
+            except (SQLAlchemyError, OSError) as error:
+                raise StoreError(f"store write failed: {error}") from error
         return True
 
     def write(self, batch: Sequence[PreparedRecord], *, encoded: bytes | None = None) -> None:
