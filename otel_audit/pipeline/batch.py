@@ -784,38 +784,43 @@ class BatchPipeline:
             return
         attempt = 0
         while True:
-            try:
-                if failed is not None:
-                    raise failed
-                self._write(prepared, encoded=encoded)
+            error, failed = failed or self._try_write(prepared, encoded), None
+            if error is None:
                 return
-            except StoreError as exc:
-                failed = None
-                if not exc.transient:
-                    self._write_one_by_one(prepared)
-                    return
-                attempt += 1
-                with self._state_lock:
-                    self._retried += 1
-                self.metrics.retried()
-                if self._to_spool(prepared):
-                    self._schedule_replay(exc)
-                    return
-                delay = self._backoff(attempt)
-                log_internal_error(
-                    "store_retry", logging.WARNING,
-                    "audit store write failed (attempt %d, %d records kept, retrying in %.2fs): %s",
-                    attempt, len(prepared), delay, exc,
-                )
-                if self._stop.wait(delay) and self._closed and self._past_deadline(attempt):
-                    kept = self._spool_on_exit(list(prepared))
-                    if len(prepared) - kept:
-                        with self._state_lock:
-                            self._failed += len(prepared) - kept
-                        self.metrics.dropped(len(prepared) - kept, "shutdown")
-                        logger.error("audit shutdown with the store unavailable: %d records "
-                                     "lost", len(prepared) - kept)
-                    return
+            if not error.transient:
+                self._write_one_by_one(prepared)
+                return
+            attempt += 1
+            with self._state_lock:
+                self._retried += 1
+            self.metrics.retried()
+            if self._to_spool(prepared):
+                self._schedule_replay(error)
+                return
+            delay = self._backoff(attempt)
+            log_internal_error(
+                "store_retry", logging.WARNING,
+                "audit store write failed (attempt %d, %d records kept, retrying in %.2fs): %s",
+                attempt, len(prepared), delay, error,
+            )
+            if self._stop.wait(delay) and self._closed and self._past_deadline(attempt):
+                kept = self._spool_on_exit(list(prepared))
+                if len(prepared) - kept:
+                    with self._state_lock:
+                        self._failed += len(prepared) - kept
+                    self.metrics.dropped(len(prepared) - kept, "shutdown")
+                    logger.error("audit shutdown with the store unavailable: %d records "
+                                 "lost", len(prepared) - kept)
+                return
+
+    def _try_write(self, prepared: list[PreparedRecord], encoded: bytes | None,
+                   ) -> StoreError | None:
+        """One attempt at :meth:`_write`: None once committed, else the store's error."""
+        try:
+            self._write(prepared, encoded=encoded)
+        except StoreError as exc:
+            return exc
+        return None
 
     def _backoff(self, attempt: int) -> float:
         delay: float = min(self.config.retry_max_backoff, 0.05 * 2.0 ** min(attempt, 20))
