@@ -31,7 +31,9 @@ __all__ = [
     "RECORD_COLUMNS",
     "ROW_COLUMNS",
     "audit_checkpoints",
+    "audit_erasures",
     "audit_holds",
+    "audit_seals",
     "audit_trails",
     "metadata",
 ]
@@ -153,6 +155,34 @@ audit_holds = Table(
     Column("created_by", String(255)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("released_at", DateTime(timezone=True)),
+)
+
+#: Seals: signed digests of chain heads, chained per sealer (``docs/integrity.md``).
+audit_seals = Table(
+    "audit_seals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sealer", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("heads", Text, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("signature", String(128)),
+    Column("public_key", String(64)),
+    # one chain of seals per sealer, and its order (verify, the sealer's resume)
+    Index("ux_audit_seals_sealer_seq", "sealer", "seq", unique=True),
+)
+
+#: Erasures: the signed list of the rows one ``forget`` erased (``docs/integrity.md``).
+audit_erasures = Table(
+    "audit_erasures",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("signature", String(128)),
+    Column("public_key", String(64)),
 )
 
 assert set(RECORD_COLUMNS) | set(CHAIN_COLUMNS) == set(audit_trails.c.keys())
