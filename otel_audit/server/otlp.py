@@ -50,6 +50,7 @@ __all__ = [
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class BadRequest(ValueError):
@@ -76,23 +77,49 @@ def media_type(content_type: str | None) -> str:
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` without ever producing more than ``limit`` bytes."""
+    """Undo ``Content-Encoding`` without ever producing more than ``limit`` bytes.
+
+    A gzip body may hold several members one after the other (RFC 1952, 2.2): every
+    member is decoded and the outputs joined, as ``gunzip`` and Go's gzip reader do.
+    Anything after the last member (or after a deflate stream) that is not another
+    member is an error, never silently dropped with the records it might hold. The
+    limit applies to the total decompressed size, so a small body cannot expand
+    past it (a decompression bomb answers 413).
+    """
     enc = (encoding or "").strip().lower()
     if enc not in _ENCODINGS:
         raise UnsupportedMediaType(f"content encoding {enc!r} is not supported (use gzip)")
     if enc in ("", "identity"):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes")
         return body
-    # wbits 31: gzip container; 15: zlib container, which is what HTTP "deflate" means
-    decoder = zlib.decompressobj(31 if "gzip" in enc else 15)
-    try:
-        data = decoder.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"body is not valid {enc} data: {exc}") from exc
-    if len(data) > limit or decoder.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
-    if not decoder.eof:
-        raise BadRequest(f"truncated {enc} body")
-    return data
+    gzip_container = "gzip" in enc
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    members = 0
+    while True:
+        # wbits 31: gzip container; 15: zlib container, which is what HTTP "deflate" means
+        decoder = zlib.decompressobj(31 if gzip_container else 15)
+        try:
+            # at most one byte more than the limit allows: enough to know it is exceeded
+            data = decoder.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            where = f" (member {members + 1})" if members else ""
+            raise BadRequest(f"body is not valid {enc} data{where}: {exc}") from exc
+        size += len(data)
+        if size > limit or decoder.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+        if not decoder.eof:
+            raise BadRequest(f"truncated {enc} body")
+        parts.append(data)
+        members += 1
+        rest = decoder.unused_data
+        if not rest:
+            return b"".join(parts)
+        if not gzip_container or rest[:2] != _GZIP_MAGIC:
+            raise BadRequest(f"{len(rest)} byte(s) of trailing data after the {enc} "
+                             f"stream (member {members})")
 
 
 def _hex_ids_to_base64(document: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import uuid
 import zlib
 
@@ -75,3 +76,31 @@ def test_media_type_accepts_parameters() -> None:
     assert otlp.media_type("Application/X-Protobuf") == otlp.PROTOBUF
     with pytest.raises(otlp.UnsupportedMediaType):
         otlp.media_type("application/grpc")
+
+
+def test_every_gzip_member_is_decoded() -> None:
+    first, second = b"first member;" * 50, b"second member" * 50
+    body = gzip.compress(first) + gzip.compress(second) + gzip.compress(b"")
+    assert otlp.decompress(body, "gzip", 10_000) == first + second
+
+
+def test_trailing_bytes_after_the_compressed_stream_are_refused() -> None:
+    data = b"payload" * 100
+    for body, encoding in [
+        (gzip.compress(data) + b"garbage", "gzip"),
+        (gzip.compress(data) + b"\x00\x00\x00\x00", "gzip"),  # zero padding is garbage too
+        (gzip.compress(data) + b"\x1f\x8b\x08", "gzip"),  # a truncated second member
+        (zlib.compress(data) + zlib.compress(data), "deflate"),  # deflate has no members
+    ]:
+        with pytest.raises(otlp.BadRequest):
+            otlp.decompress(body, encoding, 10_000)
+
+
+def test_decompressed_limit_counts_every_member() -> None:
+    member = gzip.compress(b"\x00" * 600)
+    assert len(otlp.decompress(member, "gzip", 600)) == 600  # exactly the limit is fine
+    with pytest.raises(otlp.PayloadTooLarge):
+        otlp.decompress(member + member, "gzip", 1000)  # each under it, together over
+    assert len(otlp.decompress(member + member, "gzip", 1200)) == 1200
+    with pytest.raises(otlp.PayloadTooLarge):
+        otlp.decompress(b"x" * 1001, None, 1000)
