@@ -6,25 +6,25 @@ Results render as Rich tables on a terminal and as plain CSV (or JSON) when pipe
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
-import sys
+import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import duckdb
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..analytics import AuditAnalytics, list_reports, trace_link
-from ..analytics.catalog import get_report
-from ..errors import AuditError
-from ._app import DbOption, app, console, err_console, fail, is_terminal, resolve_db
+from ..analytics.catalog import Report, get_report
+from ._app import CliError, DbOption, app, console, err_console, resolve_db
+from ._output import Column, output_format, print_rows
+from ._store import require_store
 
 FormatOption = Annotated[
     str | None,
@@ -45,15 +45,12 @@ AuditReadsOption = Annotated[
 @contextmanager
 def _analytics(db: str | None, archive_dir: str | None,
                audit_reads: bool = False) -> Iterator[AuditAnalytics]:
-    try:
-        analytics = AuditAnalytics(resolve_db(db), archive_dir=archive_dir,
-                                   audit_reads=audit_reads)
-    except AuditError as exc:
-        raise fail(str(exc)) from exc
+    """An ``AuditAnalytics`` over an existing store (checked first: DuckDB would create a
+    missing SQLite file); its errors reach the application's one-line handler."""
+    analytics = AuditAnalytics(require_store(resolve_db(db)), archive_dir=archive_dir,
+                               audit_reads=audit_reads)
     try:
         yield analytics
-    except AuditError as exc:
-        raise fail(str(exc)) from exc
     finally:
         analytics.close()
 
@@ -67,12 +64,14 @@ def query(
     audit_reads: AuditReadsOption = False,
 ) -> None:
     """Run read-only SQL (DuckDB dialect) over the trail; writes are refused."""
+    chosen = output_format(fmt)
     with _analytics(db, archive_dir, audit_reads) as analytics:
-        emit(analytics.sql(sql), _format(fmt, ("table", "csv", "json")), title=None)
+        emit(analytics.sql(sql), chosen, title=None)
 
 
-@app.command()
+@app.command(context_settings={"help_option_names": []})
 def report(
+    ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(help="Report name (see --list).")] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="Report parameter as k=v (repeatable).")] = None,
@@ -80,58 +79,92 @@ def report(
         "--format", "-f", help="table, csv, json or parquet [default: table on a terminal, "
         "csv when piped]")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file.")] = None,
-    list_: Annotated[bool, typer.Option("--list", help="List the reports and exit.")] = False,
+    list_: Annotated[bool, typer.Option(
+        "--list", help="List the reports with their parameters (types, defaults) and exit."
+    )] = False,
     db: DbOption = None,
     archive_dir: ArchiveOption = None,
     audit_reads: AuditReadsOption = False,
+    help_: Annotated[bool, typer.Option(
+        "--help", "-h", help="Show this message, or with NAME the report's parameters, "
+        "and exit.")] = False,
 ) -> None:
     """Run a named compliance report (``--list`` shows them with their controls)."""
+    if help_:
+        # `report NAME --help` documents that report; Click's eager --help could not see NAME
+        if name is not None:
+            _report_help(get_report(name))
+        typer.echo(ctx.get_help())
+        return
     if list_:
-        _list_reports()
+        _list_reports(output_format(fmt))
         return
     if name is None:
-        raise fail("give a report name, or --list to see them")
+        raise CliError("give a report name, or --list to see them")
     values: dict[str, str] = {}
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise fail(f"--param expects k=v, got {item!r}")
+            raise CliError(f"--param expects k=v, got {item!r}")
         values[key.strip()] = value
-    chosen = _format(fmt, ("table", "csv", "json", "parquet"))
+    chosen = output_format(fmt, ("table", "csv", "json", "parquet"))
+    if chosen == "parquet" and out is None:
+        raise CliError("--format parquet needs --out FILE")
+    found = get_report(name)
+    bound = found.bind(values)  # a bad parameter fails before the store is opened
     with _analytics(db, archive_dir, audit_reads) as analytics:
-        found = get_report(name)
-        bound = found.bind(values)
         if chosen == "parquet":
-            if out is None:
-                raise fail("--format parquet needs --out FILE")
+            assert out is not None
             analytics.copy_to(found.sql, bound, out, "parquet")
-            err_console().print(f"wrote report {name} to {out}")
+            err_console().print(f"wrote report {name} to {out}", highlight=False)
             return
         relation = analytics.report(name, **values)
         if out is not None:
             with out.open("w", encoding="utf-8", newline="") as fh:
                 emit(relation, "json" if chosen == "json" else "csv", title=name, stream=fh)
-            err_console().print(f"wrote report {name} to {out}")
+            err_console().print(f"wrote report {name} to {out}", highlight=False)
         else:
             emit(relation, chosen, title=name)
 
 
-def _list_reports() -> None:
-    reports = list_reports()
-    if not is_terminal():
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["name", "description", "parameters", "controls"])
-        for r in reports:
-            writer.writerow([r.name, r.description, " ".join(p.name for p in r.params),
-                             "; ".join(r.controls)])
+def _param_text(report: Report, sep: str) -> str:
+    parts = []
+    for p in report.params:
+        if p.required:
+            parts.append(f"{p.name} {p.type} (required)")
+        else:
+            parts.append(f"{p.name} {p.type} = {'NULL' if p.default is None else p.default}")
+    return sep.join(parts)
+
+
+def _list_reports(fmt: str) -> None:
+    table = fmt == "table"  # cells of a table may hold several lines; CSV/JSON get "; "
+    sep = "\n" if table else "; "
+    print_rows([Column("name", whole=True), Column("description"),
+                Column("parameters"), Column("controls")],
+               [(r.name, r.description, _param_text(r, sep), sep.join(r.controls))
+                for r in list_reports()],
+               fmt=fmt, title="compliance reports",
+               caption="otel-audit report NAME --help shows one report's parameters")
+
+
+def _report_help(report: Report) -> None:
+    out = console()
+    out.print(f"[bold]report {report.name}[/]: {report.description}", highlight=False)
+    out.print(f"controls: {'; '.join(report.controls)}", highlight=False)
+    if not report.params:
+        out.print("parameters: none\n")
         return
-    table = Table(title="compliance reports", show_lines=True)
-    for column in ("name", "description", "parameters", "controls"):
-        table.add_column(column)
-    for r in reports:
-        params = "\n".join(f"{p.name}{'' if p.required else ' (optional)'}" for p in r.params)
-        table.add_row(r.name, r.description, params, "\n".join(r.controls))
-    console().print(table)
+    grid = Table(title=None, box=None, pad_edge=False, show_header=True)
+    grid.add_column("--param", no_wrap=True)
+    grid.add_column("type", no_wrap=True)
+    grid.add_column("default", no_wrap=True)
+    grid.add_column("meaning")
+    for p in report.params:
+        default = "(required)" if p.required else ("NULL" if p.default is None else p.default)
+        grid.add_row(f"{p.name}=...", p.type, str(default), p.doc)
+    out.print(grid)
+    out.print("")
 
 
 @app.command()
@@ -149,11 +182,10 @@ def export(
 ) -> None:
     """Export the records of a time range (typed columns) to Parquet, CSV or JSON lines."""
     if fmt not in ("parquet", "csv", "jsonl"):
-        raise fail(f"--format must be parquet, csv or jsonl; got {fmt!r}")
-    try:
-        bounds = {"since": _parse_time(since), "until": _parse_time(until)}
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
+        raise CliError(f"--format must be parquet, csv or jsonl; got {fmt!r}")
+    bounds = {"since": _parse_time(since, "--since"), "until": _parse_time(until, "--until")}
+    if bounds["since"] and bounds["until"] and bounds["since"] >= bounds["until"]:
+        raise CliError(f"--since {since} is not before --until {until}: the range is empty")
     sql = ('SELECT * FROM audit_trails WHERE ($since::TIMESTAMPTZ IS NULL OR "timestamp" >= '
            '$since::TIMESTAMPTZ) AND ($until::TIMESTAMPTZ IS NULL OR "timestamp" < '
            '$until::TIMESTAMPTZ) ORDER BY "timestamp", id')
@@ -161,20 +193,18 @@ def export(
         total = analytics.sql(f"SELECT count(*) FROM ({sql})", bounds).fetchone()
         rows = int(total[0]) if total else 0
         _copy_with_progress(analytics, sql, bounds, out, fmt, rows)
-    err_console().print(f"exported {rows} records to {out} ({fmt})")
+    err_console().print(f"exported {rows} records to {out} ({fmt})", highlight=False)
 
 
 def _copy_with_progress(analytics: AuditAnalytics, sql: str, params: dict[str, Any],
                         out: Path, fmt: str, rows: int) -> None:
-    """Run the COPY on a worker thread while the main thread draws a progress bar.
+    """Run the COPY on a worker thread while the main thread shows a spinner.
 
-    The bar follows DuckDB's own query progress where the source reports it (Parquet,
-    DuckDB tables); the sqlite scanner reports none, so there it pulses with the
-    elapsed time instead of guessing.
+    DuckDB's ``COPY`` reports no rows written while it runs (and the sqlite scanner no
+    progress at all), so instead of a bar stuck at 0% the spinner shows how many records
+    are being written and for how long.
     """
     errors: list[BaseException] = []
-    analytics.con.execute("SET enable_progress_bar = true")  # track progress, print nothing
-    analytics.con.execute("SET enable_progress_bar_print = false")
 
     def work() -> None:
         try:
@@ -183,22 +213,16 @@ def _copy_with_progress(analytics: AuditAnalytics, sql: str, params: dict[str, A
             errors.append(exc)
 
     worker = threading.Thread(target=work, name="otel-audit-export", daemon=True)
-    with Progress(TextColumn(f"[bold]exporting {rows:,} records"), BarColumn(),
-                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                  console=err_console(), transient=True) as bar:
-        task = bar.add_task("export", total=None)
+    with Progress(SpinnerColumn(), TextColumn(f"[bold]writing {rows:,} records to {out}"),
+                  TimeElapsedColumn(), console=err_console(), transient=True) as bar:
+        bar.add_task("export", total=None)
         worker.start()
-        while worker.is_alive():
-            worker.join(0.2)
-            try:
-                done = analytics.con.query_progress()
-            except duckdb.Error:  # no query running yet or any more
-                done = -1
-            if done > 0:
-                bar.update(task, total=100, completed=done)
-        bar.update(task, total=100, completed=100)
+        worker.join()
     if errors:
         raise errors[0]
+
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @app.command("trace")
@@ -209,100 +233,83 @@ def trace_cmd(
     fmt: FormatOption = None,
 ) -> None:
     """Show a readable timeline of one trace's audit records (and its trace link)."""
-    chosen = _format(fmt, ("table", "csv", "json"))
+    wanted = trace_id.strip().lower()
+    if not _TRACE_ID.fullmatch(wanted) or wanted == "0" * 32:
+        raise CliError(f"not a W3C trace ID: {trace_id!r} (32 hex digits, not all zero)")
+    chosen = output_format(fmt)
     with _analytics(db, archive_dir) as analytics:
-        relation = analytics.report("trace_timeline", trace_id=trace_id.lower())
+        relation = analytics.report("trace_timeline", trace_id=wanted)
         if chosen != "table":
-            emit(relation, chosen, title=None)
+            emit(relation, chosen, title=None, link=trace_link(wanted))
             return
         columns, rows = relation.columns, relation.fetchall()
     out = console()
-    link = trace_link(trace_id)
-    out.print(f"[bold]trace {trace_id}[/]: {len(rows)} audit record(s)"
-              + (f"\n[link={link}]{link}[/link]" if link else ""))
+    link = trace_link(wanted)
+    out.print(f"[bold]trace {wanted}[/]: {len(rows)} audit record(s)"
+              + (f"\n[link={link}]{link}[/link]" if link else ""), highlight=False)
     if not rows:
         return
     start: dt.datetime = rows[0][columns.index("timestamp")]
-    table = Table(show_edge=False)
-    for name in ("+ms", "time (UTC)", "user", "action", "resource", "ok", "span"):
-        table.add_column(name, justify="right" if name == "+ms" else "left")
+    cells = []
     for row in rows:
         rec = dict(zip(columns, row, strict=True))
         offset = (rec["timestamp"] - start).total_seconds() * 1000
         user = rec["user_id"] + (f" (as {rec['acting_as']})" if rec["acting_as"] else "")
         resource = f"{rec['resource_type'] or ''}/{rec['resource_id'] or ''}".strip("/")
-        ok = "yes" if rec["success"] else f"[red]no[/]: {rec['error_message'] or ''}"
-        table.add_row(f"{offset:.1f}", rec["timestamp"].strftime("%Y-%m-%d %H:%M:%S.%f"),
-                      user, rec["action"], resource, ok, rec["span_id"] or "")
-    out.print(table)
+        ok = "yes" if rec["success"] else f"no: {rec['error_message'] or ''}"
+        cells.append((f"{offset:.1f}", rec["timestamp"].strftime("%H:%M:%S.%f"), user,
+                      rec["action"], resource, ok, rec["span_id"] or ""))
+    print_rows([Column("+ms", whole=True, justify="right"),
+                Column("time (UTC)", whole=True), Column("user"),
+                Column("action", whole=True), Column("resource"), Column("ok"),
+                Column("span", whole=True)],
+               cells, fmt="table", caption=f"{rows[0][columns.index('timestamp')]:%Y-%m-%d}",
+               row_style=lambda row: None if row[5] == "yes" else "red")
 
 
 # ------------------------------------------------------------------ rendering
 
 
-def _format(fmt: str | None, allowed: Sequence[str]) -> str:
-    chosen = fmt or ("table" if is_terminal() else "csv")
-    if chosen not in allowed:
-        raise fail(f"--format must be one of {', '.join(allowed)}; got {chosen!r}")
-    return chosen
-
-
-def _parse_time(raw: str | None) -> dt.datetime | None:
+def _parse_time(raw: str | None, option: str) -> dt.datetime | None:
     if raw is None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw)
     except ValueError:
-        raise ValueError(f"not an ISO date/time: {raw!r}") from None
+        raise CliError(f"{option}: not an ISO date/time: {raw!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _plain(value: Any, is_json: bool) -> Any:
-    if is_json and isinstance(value, str):
-        return json.loads(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return value
+def _is_whole(name: str) -> bool:
+    """Columns a user copies or types (IDs, names, times, actions) are never wrapped."""
+    return (name in {"id", "action", "timestamp", "day", "name", "success", "stream", "seq"}
+            or name.endswith(("_id", "_at", "_ip")))
 
 
 def emit(relation: duckdb.DuckDBPyRelation, fmt: str, *, title: str | None,
-         stream: Any = None) -> None:
-    """Write ``relation`` as a Rich table, CSV or JSON, adding trace links when configured."""
-    columns = list(relation.columns)
+         stream: TextIO | None = None, link: str | None = None) -> None:
+    """Write ``relation`` as a Rich table, CSV or JSON (the CLI's table rule).
+
+    A ``trace_link`` column follows ``trace_id`` when ``OTEL_AUDIT_TRACE_URL`` is set (in
+    every format); ``link`` adds a constant one (``trace``'s own link). JSON columns stay
+    JSON in ``--format json``. Errors DuckDB raises while fetching propagate to the
+    application's handler (one line, exit status 2).
+    """
+    names = list(relation.columns)
     json_cols = {i for i, t in enumerate(relation.types) if str(t) == "JSON"}
     rows = relation.fetchall()
-    link_at = columns.index("trace_id") if "trace_id" in columns else None
-    with_links = link_at is not None and trace_link("x") is not None
-    if with_links:
-        columns.append("trace_link")
-    out = stream or sys.stdout
-    if fmt == "json":
-        records = []
-        for row in rows:
-            rec = {c: _plain(v, i in json_cols) for i, (c, v) in enumerate(zip(columns, row,
-                                                                                strict=False))}
-            if with_links and link_at is not None:
-                rec["trace_link"] = trace_link(row[link_at])
-            records.append(rec)
-        json.dump(records, out, indent=2, default=str)
-        out.write("\n")
-        return
-    if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            values = [_plain(v, False) for v in row]
-            if with_links and link_at is not None:
-                values.append(trace_link(row[link_at]))
-            writer.writerow(values)
-        return
-    table = Table(title=title, caption=f"{len(rows)} row(s)")
-    for name in columns:
-        table.add_column(name, overflow="fold")
+    link_at = names.index("trace_id") if "trace_id" in names else None
+    with_links = link is not None or (link_at is not None and trace_link("x") is not None)
+    out_rows: list[list[Any]] = []
     for row in rows:
-        cells = ["" if v is None else str(_plain(v, False)) for v in row]
-        if with_links and link_at is not None:
-            link = trace_link(row[link_at])
-            cells.append(f"[link={link}]{link}[/link]" if link else "")
-        table.add_row(*cells)
-    console().print(table)
+        values = [json.loads(v) if fmt == "json" and i in json_cols and isinstance(v, str)
+                  else v for i, v in enumerate(row)]
+        if with_links:
+            values.append(link if link is not None
+                          else trace_link(row[link_at]) if link_at is not None else None)
+        out_rows.append(values)
+    columns = [Column(n, whole=_is_whole(n)) for n in names]
+    if with_links:
+        columns.append(Column("trace_link", whole=True))
+    print_rows(columns, out_rows, fmt=fmt, title=title, caption=f"{len(rows)} row(s)",
+               stream=stream)

@@ -20,7 +20,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from ..config import AuditConfig, resolve_config
 from ..errors import AuditError
@@ -30,8 +29,9 @@ from ..integrity.keys import (
     load_public_key,
     load_signing_key,
 )
-from ..store.writer import create_store_engine
 from ._app import DbOption, app, console, err_console, fail, resolve_db
+from ._output import Column, output_format, print_rows
+from ._store import open_existing_store
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -60,7 +60,7 @@ def _config(db: str | None) -> AuditConfig:
 
 def _engine(config: AuditConfig) -> Engine:
     try:
-        return create_store_engine(config.url)
+        return open_existing_store(config.url)  # never creates a missing store
     except AuditError as exc:
         raise fail(str(exc)) from exc
 
@@ -159,13 +159,12 @@ def verify(
         if report.ok:
             out.print(f"[bold green]OK[/] {summary}")
         else:
-            table = Table(title=f"{len(report.findings)} findings")
-            for name in ("kind", "stream", "seq", "record", "detail"):
-                table.add_column(name)
-            for f in report.findings:
-                table.add_row(f.kind, f.stream or "", "" if f.seq is None else str(f.seq),
-                              f.record_id or "", f.detail)
-            out.print(table)
+            print_rows([Column("kind", whole=True), Column("stream", whole=True),
+                        Column("seq", whole=True), Column("record", whole=True),
+                        Column("detail")],
+                       [(f.kind, f.stream, f.seq, f.record_id, f.detail)
+                        for f in report.findings],
+                       fmt=output_format(None), title=f"{len(report.findings)} findings")
             out.print(f"[bold red]FAILED[/] {summary}")
     if not report.ok:
         raise typer.Exit(1)
@@ -280,14 +279,12 @@ def hold_list(db: DbOption = None) -> None:
         raise fail(str(exc)) from exc
     finally:
         engine.dispose()
-    table = Table(title=f"{len(holds)} active holds")
-    for name in ("id", "kind", "value", "reason", "by", "since"):
-        table.add_column(name)
-    for h in holds:
-        value = f"{h.resource_type}:{h.value}" if h.resource_type else h.value
-        table.add_row(str(h.id), h.kind, value, h.reason or "", h.created_by or "",
-                      str(h.created_at)[:19])
-    console().print(table)
+    print_rows([Column("id", whole=True), Column("kind", whole=True),
+                Column("value", whole=True), Column("reason"), Column("by", whole=True),
+                Column("since", whole=True)],
+               [(h.id, h.kind, f"{h.resource_type}:{h.value}" if h.resource_type else h.value,
+                 h.reason, h.created_by, str(h.created_at)[:19]) for h in holds],
+               fmt=output_format(None), title=f"{len(holds)} active holds")
 
 
 @hold_app.command("release")

@@ -31,7 +31,8 @@ def test_migrate_bad_url_is_a_clear_error() -> None:
 
 
 def test_demo_writes_a_realistic_trail(store_url: str) -> None:
-    result = runner.invoke(app, ["demo", "--db", store_url, "--records", "1500"])
+    result = runner.invoke(app, ["demo", "--db", store_url, "--records", "1500",
+                                 "--format", "table"])
     assert result.exit_code == 0, result.output
     assert "records by action and outcome" in result.output
     trail = AuditTrail(store_url)
@@ -55,7 +56,7 @@ def test_config_shows_effective_values_and_hides_keys(monkeypatch: pytest.Monkey
     mp.setenv("OTEL_AUDIT_BATCH_SIZE", "77")
     mp.setenv("OTEL_AUDIT_HMAC_KEY", "very-secret-value")
     mp.setenv("OTEL_AUDIT_DATABASE_URL", "postgresql://auditor:pw@db.internal/audit")
-    result = runner.invoke(app, ["config"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["config", "--format", "table"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "77" in result.output and "OTEL_AUDIT_BATCH_SIZE" in result.output
     assert "very-secret-value" not in result.output and "(set)" in result.output
