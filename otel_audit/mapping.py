@@ -37,11 +37,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .record import AuditRecord
+from .record import NORMALISATION_KEY, AuditRecord
 
 __all__ = [
     "AUDIT_EVENT_NAME",
     "FIELD_ATTRIBUTES",
+    "JSON_TOO_DEEP",
     "attributes_to_fields",
     "is_audit",
     "record_to_attributes",
@@ -49,6 +50,9 @@ __all__ = [
 
 #: Event name (span events and log records) that marks an audit entry.
 AUDIT_EVENT_NAME = "audit"
+
+# The attribute older Logs SDKs and bridges use for the event name.
+_EVENT_NAME_ATTRIBUTE = "event.name"
 
 #: ``record field -> attribute names`` in order of preference.
 FIELD_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -86,19 +90,54 @@ _BOOL_FIELDS = frozenset({"requires_review", "success"})
 
 
 def is_audit(attributes: Mapping[str, Any] | None, event_name: str | None = None) -> bool:
-    """Whether a span, span event or log record is an audit entry."""
-    return event_name == AUDIT_EVENT_NAME or bool(attributes and "audit.action" in attributes)
+    """Whether a span, span event or log record is an audit entry.
+
+    The one definition, shared by every door and matched exactly by the Collector's
+    routing condition (``collector-config/``): the event name is ``audit`` (the log
+    record's ``event_name``, passed as ``event_name``), or the ``event.name``
+    attribute is ``audit`` (older SDKs and bridges carry it there), or an
+    ``audit.action`` attribute holds a value (an OTLP attribute with an empty value
+    counts as absent, as it does for OTTL's ``!= nil``). Names compare exactly
+    (case-sensitive); the log record's body plays no part.
+    """
+    if event_name == AUDIT_EVENT_NAME:
+        return True
+    if not attributes:
+        return False
+    return (attributes.get(_EVENT_NAME_ATTRIBUTE) == AUDIT_EVENT_NAME
+            or attributes.get("audit.action") is not None)
 
 
-def _as_json(value: Any) -> Any:
+#: Normalisation kind noted when a JSON text nests deeper than the parser follows.
+JSON_TOO_DEEP = "json_too_deep"
+
+
+def _as_json(value: Any, field: str, notes: list[dict[str, Any]]) -> Any:
     if isinstance(value, str):
         stripped = value.lstrip()
         if stripped[:1] in ("{", "["):
             try:
                 return json.loads(value)
             except ValueError:
+                return value  # not JSON: stored as the text it is
+            except RecursionError:
+                # nested deeper than Python's parser can follow: the record is kept
+                # with the text as it came, and the note says why it is not a document
+                notes.append({"field": field, "kind": JSON_TOO_DEEP, "stored": "text"})
                 return value
     return value
+
+
+def _add_notes(fields: dict[str, Any], notes: list[dict[str, Any]]) -> None:
+    """Put ``notes`` under ``context["_normalised"]`` (where normalise() adds its own)."""
+    context = fields.get("context")
+    if isinstance(context, Mapping):
+        context = dict(context)
+    else:
+        context = {} if context is None else {"value": context}
+    prior = context.get(NORMALISATION_KEY)
+    context[NORMALISATION_KEY] = ([*prior] if isinstance(prior, list) else []) + notes
+    fields["context"] = context
 
 
 def _as_bool(value: Any) -> Any:
@@ -118,8 +157,10 @@ def attributes_to_fields(
     """Return ``build_record`` keyword arguments found in ``attributes``.
 
     Maps and JSON strings are both accepted for the JSON fields; ``"true"``/``"false"``
-    strings for the flags. Fields absent from the attributes are absent from the result.
-    ``service_name`` comes from the resource's ``service.name``.
+    strings for the flags. A JSON text nested too deeply to parse stays text, noted
+    under ``context["_normalised"]`` (kind ``json_too_deep``). Fields absent from the
+    attributes are absent from the result. ``service_name`` comes from the resource's
+    ``service.name``.
     """
     fields: dict[str, Any] = {}
     ranks: dict[str, int] = {}
@@ -135,8 +176,11 @@ def attributes_to_fields(
             continue  # a preferred attribute of the same field was seen already
         ranks[field] = rank
         fields[field] = value
-    for field in _JSON_FIELDS.intersection(fields):
-        fields[field] = _as_json(fields[field])
+    notes: list[dict[str, Any]] = []
+    for field in sorted(_JSON_FIELDS.intersection(fields)):
+        fields[field] = _as_json(fields[field], field, notes)
+    if notes:
+        _add_notes(fields, notes)
     for field in _BOOL_FIELDS.intersection(fields):
         fields[field] = _as_bool(fields[field])
     if resource_attributes and resource_attributes.get("service.name") is not None:

@@ -1,10 +1,13 @@
 """From OTLP log records to audit records, and handing them to the trail.
 
 A log record is an audit entry when :func:`otel_audit.mapping.is_audit` says so (event
-name ``audit`` or an ``audit.action`` attribute). Its trace and span IDs come from the
-log record, ``service.name`` from its resource, everything else through the shared
-attribute mapping. Other log records are counted and reported back through
-``partial_success``.
+name ``audit`` in the record or its ``event.name`` attribute, or an ``audit.action``
+attribute) -- the same rule as the Collector's routing condition. Its trace and span
+IDs come from the log record, ``service.name`` from its resource, everything else
+through the shared attribute mapping. Other log records are counted and reported back through
+``partial_success``. An audit log record the mapping cannot turn into a record (a bug,
+or a value nothing expected) is still stored: as a record holding the OTLP log record
+itself under ``context["otlp_log_record"]``, with a ``conversion_failed`` note.
 
 Record IDs are stable across retries: an ``audit.record_id`` attribute (set when a
 trail re-emits its own records) is used as is; otherwise the ID is a UUIDv7-shaped value
@@ -19,13 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from .._internal import log_internal_error
 from ..mapping import AUDIT_EVENT_NAME, attributes_to_fields, is_audit
-from ..record import AuditRecord
+from ..record import NORMALISATION_KEY, AuditRecord
 from ..trail import AuditTrail
 from .otlp import LogEntry, any_value, attributes, iter_log_entries, trace_ids
 
@@ -44,6 +49,8 @@ class IngestBatch(NamedTuple):
     records: list[AuditRecord]
     rejected: int
     message: str
+    #: audit log records stored as received because the mapping failed on them
+    unconverted: int = 0
 
 
 def stable_record_id(time_ns: int, digest: bytes) -> str:
@@ -65,8 +72,7 @@ def _timestamp(time_ns: int) -> dt.datetime:
 def _to_record(trail: AuditTrail, entry: LogEntry) -> AuditRecord | None:
     log = entry.log
     attrs = attributes(log.attributes)
-    event_name = log.event_name or attrs.get("event.name")
-    if not is_audit(attrs, event_name if isinstance(event_name, str) else None):
+    if not is_audit(attrs, log.event_name or None):
         return None
     fields = attributes_to_fields(attrs, entry.resource)
     action = fields.pop("action", None)
@@ -74,41 +80,67 @@ def _to_record(trail: AuditTrail, entry: LogEntry) -> AuditRecord | None:
         # an ``audit`` event without audit.action: the body names the action, if a string
         body = any_value(log.body)
         action = body if isinstance(body, str) and body else AUDIT_EVENT_NAME
+    return _with_stable_id(trail.build_record(str(action), **_log_fields(log), **fields),
+                           attrs, entry)
+
+
+def _log_fields(log: LogRecord) -> dict[str, Any]:
+    """Trace context and time of ``log`` as ``build_record`` keyword arguments."""
     trace_id, span_id = trace_ids(log)
     time_ns = log.time_unix_nano or log.observed_time_unix_nano
-    record = trail.build_record(
-        str(action),
-        trace_id=trace_id,
-        span_id=span_id,
-        timestamp=_timestamp(time_ns) if time_ns else None,
-        **fields,
-    )
+    return {"trace_id": trace_id, "span_id": span_id,
+            "timestamp": _timestamp(time_ns) if time_ns else None}
+
+
+def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], entry: LogEntry
+                    ) -> AuditRecord:
     given_id = attrs.get(RECORD_ID_ATTRIBUTE)
     if isinstance(given_id, str) and 0 < len(given_id) <= _MAX_ID_CHARS:
         record_id = given_id
     else:
-        record_id = stable_record_id(time_ns, entry.digest)
-    if trace_id is None:  # build_record made up a correlation ID; keep it stable too
+        log = entry.log
+        record_id = stable_record_id(log.time_unix_nano or log.observed_time_unix_nano,
+                                     entry.digest)
+    if record.trace_id is None:  # build_record made up a correlation ID; keep it stable too
         return record._replace(id=record_id, correlation_id=record_id)
     return record._replace(id=record_id)
+
+
+def _unconverted_record(trail: AuditTrail, entry: LogEntry, error: Exception) -> AuditRecord:
+    """The record kept for an audit log record the mapping failed on: the log record as
+    OTLP/JSON under ``context["otlp_log_record"]``, and a note saying why."""
+    attrs = attributes(entry.log.attributes)
+    action = attrs.get("audit.action")
+    context = {
+        "otlp_log_record": json_format.MessageToDict(entry.log),
+        NORMALISATION_KEY: [{"field": "record", "kind": "conversion_failed",
+                             "error": f"{type(error).__name__}: {error}"[:500]}],
+    }
+    record = trail.build_record(action if isinstance(action, str) and action
+                                else AUDIT_EVENT_NAME,
+                                context=context, apply_policy=False, **_log_fields(entry.log))
+    return _with_stable_id(record, attrs, entry)
 
 
 def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest) -> IngestBatch:
     """Turn the audit log records of ``request`` into audit records (nothing is written).
 
-    Log records that are not audit entries, or that cannot be turned into records, are
-    counted in ``rejected`` and explained in ``message``.
+    Log records that are not audit entries are counted in ``rejected`` and explained in
+    ``message``; audit log records the mapping failed on are kept as received (see the
+    module docstring), counted in ``unconverted`` and mentioned in ``message``.
     """
     records: dict[str, AuditRecord] = {}
-    not_audit = invalid = 0
+    not_audit = converted_raw = 0
     for entry in iter_log_entries(request):
         try:
             record = _to_record(trail, entry)
-        except Exception:  # one odd record must not sink the batch
-            log_internal_error("ingest_record", logging.WARNING,
-                               "could not convert an OTLP log record", exc_info=True)
-            invalid += 1
-            continue
+        except Exception as exc:  # one odd record must neither sink the batch nor be lost
+            log_internal_error("ingest_record", logging.ERROR,
+                               "could not convert an OTLP audit log record; storing it "
+                               "as received with a conversion_failed note", exc_info=True)
+            # if even this fails, the request answers 503 and the sender keeps the batch
+            record = _unconverted_record(trail, entry, exc)
+            converted_raw += 1
         if record is None:
             not_audit += 1
         else:
@@ -118,9 +150,10 @@ def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest) -
     if not_audit:
         parts.append(f"{not_audit} log record(s) were not audit entries (event name "
                      f"{AUDIT_EVENT_NAME!r} or attribute 'audit.action') and were not stored")
-    if invalid:
-        parts.append(f"{invalid} audit log record(s) could not be converted")
-    return IngestBatch(list(records.values()), not_audit + invalid, "; ".join(parts))
+    if converted_raw:
+        parts.append(f"{converted_raw} audit log record(s) could not be mapped and were "
+                     f"stored as received (note 'conversion_failed')")
+    return IngestBatch(list(records.values()), not_audit, "; ".join(parts), converted_raw)
 
 
 def deliver(trail: AuditTrail, records: Sequence[AuditRecord], mode: str) -> None:

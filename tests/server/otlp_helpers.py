@@ -19,6 +19,8 @@ SPAN_ID = "b7ad6b7169203331"
 
 def any_value(value: Any) -> AnyValue:
     """Build an OTLP AnyValue from a Python value (the inverse of the server's decoder)."""
+    if value is None:
+        return AnyValue()  # the empty AnyValue
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):

@@ -11,8 +11,10 @@ import pytest
 from otlp_helpers import SPAN_ID, TRACE_ID, any_value, audit_logs, log_request
 
 from otel_audit import AuditTrail
-from otel_audit.server import otlp
-from otel_audit.server.ingest import records_from_request, stable_record_id
+from otel_audit.mapping import JSON_TOO_DEEP
+from otel_audit.record import NORMALISATION_KEY
+from otel_audit.server import ingest, otlp
+from otel_audit.server.ingest import deliver, records_from_request, stable_record_id
 
 
 def test_any_value_converts_every_kind() -> None:
@@ -104,3 +106,48 @@ def test_decompressed_limit_counts_every_member() -> None:
     assert len(otlp.decompress(member + member, "gzip", 1200)) == 1200
     with pytest.raises(otlp.PayloadTooLarge):
         otlp.decompress(b"x" * 1001, None, 1000)
+
+
+def test_deeply_nested_json_text_is_kept_as_text_with_a_note(ingest_trail: AuditTrail) -> None:
+    deep = "[" * 5000 + "]" * 5000  # deeper than Python's JSON parser follows
+    request = log_request([
+        {"attributes": {"audit.action": "X", "user.id": "u", "audit.context": deep}},
+        {"attributes": {"audit.action": "Y", "user.id": "u", "audit.context": {"ticket": 9},
+                        "audit.old_values": deep, "audit.new_values": '{"ok": true}'}},
+    ])
+    batch = records_from_request(ingest_trail, request)
+    assert (batch.rejected, batch.unconverted) == (0, 0)
+    note = {"field": "context", "kind": JSON_TOO_DEEP, "stored": "text"}
+    first, second = batch.records
+    assert first.context == {"value": deep, NORMALISATION_KEY: [note]}
+    assert second.old_values == deep
+    assert second.new_values == {"ok": True}
+    assert second.context == {"ticket": 9, NORMALISATION_KEY: [{**note, "field": "old_values"}]}
+    deliver(ingest_trail, batch.records, "sync")
+    stored = {r.action: r for r in ingest_trail.records()}
+    assert stored["X"].context == first.context
+    assert stored["Y"].old_values == deep
+    assert stored["Y"].context == second.context
+
+
+def test_a_record_the_mapping_fails_on_is_stored_as_received(
+        ingest_trail: AuditTrail, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: object, **_kwargs: object) -> dict[str, object]:
+        raise RuntimeError("a bug in the mapping")
+
+    monkeypatch.setattr(ingest, "attributes_to_fields", broken)
+    request = log_request(audit_logs(2))
+    batch = records_from_request(ingest_trail, request)
+    assert (len(batch.records), batch.rejected, batch.unconverted) == (2, 0, 2)
+    assert "stored as received" in batch.message
+    again = records_from_request(ingest_trail, request)
+    assert [r.id for r in again.records] == [r.id for r in batch.records]  # replay-stable
+    first = batch.records[0]
+    assert (first.action, first.trace_id, first.span_id) == ("UPDATE", TRACE_ID, SPAN_ID)
+    assert first.context is not None
+    raw = first.context["otlp_log_record"]
+    assert raw["eventName"] == "audit"
+    assert {"key": "user.id", "value": {"stringValue": "user-0"}} in raw["attributes"]
+    (note,) = first.context[NORMALISATION_KEY]
+    assert note["kind"] == "conversion_failed"
+    assert "a bug in the mapping" in note["error"]
