@@ -7,6 +7,9 @@ query it serves; the README lists them.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -19,8 +22,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 
 from ..record import COLUMN_LIMITS, JSON_FIELDS
 
@@ -30,6 +35,7 @@ __all__ = [
     "PERSONAL_FIELDS",
     "RECORD_COLUMNS",
     "ROW_COLUMNS",
+    "JSONText",
     "audit_checkpoints",
     "audit_erasures",
     "audit_holds",
@@ -40,7 +46,36 @@ __all__ = [
 
 metadata = MetaData()
 
-_JSON = JSON().with_variant(JSONB(), "postgresql")
+
+class JSONText(TypeDecorator[Any]):
+    """A JSON document kept as ``TEXT`` (SQLite): stored exactly as written, read as JSON.
+
+    SQLite gives a column declared ``JSON`` NUMERIC affinity, which turns a bare number
+    document (``12``, ``1.5``, ``1e+16``) into an INTEGER or REAL and changes its text;
+    ``TEXT`` affinity keeps every document byte for byte, as the chain hashed it.
+    Statements built with SQLAlchemy still bind and read Python values; SQLite's JSON
+    functions and DuckDB read the text as JSON.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        """Serialise a Python value (compact, sorted keys, as the writer does)."""
+        if value is None:
+            return None
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                          allow_nan=False)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """Parse the stored text (a number left by a store from before 0004 as is)."""
+        if value is None or not isinstance(value, str | bytes):
+            return value
+        return json.loads(value)
+
+
+#: JSON columns: JSONB on PostgreSQL, TEXT on SQLite (see JSONText), JSON elsewhere.
+_JSON = JSON().with_variant(JSONB(), "postgresql").with_variant(JSONText(), "sqlite")
 
 
 def _s(name: str, *, nullable: bool = True, primary_key: bool = False) -> Column[str]:
