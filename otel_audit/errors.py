@@ -7,6 +7,7 @@
      ├── AuditWriteError      a record could not be committed (``sync`` mode, fail-closed)
      ├── StoreError           the store refused or could not be reached
      ├── QueryError           an analytical query failed or tried to write
+     │    └── QueryRefusedError   the read-only guard refused a statement or function
      └── IntegrityError       a chain, checkpoint or archive could not be read or trusted
 
 Backend exceptions (SQLAlchemy, psycopg, DuckDB) are converted at the boundary with
@@ -42,6 +43,12 @@ class StoreError(AuditError):
 
 class QueryError(AuditError):
     """An analytical query failed, or attempted to modify the read-only trail."""
+
+
+class QueryRefusedError(QueryError):
+    """Analytics refused a statement before running it: a write, a non-SELECT statement,
+    more than one statement, or a function reaching outside the trail (files, other
+    databases, SQL run on the store's own connection)."""
 
 
 class IntegrityError(AuditError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from sqlalchemy.engine import URL
@@ -20,7 +21,8 @@ from sqlalchemy.engine import URL
 from ..errors import ConfigError, QueryError
 from ..store.schema import audit_trails
 
-__all__ = ["attach_store", "create_view", "load_extension", "snapshot", "sql_literal"]
+__all__ = ["attach_store", "create_view", "export_relation", "load_extension", "snapshot",
+           "sql_literal"]
 
 _JSON_TYPES = {"JSON", "JSONB"}
 
@@ -108,14 +110,19 @@ def _columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
 
 
 def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | None,
-                name: str = "audit_trails") -> None:
-    """Create the temp view ``name`` over the live store and any Parquet archives."""
+                name: str = "audit_trails", *, store: str = "the store") -> None:
+    """Create the temp view ``name`` over the live store and any Parquet archives.
+
+    ``store`` names the store in errors (a URL without its password).
+    """
     table = f"{live}.audit_trails"
     try:
         present = _columns_of(con, table)
+    except duckdb.CatalogException as exc:
+        # DuckDB's own text would suggest unrelated tables ("Did you mean pg_class?")
+        raise QueryError(f"no audit_trails table in {store}: run otel-audit migrate") from exc
     except duckdb.Error as exc:
-        raise QueryError(f"the store has no audit_trails table (run otel-audit migrate): "
-                         f"{exc}") from exc
+        raise QueryError(f"cannot read the audit_trails table in {store}: {exc}") from exc
     select = f"SELECT {_typed_columns(present)} FROM {table}"
     if archive_glob is not None:
         source = (f"read_parquet({sql_literal(archive_glob)}, union_by_name = true, "
@@ -132,3 +139,48 @@ def snapshot(con: duckdb.DuckDBPyConnection, source: str, name: str = "audit_tra
     """(Re)load ``source`` into the in-memory DuckDB table ``name`` (columnar, compressed)."""
     con.execute(f"DROP TABLE IF EXISTS {name}")
     con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {source}")
+
+
+class _ArrowStream:
+    """A relation seen only through the Arrow C stream interface.
+
+    DuckDB refuses to scan a relation of another connection directly, but scans any
+    object exposing ``__arrow_c_stream__`` (no pyarrow involved), so rows stream from
+    the locked connection into the export connection batch by batch.
+    """
+
+    def __init__(self, relation: duckdb.DuckDBPyRelation) -> None:
+        self._relation = relation
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self._relation.__arrow_c_stream__(requested_schema)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def export_relation(relation: duckdb.DuckDBPyRelation, path: str, options: str) -> None:
+    """Write ``relation``'s rows to ``path`` with DuckDB's ``COPY ... (options)``.
+
+    The analytics connection may write no file at all, so the ``COPY`` runs on a fresh
+    in-memory connection that has nothing attached and reads nothing but this stream.
+    Types the Arrow hop flattens (JSON arrives as VARCHAR) are cast back, so an export
+    keeps the view's types (JSON stays nested in JSON Lines, typed in Parquet).
+    """
+    out = duckdb.connect(":memory:", config={"python_enable_replacements": False})
+    try:
+        out.execute("SET TimeZone = 'UTC'")
+        source = out.from_arrow(_ArrowStream(relation))
+        columns = []
+        for name, wanted, got in zip(relation.columns, relation.types, source.types,
+                                     strict=True):
+            column = _quote(name)
+            if str(wanted) != str(got):
+                column = f"CAST({column} AS {wanted}) AS {column}"
+            columns.append(column)
+        source.create_view("export_source")
+        out.execute(f"COPY (SELECT {', '.join(columns)} FROM export_source) "
+                    f"TO {sql_literal(path)} ({options})")
+    finally:
+        out.close()

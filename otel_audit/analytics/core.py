@@ -2,16 +2,22 @@
 
 DuckDB runs in-process and attaches the store read-only (SQLite or PostgreSQL, live:
 no copy step). The temp view ``audit_trails`` gives every store the same typed columns
-(TIMESTAMPTZ, JSON, BOOLEAN); the session time zone is UTC. User queries are checked
-by DuckDB's own parser: only ``SELECT`` and ``EXPLAIN`` run, so nothing reachable
-through this class can modify the store or write files; the read-only attachment is
-the second lock.
+(TIMESTAMPTZ, JSON, BOOLEAN); the session time zone is UTC.
+
+Analytics is read-only and touches no file but the store and its archives (see
+:mod:`._guard`): once the store is attached, DuckDB is locked (no external access
+beyond the archive directory, no extension loading, configuration locked), and every
+query is checked by DuckDB's own parser (one ``SELECT``, or ``EXPLAIN [ANALYZE]`` of
+one, calling only allow-listed table functions). The read-only attachment is a further
+lock; on PostgreSQL, a role that may only SELECT is the last one.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -21,16 +27,14 @@ import duckdb
 
 from .._internal import log_internal_error
 from ..config import normalise_database_url, resolve_config
-from ..errors import AuditError, QueryError
-from ._duck import attach_store, create_view, snapshot
+from ..errors import AuditError, QueryError, QueryRefusedError
+from ._duck import attach_store, create_view, export_relation, snapshot
+from ._guard import checked_query, lock_down
 
 if TYPE_CHECKING:
     from ..trail import AuditTrail
 
 __all__ = ["AuditAnalytics"]
-
-_READ_ONLY_TYPES = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
-
 
 class AuditAnalytics:
     """DuckDB over one audit trail, read-only.
@@ -73,19 +77,26 @@ class AuditAnalytics:
         self.archive_dir: Path | None = Path(archive) if archive else None
         self.audit_reads = audit_reads
         self.reader = reader or _os_user()
-        self.con = duckdb.connect(":memory:")
+        # replacement scans off from the start: a name DuckDB does not know must never
+        # resolve to a variable of the caller's (or this library's) Python frames
+        self.con = duckdb.connect(":memory:", config={"python_enable_replacements": False})
+        # spilled pages hold audit data: a private directory, removed by close()
+        self._spill_dir = Path(tempfile.mkdtemp(prefix="otel-audit-analytics-"))
         try:
             # UTC everywhere: SQLite stores naive UTC text, and reports bucket by UTC day/hour
             self.con.execute("SET TimeZone = 'UTC'")
             self.backend = attach_store(self.con, self.url)
+            store = self.url.render_as_string(hide_password=True)
+            archive_glob = self._archive_glob()
             self.snapshot = snapshot
-            if snapshot:
-                create_view(self.con, "live", self._archive_glob(), name="audit_trails_source")
-                self.refresh()
-            else:
-                create_view(self.con, "live", self._archive_glob())
+            view = "audit_trails_source" if snapshot else "audit_trails"
+            create_view(self.con, "live", archive_glob, name=view, store=store)
+            readable = [self.archive_dir] if archive_glob and self.archive_dir else []
+            lock_down(self.con, readable=readable, spill_dir=self._spill_dir)
+            self.refresh()
         except BaseException:
             self.con.close()
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
             raise
 
     def __repr__(self) -> str:
@@ -115,23 +126,17 @@ class AuditAnalytics:
         """Run one read-only query over the view ``audit_trails``; parameters are bound.
 
         Returns a :class:`duckdb.DuckDBPyRelation` (``.df()``, ``.pl()``, ``.arrow()``,
-        ``.fetchall()``). Raises :class:`QueryError` for anything but ``SELECT`` /
-        ``EXPLAIN`` and for DuckDB errors.
+        ``.fetchall()``). Raises :class:`QueryRefusedError` for anything but one
+        ``SELECT`` (or ``EXPLAIN [ANALYZE]`` of one) reading the trail, its archives or
+        DuckDB's generators, and :class:`QueryError` for other DuckDB errors.
         """
-        try:
-            statements = self.con.extract_statements(query)
-        except duckdb.Error as exc:
-            raise QueryError(f"invalid SQL: {exc}") from exc
-        if len(statements) != 1:
-            raise QueryError(f"expected exactly one statement, got {len(statements)}")
-        kind = statements[0].type
-        if kind not in _READ_ONLY_TYPES:
-            raise QueryError(
-                f"the audit trail is read-only: {kind.name} statements are not allowed "
-                "(only SELECT and EXPLAIN)")
+        statement = checked_query(self.con, query)
         self._audit_read(query, report, params)
         try:
-            return self.con.sql(query, params=_bindable(params))
+            return self.con.sql(statement, params=_bindable(params))
+        except duckdb.PermissionException as exc:  # the locked connection said no
+            raise QueryRefusedError(
+                f"analytics reads only the trail and its archive directory: {exc}") from exc
         except duckdb.Error as exc:
             raise QueryError(str(exc)) from exc
 
@@ -145,16 +150,19 @@ class AuditAnalytics:
     def copy_to(self, query: str, params: Mapping[str, Any] | None, path: str | Path,
                 fmt: str) -> None:
         """Write the result of a read-only ``query`` to ``path`` (``parquet``, ``csv``,
-        ``jsonl``) with DuckDB's own ``COPY`` (no pyarrow needed)."""
-        self.sql(query, params, report="export")  # validates (and audits) the query
+        ``jsonl``) with DuckDB's own ``COPY`` (no pyarrow needed).
+
+        The locked connection writes no file: rows stream to a separate DuckDB
+        connection that writes ``path`` and nothing else.
+        """
         options = {"parquet": "FORMAT parquet, COMPRESSION zstd",
                    "csv": "FORMAT csv, HEADER true",
                    "jsonl": "FORMAT json"}
         if fmt not in options:
             raise QueryError(f"unknown export format {fmt!r}; expected {', '.join(options)}")
-        target = "'" + str(path).replace("'", "''") + "'"
+        relation = self.sql(query, params, report="export")  # validates (and audits) it
         try:
-            self.con.execute(f"COPY ({query}) TO {target} ({options[fmt]})", _bindable(params))
+            export_relation(relation, str(path), options[fmt])
         except duckdb.Error as exc:
             raise QueryError(f"export failed: {exc}") from exc
 
@@ -194,6 +202,7 @@ class AuditAnalytics:
             self._trail.shutdown()
             self._trail = None
         self.con.close()
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
 
     def __enter__(self) -> AuditAnalytics:
         return self

@@ -1,0 +1,148 @@
+"""The read-only guard of ``AuditAnalytics``: a locked DuckDB and a statement check.
+
+Two independent locks, so that neither alone has to be perfect:
+
+1. :func:`lock_down` uses DuckDB's own switches once the store is attached and the
+   scanner extensions are loaded: no external access (no file read or written outside
+   the Parquet archives and a private spill directory, no ``ATTACH``/``LOAD``/
+   ``INSTALL``), no extension auto-loading, no Python replacement scans (a query never
+   sees the caller's variables) and a locked configuration (``SET`` can undo none of it).
+2. :func:`checked_query` parses every query with DuckDB's own parser before it runs:
+   exactly one statement, a ``SELECT`` (or ``EXPLAIN [ANALYZE]`` of one), and every
+   table function in it, however deeply nested (CTEs, subqueries, ``EXPLAIN``), on an
+   allow-list. A name deny-list would miss the next extension's functions; the
+   scanners' ``postgres_execute``/``postgres_query``/``postgres_scan``/``sqlite_scan``
+   ignore the external-access switch (they use the attached connection or open their
+   own), so they must never be callable at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ..errors import QueryError, QueryRefusedError
+
+__all__ = ["READABLE_TABLE_FUNCTIONS", "checked_query", "lock_down"]
+
+#: Table functions a query may call: generators, JSON/metadata helpers, and the Parquet
+#: readers (whose paths DuckDB itself confines to the archive directory).
+READABLE_TABLE_FUNCTIONS = frozenset({
+    "generate_series", "range", "unnest", "repeat", "repeat_row", "json_each", "json_tree",
+    "histogram", "histogram_values", "summary",
+    "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema",
+    "parquet_file_metadata", "parquet_kv_metadata",
+    "duckdb_columns", "duckdb_constraints", "duckdb_databases", "duckdb_functions",
+    "duckdb_indexes", "duckdb_keywords", "duckdb_schemas", "duckdb_tables", "duckdb_types",
+    "duckdb_views", "pragma_table_info", "pragma_show", "pragma_version",
+    "pg_timezone_names", "icu_calendar_names",
+})
+
+# EXPLAIN is not serialisable by DuckDB's parser API, so its prefix is read here and the
+# statement behind it is checked like any other; comments may precede either keyword.
+_SKIP = r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+_EXPLAIN = re.compile(_SKIP + r"explain\b" + _SKIP + r"(?:(analy[sz]e)\b)?",
+                      re.IGNORECASE | re.DOTALL)
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, *, readable: Sequence[Path],
+              spill_dir: Path) -> None:
+    """Lock ``con`` for reading: call after attaching the store and loading extensions.
+
+    ``readable`` are the directories whose files queries may read (the Parquet
+    archives); ``spill_dir`` is where DuckDB may spill large sorts and joins (a private
+    directory: spilled pages hold audit data). Nothing can be unlocked afterwards.
+    """
+    allowed = [str(path.resolve()).rstrip("/") + "/" for path in readable]
+    settings: list[tuple[str, Any]] = [
+        ("allowed_directories", allowed),
+        ("temp_directory", str(spill_dir)),
+        ("autoinstall_known_extensions", False),
+        ("autoload_known_extensions", False),
+        ("allow_community_extensions", False),
+        ("python_enable_replacements", False),
+    ]
+    for name, value in settings:
+        con.execute(f"SET {name} = ?", [value])
+    try:  # progress is tracked (query_progress() works for the CLI) but never printed
+        con.execute("SET enable_progress_bar_print = false")
+        con.execute("SET enable_progress_bar = true")
+    except duckdb.Error:  # inside Jupyter without ipywidgets: no progress, no matter
+        pass
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")  # last: every SET after this one fails
+
+
+def checked_query(con: duckdb.DuckDBPyConnection, query: str) -> str:
+    """Return the statement to run for ``query`` if it is a plain read, else raise.
+
+    Raises :class:`QueryRefusedError` naming what is refused (a statement type, a
+    second statement, a table function) and :class:`QueryError` for SQL DuckDB
+    cannot parse.
+    """
+    statements = _parse(con, query)
+    if len(statements) != 1:
+        raise QueryRefusedError(
+            f"analytics runs exactly one statement per query, got {len(statements)}")
+    statement = statements[0]
+    if statement.type == duckdb.StatementType.SELECT:
+        _check_tree(con, query)
+        return query
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        match = _EXPLAIN.match(query)
+        inner = query[match.end():] if match else ""
+        inner_statements = _parse(con, inner) if inner.strip() else []
+        if (len(inner_statements) != 1
+                or inner_statements[0].type != duckdb.StatementType.SELECT):
+            raise QueryRefusedError(
+                "the audit trail is read-only: EXPLAIN [ANALYZE] is allowed only of a "
+                "single SELECT (no EXPLAIN options)")
+        _check_tree(con, inner)
+        analyze = "ANALYZE " if match and match.group(1) else ""
+        return f"EXPLAIN {analyze}{inner}"
+    raise QueryRefusedError(
+        f"the audit trail is read-only: {statement.type.name} statements are not allowed "
+        "(only SELECT, and EXPLAIN [ANALYZE] of a SELECT)")
+
+
+def _parse(con: duckdb.DuckDBPyConnection, query: str) -> list[Any]:
+    try:
+        return list(con.extract_statements(query))
+    except duckdb.Error as exc:
+        raise QueryError(f"invalid SQL: {exc}") from exc
+
+
+def _check_tree(con: duckdb.DuckDBPyConnection, select: str) -> None:
+    """Refuse ``select`` if its syntax tree calls a table function off the allow-list."""
+    row = con.execute("SELECT json_serialize_sql(?)", [select]).fetchone()
+    tree = json.loads(row[0]) if row else {"error": True}
+    if tree.get("error"):
+        message = tree.get("error_message") or "it cannot be parsed as a SELECT"
+        raise QueryRefusedError(f"the query cannot be checked as a plain read: {message}")
+    refused = sorted({name for name in _table_functions(tree)
+                      if name not in READABLE_TABLE_FUNCTIONS})
+    if refused:
+        raise QueryRefusedError(
+            f"table function(s) {', '.join(refused)} are not allowed in analytics: only "
+            "the trail, its Parquet archives and DuckDB's generators and metadata "
+            "functions can be read")
+
+
+def _table_functions(node: Any) -> Iterator[str]:
+    """Every table function named anywhere in a serialised syntax tree."""
+    if isinstance(node, dict):
+        if node.get("type") == "TABLE_FUNCTION":
+            function = node.get("function")
+            name = function.get("function_name") if isinstance(function, dict) else None
+            # a table function the tree does not name plainly is refused, never skipped
+            yield str(name).lower() if isinstance(name, str) else "<unnamed>"
+        for value in node.values():
+            yield from _table_functions(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _table_functions(value)
