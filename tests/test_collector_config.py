@@ -87,15 +87,21 @@ def test_gateway_routes_audit_records_to_the_ingest_server() -> None:
     config = _load("audit-gateway.yaml")
     (route,) = config["connectors"]["routing"]["table"]
     assert route["context"] == "log"
+    # the condition itself is held to otel_audit.mapping.is_audit in
+    # tests/collector/test_collector_routing.py
     assert f'event_name == "{AUDIT_EVENT_NAME}"' in route["condition"]
-    assert 'attributes["audit.action"]' in route["condition"]
+    assert 'attributes["audit.action"] != nil' in route["condition"]
     pipelines = config["service"]["pipelines"]
     (audit_pipeline,) = route["pipelines"]
     assert pipelines[audit_pipeline]["exporters"] == ["otlphttp/audit"]
-    assert any(p.startswith("batch") for p in pipelines[audit_pipeline]["processors"])
+    # no batch processor on the audit route: batching is the exporter's, after its
+    # persistent queue (tests/collector/test_collector_schema.py holds the rule)
+    assert not any(p.startswith("batch") for p in pipelines[audit_pipeline].get("processors", []))
     exporter = config["exporters"]["otlphttp/audit"]
-    assert exporter["headers"]["Authorization"] == "Bearer ${env:OTEL_AUDIT_SERVER_TOKEN}"
-    assert config["exporters"]["otlphttp/audit"]["sending_queue"]["enabled"] is True
+    assert exporter["auth"]["authenticator"] == "bearertokenauth/audit"
+    assert config["extensions"]["bearertokenauth/audit"]["token"] == (
+        "${env:OTEL_AUDIT_SERVER_TOKEN}")
+    assert exporter["sending_queue"]["enabled"] is True
     # other logs go to the default pipeline, not the trail
     assert config["connectors"]["routing"]["default_pipelines"] == ["logs/default"]
 
@@ -119,3 +125,15 @@ def test_otelcol_contrib_validates(name: str, tmp_path: Path) -> None:
          f"--config={CONFIG_DIR / name}"],
         capture_output=True, text=True, env=env, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("otelcol-contrib") is None,
+                    reason="otelcol-contrib is not on PATH")
+def test_otelcol_contrib_refuses_the_gateway_without_a_token(tmp_path: Path) -> None:
+    env = {"AUDIT_QUEUE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [shutil.which("otelcol-contrib") or "otelcol-contrib", "validate",
+         f"--config={CONFIG_DIR / 'audit-gateway.yaml'}"],
+        capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "no bearer token provided" in result.stderr
