@@ -137,3 +137,21 @@ def test_otelcol_contrib_refuses_the_gateway_without_a_token(tmp_path: Path) -> 
         capture_output=True, text=True, env=env, timeout=60, check=False)
     assert result.returncode != 0
     assert "no bearer token provided" in result.stderr
+
+
+def test_readme_loss_table_covers_every_hop_and_failure() -> None:
+    readme = (CONFIG_DIR / "README.md").read_text()
+    section = readme.split("## Loss semantics, hop by hop", 1)[1]
+    hops = re.findall(r"^### (.+)$", section, re.M)
+    assert [hop.split(" — ")[0] for hop in hops] == [
+        "Service (SDK) → agent", "Agent → gateway", "Inside the gateway",
+        "Gateway → `otel-audit serve`", "`otel-audit serve` → PostgreSQL"]
+    tables = re.split(r"^### .+$", section, flags=re.M)[1:]
+    for hop, table in zip(hops, tables, strict=True):
+        rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+        assert rows, hop
+        for row in rows:
+            assert row.count("|") == 4, (hop, row)  # failure | outcome | behind it
+    for failure in ("crash", "disk full", "queue full", "timeout", "oversized", "401",
+                    "413", "400", "503", "404"):
+        assert failure in section, failure
