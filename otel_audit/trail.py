@@ -30,6 +30,7 @@ from .config import AuditConfig, resolve_config
 from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, StoreError
 from .integrity.install import install_chain
+from .integrity.seals import install_seals
 from .mapping import AUDIT_EVENT_NAME
 from .pipeline.batch import AuditStats, DeferredRecords
 from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
@@ -137,6 +138,8 @@ class AuditTrail:
             self.pipeline.on_written.append(OtelLogEmitter(logger_provider))
         #: this writer's hash chain (see otel_audit.integrity)
         self.chain = install_chain(self.config, self.writer, self.pipeline)
+        #: seals of that chain's head: on a schedule while writing, and at shutdown
+        self.seals = install_seals(self.config, self.writer, self.pipeline, self.chain)
         self._sync = self.config.mode == "sync"
         self._choose_mode = ModeChooser(self.config)
         # the hot path skips mode resolution when nothing can change the trail's mode
@@ -473,7 +476,9 @@ class AuditTrail:
         if self._closed:
             return True
         self._closed = True
-        return self.pipeline.shutdown(timeout)
+        drained = self.pipeline.shutdown(timeout)
+        self.seals.close()  # the final seal names only what was committed
+        return drained
 
     def stats(self) -> AuditStats:
         """Counters: enqueued, written, retried, failed, dropped, queue depth."""
