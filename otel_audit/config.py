@@ -166,6 +166,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("checkpoint_every", "OTEL_AUDIT_CHECKPOINT_EVERY", 10000, int,
             "Write a checkpoint of this writer's chain every N records (`0`: only "
             "`otel-audit checkpoint`)."),
+    Setting("seal_interval", "OTEL_AUDIT_SEAL_INTERVAL_MS", 60.0, _ms_to_seconds,
+            "While the trail writes, seal its chain's head (a signed digest, chained to the "
+            "previous one) at most this often, and always at shutdown (seconds as keyword, "
+            "milliseconds in the environment; `0`: only at shutdown)."),
     Setting("personal_keys", "OTEL_AUDIT_PERSONAL_KEYS", ("email", "ip_address", "phone"),
             _parse_key_list,
             "Keys in JSON values holding personal data: chained through a salted digest "
@@ -209,6 +213,7 @@ class AuditConfig:
     hmac_key: str | None = None
     signing_key: str | None = None
     checkpoint_every: int = 10000
+    seal_interval: float = 60.0
     personal_keys: tuple[str, ...] = ("email", "ip_address", "phone")
 
     def replace(self, **changes: Any) -> AuditConfig:

@@ -1,0 +1,383 @@
+"""Seals: signed digests of chain heads, chained per sealer, written on a schedule.
+
+A *seal* commits to the head ``(seq, hash)`` of one or more streams at one time. Seals
+form their own chain per *sealer* (``seq`` 1, 2, 3, ... and the previous seal's hash), so
+a deleted seal leaves a gap, and each is Ed25519-signed when a signing key is set.
+
+* A trail seals its own stream every ``seal_interval`` seconds while it writes and at
+  shutdown (:class:`PeriodicSeals`): short streams, a CLI run's or a process's, are
+  sealed too, and the unsealed tail of a stream is bounded in time, not in records.
+* ``otel-audit seal`` (:func:`seal_all`) seals the head of *every* stream from a
+  separate process with its own key, also when nothing happened, and can append each
+  seal to a file kept outside the database (:func:`append_seal_file`).
+
+``verify`` checks every seal chain and treats each sealed head as a checkpoint, so the
+deletion of a stream's newest records, or of a whole stream, that a seal named is a
+finding (see ``docs/integrity.md`` for what window remains).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from .._internal import log_internal_error
+from ..errors import ConfigError, IntegrityError, StoreError
+from ..store.schema import audit_seals, audit_trails
+from .canonical import FORMAT, GENESIS_HASH
+from .keys import public_key_hex, sign, signature_valid
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+    from ..config import AuditConfig
+    from ..pipeline.batch import BatchPipeline
+    from ..store.writer import PreparedRecord, StoreWriter
+    from .chain import ChainSealer
+    from .verify import Finding
+
+__all__ = [
+    "SEAL_FILE_FORMAT",
+    "PeriodicSeals",
+    "Seal",
+    "all_seals",
+    "append_seal_file",
+    "check_seals",
+    "default_sealer_name",
+    "install_seals",
+    "load_seal_file",
+    "seal_all",
+    "stream_heads",
+    "write_seal",
+]
+
+#: ``format`` member of every line of a seal file.
+SEAL_FILE_FORMAT = "otel-audit-seal/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """One seal: ``heads`` maps each sealed stream to its ``[seq, hash]``."""
+
+    sealer: str
+    seq: int
+    prev_hash: str
+    created_at: str
+    heads: str
+    hash: str
+    signature: str | None = None
+    public_key: str | None = None
+
+    def message(self) -> bytes:
+        """The hashed and signed bytes: format, sealer, seq, previous hash, time, heads."""
+        return (f"{FORMAT}/seal\n{self.sealer}\n{self.seq}\n{self.prev_hash}\n"
+                f"{self.created_at}\n{self.heads}").encode()
+
+    def expected_hash(self) -> str:
+        """SHA-256 of :meth:`message` (what ``hash`` must hold)."""
+        return hashlib.sha256(self.message()).hexdigest()
+
+    def signature_ok(self, public: Ed25519PublicKey) -> bool:
+        """Whether the seal carries ``public``'s valid signature."""
+        return signature_valid(public, self.message(), self.signature)
+
+    def head_map(self) -> dict[str, tuple[int, str]]:
+        """``stream -> (seq, hash)``; raises :class:`ValueError` on a malformed text."""
+        doc = json.loads(self.heads)
+        if not isinstance(doc, dict):
+            raise ValueError("heads is not a JSON object")
+        out: dict[str, tuple[int, str]] = {}
+        for stream, head in doc.items():
+            seq, hash_ = head
+            if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(hash_, str):
+                raise ValueError(f"malformed head of {stream!r}")
+            out[str(stream)] = (seq, hash_)
+        return out
+
+
+def _now_text() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _time_text(value: Any) -> str:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return str(value.astimezone(dt.UTC).isoformat(timespec="microseconds"))
+
+
+def heads_text(heads: dict[str, tuple[int, str]]) -> str:
+    """The canonical ``heads`` text: sorted keys, compact."""
+    return json.dumps({s: [int(q), h] for s, (q, h) in heads.items()}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def default_sealer_name() -> str:
+    """``otel-audit-seal@host``: the name ``otel-audit seal`` uses unless given one."""
+    return f"otel-audit-seal@{socket.gethostname()[:80]}"
+
+
+def _last_seal(conn: Any, sealer: str) -> tuple[int, str] | None:
+    s = audit_seals.c
+    row = conn.execute(select(s.seq, s.hash).where(s.sealer == sealer)
+                       .order_by(s.seq.desc()).limit(1)).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def write_seal(engine: Engine, sealer: str, heads: dict[str, tuple[int, str]],
+               key: Ed25519PrivateKey | None = None) -> Seal:
+    """Append a seal of ``heads`` to ``sealer``'s chain (signed with ``key``)."""
+    try:
+        with engine.begin() as conn:
+            last = _last_seal(conn, sealer)
+            seq, prev = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
+            draft = Seal(sealer, seq, prev, _now_text(), heads_text(heads), "")
+            seal = Seal(draft.sealer, seq, prev, draft.created_at, draft.heads,
+                        draft.expected_hash(),
+                        None if key is None else sign(key, draft.message()),
+                        None if key is None else public_key_hex(key))
+            conn.execute(insert(audit_seals).values(
+                sealer=seal.sealer, seq=seal.seq, prev_hash=seal.prev_hash,
+                created_at=dt.datetime.fromisoformat(seal.created_at), heads=seal.heads,
+                hash=seal.hash, signature=seal.signature, public_key=seal.public_key))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot write a seal: {exc}") from exc
+    return seal
+
+
+def all_seals(engine: Engine) -> list[Seal]:
+    """Every stored seal, by sealer and seq."""
+    s = audit_seals.c
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(s.sealer, s.seq, s.prev_hash, s.created_at, s.heads,
+                                       s.hash, s.signature, s.public_key)
+                                .order_by(s.sealer, s.seq)).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the seals (run `otel-audit migrate`?): {exc}") from exc
+    return [Seal(str(r[0]), int(r[1]), str(r[2]), _time_text(r[3]), str(r[4]), str(r[5]),
+                 r[6], r[7]) for r in rows]
+
+
+def stream_heads(engine: Engine) -> dict[str, tuple[int, str]]:
+    """The current head ``(seq, hash)`` of every stream in the live store."""
+    t = audit_trails.c
+    last = (select(t.stream, func.max(t.seq).label("seq"))
+            .where(t.stream.is_not(None)).group_by(t.stream).subquery())
+    query = select(t.stream, t.seq, t.hash).join(
+        last, (t.stream == last.c.stream) & (t.seq == last.c.seq))
+    try:
+        with engine.connect() as conn:
+            return {str(s): (int(q), str(h)) for s, q, h in conn.execute(query).all()}
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the chain heads: {exc}") from exc
+
+
+def seal_all(engine: Engine, sealer: str, key: Ed25519PrivateKey | None = None) -> Seal:
+    """Seal the head of every stream (``otel-audit seal``); also when nothing changed."""
+    return write_seal(engine, sealer, stream_heads(engine), key)
+
+
+def append_seal_file(seal: Seal, path: str | Path) -> None:
+    """Append ``seal`` as one JSON line to ``path`` (created owner-only), then fsync."""
+    line = json.dumps({"format": SEAL_FILE_FORMAT, **asdict(seal)}, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_seal_file(path: str | Path) -> list[Seal]:
+    """Read a file written by :func:`append_seal_file`."""
+    out: list[Seal] = []
+    try:
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            doc = json.loads(line)
+            if doc.get("format") != SEAL_FILE_FORMAT:
+                raise IntegrityError(f"{path}:{number} is not an otel-audit seal")
+            out.append(Seal(str(doc["sealer"]), int(doc["seq"]), str(doc["prev_hash"]),
+                            str(doc["created_at"]), str(doc["heads"]), str(doc["hash"]),
+                            doc.get("signature"), doc.get("public_key")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"cannot read seals from {path}: {exc}") from exc
+    return out
+
+
+class PeriodicSeals:
+    """``on_written`` hook sealing this writer's stream every ``interval`` seconds while
+    it writes, and once more at :meth:`close` (trail shutdown).
+
+    It runs on the store thread after a committed batch, so a seal only ever names a
+    committed head. A seal that cannot be written is logged, never raised: sealing must
+    not fail the write path.
+    """
+
+    def __init__(self, writer: StoreWriter, chain: ChainSealer, interval: float,
+                 key: Ed25519PrivateKey | None) -> None:
+        self.writer = writer
+        self.chain = chain
+        self.interval = interval
+        self.key = key
+        self._lock = threading.Lock()
+        self._head: tuple[str, int, str] | None = None  # last committed (stream, seq, hash)
+        self._sealed: tuple[str, int, str] | None = None
+        self._last = time.monotonic()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # the child is a new writer with its own stream; the parent's heads are not its own
+        self._lock = threading.Lock()
+        self._head = self._sealed = None
+        self._last = time.monotonic()
+
+    def __call__(self, batch: Sequence[PreparedRecord]) -> None:
+        """Note the batch's last record of this stream; seal when the interval is over."""
+        stream = self.chain.stream
+        top: PreparedRecord | None = None
+        for prepared in reversed(batch):  # records of a batch are sealed in seq order
+            if prepared.stream == stream and prepared.seq is not None:
+                top = prepared
+                break
+        if top is None:
+            return
+        with self._lock:
+            seq = top.seq or 0
+            if self._head is None or self._head[0] != stream or seq > self._head[1]:
+                self._head = (stream, seq, top.hash or "")
+            due = self.interval > 0 and time.monotonic() - self._last >= self.interval
+        if due:
+            self.seal()
+
+    def seal(self) -> Seal | None:
+        """Seal the last committed head now, if it changed since the last seal."""
+        with self._lock:
+            head = self._head
+            if head is None or head == self._sealed:
+                return None
+            self._last = time.monotonic()
+        stream, seq, hash_ = head
+        try:
+            seal = write_seal(self.writer.engine, stream, {stream: (seq, hash_)}, self.key)
+        except Exception:  # an extra: never fail the write path or the shutdown over it
+            log_internal_error("seal", logging.WARNING, "could not write an audit seal",
+                               exc_info=True)
+            return None
+        with self._lock:
+            self._sealed = head
+        return seal
+
+    def close(self) -> None:
+        """The final seal (at trail shutdown, after the pipeline drained).
+
+        The pipeline has disposed of the writer's connections by then: the one this seal
+        opened is closed again, so a shut-down trail holds no connection.
+        """
+        if self.seal() is not None:
+            self.writer.engine.dispose()
+
+
+def seals_by_sealer(seals: Iterable[Seal]) -> dict[str, list[Seal]]:
+    """Seals grouped by sealer, each list in ``seq`` order."""
+    out: dict[str, list[Seal]] = {}
+    for seal in seals:
+        out.setdefault(seal.sealer, []).append(seal)
+    for items in out.values():
+        items.sort(key=lambda s: s.seq)
+    return out
+
+
+def install_seals(config: AuditConfig, writer: StoreWriter, pipeline: BatchPipeline,
+                  chain: ChainSealer) -> PeriodicSeals:
+    """Seal ``chain``'s stream every ``config.seal_interval`` seconds and at shutdown."""
+    from .keys import load_signing_key
+
+    interval = config.seal_interval
+    if not isinstance(interval, int | float) or interval < 0:
+        raise ConfigError(f"seal_interval must be >= 0 seconds; got {interval!r}")
+    seals = PeriodicSeals(writer, chain, float(interval), load_signing_key(config.signing_key))
+    pipeline.on_written.append(seals)
+    return seals
+
+
+def check_seals(stored: Sequence[Seal], exported: Sequence[Seal] = (), *,
+                public_key: Ed25519PublicKey | None = None, require_signed: bool = False,
+                ) -> tuple[list[Finding], list[Finding], list[tuple[str, int, str, str]]]:
+    """``(findings, warnings, sealed heads)`` of the seals in the store and in a file.
+
+    Each sealer's chain must start at 1, have no gap, link each seal to the previous
+    one's hash and match its own hash; with ``public_key`` each seal's signature must
+    verify (unsigned: a warning, or a finding with ``require_signed``). An exported seal
+    missing from the store (deleted, or the database rolled back) or different from it
+    is a finding. The heads of every seal come back for the chain walk.
+    """
+    from .verify import Finding
+
+    findings: list[Finding] = []
+    warnings: list[Finding] = []
+    heads: list[tuple[str, int, str, str]] = []
+    known = {(s.sealer, s.seq): s for s in stored}
+    merged = list(stored)
+    for seal in exported:
+        mine = known.get((seal.sealer, seal.seq))
+        if mine is None:
+            findings.append(Finding("seal", seal.sealer, seal.seq, None,
+                                    "an exported seal is missing from the database (deleted, "
+                                    "or the database rolled back)"))
+            merged.append(seal)
+        elif mine.hash != seal.hash:
+            findings.append(Finding("conflict", seal.sealer, seal.seq, None,
+                                    "the exported seal differs from the database's"))
+    for sealer, chain in seals_by_sealer(merged).items():
+        expected_seq, prev = 1, GENESIS_HASH
+        for seal in chain:
+            if seal.seq > expected_seq:
+                gap = (f"{expected_seq}" if seal.seq == expected_seq + 1
+                       else f"{expected_seq}..{seal.seq - 1}")
+                findings.append(Finding("seal", sealer, expected_seq, None,
+                                        f"seals {gap} of this sealer are missing (deleted)"))
+            elif seal.seq < expected_seq:
+                findings.append(Finding("seal", sealer, seal.seq, None,
+                                        "a second seal claims this seq"))
+                continue
+            if seal.hash != seal.expected_hash():
+                findings.append(Finding("seal", sealer, seal.seq, None,
+                                        "the seal's content does not match its hash"))
+            elif seal.seq == expected_seq and seal.prev_hash != prev:
+                findings.append(Finding("seal", sealer, seal.seq, None,
+                                        "the seal does not link to the previous seal"))
+            if public_key is not None:
+                if not seal.signature:
+                    (findings if require_signed else warnings).append(Finding(
+                        "unsigned", sealer, seal.seq, None, "the seal is not signed"))
+                elif not seal.signature_ok(public_key):
+                    findings.append(Finding("bad_signature", sealer, seal.seq, None,
+                                            "seal signature does not verify"))
+            try:
+                for stream, (seq, hash_) in seal.head_map().items():
+                    heads.append((stream, seq, hash_, f"seal {seal.seq} of {sealer}"))
+            except (ValueError, TypeError):
+                findings.append(Finding("seal", sealer, seal.seq, None,
+                                        "the seal's heads are malformed"))
+            expected_seq, prev = seal.seq + 1, seal.hash
+    return findings, warnings, heads
