@@ -32,19 +32,26 @@ from .analytics._duck import attach_store, sql_literal
 from .errors import ConfigError, IntegrityError, StoreError
 from .integrity.canonical import (
     CHAIN_ROW_COLUMNS,
+    FORMAT,
     PERSONAL_FIELDS,
     personal_digest,
     personal_json_values,
     pii_info,
+    rewrite_json,
+    row_version,
 )
 from .integrity.checkpoints import write_checkpoint
+from .integrity.erasures import ERASED, Erasure, erasure_entry, new_erasure, store_erasure
 from .integrity.sources import chain_row_select
 from .integrity.verify import Finding
 from .record import JSON_FIELDS
 from .store.schema import audit_holds, audit_trails
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
     from .trail import AuditTrail
 
@@ -62,8 +69,6 @@ __all__ = [
     "verify_archive_files",
 ]
 
-#: What an erased personal value reads as.
-ERASED = "[erased]"
 #: What a legal hold can name.
 HOLD_KINDS = ("user", "resource", "team")
 MANIFEST = "manifest.json"
@@ -191,10 +196,28 @@ def load_manifest(archive_dir: str | Path) -> dict[str, Any]:
     return doc
 
 
-def _save_manifest(archive_dir: Path, doc: dict[str, Any]) -> None:
+def _manifest_message(doc: dict[str, Any]) -> bytes:
+    """The signed bytes of a manifest: its canonical JSON without the signature members."""
+    body = {k: v for k, v in doc.items() if k not in ("signature", "public_key")}
+    return (f"{FORMAT}/manifest\n" + json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                                ensure_ascii=False)).encode()
+
+
+def _save_manifest(archive_dir: Path, doc: dict[str, Any],
+                   signing_key: Ed25519PrivateKey | None = None) -> None:
+    """Write the manifest atomically, signed with ``signing_key`` (else unsigned)."""
+    from .integrity.keys import public_key_hex, sign
+
+    # what verify reads back: the JSON round trip of the document
+    doc = json.loads(json.dumps(doc, default=str))
+    doc.pop("signature", None)
+    doc.pop("public_key", None)
+    if signing_key is not None:
+        doc["signature"] = sign(signing_key, _manifest_message(doc))
+        doc["public_key"] = public_key_hex(signing_key)
     path = archive_dir / MANIFEST
     tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -288,7 +311,7 @@ def prune(
     manifest["runs"].append({"run": run, "pruned_at": dt.datetime.now(dt.UTC).isoformat(),
                              "before": before.isoformat(), "records": len(ids),
                              "held": report.held, "files": files, "streams": report.streams})
-    _save_manifest(out_dir, manifest)
+    _save_manifest(out_dir, manifest, signing_key)
     for stream, info in report.streams.items():
         write_checkpoint(engine, stream, info["last_seq"], info["last_hash"], signing_key)
     report.deleted = _delete(engine, ids, progress)
@@ -311,27 +334,91 @@ def _delete(engine: Engine, ids: Sequence[str],
     return deleted
 
 
-def verify_archive_files(archive_dir: str | Path) -> list[Finding]:
-    """Every file the manifest lists exists with its SHA-256; no file is unlisted."""
+def verify_archive_files(archive_dir: str | Path, *,
+                         public_key: Ed25519PublicKey | None = None,
+                         require_signed: bool = False,
+                         erasure_ids: set[str] | None = None,
+                         ) -> tuple[list[Finding], list[Finding]]:
+    """``(findings, warnings)`` about the archive directory and its manifest.
+
+    Every file the manifest lists exists with its SHA-256 and no file is unlisted; each
+    run's per-stream summary (count, first and last ``seq`` and hash) matches its files;
+    each erasure the manifest lists exists in the store (``erasure_ids``); with
+    ``public_key`` the manifest's signature verifies (an unsigned manifest is a warning,
+    or a finding with ``require_signed``).
+    """
     root = Path(archive_dir)
     manifest = load_manifest(root)
     findings: list[Finding] = []
+    warnings: list[Finding] = []
     listed = set()
+    if public_key is not None and (root / MANIFEST).exists():
+        from .integrity.keys import signature_valid
+
+        if not manifest.get("signature"):
+            (findings if require_signed else warnings).append(Finding(
+                "unsigned", None, None, None, f"{MANIFEST} is not signed"))
+        elif not signature_valid(public_key, _manifest_message(manifest),
+                                 manifest.get("signature")):
+            findings.append(Finding("bad_signature", None, None, None,
+                                    f"{MANIFEST} signature does not verify"))
     for run in manifest.get("runs", []):
+        present = []
         for item in run.get("files", []):
             listed.add(item["path"])
             path = root / item["path"]
             if not path.is_file():
                 findings.append(Finding("archive", None, None, None,
                                         f"{item['path']} is missing"))
-            elif _sha256(path) != item["sha256"]:
+                continue
+            present.append(path)
+            if _sha256(path) != item["sha256"]:
                 findings.append(Finding("archive", None, None, None,
                                         f"{item['path']} differs from its manifest SHA-256"))
+        findings.extend(_run_summaries(run, present))
     for path in sorted(root.rglob("*.parquet")):
         rel = str(path.relative_to(root))
         if rel not in listed:
             findings.append(Finding("archive", None, None, None,
                                     f"{rel} is not listed in the manifest"))
+    for erasure in manifest.get("erasures", []):
+        for rel in erasure.get("files", []):
+            if rel not in listed:
+                findings.append(Finding("archive", None, None, None,
+                                        f"erasure entry names {rel}, which no run lists"))
+        named = erasure.get("erasure")
+        if erasure_ids is not None and named is not None and named not in erasure_ids:
+            findings.append(Finding("archive", None, None, None,
+                                    f"erasure {named} of the manifest is not in the store"))
+    return findings, warnings
+
+
+def _run_summaries(run: dict[str, Any], files: list[Path]) -> list[Finding]:
+    """A run's per-stream summaries against the records of its files."""
+    expected = run.get("streams") or {}
+    if not files:
+        return []
+    names = ", ".join(sql_literal(str(p)) for p in files)
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            "SELECT stream, count(*), min(seq), arg_min(hash, seq), max(seq), "
+            f"arg_max(hash, seq) FROM read_parquet([{names}], union_by_name = true, "
+            "hive_partitioning = false) WHERE stream IS NOT NULL GROUP BY stream").fetchall()
+    except duckdb.Error as exc:
+        return [Finding("archive", None, None, None,
+                        f"run {run.get('run')}: cannot read its files ({exc})")]
+    finally:
+        con.close()
+    actual = {str(r[0]): {"count": int(r[1]), "first_seq": int(r[2]), "first_hash": r[3],
+                          "last_seq": int(r[4]), "last_hash": r[5]} for r in rows}
+    findings = []
+    for stream in sorted(set(expected) | set(actual)):
+        want, got = expected.get(stream), actual.get(stream)
+        if want is None or got is None or any(want.get(k) != v for k, v in got.items()):
+            findings.append(Finding("archive", stream, None, None,
+                                    f"run {run.get('run')}: the archived records of this stream "
+                                    f"do not match the manifest's summary ({want} != {got})"))
     return findings
 
 
@@ -345,6 +432,7 @@ class ForgetReport:
     live: int = 0
     archived: int = 0
     files: list[str] = field(default_factory=list)
+    erasure_id: str | None = None
 
 
 _POS = {name: i for i, name in enumerate(CHAIN_ROW_COLUMNS)}
@@ -372,9 +460,11 @@ def _erasure(row: Sequence[Any]) -> dict[str, Any] | None:
         keys = parsed[0] or []
     texts = [row[_POS[name]] for name in JSON_FIELDS]
     salt = row[_POS["pii_salt"]]
+    version = row_version(row)  # the rules the row was sealed under
     digest = personal_digest("" if salt is None else salt,
                              [row[_POS[name]] for name in PERSONAL_FIELDS],
-                             personal_json_values(texts, keys) if keys else [])
+                             personal_json_values(texts, keys, version=version) if keys
+                             else [], version=version)
     erased = {"k": keys, "d": digest} if keys else {"d": digest}
     changes: dict[str, Any] = {"id": row[_POS["id"]], "pii_salt": None,
                                "pii": json.dumps(erased)}
@@ -383,37 +473,55 @@ def _erasure(row: Sequence[Any]) -> dict[str, Any] | None:
     frozen = frozenset(keys)
     for name, text_value in zip(JSON_FIELDS, texts, strict=True):
         if keys and text_value is not None:
-            changes[name] = json.dumps(_erase_json(json.loads(text_value), frozen),
-                                       sort_keys=True, separators=(",", ":"),
-                                       ensure_ascii=False)
+            changes[name] = rewrite_json(text_value, lambda v: _erase_json(v, frozen),
+                                         version=version)
         else:
             changes[name] = text_value
     return changes
 
 
-def _erase_live(engine: Engine, user_id: str) -> int:
+def _live_changes(engine: Engine, user_id: str) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
+    """``(changes, chain row)`` of each of the subject's live records not yet erased."""
     dialect = engine.dialect.name
     mark = "?" if dialect == "sqlite" else "%s"
     select_sql = (f"SELECT {chain_row_select(dialect)} FROM audit_trails "
                   f"WHERE user_id = {mark} AND stream IS NOT NULL")
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(select_sql, (user_id,)).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the subject's records: {exc}") from exc
+    return [(c, tuple(r)) for c, r in ((_erasure(tuple(r)), r) for r in rows) if c is not None]
+
+
+def _erase_live(engine: Engine, changes: list[dict[str, Any]], erasure: Erasure | None) -> int:
+    """Apply ``changes`` and store ``erasure`` in one transaction."""
+    dialect = engine.dialect.name
     json_cast = "CAST({} AS JSONB)" if dialect == "postgresql" else "{}"
     sets = ", ".join(
         f"{name} = " + (json_cast.format(f":{name}") if name in JSON_FIELDS else f":{name}")
         for name in (*PERSONAL_FIELDS, *JSON_FIELDS, "pii_salt", "pii"))
     try:
         with engine.begin() as conn:
-            rows = conn.exec_driver_sql(select_sql, (user_id,)).all()
-            changes = [c for c in (_erasure(tuple(r)) for r in rows) if c is not None]
             if changes:
                 conn.execute(text(f"UPDATE audit_trails SET {sets} WHERE id = :id"), changes)
+            if erasure is not None:
+                store_erasure(conn, erasure)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot erase the subject's records: {exc}") from exc
     return len(changes)
 
 
-def _erase_archives(archive_dir: Path, user_id: str) -> tuple[int, list[str]]:
-    manifest = load_manifest(archive_dir)
-    total, rewritten = 0, []
+def _entry(changes: dict[str, Any], row: Sequence[Any]) -> dict[str, Any]:
+    info = pii_info(changes["pii"])
+    keys = (info[0] or []) if info else []
+    return erasure_entry(changes, row[_POS["stream"]], row[_POS["seq"]], keys)
+
+
+def _archive_changes(archive_dir: Path, user_id: str,
+                     ) -> list[tuple[Path, list[tuple[dict[str, Any], tuple[Any, ...]]]]]:
+    """Per archive file, ``(changes, chain row)`` of the subject's records not yet erased."""
+    out = []
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     try:
@@ -421,9 +529,27 @@ def _erase_archives(archive_dir: Path, user_id: str) -> tuple[int, list[str]]:
             source = f"read_parquet({sql_literal(str(path))})"
             rows = con.execute(f"SELECT {chain_row_select('duckdb')} FROM {source} "
                                "WHERE user_id = ?", [user_id]).fetchall()
-            changes = [c for c in (_erasure(r) for r in rows) if c is not None]
-            if not changes:
-                continue
+            changes = [(c, tuple(r)) for c, r in ((_erasure(r), r) for r in rows)
+                       if c is not None]
+            if changes:
+                out.append((path, changes))
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot read the subject's archived records: {exc}") from exc
+    finally:
+        con.close()
+    return out
+
+
+def _erase_archives(archive_dir: Path, files: list[tuple[Path, list[dict[str, Any]]]],
+                    erasure_id: str | None,
+                    signing_key: Ed25519PrivateKey | None) -> tuple[int, list[str]]:
+    manifest = load_manifest(archive_dir)
+    total, rewritten = 0, []
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    try:
+        for path, changes in files:
+            source = f"read_parquet({sql_literal(str(path))})"
             names = ["id", *PERSONAL_FIELDS, *JSON_FIELDS, "pii_salt", "pii"]
             con.execute("CREATE OR REPLACE TEMP TABLE upd (" +
                         ", ".join(f'"{n}" VARCHAR' for n in names) + ")")
@@ -451,25 +577,48 @@ def _erase_archives(archive_dir: Path, user_id: str) -> tuple[int, list[str]]:
         con.close()
     if rewritten:
         manifest.setdefault("erasures", []).append(
-            {"at": dt.datetime.now(dt.UTC).isoformat(), "records": total, "files": rewritten})
-        _save_manifest(archive_dir, manifest)
+            {"at": dt.datetime.now(dt.UTC).isoformat(), "erasure": erasure_id,
+             "records": total, "files": rewritten})
+        _save_manifest(archive_dir, manifest, signing_key)
     return total, rewritten
 
 
 def forget(engine: Engine, user_id: str, *, archive_dir: str | Path | None = None,
-           erased_by: str | None = None, trail: AuditTrail | None = None) -> ForgetReport:
+           erased_by: str | None = None, trail: AuditTrail | None = None,
+           signing_key: Ed25519PrivateKey | None = None) -> ForgetReport:
     """Erase ``user_id``'s personal values everywhere; ``verify`` still passes afterwards.
 
-    With ``trail``, an ``ERASE`` record (counts only, never the subject's ID) is
-    appended to the trail in ``sync`` mode.
+    The erased rows (live and archived) are listed in an erasure document stored in
+    ``audit_erasures`` in the same transaction as the live rows' update, signed with
+    ``signing_key`` (``verify --public-key`` then authenticates it; an unsigned erasure
+    is reported as ``unauthenticated``). With ``trail``, an ``ERASE`` record (counts and
+    the erasure's ID, never the subject's ID) is appended to the trail in ``sync`` mode
+    first, and the document names it.
     """
-    report = ForgetReport(live=_erase_live(engine, user_id))
-    if archive_dir is not None and Path(archive_dir).is_dir():
-        report.archived, report.files = _erase_archives(Path(archive_dir), user_id)
+    live = _live_changes(engine, user_id)
+    archive = Path(archive_dir) if archive_dir is not None else None
+    archived = _archive_changes(archive, user_id) if archive is not None and \
+        archive.is_dir() else []
+    entries = [_entry(c, r) for c, r in live]
+    entries += [_entry(c, r) for _, items in archived for c, r in items]
+    erasure_id = uuid.uuid4().hex if entries else None
+    record_id = None
     if trail is not None:
-        trail.record("ERASE", user_id=erased_by or "otel-audit",
-                     resource_type="audit_subject", mode="sync",
-                     context={"records_erased": report.live,
-                              "archived_records_erased": report.archived,
-                              "archive_files_rewritten": len(report.files)})
+        written = trail.record(
+            "ERASE", user_id=erased_by or "otel-audit", resource_type="audit_subject",
+            resource_id=erasure_id, mode="sync",
+            context={"erasure": erasure_id, "records_erased": len(live),
+                     "archived_records_erased": sum(len(i) for _, i in archived),
+                     "archive_files_rewritten": len(archived)})
+        record_id = written.id if written is not None else None
+    erasure = None
+    if erasure_id is not None:
+        erasure = new_erasure(erasure_id, entries, erased_by=erased_by, record_id=record_id,
+                              key=signing_key)
+    report = ForgetReport(live=_erase_live(engine, [c for c, _ in live], erasure),
+                          erasure_id=erasure_id)
+    if archive is not None and archived:
+        report.archived, report.files = _erase_archives(
+            archive, [(p, [c for c, _ in items]) for p, items in archived], erasure_id,
+            signing_key)
     return report

@@ -117,23 +117,34 @@ def verify(
     checkpoints: Annotated[Path | None, typer.Option(
         "--checkpoints", help="Checkpoint file written by `checkpoint --export` "
         "(detects a database rolled back to an old backup).")] = None,
+    seals: Annotated[Path | None, typer.Option(
+        "--seals", help="Seal file appended by `seal --export` (detects deleted seals and "
+        "a database rolled back).")] = None,
     public_key: Annotated[str | None, typer.Option(
-        "--public-key", help="Ed25519 public key (hex, PEM or file): checkpoint "
-        "signatures must verify.")] = None,
+        "--public-key", help="Ed25519 public key (hex, PEM or file): signatures of "
+        "checkpoints, seals, erasures and the archive manifest must verify.")] = None,
+    require_signed: Annotated[bool, typer.Option(
+        "--require-signed", help="With --public-key: an unsigned checkpoint, seal or "
+        "manifest is a finding, not a warning.")] = False,
     archive: ArchiveOption = None,
     output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
     workers: Annotated[int, typer.Option(
         min=0, help="Processes sharing the live chains (0: one per CPU from 200,000 "
         "records on; helps only on idle cores).")] = 1,
 ) -> None:
-    """Verify hash chains, checkpoints and archives; exit status 1 on any finding."""
+    """Verify chains, checkpoints, seals, erasures and archives.
+
+    Exit status 1 on any finding, 2 when verification could not run.
+    """
     from ..integrity.checkpoints import load_checkpoint_file
+    from ..integrity.seals import load_seal_file
     from ..integrity.verify import verify_trail
 
     config = _config(db)
     engine = _engine(config)
     try:
         extra = load_checkpoint_file(checkpoints) if checkpoints is not None else []
+        exported = load_seal_file(seals) if seals is not None else []
         public = load_public_key(public_key) if public_key else None
         with Progress(TextColumn("[bold]verifying"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console(), transient=True,
@@ -144,7 +155,8 @@ def verify(
                 since=_utc(since, "--since") if since else None,
                 archive_dir=_archive(archive, config), checkpoints=extra, public_key=public,
                 progress=lambda n: bar.advance(task, n),
-                on_total=lambda n: bar.update(task, total=n), workers=workers)
+                on_total=lambda n: bar.update(task, total=n), workers=workers,
+                seals=exported, require_signed=require_signed)
     except AuditError as exc:
         raise fail(str(exc)) from exc
     finally:
@@ -154,8 +166,13 @@ def verify(
     else:
         out = console()
         summary = (f"{report.records} records in {report.streams} streams, "
-                   f"{report.checkpoints} checkpoints, {report.archive_files} archive files"
+                   f"{report.checkpoints} checkpoints, {report.seals} seals, "
+                   f"{report.archive_files} archive files"
                    + (f", {report.erased} erased" if report.erased else ""))
+        for w in report.warnings:
+            err_console().print(f"[yellow]warning:[/] {w.kind} {w.stream or ''} "
+                                f"{'' if w.seq is None else w.seq} {w.detail}",
+                                highlight=False)
         if report.ok:
             out.print(f"[bold green]OK[/] {summary}")
         else:
@@ -200,6 +217,55 @@ def checkpoint(
             console().print(f"{count} checkpoints exported to {export}")
     except AuditError as exc:
         raise fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def seal(
+    db: DbOption = None,
+    every: Annotated[float | None, typer.Option(
+        "--every", min=0.001, help="Seal every N seconds until interrupted (default: once).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="This sealer's chain of seals (default: otel-audit-seal@HOST); one "
+        "process per name.")] = None,
+    export: Annotated[Path | None, typer.Option(
+        "--export", help="Also append each seal as a JSON line to this file (keep it "
+        "outside the database; `verify --seals FILE`).")] = None,
+    count: Annotated[int | None, typer.Option(
+        "--count", min=1, help="With --every: stop after this many seals.")] = None,
+) -> None:
+    """Seal the head of every stream: a signed digest chained to this sealer's last one.
+
+    Signed with OTEL_AUDIT_SIGNING_KEY (the sealer's own key: the application need not
+    hold it). Seals also when nothing changed, so the unsealed window is bounded in time.
+    """
+    import time
+
+    from ..integrity.seals import append_seal_file, default_sealer_name, seal_all
+
+    config = _config(db)
+    engine = _engine(config)
+    sealer = name or default_sealer_name()
+    done = 0
+    try:
+        key = load_signing_key(config.signing_key)
+        while True:
+            started = time.monotonic()
+            made = seal_all(engine, sealer, key)
+            if export is not None:
+                append_seal_file(made, export)
+            done += 1
+            console().print(f"seal {made.seq} of {sealer}: {len(made.head_map())} streams"
+                            f"{' (signed)' if made.signature else ''}", highlight=False)
+            if every is None or (count is not None and done >= count):
+                break
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
     finally:
         engine.dispose()
 
@@ -316,6 +382,8 @@ def forget(
     config = _config(db)
     with _audited_store(config) as (engine, trail):
         report = run_forget(engine, user, archive_dir=_archive(archive, config),
-                            erased_by=_operator(by), trail=trail)
+                            erased_by=_operator(by), trail=trail,
+                            signing_key=load_signing_key(config.signing_key))
     console().print(f"erased {report.live} live and {report.archived} archived records "
-                    f"({len(report.files)} archive files rewritten); chains still verify")
+                    f"({len(report.files)} archive files rewritten); chains still verify"
+                    + (f"; erasure {report.erasure_id}" if report.erasure_id else ""))

@@ -77,6 +77,8 @@ class StoreSource:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        #: IDs of rows the walk skips (malformed rows ``verify`` reports on their own)
+        self.exclude: tuple[str, ...] = ()
 
     def _placeholder(self) -> str:
         return "?" if self.dialect == "sqlite" else "%s"
@@ -152,6 +154,9 @@ class StoreSource:
         if seq_range is not None:
             where += f" AND seq BETWEEN {ph} AND {ph}"
             params += list(seq_range)
+        if self.exclude:
+            where += f" AND id NOT IN ({', '.join([ph] * len(self.exclude))})"
+            params += list(self.exclude)
         if self.dialect == "sqlite":
             body = ", ".join(f'"{n}"' for n in HASHED_FIELDS)
             every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)

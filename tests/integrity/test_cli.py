@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from otel_audit import AuditTrail
 from otel_audit.cli import app
+from otel_audit.integrity.keys import generate_signing_key
 
 runner = CliRunner()
 
@@ -73,13 +74,16 @@ def test_signed_checkpoint_export_detects_rollback(cli_env: str, chained: AuditT
 
 
 def test_prune_hold_forget_commands(cli_env: str, make_trail: Callable[..., AuditTrail],
-                                    tmp_path: Path) -> None:
+                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pem, public = generate_signing_key()
+    monkeypatch.setenv("OTEL_AUDIT_SIGNING_KEY", pem)
     trail = make_trail(hmac_key=KEY, mode="sync")
     write_records(trail, 20, day_step=0.25)
     archive = str(tmp_path / "archive")
     code, out = _run("hold", "add", "--db", cli_env, "--user", "user-3", "--reason", "case 7",
                      "--by", "legal")
-    assert code == 0 and "hold 1 placed on user user-3" in out
+    assert code == 0 and "placed on user user-3" in out
+    hold = out.split()[1]  # the ID (PostgreSQL's sequence outlives the tests' TRUNCATE)
     code, out = _run("hold", "list", "--db", cli_env)
     assert "case 7" in out
     code, out = _run("prune", "--db", cli_env, "--before", "2026-01-03", "--archive", archive)
@@ -89,10 +93,12 @@ def test_prune_hold_forget_commands(cli_env: str, make_trail: Callable[..., Audi
     assert code == 0, out
     assert "erased 3 live and 2 archived records" in out
     code, out = _run("verify", "--db", cli_env, "--archive", archive)
+    assert code == 1 and "unauthenticated" in out  # erasures need the public key
+    code, out = _run("verify", "--db", cli_env, "--archive", archive, "--public-key", public)
     assert code == 0, out
     assert "5 erased" in out
-    assert _run("hold", "release", "--db", cli_env, "1")[0] == 0
-    assert _run("hold", "release", "--db", cli_env, "1")[0] == 1
+    assert _run("hold", "release", "--db", cli_env, hold)[0] == 0
+    assert _run("hold", "release", "--db", cli_env, hold)[0] == 1
 
 
 def test_prune_needs_an_archive(cli_env: str) -> None:

@@ -13,6 +13,7 @@ from integrity_support import BASE, KEY, execute, kinds, verify, write_records
 from sqlalchemy import Engine, func, select, text
 
 from otel_audit import AuditTrail
+from otel_audit.integrity.keys import generate_signing_key, load_public_key, load_signing_key
 from otel_audit.retention import (
     ERASED,
     active_holds,
@@ -123,8 +124,11 @@ def test_held_records_are_never_pruned(daily: AuditTrail, engine: Engine, tmp_pa
 
 def test_forget_erases_live_and_archived_values_and_verify_passes(
         daily: AuditTrail, engine: Engine, tmp_path: Path) -> None:
-    prune(engine, CUTOFF, tmp_path)
-    report = forget(engine, "user-0", archive_dir=tmp_path, erased_by="dpo", trail=daily)
+    pem, public = generate_signing_key()
+    signing = load_signing_key(pem)
+    prune(engine, CUTOFF, tmp_path, signing_key=signing)
+    report = forget(engine, "user-0", archive_dir=tmp_path, erased_by="dpo", trail=daily,
+                    signing_key=signing)
     assert report.live + report.archived == 8
     assert report.archived and report.files
     with engine.connect() as conn:
@@ -146,9 +150,11 @@ def test_forget_erases_live_and_archived_values_and_verify_passes(
             "SELECT CAST(context AS TEXT) FROM audit_trails WHERE action = 'ERASE'")).scalar()
     assert "user-0" not in str(context)
     assert json.loads(str(context))["records_erased"] == report.live
-    result = verify(engine, archive_dir=tmp_path)
+    assert json.loads(str(context))["erasure"] == report.erasure_id
+    result = verify(engine, archive_dir=tmp_path, public_key=load_public_key(public))
     assert result.ok, result.findings
     assert result.erased == 8
+    assert load_manifest(tmp_path)["erasures"][0]["erasure"] == report.erasure_id
     assert forget(engine, "user-0", archive_dir=tmp_path).live == 0  # idempotent
 
 
@@ -158,5 +164,5 @@ def test_fake_erasure_is_detected(daily: AuditTrail, engine: Engine) -> None:
             "WHERE seq = 3")
     execute(engine, "UPDATE audit_trails SET user_id = '[erased]', pii = :p WHERE seq = 4",
             p=json.dumps({"d": "00" * 32}))
-    assert [(f.kind, f.seq) for f in verify(engine).findings] == [("modified", 3),
-                                                                   ("modified", 4)]
+    assert [(f.kind, f.seq) for f in verify(engine).findings] == [
+        ("erasure", 3), ("modified", 3), ("erasure", 4), ("modified", 4)]
