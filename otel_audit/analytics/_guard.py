@@ -38,8 +38,8 @@ READABLE_TABLE_FUNCTIONS = frozenset({
     "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema",
     "parquet_file_metadata", "parquet_kv_metadata",
     "duckdb_columns", "duckdb_constraints", "duckdb_databases", "duckdb_functions",
-    "duckdb_indexes", "duckdb_keywords", "duckdb_schemas", "duckdb_tables", "duckdb_types",
-    "duckdb_views", "pragma_table_info", "pragma_show", "pragma_version",
+    "duckdb_indexes", "duckdb_keywords", "duckdb_schemas", "duckdb_settings", "duckdb_tables",
+    "duckdb_types", "duckdb_views", "pragma_table_info", "pragma_show", "pragma_version",
     "pg_timezone_names", "icu_calendar_names",
 })
 
@@ -96,7 +96,10 @@ def checked_query(con: duckdb.DuckDBPyConnection, query: str) -> str:
     if statement.type == duckdb.StatementType.EXPLAIN:
         match = _EXPLAIN.match(query)
         inner = query[match.end():] if match else ""
-        inner_statements = _parse(con, inner) if inner.strip() else []
+        try:
+            inner_statements = _parse(con, inner) if inner.strip() else []
+        except QueryError:  # e.g. EXPLAIN (FORMAT json) ...: options are not read here
+            inner_statements = []
         if (len(inner_statements) != 1
                 or inner_statements[0].type != duckdb.StatementType.SELECT):
             raise QueryRefusedError(
@@ -113,6 +116,8 @@ def checked_query(con: duckdb.DuckDBPyConnection, query: str) -> str:
 def _parse(con: duckdb.DuckDBPyConnection, query: str) -> list[Any]:
     try:
         return list(con.extract_statements(query))
+    except duckdb.PermissionException as exc:  # IMPORT DATABASE reads files to parse
+        raise QueryRefusedError(f"analytics reads no file to parse a query: {exc}") from exc
     except duckdb.Error as exc:
         raise QueryError(f"invalid SQL: {exc}") from exc
 
