@@ -266,3 +266,82 @@ def test_readme_documents_the_size_chain() -> None:
                   _receive_limit(gateway), _batch_max(gateway, "otlphttp/audit")):
         assert f"{value // MIB} MiB" in readme, value
     assert "--max-body-bytes" in readme
+
+
+# ----------------------------------------------------------------------- Validate rules
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(value: Any) -> float:
+    """A Go duration string (or 0) in seconds."""
+    if value in (0, None):
+        return 0.0
+    parts = re.findall(r"([0-9.]+)(ns|us|µs|ms|s|m|h)", str(value))
+    assert parts and "".join(n + u for n, u in parts) == value, value
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def _validate_queue(queue: dict[str, Any]) -> None:
+    # exporterhelper queuebatch Config.Validate and BatchConfig.Validate
+    assert queue["num_consumers"] > 0 and queue["queue_size"] > 0
+    assert not (queue.get("storage") and queue.get("wait_for_result"))
+    batch = queue.get("batch")
+    if batch is not None:
+        sizer = batch.get("sizer", queue.get("sizer", "items"))
+        assert sizer in ("items", "bytes")
+        assert _seconds(batch["flush_timeout"]) > 0
+        assert batch.get("min_size", 0) >= 0 and batch.get("max_size", 0) >= 0
+        if batch.get("max_size", 0) > 0:
+            assert batch["max_size"] >= batch.get("min_size", 0)
+        if sizer == queue.get("sizer", "requests"):
+            assert batch.get("min_size", 0) <= queue["queue_size"]
+
+
+def _validate_retry(retry: dict[str, Any]) -> None:
+    # configretry BackOffConfig.Validate
+    initial, maximum = _seconds(retry["initial_interval"]), _seconds(retry["max_interval"])
+    elapsed = _seconds(retry["max_elapsed_time"])
+    assert initial >= 0 and maximum >= 0 and elapsed >= 0
+    assert 0 <= retry.get("randomization_factor", 0.5) <= 1
+    if elapsed > 0:
+        assert elapsed >= initial and elapsed >= maximum
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_component_validate_rules_hold(name: str) -> None:
+    """What each component's Validate checks at start (``otelcol-contrib validate``
+    runs them where the binary is installed; this keeps them checked without it)."""
+    config = _load(name)
+    for exp_id, settings in config["exporters"].items():
+        assert settings["endpoint"], exp_id
+        if "sending_queue" in settings:
+            _validate_queue(settings["sending_queue"])
+        if "retry_on_failure" in settings:
+            _validate_retry(settings["retry_on_failure"])
+    for proc_id, settings in config["processors"].items():
+        if component_type(proc_id) == "memory_limiter":  # memorylimiter Config.Validate
+            assert _seconds(settings["check_interval"]) > 0
+            limit, spike = settings["limit_percentage"], settings["spike_limit_percentage"]
+            assert 0 < limit <= 100 and 0 <= spike < limit
+        if component_type(proc_id) == "batch":  # batchprocessor Config.Validate
+            assert settings.get("send_batch_max_size", 0) in (0, None) or \
+                settings["send_batch_max_size"] >= settings.get("send_batch_size", 0)
+            assert _seconds(settings.get("timeout", 0)) >= 0
+    for conn_id, settings in (config.get("connectors") or {}).items():
+        assert component_type(conn_id) == "routing"  # routingconnector Config.Validate
+        assert settings["table"]
+        for route in settings["table"]:
+            assert bool(route.get("statement")) != bool(route.get("condition"))
+            assert route["pipelines"]
+            assert route.get("context", "resource") in (
+                "resource", "span", "metric", "datapoint", "log", "request")
+        assert settings.get("error_mode", "propagate") in ("ignore", "propagate", "silent")
+    for ext_id, settings in config["extensions"].items():
+        if component_type(ext_id) == "file_storage":  # filestorage Config.Validate
+            compaction = settings.get("compaction") or {}
+            assert compaction.get("max_transaction_size", 0) >= 0
+            if compaction.get("on_rebound"):
+                assert _seconds(compaction["check_interval"]) > 0
+        if component_type(ext_id) == "health_check":  # healthcheckextension Config.Validate
+            assert settings["endpoint"] and settings.get("path", "/").startswith("/")
