@@ -12,11 +12,26 @@ Needs the ``server`` extra (Starlette, uvicorn, opentelemetry-proto)::
 
 from __future__ import annotations
 
-from .app import DEFAULT_MAX_BODY_BYTES, IngestApp, IngestStats, default_ack_mode
+from .app import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    IngestApp,
+    IngestStats,
+    default_ack_mode,
+)
 from .ingest import RECORD_ID_ATTRIBUTE, IngestBatch, records_from_request
-from .runner import TOKEN_ENV, build_server, resolve_token, serve_in_thread
+from .runner import (
+    TOKEN_ENV,
+    build_server,
+    check_exposure,
+    check_tls,
+    is_loopback,
+    resolve_token,
+    serve_in_thread,
+)
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "RECORD_ID_ATTRIBUTE",
     "TOKEN_ENV",
@@ -24,7 +39,10 @@ __all__ = [
     "IngestBatch",
     "IngestStats",
     "build_server",
+    "check_exposure",
+    "check_tls",
     "default_ack_mode",
+    "is_loopback",
     "records_from_request",
     "resolve_token",
     "serve_in_thread",

@@ -1,13 +1,17 @@
 """Running the receiver under uvicorn: in the foreground (the CLI) or on a thread.
 
 The token never needs to appear in a process list: :func:`resolve_token` takes it from
-an argument, a file, or ``OTEL_AUDIT_SERVER_TOKEN``.
+an argument, a file, or ``OTEL_AUDIT_SERVER_TOKEN``. :func:`check_exposure` refuses a
+receiver that anyone on the network could write to, and :func:`build_server` checks the
+TLS files before uvicorn would fail on them deep inside its startup.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +22,8 @@ import uvicorn
 from ..errors import ConfigError
 from .app import IngestApp
 
-__all__ = ["TOKEN_ENV", "build_server", "resolve_token", "serve_in_thread"]
+__all__ = ["TOKEN_ENV", "build_server", "check_exposure", "check_tls", "is_loopback",
+           "resolve_token", "serve_in_thread"]
 
 #: Environment variable holding the bearer token.
 TOKEN_ENV = "OTEL_AUDIT_SERVER_TOKEN"
@@ -44,6 +49,52 @@ def resolve_token(token: str | None = None, token_file: str | os.PathLike[str] |
     return token or os.environ.get(TOKEN_ENV) or None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` is reachable only from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to any interface
+
+
+def check_exposure(host: str, token: str | None, *, insecure: bool = False) -> None:
+    """Refuse to listen beyond the loopback interface without a token.
+
+    Without a token anyone who reaches the port can write audit records. Raises
+    :class:`~otel_audit.errors.ConfigError` unless ``insecure`` (the caller then says so
+    loudly).
+    """
+    if token or insecure or is_loopback(host):
+        return
+    raise ConfigError(
+        f"refusing to listen on {host} without a bearer token: anyone who reaches it could "
+        f"write audit records. Set {TOKEN_ENV} (or --token-file), listen on 127.0.0.1, or "
+        f"pass --insecure if something in front of this server authenticates clients")
+
+
+def check_tls(tls_cert: str | None, tls_key: str | None) -> None:
+    """Raise :class:`~otel_audit.errors.ConfigError` unless the TLS files (if any) are a
+    readable certificate/key pair, so a mistake is one clear line, not a traceback."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("TLS needs both a certificate and a key")
+    if not tls_cert or not tls_key:
+        return
+    for what, path in (("certificate", tls_cert), ("key", tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot read the TLS {what} {path}: "
+                              f"{exc.strerror or exc}") from exc
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(f"the TLS certificate {tls_cert} and key {tls_key} are not a "
+                          f"usable PEM pair: {exc}") from exc
+
+
 def build_server(
     app: IngestApp,
     *,
@@ -53,9 +104,12 @@ def build_server(
     tls_key: str | None = None,
     log_level: str = "info",
 ) -> uvicorn.Server:
-    """Return a uvicorn server for ``app`` (graceful shutdown flushes the trail)."""
-    if bool(tls_cert) != bool(tls_key):
-        raise ConfigError("TLS needs both a certificate and a key")
+    """Return a uvicorn server for ``app`` (graceful shutdown flushes the trail).
+
+    Raises :class:`~otel_audit.errors.ConfigError` when only one TLS file is given or
+    the files cannot be read or do not form a certificate/key pair.
+    """
+    check_tls(tls_cert, tls_key)
     cfg = uvicorn.Config(
         app,
         host=host,

@@ -302,3 +302,19 @@ def test_durable_ack_survives_a_store_outage(make_trail: Callable[..., AuditTrai
         down.clear()
     assert trail.flush(30)
     assert len(trail.records(trace_id=TRACE_ID)) == 5
+
+
+def test_concatenated_gzip_members_are_all_stored(client: httpx.Client,
+                                                  ingest_trail: AuditTrail) -> None:
+    # two serialized requests back to back are one request holding both (protobuf
+    # merges repeated fields); a sender may compress them as two gzip members
+    first = log_request(audit_logs(2)).SerializeToString()
+    second = log_request(audit_logs(3, action="DELETE")).SerializeToString()
+    body = gzip.compress(first) + gzip.compress(second)
+    r = client.post("/v1/logs", content=body, headers=PROTOBUF_GZIP)
+    assert r.status_code == 200, r.content
+    assert sorted(row.action for row in ingest_trail.records()) == ["DELETE"] * 3 + ["UPDATE"] * 2
+    r = client.post("/v1/logs", content=gzip.compress(first) + b"trailing garbage",
+                    headers=PROTOBUF_GZIP)
+    assert r.status_code == 400
+    assert "trailing" in _status(r).message
