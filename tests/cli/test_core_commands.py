@@ -49,6 +49,21 @@ def test_demo_writes_a_realistic_trail(store_url: str) -> None:
     assert any(r.timestamp.hour < 6 or r.timestamp.hour >= 20 for r in rows)
     updates = [r for r in rows if r.action == "UPDATE"]
     assert all(r.old_values and r.new_values for r in updates)
+    # causal: a resource is created before anything else happens to it, and nothing
+    # happens to it once it is deleted
+    state: dict[tuple[str | None, str | None], str] = {}
+    for r in sorted(rows, key=lambda r: (r.timestamp, r.id)):
+        if r.resource_type not in {"tool", "server", "prompt", "gateway"}:
+            continue
+        key = (r.resource_type, r.resource_id)
+        if r.action == "CREATE":
+            assert key not in state, f"{key} created twice"
+            if r.success:
+                state[key] = "live"
+        else:
+            assert state.get(key) == "live", f"{r.action} of {key} while {state.get(key)}"
+            if r.action == "DELETE" and r.success:
+                state[key] = "deleted"
 
 
 def test_config_shows_effective_values_and_hides_keys(monkeypatch: pytest.MonkeyPatch) -> None:
