@@ -7,6 +7,10 @@ never collides with an application's own Alembic history in the same database.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from alembic import command
@@ -19,6 +23,37 @@ __all__ = ["VERSION_TABLE", "current_revision", "head_revision", "upgrade"]
 
 VERSION_TABLE = "otel_audit_alembic_version"
 _SCRIPTS = Path(__file__).with_name("migrations")
+
+#: Alembic's loggers that speak at INFO while the trail checks or upgrades its schema.
+_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins", "alembic.ddl.impl",
+                    "alembic.ddl.postgresql", "alembic.config")
+_QUIET: ContextVar[bool] = ContextVar("otel_audit_quiet_migrations", default=False)
+
+
+class _QuietMigrations(logging.Filter):
+    """Drops Alembic's INFO/DEBUG lines while *our* migrations run in this context.
+
+    An application whose root logger is at INFO would otherwise get a dozen Alembic lines
+    through its own handlers each time a trail starts. A context variable (not a logger
+    level) so that the application's own Alembic runs, on other threads, keep their logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not _QUIET.get()
+
+
+_FILTER = _QuietMigrations()
+for _name in _ALEMBIC_LOGGERS:
+    logging.getLogger(_name).addFilter(_FILTER)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 def _config() -> Config:
@@ -36,7 +71,7 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """Return the revision the database at ``engine`` is at (``None``: no schema)."""
-    with engine.connect() as conn:
+    with _quiet(), engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return ctx.get_current_revision()
 
@@ -46,6 +81,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     if revision == "head" and current_revision(engine) == head_revision():
         return
     config = _config()
-    with engine.begin() as conn:
+    with _quiet(), engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
