@@ -92,12 +92,23 @@ def _timestamp(rng: random.Random, start: dt.datetime, days: int, user: DemoUser
 
 def _requests(rng: random.Random, people: list[DemoUser], total: int,
               start: dt.datetime, days: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """Yield ``(span name, [record kwargs ...])`` until ``total`` records are planned."""
+    """Yield ``(span name, [record kwargs ...])`` until ``total`` records are planned.
+
+    Causal: requests come in time order (each request has at least one record, so
+    ``total`` draws are enough), a resource is created before anything else happens to
+    it, and nothing happens to it after it was deleted.
+    """
     planned = 0
     counters = dict.fromkeys(RESOURCES, 0)
-    while planned < total:
-        user = rng.choice(people)
-        when = _timestamp(rng, start, days, user)
+    live: dict[str, list[str]] = {kind: [] for kind in RESOURCES}
+    draws = []
+    for _ in range(total):
+        someone = rng.choice(people)
+        draws.append((_timestamp(rng, start, days, someone), someone.user_id, someone))
+    draws.sort(key=lambda draw: draw[:2])
+    for when, _, user in draws:
+        if planned >= total:
+            return
         ip = rng.choice(user.extra_ips) if user.extra_ips and rng.random() < 0.3 else user.ip
         base = {"user_id": user.user_id, "user_email": user.email, "team_id": user.team_id,
                 "client_ip": ip, "user_agent": user.agent, "timestamp": when}
@@ -132,9 +143,8 @@ def _requests(rng: random.Random, people: list[DemoUser], total: int,
                         "context": {"rows": size, "format": rng.choice(["csv", "json"])},
                         "request_method": "POST", "request_path": "/admin/export"}]
             name = "POST /admin/export"
-        elif roll < 0.29:  # a service account acting for a user
-            kind = rng.choice(RESOURCES)
-            rid = f"{kind}-{rng.randrange(max(1, counters[kind]) + 1)}"
+        elif roll < 0.29 and live[kind := rng.choice(RESOURCES)]:  # acting for a user
+            rid = rng.choice(live[kind])
             records = [{**base, "action": "EXECUTE", "resource_type": kind, "resource_id": rid,
                         "user_id": "svc-automation", "user_email": None,
                         "acting_as": user.user_id, "request_method": "POST",
@@ -143,12 +153,12 @@ def _requests(rng: random.Random, people: list[DemoUser], total: int,
         else:  # CRUD
             kind = rng.choice(RESOURCES)
             op = rng.choices(["CREATE", "READ", "UPDATE", "DELETE"], weights=[2, 10, 4, 1])[0]
-            if op == "CREATE" or counters[kind] == 0:
+            if op == "CREATE" or not live[kind]:  # only what exists can be read or changed
                 op = "CREATE"
                 counters[kind] += 1
                 rid = f"{kind}-{counters[kind]}"
             else:
-                rid = f"{kind}-{rng.randint(1, counters[kind])}"
+                rid = rng.choice(live[kind])
             version = rng.randrange(1, 20)
             old = {"name": rid, "enabled": True, "config": {"timeout": version, "retries": 3}}
             new = {"name": rid, "enabled": rng.random() > 0.1,
@@ -174,6 +184,11 @@ def _requests(rng: random.Random, people: list[DemoUser], total: int,
                 record["success"] = False
                 record["error_message"] = rng.choice(
                     ["upstream timeout", "validation failed: name", "conflict: version changed"])
+            if record.get("success", True):
+                if op == "CREATE":
+                    live[kind].append(rid)
+                elif op == "DELETE":
+                    live[kind].remove(rid)
             records = [record]
             name = f"{record['request_method']} /{kind}s/{{id}}"
         planned += len(records)

@@ -10,7 +10,7 @@ WITH exports AS (
     SELECT quantile_cont(rows_exported, $percentile::DOUBLE) AS threshold FROM exports
 )
 SELECT e."timestamp", e.user_id, e.team_id, e.resource_type, e.resource_id, e.rows_exported,
-       t.threshold, e.trace_id, e.id
+       round(t.threshold, 2) AS threshold, e.trace_id, e.id  -- shown rounded, compared exact
 FROM exports e, threshold t
 WHERE e.rows_exported > t.threshold
 ORDER BY e.rows_exported DESC, e.id
