@@ -1021,27 +1021,24 @@ fail:
  * texts_special(texts, marks) -> bool
  *
  * Whether any text in texts (a list of dicts of str or None) may need canonical numbers
- * or holds a personal key: contains "-0.0", a run of 16 ASCII digits, or one of marks
- * (strs). The compiled form of ChainSealer._special over a batch's texts. Searched in
- * UTF-8, where every one of those is found exactly where it is in the text.
+ * or holds a personal key: contains "-0.0", an ASCII digit followed by 'e' or 'E' (an
+ * exponent), or one of marks (strs). The compiled form of ChainSealer._special over a
+ * batch's texts. Searched in UTF-8, where every one of those is found exactly where it
+ * is in the text.
  */
-/* Whether text[0:len] contains "-0.0", a run of 16 ASCII digits or one of the marks:
+/* Whether text[0:len] contains "-0.0", a digit followed by 'e'/'E' or one of the marks:
  * one pass, trying the needles that start with the byte at hand (first[c]). */
 static int
 text_special(const char *text, Py_ssize_t len, const char *const *marks,
              const Py_ssize_t *mark_lens, Py_ssize_t n_marks, const unsigned char *first)
 {
-    int digits = 0;
+    int digit = 0;  /* whether the previous byte was an ASCII digit */
     for (Py_ssize_t j = 0; j < len; j++) {
         unsigned char c = (unsigned char)text[j];
-        if (c >= '0' && c <= '9') {
-            if (++digits == 16) {
-                return 1;
-            }
+        if ((c == 'e' || c == 'E') && digit) {
+            return 1;
         }
-        else {
-            digits = 0;
-        }
+        digit = c >= '0' && c <= '9';
         if (!first[c]) {
             continue;
         }

@@ -41,8 +41,10 @@ __all__ = [
     "plain_texts",
 ]
 
-#: Version of the record layout written by this release (stored with every row).
-SCHEMA_VERSION = 1
+#: Version of the record layout written by this release (stored with every row). 2: JSON
+#: numbers are kept exactly and the row is hashed under ``otel-audit/2``
+#: (``docs/integrity.md``); rows of version 1 keep verifying under ``otel-audit/1``.
+SCHEMA_VERSION = 2
 
 #: Key under ``context`` where normalisations of a record are listed.
 NORMALISATION_KEY = "_normalised"

@@ -31,7 +31,8 @@ import orjson
 from ..record import JSON_FIELDS
 from ..store.writer import PreparedRecord, chain_row
 from .canonical import (
-    FORMAT,
+    EXACT_FORMAT,
+    EXACT_VERSION,
     GENESIS_HASH,
     PAYLOAD_OPTIONS,
     canonical_stored_json,
@@ -110,6 +111,7 @@ class ChainSealer:
 
     def __call__(self, batch: list[PreparedRecord]) -> list[PreparedRecord]:
         """Seal ``batch`` (the :data:`~otel_audit.pipeline.batch.BatchSealer` contract)."""
+        batch = _exact_versions(batch)
         with self._lock:
             salts = self._salts(len(batch))
             if not self._resumed:
@@ -153,8 +155,9 @@ class ChainSealer:
         self._resumed = True
 
     def _special(self, text: str) -> bool:
-        """Whether ``text`` may need canonical numbers or holds a personal key."""
-        return ("-0.0" in text or _LONG_NUMBER.search(text) is not None
+        """Whether ``text`` may need canonical numbers (an exponent, a negative zero) or
+        holds a personal key."""
+        return ("-0.0" in text or _EXPONENT.search(text) is not None
                 or any(mark in text for mark in self._marks))
 
     def _plain(self, batch: list[PreparedRecord], *, compiled: bool = True) -> bool:
@@ -185,7 +188,7 @@ class ChainSealer:
             sealed: list[PreparedRecord] = _seal_plain(
                 records, texts, self.stream, self._seq + 1, self._head,
                 [salts[i:i + 32] for i in range(0, 32 * n, 32)], orjson.dumps,
-                PAYLOAD_OPTIONS, self.hmac_key, FORMAT, JSON_FIELDS, PreparedRecord)
+                PAYLOAD_OPTIONS, self.hmac_key, EXACT_FORMAT, JSON_FIELDS, PreparedRecord)
             self._seq += n
             self._head = sealed[-1].hash or GENESIS_HASH
             return sealed
@@ -256,8 +259,33 @@ _OLD, _NEW = operator.itemgetter("old_values"), operator.itemgetter("new_values"
 _CHANGES, _CONTEXT = operator.itemgetter("changes"), operator.itemgetter("context")
 _ISOFORMAT = operator.methodcaller("isoformat", " ", "microseconds")
 _TS_TEXT = operator.itemgetter(slice(0, 26))  # chain_row()'s timestamp text
-#: A run of digits that may be a number a JSONB round trip rewrites (see RISKY_NUMBER).
-_LONG_NUMBER = re.compile(r"[0-9]{16}")
+#: A digit followed by an exponent mark: maybe a number to write without exponent.
+_EXPONENT = re.compile(r"[0-9][eE]")
+_VERSION = operator.itemgetter(-1)  # AuditRecord.schema_version
+
+
+def _exact_versions(batch: list[PreparedRecord]) -> list[PreparedRecord]:
+    """``batch`` with every unsealed record at schema_version >= EXACT_VERSION.
+
+    Every row this sealer seals is hashed under the exact-number rules, which the row
+    says through its ``schema_version`` (``docs/integrity.md``): a record built with an
+    older version (an application's own AuditRecord, a journal written by an older
+    release) is raised to it. Records the trail builds already carry it.
+    """
+    try:
+        if min(map(_VERSION, map(_RECORD, batch)), default=EXACT_VERSION) >= EXACT_VERSION:
+            return batch
+    except TypeError:
+        pass
+    out = []
+    for p in batch:
+        version = p.record.schema_version
+        if p.seq is None and not (type(version) is int and version >= EXACT_VERSION):
+            p = p._replace(record=p.record._replace(schema_version=EXACT_VERSION), row=None)
+        out.append(p)
+    return out
+
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store.writer import create_store_engine
+from .canonical import GENESIS_HASH
 from .sources import StoreSource
 from .verify import Finding, VerifyReport, _resolve_candidates, _Walker
 
@@ -34,6 +35,7 @@ class _Chunk:
     findings: list[Finding] = field(default_factory=list)
     first: tuple[int, str, str] | None = None  # seq, prev_hash, status
     last: tuple[int, str, str] | None = None  # seq, hash, status
+    deferred: tuple[Any, ...] | None = None  # the first row, if it does not verify
 
 
 def _verify_range(url: str, key: bytes | None, stream: str, lo: int, hi: int,
@@ -43,6 +45,7 @@ def _verify_range(url: str, key: bytes | None, stream: str, lo: int, hi: int,
         source = StoreSource(engine)
         report = VerifyReport()
         walker = _Walker(key, report, {stream: checkpoints}, {stream: lo})
+        walker.defer_first = True
         out = _Chunk()
         for row in source.rows(stream, (lo, hi)):
             walker.step(row, source)
@@ -52,6 +55,7 @@ def _verify_range(url: str, key: bytes | None, stream: str, lo: int, hi: int,
         if walker.prev is not None:
             out.last = (walker.prev[1], walker.prev[_HASH], walker.prev_status)
         out.records, out.erased, out.findings = report.records, report.erased, report.findings
+        out.deferred = walker.deferred
         return out
     finally:
         engine.dispose()
@@ -95,19 +99,46 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
     last_seq: dict[str, int] = {}
     previous: dict[str, tuple[int, str, str]] = {}
     streams: set[str] = set()
-    for i, (stream, _, _) in enumerate(ranges):
-        chunk = results[i]
-        report.records += chunk.records
-        report.erased += chunk.erased
-        report.findings.extend(chunk.findings)
-        if chunk.first is None or chunk.last is None:
-            continue
-        streams.add(stream)
-        _stitch(report, stream, previous.get(stream), chunk.first)
-        previous[stream] = chunk.last
-        last_seq[stream] = chunk.last[0]
+    engine = create_store_engine(url)
+    try:
+        source = StoreSource(engine)
+        parent = _Walker(key, report, checkpoints, None)
+        for i, (stream, _, _) in enumerate(ranges):
+            chunk = results[i]
+            report.records += chunk.records
+            report.erased += chunk.erased
+            report.findings.extend(chunk.findings)
+            if chunk.first is None or chunk.last is None:
+                continue
+            streams.add(stream)
+            before = previous.get(stream)
+            _stitch(report, stream, before, chunk.first)
+            if chunk.deferred is not None:
+                _settle(parent, source, before, chunk.deferred)
+            previous[stream] = chunk.last
+            last_seq[stream] = chunk.last[0]
+        _resolve_candidates(parent, [source])
+    finally:
+        engine.dispose()
     report.streams += len(streams)
     return last_seq
+
+
+def _settle(parent: _Walker, source: StoreSource, before: tuple[int, str, str] | None,
+            row: tuple[Any, ...]) -> None:
+    """The first row of a range that does not verify, judged as one walk judges it."""
+    seq, prev_hash = row[1], row[2]
+    linked: bool | None
+    if before is None:  # the chain's first record: linked to nothing, or a gap before it
+        linked = prev_hash == GENESIS_HASH if seq == 1 else None
+    elif seq > before[0] + 1:
+        linked = None
+    else:
+        linked = prev_hash == before[1]
+    if linked is False:
+        parent.candidates.append((source, row))
+    else:
+        parent.add("modified", row, "content does not match its hash")
 
 
 def _stitch(report: VerifyReport, stream: str, before: tuple[int, str, str] | None,

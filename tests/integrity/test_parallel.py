@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from integrity_support import execute, verify
+from integrity_support import KEY, execute, verify, write_records
 from sqlalchemy import Engine
 
 from otel_audit import AuditTrail
 from otel_audit.integrity import parallel
+from otel_audit.integrity.checkpoints import create_checkpoints
+from otel_audit.retention import forget
 
 
 @pytest.fixture
@@ -34,3 +38,43 @@ def test_parallel_verify_matches_single(small_chunks: None, chained: AuditTrail,
     assert one == two
     assert ("modified", 3) in one and ("modified", 5) in one
     assert ("deleted", 8) in one and ("deleted", 1) in one
+
+
+def _all(engine: Engine, **kwargs: object) -> tuple[list[tuple[str, str | None, int | None,
+                                                               str | None, str]], ...]:
+    one = verify(engine, workers=1, **kwargs)
+    two = verify(engine, workers=2, **kwargs)
+    assert (one.records, one.streams, one.erased, one.seals, one.checkpoints) == (
+        two.records, two.streams, two.erased, two.seals, two.checkpoints)
+    return tuple([(f.kind, f.stream, f.seq, f.record_id, f.detail) for f in r.findings]
+                 for r in (one, two))
+
+
+def test_parallel_verify_matches_single_on_every_attack(
+        small_chunks: None, make_trail: Callable[..., AuditTrail], engine: Engine) -> None:
+    first = make_trail(hmac_key=KEY, mode="sync")
+    write_records(first, 20)
+    first.shutdown()  # sealed at 20
+    second = make_trail(hmac_key=KEY, mode="sync")
+    write_records(second, 12)
+    second.shutdown()
+    create_checkpoints(engine)
+    forget(engine, "user-2")  # an unsigned erasure: unauthenticated
+    # reorder across a range boundary, forge a record, rewrite a hash, cut the tail,
+    # fake an erasure, delete a seal
+    execute(engine, "UPDATE audit_trails SET seq = -4 WHERE seq = 4")
+    execute(engine, "UPDATE audit_trails SET seq = 4 WHERE seq = 5")
+    execute(engine, "UPDATE audit_trails SET seq = 5 WHERE seq = -4")
+    execute(engine, "UPDATE audit_trails SET seq = -1 WHERE seq = 1")  # the first record
+    execute(engine, "UPDATE audit_trails SET seq = 1 WHERE seq = 2")
+    execute(engine, "UPDATE audit_trails SET seq = 2 WHERE seq = -1")
+    execute(engine, "UPDATE audit_trails SET action = 'X' WHERE seq = 8")
+    execute(engine, "UPDATE audit_trails SET hash = :h WHERE seq = 12", h="ab" * 32)
+    execute(engine, "UPDATE audit_trails SET user_id = 'mallory' WHERE user_id = '[erased]' "
+            "AND seq = 3")
+    execute(engine, "DELETE FROM audit_trails WHERE seq > 18")
+    execute(engine, "DELETE FROM audit_seals WHERE id = (SELECT MIN(id) FROM audit_seals)")
+    one, two = _all(engine)
+    assert one == two
+    assert {k for k, *_ in one} >= {"reordered", "modified", "truncated", "erasure",
+                                    "unauthenticated"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from integrity_support import BASE, execute, kinds, verify
 from sqlalchemy import Engine, text
 
@@ -170,3 +171,48 @@ def test_since_limits_the_walk(chained: AuditTrail, engine: Engine) -> None:
     stream = _stream(engine)
     assert verify(engine, stream=stream).findings[0].seq == 2
     assert verify(engine, stream="no-such-stream").records == 0
+
+
+def test_unsigned_checkpoints_are_unsigned_not_bad(chained: AuditTrail, engine: Engine) -> None:
+    create_checkpoints(engine)  # no signing key
+    key = load_public_key(generate_signing_key()[1])
+    report = verify(engine, public_key=key)
+    assert report.ok
+    assert [(w.kind, w.seq) for w in report.warnings] == [("unsigned", 20)]
+    strict = verify(engine, public_key=key, require_signed=True)
+    assert [(f.kind, f.seq) for f in strict.findings] == [("unsigned", 20)]
+    assert "not signed" in strict.findings[0].detail
+
+
+def test_exported_checkpoint_conflicting_with_the_database_is_found(
+        chained: AuditTrail, engine: Engine, tmp_path: Path) -> None:
+    create_checkpoints(engine)
+    export_checkpoints(latest_checkpoints(engine), tmp_path / "cp.json")
+    doc = json.loads((tmp_path / "cp.json").read_text())
+    doc["checkpoints"][0]["hash"] = "ab" * 32  # the same (stream, seq), another head
+    (tmp_path / "cp.json").write_text(json.dumps(doc))
+    report = verify(engine, checkpoints=load_checkpoint_file(tmp_path / "cp.json"))
+    assert [(f.kind, f.seq) for f in report.findings] == [("conflict", 20)]
+
+
+def test_null_seq_is_a_finding_not_a_traceback(chained: AuditTrail, engine: Engine) -> None:
+    execute(engine, "UPDATE audit_trails SET seq = NULL WHERE seq = 6")
+    found = {(f.kind, f.seq) for f in verify(engine).findings}
+    assert found == {("inserted", None), ("deleted", 6)}
+
+
+def test_sqlite_text_seq_and_blob_values_are_findings(chained: AuditTrail, engine: Engine,
+                                                      store_url: str) -> None:
+    if not store_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's typed columns refuse a text seq or a binary value")
+    execute(engine, "UPDATE audit_trails SET seq = 'six' WHERE seq = 6")
+    execute(engine, "UPDATE audit_trails SET action = X'00ff' WHERE seq = 9")
+    execute(engine, "UPDATE audit_trails SET user_agent = X'00' WHERE seq = 12")
+    report = verify(engine)
+    found = [(f.kind, f.seq, f.detail) for f in report.findings]
+    assert ("malformed", None, "seq is not an integer (text)") in found
+    assert ("malformed", 9, "binary value in action") in found
+    assert ("malformed", 12, "binary value in user_agent") in found
+    assert {(k, s) for k, s, _ in found} == {("malformed", None), ("malformed", 9),
+                                            ("malformed", 12), ("deleted", 6),
+                                            ("deleted", 9), ("deleted", 12)}
