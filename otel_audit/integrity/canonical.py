@@ -8,6 +8,14 @@ means the two can never disagree about the format.
 Personal fields are not hashed directly: the hash covers one salted digest of them
 (:func:`personal_digest`), so erasing the values (and the salt) while keeping the digest
 leaves every hash valid.
+
+Two row formats exist, chosen by the row's ``schema_version`` (which the hash covers):
+rows of version 1 are hashed under ``otel-audit/1`` (numbers compared as doubles, as
+sealed before exact numbers), rows of version 2 and later under ``otel-audit/2``:
+every number hashed by its exact value in one canonical spelling, and a stored JSON
+object with a duplicate key matches no hash (SQLite and DuckDB read the first of two
+equal keys, Python and PostgreSQL the last: no reader may see a value that is not the
+hashed one).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import hashlib
 import json
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, repeat
 from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
@@ -29,6 +37,8 @@ from ..store.schema import HASHED_FIELDS, PERSONAL_FIELDS, ROW_COLUMNS
 
 __all__ = [
     "CHAIN_ROW_COLUMNS",
+    "EXACT_FORMAT",
+    "EXACT_VERSION",
     "FORMAT",
     "GENESIS_HASH",
     "HASHED_FIELDS",
@@ -36,16 +46,28 @@ __all__ = [
     "PERSONAL_FIELDS",
     "RISKY_NUMBER",
     "canonical_json",
+    "canonical_number",
     "canonical_stored_json",
     "chain_hash",
     "hash_payload",
     "personal_digest",
     "pii_info",
     "plain_chain_hashes",
+    "rewrite_json",
+    "row_version",
+    "v1_float_spellings",
 ]
 
-#: First element of every canonical payload (bumped if the format ever changes).
+#: First element of the payload of rows sealed under the first rules (schema_version 1);
+#: also the prefix of checkpoint signatures, which did not change.
 FORMAT = "otel-audit/1"
+
+#: First element of the payload of rows of schema_version >= EXACT_VERSION: exact
+#: numbers, no duplicate keys (``docs/integrity.md``).
+EXACT_FORMAT = "otel-audit/2"
+
+#: The record ``schema_version`` from which rows are sealed under EXACT_FORMAT.
+EXACT_VERSION = 2
 
 #: ``prev_hash`` of the first record of every stream.
 GENESIS_HASH = "0" * 64
@@ -58,6 +80,7 @@ _BODY = slice(3, 3 + _N)
 _PERSONAL = slice(3 + _N, 3 + _N + len(PERSONAL_FIELDS))
 _SALT, _PII, _HASH = 3 + _N + 4, 3 + _N + 5, 3 + _N + 6
 _JSON_POS = tuple(HASHED_FIELDS.index(name) for name in JSON_FIELDS)
+_VERSION_POS = 3 + HASHED_FIELDS.index("schema_version")
 #: Replaces a personal value inside a JSON document in the hashed text.
 PII_MARK = "$pii"
 
@@ -123,18 +146,224 @@ def _canonical_text(value: Any) -> str:
     return text
 
 
+def _v1_stored_json(text: str) -> str:
+    """Format-1 canonical form of a text written by normalise(): only numbers that a
+    JSONB round trip would rewrite need the parse and re-encode."""
+    return _v1_json(text) if RISKY_NUMBER.search(text) else text
+
+
+def _v1_json(text: str) -> str:
+    """Format-1 canonical form: compact, sorted keys, large numbers as doubles."""
+    return _canonical_text(json.loads(text))
+
+
+# ------------------------------------------------------------------ format 2: exact numbers
+
+#: A JSON number token; PostgreSQL refuses exponents beyond +-1000 (and so do we: a
+#: tampered ``1e999999999`` must not make the verifier write a billion zeros).
+_NUMBER = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?(?:[eE]([-+]?[0-9]{1,4}))?")
+_MAX_EXPONENT = 1000
+
+
+def canonical_number(token: str) -> str:
+    """The canonical spelling of a JSON number token: its exact value, as PostgreSQL's
+    ``numeric`` prints it.
+
+    No exponent; the digits after the point are those written, shifted by the
+    exponent (``1.50`` stays ``1.50``, ``1e-07`` is ``0.0000001``, ``1.5e3`` is
+    ``1500``, ``1e+16`` is ``10000000000000000``); no sign on zero (``-0.0`` is
+    ``0.0``); integers of any size as written. Raises ``ValueError`` for anything else.
+    """
+    match = _NUMBER.fullmatch(token)
+    if match is None or (len(match.group(2)) > 1 and match.group(2)[0] == "0"):
+        raise ValueError(f"not a JSON number: {token[:40]!r}")
+    sign, whole, fraction, exponent = match.groups()
+    fraction = fraction or ""
+    shift = int(exponent) if exponent else 0
+    if abs(shift) > _MAX_EXPONENT:
+        raise ValueError(f"exponent out of range: {token[:40]!r}")
+    scale = len(fraction) - shift  # digits after the point
+    digits = (whole + fraction).lstrip("0")
+    if not digits:
+        return "0" if scale <= 0 else "0." + "0" * scale
+    if scale <= 0:
+        text = digits + "0" * -scale
+    elif len(digits) <= scale:
+        text = "0." + "0" * (scale - len(digits)) + digits
+    else:
+        text = f"{digits[:-scale]}.{digits[-scale:]}"
+    return sign + text
+
+
+#: What a number token needs to be rewritten: an exponent, or a negative zero.
+_NOT_CANONICAL = re.compile(r"[0-9][eE]|-0(?![0-9]|\.[0-9]*[1-9])")
+
+
+class _Number:
+    """A number of a parsed document, kept as its canonical spelling."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Number) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def _number_object(token: str) -> _Number:
+    return _Number(canonical_number(token))
+
+
+def _number_marked(token: str) -> str:
+    return "\x00" + canonical_number(token)
+
+
+def _exact_spelling(token: str) -> str:
+    """``token`` if it is already in canonical spelling; else ``ValueError``."""
+    if token != "-0" and (("." not in token and "e" not in token and "E" not in token)
+                          or canonical_number(token) == token):
+        return token
+    raise ValueError(f"a number not in canonical spelling: {token[:40]!r}")
+
+
+def _strict_object(token: str) -> _Number:
+    return _Number(_exact_spelling(token))
+
+
+def _strict_marked(token: str) -> str:
+    return "\x00" + _exact_spelling(token)
+
+
+_HOOKS = {(False, False): _number_object, (True, False): _number_marked,
+          (False, True): _strict_object, (True, True): _strict_marked}
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"not JSON: {name}")
+
+
+# Numbers are parsed as their canonical text. Where no string of the document can hold
+# NUL (the text has no \u0000 escape, the only way to write one), that text is carried
+# as the string "\0<spelling>", encoded by the C encoder and unquoted afterwards (a
+# number's spelling has nothing to escape); otherwise as _Number objects, encoded by
+# _encode_exact in Python. Both give the same text.
+_MARKED = re.compile(r'"\\u0000([-0-9.]+)"')
+
+
+def _parse_exact(text: str, *, marked: bool, strict: bool = False) -> Any:
+    """Parse a stored JSON text for format 2: numbers as their canonical text (``strict``:
+    a number written in any other spelling is refused), duplicate keys refused."""
+    hook = _HOOKS[marked, strict]
+    return json.loads(text, parse_int=hook, parse_float=hook, parse_constant=_no_constant,
+                      object_pairs_hook=_unique_keys)
+
+
+def _unmark(text: str) -> str:
+    return _MARKED.sub(r"\1", text)
+
+
+def _encode_exact(value: Any) -> str:
+    """Canonical JSON of a tree whose numbers are _Number objects."""
+    if isinstance(value, str):
+        return str(c_encode_basestring(value))
+    if isinstance(value, _Number):
+        return value.text
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:  # a number that was never JSON text (a personal field)
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(_encode_exact, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{c_encode_basestring(k)}:{_encode_exact(value[k])}"
+                              for k in sorted(value)) + "}"
+    raise TypeError(type(value).__name__)
+
+
+def _exact_text(text: str, *, strict: bool = False) -> str:
+    """Canonical JSON (format 2) of one stored JSON text."""
+    if "\\u0000" in text:
+        return _encode_exact(_parse_exact(text, marked=False, strict=strict))
+    return _unmark(_dumps(_parse_exact(text, marked=True, strict=strict)))
+
+
 def canonical_stored_json(text: str) -> str:
     """Canonical form of a JSON text written by :func:`otel_audit.record.normalise`.
 
-    normalise() already writes compact, key-sorted JSON with string keys; only numbers
-    that a JSONB round trip would rewrite need the parse and re-encode.
+    normalise() already writes compact, key-sorted JSON with string keys and integers
+    as written; only exponent floats and negative zero need the parse and re-encode.
     """
-    return canonical_json(text) if RISKY_NUMBER.search(text) else text
+    return _exact_text(text) if _NOT_CANONICAL.search(text) else text
 
 
-def canonical_json(text: str) -> str:
-    """Return the canonical form of a JSON document: compact, sorted keys, stable numbers."""
-    return _canonical_text(json.loads(text))
+def canonical_json(text: str, *, strict: bool = False) -> str:
+    """Return the canonical form (format ``otel-audit/2``) of a JSON document: compact,
+    sorted keys, non-ASCII unescaped, every number in :func:`canonical_number`'s exact
+    spelling. Raises ``ValueError`` for a document that is not JSON or has an object
+    with a duplicate key, and with ``strict`` (what the verifier hashes) for a number
+    written in another spelling than the canonical one (``1e-1`` for ``0.1``)."""
+    return _exact_text(text, strict=strict)
+
+
+def rewrite_json(text: str, transform: Callable[[Any], Any], *, version: int) -> str:
+    """Apply ``transform`` to the parsed JSON ``text`` and write it back in the row's
+    canonical form (an erasure rewriting a stored document): under format 2 every
+    number keeps its exact stored spelling (numbers reach ``transform`` as opaque
+    objects), under format 1 as Python's ``json`` module writes it."""
+    if version >= EXACT_VERSION:
+        return _encode_exact(transform(_parse_exact(text, marked=False)))
+    return json.dumps(transform(json.loads(text)), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+_BARE_INTEGER = re.compile(r"-?[0-9]{1,16}")
+
+
+def v1_float_spellings(row: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """Variants of a format-1 row whose bare integer JSON documents (``0``) are written
+    as the float a SQLite store from before migration 0004 may have turned into that
+    integer (``0.0``, ``-0.0``'s format-1 form; ``5.0``).
+
+    A JSON column then had NUMERIC affinity: the sealed text ``0.0`` was stored as the
+    INTEGER 0, and the migration could only write it back as ``0``. Under format 1
+    numbers are compared as doubles, so ``0`` and ``0.0`` are the same value. Nothing
+    for rows of later formats (their stores keep the text).
+    """
+    if row_version(row) >= EXACT_VERSION:
+        return
+    positions = [3 + pos for pos in _JSON_POS
+                 if isinstance(row[3 + pos], str) and _BARE_INTEGER.fullmatch(row[3 + pos])]
+    for chosen in range(1, 1 << len(positions)):
+        variant = list(row)
+        for bit, pos in enumerate(positions):
+            if chosen >> bit & 1:
+                variant[pos] = repr(float(int(variant[pos])))
+        yield tuple(variant)
+
+
+def row_version(row: Sequence[Any]) -> int:
+    """The rules a chain row is hashed under: 1, or :data:`EXACT_VERSION` for rows of
+    ``schema_version`` 2 and later."""
+    try:
+        version = int(row[_VERSION_POS])
+    except (TypeError, ValueError):
+        return 1
+    return EXACT_VERSION if version >= EXACT_VERSION else 1
 
 
 def _mask(value: Any, keys: frozenset[str], found: list[Any]) -> Any:
@@ -154,27 +383,39 @@ def _mask(value: Any, keys: frozenset[str], found: list[Any]) -> Any:
     return value
 
 
-def personal_digest(salt: str, personal: Sequence[Any], json_values: Sequence[Any]) -> str:
-    """SHA-256 of ``salt`` and the personal values of one record (fields, then JSON values)."""
+def personal_digest(salt: str, personal: Sequence[Any], json_values: Sequence[Any], *,
+                    version: int = 1) -> str:
+    """SHA-256 of ``salt`` and the personal values of one record (fields, then JSON values).
+
+    ``json_values`` come from :func:`personal_json_values` with the same ``version``
+    (the row's, :func:`row_version`).
+    """
     items = [*personal, list(json_values)]
+    if version >= EXACT_VERSION and json_values:  # numbers as _Number objects
+        return hashlib.sha256(f"{salt}\x00{_encode_exact(items)}".encode()).hexdigest()
     if json_values:  # any JSON value, floats included: the canonical text
         return hashlib.sha256(f"{salt}\x00{_canonical_text(items)}".encode()).hexdigest()
     return hashlib.sha256(b"%s\x00%s" % (salt.encode(), _plain_bytes(items))).hexdigest()
 
 
-def personal_json_values(texts: Sequence[str | None], keys: Sequence[str]) -> list[Any]:
+def personal_json_values(texts: Sequence[str | None], keys: Sequence[str], *,
+                         version: int = 1) -> list[Any]:
     """The values under personal ``keys`` in JSON ``texts``, in hashing order."""
     found: list[Any] = []
     frozen = frozenset(keys)
     for text in texts:
         if text is not None:
-            _mask(json.loads(text), frozen, found)
+            if version >= EXACT_VERSION:
+                _mask(_parse_exact(text, marked=False, strict=True), frozen, found)
+            else:
+                _mask(json.loads(text), frozen, found)
     return found
 
 
 def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = True) -> str:
     """Return the hash of one chain row (``CHAIN_ROW_COLUMNS`` order; ``hash`` is ignored).
 
+    The row's ``schema_version`` chooses the rules (:func:`row_version`).
     ``canonicalise=False`` trusts that JSON texts are already canonical (the sealer's own
     output, SQLite's stored text); readers retry with ``True`` before reporting a change.
     """
@@ -186,9 +427,12 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
         if parsed is None:
             return INVALID
         keys, erased = parsed
+    exact = row_version(row) >= EXACT_VERSION
     found: list[Any] = []
     try:
-        if keys:
+        if exact:
+            _exact_body(body, keys, canonicalise, found)
+        elif keys:
             frozen = frozenset(keys)
             for pos in _JSON_POS:
                 text = body[pos]
@@ -198,15 +442,39 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
             for pos in _JSON_POS:
                 text = body[pos]
                 if text is not None:
-                    body[pos] = canonical_json(text)
+                    body[pos] = _v1_json(text)
     except (ValueError, TypeError, RecursionError):
-        return INVALID  # not JSON (a tampered row): matches no hash
+        return INVALID  # not JSON, a duplicate key (a tampered row): matches no hash
     if erased is not None:
         digest = erased
     else:
         salt = row[_SALT]
-        digest = personal_digest("" if salt is None else salt, row[_PERSONAL], found)
-    return hash_payload(_plain_bytes([FORMAT, row[0], row[1], row[2], *body, keys, digest]), key)
+        digest = personal_digest("" if salt is None else salt, row[_PERSONAL], found,
+                                 version=EXACT_VERSION if exact else 1)
+    tag = EXACT_FORMAT if exact else FORMAT
+    return hash_payload(_plain_bytes([tag, row[0], row[1], row[2], *body, keys, digest]), key)
+
+
+def _exact_body(body: list[Any], keys: list[str] | None, canonicalise: bool,
+                found: list[Any]) -> None:
+    """Format 2: JSON texts of ``body`` in canonical form, personal values masked (into
+    ``found``, as _Number objects for numbers)."""
+    if keys:
+        frozen = frozenset(keys)
+        for pos in _JSON_POS:
+            text = body[pos]
+            if text is not None:
+                if not isinstance(text, str):
+                    raise TypeError(type(text).__name__)
+                body[pos] = _encode_exact(_mask(_parse_exact(text, marked=False,
+                                                             strict=True), frozen, found))
+    elif canonicalise:
+        for pos in _JSON_POS:
+            text = body[pos]
+            if text is not None:
+                if not isinstance(text, str):
+                    raise TypeError(type(text).__name__)
+                body[pos] = _exact_text(text, strict=True)
 
 
 def plain_chain_hashes(
@@ -220,8 +488,9 @@ def plain_chain_hashes(
 ) -> list[str]:
     """The hashes of consecutive chain rows, computed a batch at a time.
 
-    For rows without personal JSON keys (``pii`` NULL) whose JSON texts are canonical,
-    each hash equals :func:`chain_hash` of the row with ``canonicalise=False``; the
+    For rows of ``schema_version`` >= :data:`EXACT_VERSION` without personal JSON keys
+    (``pii`` NULL) whose JSON texts are canonical, each hash equals :func:`chain_hash` of
+    the row with ``canonicalise=False``; the
     tests hold the two to that. ``bodies`` are the :data:`HASHED_FIELDS` of each row,
     ``personals`` its :data:`PERSONAL_FIELDS`. Serialising and digesting run through
     C-level ``map`` and ``zip``; only the chaining itself (each payload holds the
@@ -233,7 +502,7 @@ def plain_chain_hashes(
     items = map(dumps, map(tuple.__add__, personals, repeat(((),))))
     digests = list(map(_HEXDIGEST, map(hashlib.sha256, map(bytes.__add__, salted, items))))
     # payload = [FORMAT, stream, seq, "prev", *body, null, "digest"], split around prev
-    head = (b"[%s,%s," % (dumps(FORMAT), dumps(stream))).replace(b"%", b"%%") + b'%d,"'
+    head = (b"[%s,%s," % (dumps(EXACT_FORMAT), dumps(stream))).replace(b"%", b"%%") + b'%d,"'
     tails = map(dumps, map(tuple.__add__, bodies, zip(repeat(None), digests)))
     after = map(bytes.__add__, repeat(b'",'), map(_AFTER_BRACKET, tails))
     parts = zip(map(head.__mod__, seqs), after, strict=False)

@@ -121,8 +121,13 @@ class ChainSealer:
                     return self._seal_columns(batch, salts)
                 except TypeError:  # a value orjson refuses: row by row below
                     pass
-            return [p if p.seq is not None else self._seal(p, salts[32 * i:32 * i + 32])
-                    for i, p in enumerate(batch)]
+            seq, head = self._seq, self._head
+            try:
+                return [p if p.seq is not None else self._seal(p, salts[32 * i:32 * i + 32])
+                        for i, p in enumerate(batch)]
+            except BaseException:  # all or nothing: a record that cannot be hashed leaves
+                self._seq, self._head = seq, head  # the chain as it was (the pipeline
+                raise  # finds that record and seals it in its safe form)
 
     @property
     def head(self) -> tuple[str, int, str]:

@@ -21,10 +21,13 @@ from sqlalchemy import Engine
 from ..errors import IntegrityError
 from .canonical import (
     CHAIN_ROW_COLUMNS,
+    EXACT_FORMAT,
+    EXACT_VERSION,
     FORMAT,
     HASHED_FIELDS,
     chain_hash,
     hash_payload,
+    v1_float_spellings,
 )
 
 __all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
@@ -33,6 +36,10 @@ _BATCH = 20_000
 _BOOLS = ("requires_review", "success")
 _JSON = ("old_values", "new_values", "changes", "context")
 
+
+#: The payload's format tag of a row, chosen by its schema_version (canonical.row_version).
+_FORMAT_SQL = (f"CASE WHEN schema_version >= {EXACT_VERSION} THEN '{EXACT_FORMAT}' "
+               f"ELSE '{FORMAT}' END")
 
 #: Every source row starts with these, then the source's own columns.
 HEADER = ("stream", "seq", "prev_hash", "hash", "id", "pii")
@@ -137,7 +144,13 @@ class StoreSource:
                 if chain_hash(chain, key, canonicalise=False) == row[3]:
                     return True
             full = self.chain_row(row)
-            return bool(full) and chain_hash(full, key, canonicalise=True) == row[3]
+            if not full:
+                return False
+            if chain_hash(full, key, canonicalise=True) == row[3]:
+                return True
+            # a format-1 number the pre-0004 schema stored as an INTEGER (0 for 0.0)
+            return any(chain_hash(v, key, canonicalise=True) == row[3]
+                       for v in v1_float_spellings(full))
         return chain_hash(row[len(HEADER):], key, canonicalise=True) == str(row[3])
 
     def stream_ranges(self) -> list[tuple[str, int, int, int]]:
@@ -161,7 +174,7 @@ class StoreSource:
             body = ", ".join(f'"{n}"' for n in HASHED_FIELDS)
             every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)
             cols = ("pii_salt, json_array(user_id, user_email, client_ip, user_agent, "
-                    f"json('[]')), json_array('{FORMAT}', stream, seq, prev_hash, {body}), "
+                    f"json('[]')), json_array({_FORMAT_SQL}, stream, seq, prev_hash, {body}), "
                     f"CASE WHEN pii IS NULL THEN NULL ELSE json_array({every}) END")
         else:
             cols = chain_row_select(self.dialect)

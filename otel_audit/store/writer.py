@@ -348,7 +348,7 @@ class StoreWriter:
             return None
         try:
             return _copy_text([store_row(p) for p in batch])
-        except TypeError:
+        except Exception:  # a value the encoder refuses: write() finds and reports it
             return None
 
     def sends_ahead(self) -> bool:
@@ -418,8 +418,37 @@ class StoreWriter:
                 self._write_generic(batch)
         except (DataError, SAIntegrityError) as exc:
             raise StoreError(f"store rejected the batch: {exc}", transient=False) from exc
-        except (SQLAlchemyError, OSError) as exc:
+        except SQLAlchemyError as exc:
+            # a value the driver refuses to bind comes wrapped (StatementError)
+            content = _content_error(getattr(exc, "orig", None))
+            raise StoreError(f"store {'rejected the batch' if content else 'write failed'}: "
+                             f"{exc}", transient=not content) from exc
+        except OSError as exc:
             raise StoreError(f"store write failed: {exc}") from exc
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # raised while building the rows (a value no row can hold): the content
+            raise StoreError(f"store rejected a value: {exc!r}", transient=False) from exc
+
+    def interrupt(self) -> None:
+        """Cancel the statement running on the writer's connection; callable from any
+        thread (shutdown past its deadline). The write then fails as transient."""
+        conn = self._bulk
+        if conn is None:
+            return
+        try:
+            dbapi: Any = conn.connection.driver_connection
+        except Exception:  # closed or invalidated meanwhile: nothing runs on it
+            return
+        if dbapi is None:
+            return
+        if self.dialect == "sqlite":
+            dbapi.interrupt()
+        elif self.dialect == "postgresql" and self.engine.driver == "psycopg":
+            cancel = getattr(dbapi, "cancel_safe", None)
+            if cancel is not None:  # psycopg >= 3.2: a non-blocking cancel request
+                cancel(timeout=2.0)
+            else:  # pragma: no cover - older psycopg
+                dbapi.cancel()
 
     # A batch is written on the writer's own connection, kept open between batches and
     # in autocommit mode: a batch that fits one statement (a multi-row INSERT on SQLite,
@@ -446,12 +475,18 @@ class StoreWriter:
                 self._copier = _pqcopy.Copier()
         return conn.connection.driver_connection
 
-    def _drop_bulk(self) -> None:
+    def _drop_bulk(self, timeout: float | None = None) -> None:
         """Forget the kept connection after a failure: the next batch opens a new one.
 
-        The copier stops first: batches queued on it come back unsent."""
-        if self._copier is not None:
-            self._copier.halt()
+        The copier stops first: batches queued on it come back unsent. If its running
+        batch does not end within ``timeout`` even once cancelled, the connection is
+        left to it (never closed under a thread using it) and only forgotten here."""
+        if self._copier is not None and not self._copier.halt(timeout):
+            self.interrupt()
+            if not self._copier.halt(1.0):
+                _INHERITED.append(self._bulk)  # still in use: never closed from here
+                self._bulk = None
+                return
         conn, self._bulk = self._bulk, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -505,7 +540,11 @@ class StoreWriter:
                     self._copier.settle()  # batches handed over before go first
                 copy_in = _pq_copy_in()
                 if copy_in is not None and encoded is not None:  # COPY text, one GIL release
-                    failure = copy_in(dbapi.pgconn.pgconn_ptr, _COPY_COMMAND, encoded, self.busy)
+                    try:
+                        failure = copy_in(dbapi.pgconn.pgconn_ptr, _COPY_COMMAND, encoded,
+                                          self.busy)
+                    except (ValueError, TypeError) as exc:  # the connection is not usable
+                        raise _ConnectionUnusable(str(exc)) from exc
                     if failure is not None:
                         raise _copy_failure(*failure)
                 else:
@@ -543,8 +582,14 @@ class StoreWriter:
             raise self._postgres_error(exc) from exc
 
     def _postgres_error(self, exc: Exception) -> StoreError:
-        """Classify a psycopg error; a transient one may be the connection: drop it."""
-        permanent = str(getattr(exc, "sqlstate", "") or "").startswith(("22", "23"))
+        """Classify a psycopg error; a transient one may be the connection: drop it.
+
+        Content errors: SQLSTATE classes 22 (data exception: a value out of range,
+        invalid text or JSON) and 23 (integrity), and what the driver raises on our side
+        for a value it cannot send (psycopg's DataError, Python's TypeError/ValueError/
+        OverflowError from a dumper)."""
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        permanent = sqlstate.startswith(("22", "23")) or (not sqlstate and _content_error(exc))
         if not permanent:
             self._drop_bulk()
         return StoreError(f"store write failed: {exc}", transient=not permanent)
@@ -597,11 +642,21 @@ class StoreWriter:
         except SQLAlchemyError as exc:
             raise StoreError(f"store write failed: {exc}") from exc
 
-    def dispose(self, *, close: bool = True) -> None:
-        """Release pooled connections (``close=False`` after fork: do not touch the parent's)."""
+    def dispose(self, *, close: bool = True, timeout: float | None = None) -> None:
+        """Release pooled connections (``close=False`` after fork: do not touch the parent's).
+
+        ``timeout``: how long to wait for a write in progress (None: as long as it
+        takes); past it the write's statement is cancelled and its connection left to
+        the thread running it."""
         if close:
-            with self._bulk_lock:  # not while a batch is being handed to the copier
-                self._drop_bulk()
+            # not while a batch is being written or handed to the copier
+            if self._bulk_lock.acquire(timeout=-1 if timeout is None else timeout):
+                try:
+                    self._drop_bulk(timeout)
+                finally:
+                    self._bulk_lock.release()
+            else:
+                self.interrupt()
         else:
             # after fork the kept connection is the parent's: never close it from here,
             # not even by garbage collection (that would end the parent's session); and
@@ -625,10 +680,34 @@ _STOCK_WRITE = StoreWriter.write
 
 
 def _wrap_dbapi_error(exc: Exception) -> StoreError:
-    """Classify a raw driver error the way SQLAlchemy's wrappers are classified."""
-    name = type(exc).__name__
-    permanent = name in {"IntegrityError", "DataError"}
-    return StoreError(f"store write failed: {exc}", transient=not permanent)
+    """Classify a raw driver error: the content (a value the store or its driver refuses)
+    or anything else (a lock, the connection: transient)."""
+    permanent = _content_error(exc)
+    return StoreError(f"store {'rejected the batch' if permanent else 'write failed'}: {exc}",
+                      transient=not permanent)
+
+
+class _ConnectionUnusable(Exception):
+    """The compiled COPY refused the connection's state (closed, not idle): transient."""
+
+
+#: DB-API error classes raised for a value (PEP 249: DataError, IntegrityError; sqlite3
+#: raises ProgrammingError/InterfaceError for a parameter it cannot bind).
+_CONTENT_CLASSES = frozenset({"DataError", "IntegrityError", "ProgrammingError",
+                              "InterfaceError"})
+
+
+def _content_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` was raised for the content of the rows rather than the store's
+    state: retrying the same rows cannot help, isolating them can."""
+    if exc is None or isinstance(exc, _ConnectionUnusable):
+        return False
+    if isinstance(exc, TypeError | ValueError | OverflowError | RecursionError):
+        return True  # OverflowError: an integer past the column; ValueError: bad text
+    if type(exc).__name__ not in _CONTENT_CLASSES:
+        return False
+    # sqlite3 raises ProgrammingError for a closed connection too: that is its state
+    return "closed" not in str(exc).lower()
 
 
 def _is_unique_violation(exc: BaseException) -> bool:

@@ -41,9 +41,10 @@ def test_new_sqlite_store_declares_json_columns_text(sqlite_trail: AuditTrail,
     assert stored[0] == "text" and stored[1] == "12"
     assert stored[2] == "text" and stored[3] == "1.5"
     assert stored[4] == "0.0"  # negative zero in canonical form (docs/integrity.md)
+    assert stored[5] == '{"n":' + str(10**40) + "}"  # exact, never a double
     record = trail.records()[0]  # read back as JSON values, exactly
     assert record.new_values == 12 and record.old_values == 1.5
-    assert record.context is not None
+    assert record.context == {"n": 10**40}
 
 
 def _old_store(path: Path) -> None:
