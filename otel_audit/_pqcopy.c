@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <string.h>
 #include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct pg_conn PGconn;
@@ -456,17 +457,72 @@ foreign(Copier *c)
     return c->pid != getpid();
 }
 
-/* Wait without the GIL until ``done(c)`` holds. */
-static void
-wait_until(Copier *c, int (*done)(Copier *, void *), void *arg)
+/* How long a wait goes without the GIL before looking at signals (seconds). */
+#define WAIT_SLICE 0.05
+
+static double
+now_seconds(void)
 {
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&c->mu);
-    while (!done(c, arg)) {
-        pthread_cond_wait(&c->cv, &c->mu);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);  /* the clock pthread_cond_timedwait uses */
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait without the GIL until ``done(c)`` holds, for at most ``timeout`` seconds (< 0:
+ * no limit). The wait is cut in slices; between two the GIL is taken back to run the
+ * signal handlers, so Ctrl-C is honoured while the main thread waits here.
+ * 1: done; 0: timed out; -1: a signal handler raised (the exception is set). */
+static int
+wait_until(Copier *c, int (*done)(Copier *, void *), void *arg, double timeout)
+{
+    double deadline = timeout < 0 ? -1.0 : now_seconds() + timeout;
+    for (;;) {
+        int finished;
+        Py_BEGIN_ALLOW_THREADS
+        double until = now_seconds() + WAIT_SLICE;
+        if (deadline >= 0 && deadline < until) {
+            until = deadline;
+        }
+        struct timespec ts;
+        ts.tv_sec = (time_t)until;
+        ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+        pthread_mutex_lock(&c->mu);
+        while (!(finished = done(c, arg))) {
+            if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0) {
+                finished = done(c, arg);
+                break;
+            }
+        }
+        pthread_mutex_unlock(&c->mu);
+        Py_END_ALLOW_THREADS
+        if (finished) {
+            return 1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+        if (deadline >= 0 && now_seconds() >= deadline) {
+            return 0;
+        }
     }
-    pthread_mutex_unlock(&c->mu);
-    Py_END_ALLOW_THREADS
+}
+
+/* A timeout argument: None for no limit, else seconds >= 0; -2 with an error set. */
+static double
+timeout_arg(PyObject *const *args, Py_ssize_t nargs, const char *name)
+{
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument", name);
+        return -2.0;
+    }
+    if (nargs == 0 || args[0] == Py_None) {
+        return -1.0;
+    }
+    double timeout = PyFloat_AsDouble(args[0]);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return -2.0;
+    }
+    return timeout < 0 ? 0.0 : timeout;
 }
 
 static int
@@ -589,32 +645,50 @@ Copier_submit(Copier *c, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)t;
 }
 
-/* halt(): cancel what is queued, wait for the running batch, refuse batches until a
- * submit(..., resume=True). */
+/* halt(timeout=None) -> bool: cancel what is queued, wait (at most ``timeout`` seconds)
+ * for the running batch, refuse batches until a submit(..., resume=True). True once no
+ * batch runs; False if one still does at the deadline. */
 static PyObject *
-Copier_halt(Copier *c, PyObject *Py_UNUSED(arg))
+Copier_halt(Copier *c, PyObject *const *args, Py_ssize_t nargs)
 {
+    double timeout = timeout_arg(args, nargs, "halt");
+    if (timeout < -1.5) {
+        return NULL;
+    }
+    int rv = 1;
     if (!foreign(c)) {
         pthread_mutex_lock(&c->mu);
         c->halted = 1;
         cancel_queued(c);
         pthread_cond_broadcast(&c->cv);
         pthread_mutex_unlock(&c->mu);
-        wait_until(c, not_running, NULL);
+        rv = wait_until(c, not_running, NULL, timeout);
         release_finished(c);
     }
-    Py_RETURN_NONE;
+    if (rv < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(rv);
 }
 
-/* settle(): wait until every batch handed over is done (or cancelled). */
+/* settle(timeout=None) -> bool: wait (at most ``timeout`` seconds) until every batch
+ * handed over is done (or cancelled); False if some still are not at the deadline. */
 static PyObject *
-Copier_settle(Copier *c, PyObject *Py_UNUSED(arg))
+Copier_settle(Copier *c, PyObject *const *args, Py_ssize_t nargs)
 {
+    double timeout = timeout_arg(args, nargs, "settle");
+    if (timeout < -1.5) {
+        return NULL;
+    }
+    int rv = 1;
     if (!foreign(c)) {
-        wait_until(c, is_idle, NULL);
+        rv = wait_until(c, is_idle, NULL, timeout);
         release_finished(c);
     }
-    Py_RETURN_NONE;
+    if (rv < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(rv);
 }
 
 static PyObject *
@@ -644,10 +718,12 @@ Copier_get_pending(Copier *c, void *Py_UNUSED(closure))
 static PyMethodDef Copier_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))Copier_submit, METH_FASTCALL,
      "Queue a batch (as copy_in takes it); a Ticket, or None while halted."},
-    {"halt", (PyCFunction)Copier_halt, METH_NOARGS,
-     "Cancel the queued batches, wait for the running one, refuse new ones."},
-    {"settle", (PyCFunction)Copier_settle, METH_NOARGS,
-     "Wait until every batch handed over is done or cancelled."},
+    {"halt", (PyCFunction)(void (*)(void))Copier_halt, METH_FASTCALL,
+     "halt(timeout=None) -> bool: cancel the queued batches, wait (bounded) for the "
+     "running one, refuse new ones; False if it still runs at the deadline."},
+    {"settle", (PyCFunction)(void (*)(void))Copier_settle, METH_FASTCALL,
+     "settle(timeout=None) -> bool: wait (bounded) until every batch handed over is "
+     "done or cancelled."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -692,8 +768,8 @@ Ticket_wait(Ticket *t, PyObject *Py_UNUSED(arg))
     pthread_mutex_lock(&c->mu);
     int finished = t->state >= T_DONE;
     pthread_mutex_unlock(&c->mu);
-    if (!finished) {
-        wait_until(c, ticket_finished, t);
+    if (!finished && wait_until(c, ticket_finished, t, -1.0) < 0) {
+        return NULL;  /* a signal handler raised (Ctrl-C in the main thread) */
     }
     release_finished(c);
     if (t->state == T_CANCELLED) {
