@@ -11,6 +11,8 @@ instrument                                kind       meaning
 ``otel_audit.records.replayed``           counter    spooled/journalled records committed
 ``otel_audit.records.dropped``            counter    records lost (attribute ``reason``)
 ``otel_audit.store.retries``              counter    failed store writes that will be retried
+``otel_audit.worker.restarts``            counter    unexpected errors the pipeline's threads
+                                                     caught and went on from
 ``otel_audit.export.duration``            histogram  seconds per store transaction
 ``otel_audit.queue.depth``                gauge      records waiting in memory
 ``otel_audit.spool.size``                 gauge      bytes waiting in the spool
@@ -65,6 +67,9 @@ def _get_instruments() -> dict[str, Any]:
             ):
                 _instruments[name] = meter.create_counter(
                     f"otel_audit.{name}", unit="{record}", description=desc)
+            _instruments["worker.restarts"] = meter.create_counter(
+                "otel_audit.worker.restarts", unit="{error}",
+                description="Unexpected errors the audit pipeline's threads went on from")
             _instruments["export.duration"] = meter.create_histogram(
                 "otel_audit.export.duration", unit="s",
                 description="Duration of one audit store transaction")
@@ -87,6 +92,7 @@ class PipelineMetrics:
         self._replayed = inst["records.replayed"]
         self._dropped = inst["records.dropped"]
         self._retries = inst["store.retries"]
+        self._restarts = inst["worker.restarts"]
         self._duration = inst["export.duration"]
         self.queue_depth = queue_depth
         self.spool_bytes = spool_bytes
@@ -112,3 +118,7 @@ class PipelineMetrics:
     def retried(self) -> None:
         """A store write failed and will be retried (or its batch spooled)."""
         self._retries.add(1)
+
+    def worker_restarted(self) -> None:
+        """The worker or store thread caught an unexpected error and went on."""
+        self._restarts.add(1)

@@ -27,6 +27,7 @@ in which nothing needs redacting or normalising is checked column by column (C-l
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import logging
 import multiprocessing.util
@@ -35,6 +36,7 @@ import os
 import random
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,10 +48,11 @@ from .._internal import log_internal_error, logger, suppress_instrumentation
 from ..config import AuditConfig
 from ..errors import AuditWriteError, StoreError
 from ..metrics import PipelineMetrics
-from ..record import AuditRecord, normalise, plain_texts
+from ..record import NORMALISATION_KEY, AuditRecord, normalise, plain_texts
 from ..redact import Redactor
 from ..store.writer import Ahead, PreparedRecord, StoreWriter
 from .journal import Journal
+from .quarantine import Quarantine, quarantine_dir_for, safe_record, safe_texts
 from .spool import Spool
 
 __all__ = [
@@ -102,6 +105,11 @@ _STORE_BOUND = 0.0002
 #: store takes the next one (about 4% more records/s end to end on PostgreSQL than one)
 _STORE_DEPTH = 4
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
+#: the range of the ``schema_version`` column (INTEGER, 32 bits, on every store)
+_VERSION_RANGE = (-(2**31), 2**31 - 1)
+#: IDs of quarantined records remembered, so a spool segment replayed again after a
+#: transient failure does not quarantine (and count) the same record twice
+_QUARANTINED_IDS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +119,10 @@ class AuditStats:
     ``spooled``/``replayed`` count records that went through the disk spool (or, for
     ``replayed``, a journal left by a dead process); ``spool_records``/``spool_bytes``
     are what waits there now; ``journal_pending`` counts ``durable`` records not yet
-    committed to the store.
+    committed to the store. ``quarantined`` counts records the store refused even in
+    their safe form (each also counted in ``failed`` and kept in the quarantine
+    directory); ``worker_restarts`` counts unexpected errors the worker or store
+    thread caught and went on from (each logged at ERROR).
     """
 
     enqueued: int
@@ -125,6 +136,8 @@ class AuditStats:
     spool_records: int = 0
     spool_bytes: int = 0
     journal_pending: int = 0
+    quarantined: int = 0
+    worker_restarts: int = 0
 
 
 class _FlushMarker:
@@ -326,6 +339,16 @@ class BatchPipeline:
         self._sync_enqueued = 0
         self._spooled = 0
         self._replayed = 0
+        self._quarantined = 0
+        self._restarts = 0
+        self._quarantined_ids: deque[str] = deque(maxlen=_QUARANTINED_IDS)
+        #: batches taken off the queue and not yet committed, spooled or accounted for
+        #: (raw items until prepared): what shutdown spools when its deadline passes
+        self._inflight: dict[int, list[Any]] = {}
+        #: set by a shutdown past its deadline: what was in flight is in the spool, so
+        #: the worker and store threads write nothing more
+        self._abandoned = False
+        self._replaying = False  # the worker is writing spooled records
         self._waiting: list[_FlushMarker] = []  # flushes waiting for the spool to drain
         self._replay_at = 0.0
         self._replay_attempt = 0
@@ -333,6 +356,9 @@ class BatchPipeline:
         if self._spool_dir is not None and self.config.spool_max_bytes > 0:
             self.spool = Spool(self._spool_dir, self.config.spool_max_bytes)
         self.journal: Journal | None = None
+        self.quarantine: Quarantine | None = None
+        if self._spool_dir is not None:
+            self.quarantine = Quarantine(quarantine_dir_for(self._spool_dir))
         self.metrics = PipelineMetrics(self._queue_depth, self._spool_bytes)
 
     def _after_fork_in_child(self) -> None:
@@ -343,6 +369,8 @@ class BatchPipeline:
         for holder in (self.spool, self.journal):
             for segment in _segments_of(holder):
                 segment.close()
+        if self.quarantine is not None:
+            self.quarantine.close()
         self._init_state()
         self.writer.dispose(close=False)
 
@@ -398,7 +426,7 @@ class BatchPipeline:
         if self.journal is None:
             self.open_journal()
         journal = self.journal
-        prepared = self._prepare(records)
+        prepared = self._prepare_batch(records)
         if journal is not None:
             try:
                 journal.append_batch(prepared)
@@ -421,7 +449,7 @@ class BatchPipeline:
         spool = self.spool
         if spool is not None:
             try:
-                prepared = self._prepare([record])
+                prepared = self._prepare_batch([record])
                 if spool.append(prepared):
                     self._count_spooled(len(prepared))
                     self._wake.set()
@@ -492,7 +520,7 @@ class BatchPipeline:
             self._sync_enqueued += len(records)
         try:
             with suppress_instrumentation():
-                self._write(self._prepare(records))
+                self._write(self._prepare_batch(records))
         except StoreError as exc:
             with self._state_lock:
                 self._failed += len(records)
@@ -510,9 +538,9 @@ class BatchPipeline:
         with self._state_lock:
             self._sync_enqueued += len(records)
         with suppress_instrumentation():
-            prepared = self._prepare(records)
+            prepared = self._prepare_batch(records)
             with self._write_lock:
-                self._seal(prepared)
+                self._seal_safely(prepared)
             self.writer.write_on(connection, prepared)
         return prepared
 
@@ -538,22 +566,30 @@ class BatchPipeline:
         return marker.done.wait(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Flush (bounded by ``timeout``), stop the worker and release connections.
+        """Flush, stop the worker and release connections, all within ``timeout``.
 
-        Records the store did not take before the deadline stay in the spool (or the
-        journal) for the next process using the same directory; with neither, they
-        are counted as failed and logged.
+        Records the store did not take before the deadline go to the spool (or stay in
+        the journal) for the next process using the same directory; with neither, they
+        are counted as failed and logged. A store that holds a write past the deadline
+        (a lock held by another session) does not hold up the return: the batches in
+        flight are spooled, the statement is cancelled, and the threads write nothing
+        more (a batch whose commit was already under way may land as well; its replay
+        is then ignored, writes being idempotent on ``id``).
         """
         if self._closed:
             return True
-        deadline = self.config.shutdown_timeout if timeout is None else timeout
-        flushed = self.flush(deadline)
+        budget = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + max(0.0, budget)
+        flushed = self.flush(budget)
         self._closed = True
         self._stop.set()
         self._wake.set()
         worker = self._worker
         if worker is not None and worker is not threading.current_thread():
-            worker.join(deadline)
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():  # held by the store past the deadline
+                flushed = False
+                self._abandon()
         remaining = [item for item in self._queue if not isinstance(item, _FlushMarker)]
         if remaining:
             self._queue.clear()
@@ -572,14 +608,44 @@ class BatchPipeline:
                 logger.warning("audit shutdown: %d records wait in the spool %s for the next "
                                "process", spool.records, spool.directory)
                 flushed = False
-            spool.close()
+            if not (self._abandoned and self._replaying):  # a replay would read a closed file
+                spool.close()  # releases its segments: the next trail adopts them
         if self.journal is not None:
             if self.journal.pending:
                 logger.warning("audit shutdown: %d durable records wait in the journal %s",
                                self.journal.pending, self.journal.directory)
-            self.journal.close()
-        self.writer.dispose()
+            if not self._abandoned:
+                self.journal.close()
+        if self.quarantine is not None:
+            self.quarantine.close()
+        self.writer.dispose(timeout=max(0.0, deadline - time.monotonic())
+                            if not self._abandoned else 0.0)
         return flushed
+
+    def _abandon(self) -> None:
+        """The deadline passed with batches still in flight: spool them, cancel the
+        statement the store is running, and let the threads write nothing more."""
+        with self._state_lock:
+            self._abandoned = True
+            batches = list(self._inflight.values())
+            self._inflight.clear()
+        held = sum(map(len, batches))
+        kept = sum(self._spool_on_exit(batch) for batch in batches)
+        if held - kept:
+            with self._state_lock:
+                self._failed += held - kept
+            self.metrics.dropped(held - kept, "shutdown")
+            logger.error("audit shutdown: the store held %d records past the deadline and "
+                         "they could not be spooled", held - kept)
+        elif held:
+            logger.warning("audit shutdown: the store held %d records past the deadline; "
+                           "they are in the spool", held)
+        try:
+            self.writer.interrupt()
+        except Exception:
+            log_internal_error("interrupt", logging.WARNING,
+                               "audit shutdown: cannot cancel the store's statement",
+                               exc_info=True)
 
     def _spool_on_exit(self, items: list[_Item]) -> int:
         """Move what is left in memory to the spool; return how many were kept."""
@@ -588,7 +654,7 @@ class BatchPipeline:
         if spool is None:
             return journalled
         try:
-            prepared = self._prepare(items)
+            prepared = self._prepare_batch(items)
             if spool.append(prepared):
                 self._count_spooled(len(prepared))
                 return len(items)
@@ -618,6 +684,8 @@ class BatchPipeline:
                 spool_records=spool.records if spool is not None else 0,
                 spool_bytes=spool.size if spool is not None else 0,
                 journal_pending=self.journal.pending if self.journal is not None else 0,
+                quarantined=self._quarantined,
+                worker_restarts=self._restarts,
             )
 
     def _queue_depth(self) -> int:
@@ -636,9 +704,34 @@ class BatchPipeline:
     def _run(self) -> None:
         with suppress_instrumentation():
             try:
-                self._loop()
+                while True:
+                    try:
+                        self._loop()
+                        return
+                    except BaseException as exc:  # the worker never dies (see _worker_failed)
+                        if self._abandoned:
+                            return
+                        self._worker_failed("worker", exc)
+                        # an error that recurs at once must not spin: a short pause
+                        self._stop.wait(0.05)
             finally:
                 self._store.stop()
+
+    def _worker_failed(self, where: str, exc: BaseException) -> None:
+        """Count and log (rate-limited) an unexpected error the worker or the store
+        thread caught; the caller accounts for the records it held and goes on.
+
+        Anything is caught, ``BaseException`` included: on these threads a
+        ``KeyboardInterrupt`` or ``SystemExit`` can only come from a hook or a value's
+        own code (signals go to the main thread), and a worker that ended on it would
+        leave every later record in memory.
+        """
+        with self._state_lock:
+            self._restarts += 1
+        self.metrics.worker_restarted()
+        log_internal_error(f"worker_error:{where}:{id(self)}", logging.ERROR,
+                           "audit %s thread: unexpected %s (records accounted for, going on)",
+                           where, type(exc).__name__, exc_info=True)
 
     def _loop(self) -> None:
         if self._durable and self.journal is None:
@@ -676,34 +769,62 @@ class BatchPipeline:
                 batch.append(item)
             with self._space:
                 self._space.notify_all()
-            if batch:
-                with self._state_lock:
-                    self._drained += len(batch)
-                # prepared and sealed here while the store stage commits the previous
-                # batch, in chunks: between them a store thread back from the database
-                # gets the GIL (the first chunk is short: a write just handed over
-                # soon comes back from its first round trip). Batches handed to the
-                # copier need no pauses: in one piece
-                prepared: list[PreparedRecord] = []
-                chunks = ((0, len(batch)),) if self._store.ahead else _chunks(len(batch))
-                for start, end in chunks:
-                    part = self._prepare_batch(batch[start:end])
-                    self._seal_ahead(part)
-                    prepared += part
-                    self._store.pause()
-                encoded = self.writer.encode(prepared)  # the store thread only sends it
-                ahead, unsent = self._send_ahead(prepared, encoded)
-                self._store.run(functools.partial(self._write_prepared, prepared, encoded, ahead,
-                                                  unsent))
-            else:
-                self._done_busy()
-            if markers:
-                self._store.wait()  # a flush returns only after what precedes it committed
-                self._waiting.extend(markers)
-                self._maybe_replay()
-                self._release_markers()
+            try:
+                if batch:
+                    with self._state_lock:
+                        self._drained += len(batch)
+                        self._inflight[id(batch)] = batch
+                    self._hand_over(batch)
+                else:
+                    self._done_busy()
+            finally:  # a flush waiting here is never forgotten, whatever happened above
+                if markers:
+                    self._store.wait()  # a flush returns only after what precedes it committed
+                    self._waiting.extend(markers)
+                    self._maybe_replay()
+                    self._release_markers()
             if self._stop.is_set() and self._closed and not batch and not markers:
                 return
+
+    def _hand_over(self, batch: list[_Item]) -> None:
+        """Prepare and seal ``batch``, then queue its write on the store stage. Whatever
+        goes wrong on the way, its records are written, spooled or counted."""
+        key = id(batch)
+        try:
+            # prepared and sealed here while the store stage commits the previous
+            # batch, in chunks: between them a store thread back from the database
+            # gets the GIL (the first chunk is short: a write just handed over
+            # soon comes back from its first round trip). Batches handed to the
+            # copier need no pauses: in one piece
+            prepared: list[PreparedRecord] = []
+            chunks = ((0, len(batch)),) if self._store.ahead else _chunks(len(batch))
+            for start, end in chunks:
+                part = self._prepare_batch(batch[start:end])
+                self._seal_ahead(part)
+                prepared += part
+                self._store.pause()
+            encoded = self._encode(prepared)  # the store thread only sends it
+        except BaseException as exc:
+            self._worker_failed("worker", exc)
+            prepared = [self._safe_prepared(item, f"worker error: {exc!r}")
+                        for item in _resolved(batch)]
+            encoded = None
+        with self._state_lock:
+            if self._abandoned:  # shutdown spooled the batch already
+                self._inflight.pop(key, None)
+                self._busy -= 1
+                return
+            self._inflight.pop(key, None)
+            self._inflight[id(prepared)] = prepared
+        ahead, unsent = self._send_ahead(prepared, encoded)
+        self._store.run(functools.partial(self._write_prepared, prepared, encoded, ahead,
+                                          unsent))
+
+    def _encode(self, prepared: list[PreparedRecord]) -> bytes | None:
+        try:
+            return self.writer.encode(prepared)
+        except Exception:  # the writer's own fallback failed: the store stage encodes
+            return None
 
     def _done_busy(self) -> None:
         with self._state_lock:
@@ -715,13 +836,65 @@ class BatchPipeline:
             for marker in waiting:
                 marker.done.set()
 
-    def _prepare_batch(self, batch: list[_Item]) -> list[PreparedRecord]:
+    def _prepare_batch(self, batch: Sequence[_Item]) -> list[PreparedRecord]:
         try:
-            return self._prepare(batch)
-        except Exception:  # a transform bug must not lose the batch: write it untransformed
+            prepared = self._prepare(batch)
+        except Exception:  # one record's value or a transform bug: record by record
             log_internal_error("prepare", logging.ERROR,
                                "audit record preparation failed", exc_info=True)
-            return [self._prepare_plain(item) for item in _resolved(batch)]
+            prepared = [self._prepare_one(item) for item in _resolved(batch)]
+        self._guard(prepared)
+        return prepared
+
+    def _prepare_one(self, item: AuditRecord | PreparedRecord) -> PreparedRecord:
+        """Prepare one record without raising: fully, else untransformed (a transform
+        bug), else in its safe form."""
+        error: BaseException
+        try:
+            return self._prepare([item])[0]
+        except Exception as exc:
+            error = exc
+        if self.transforms:
+            try:
+                return self._prepare_plain(item)
+            except Exception as exc:
+                error = exc
+        return self._safe_prepared(item, f"could not be normalised: {error!r}")
+
+    def _safe_prepared(self, item: _Item, reason: str) -> PreparedRecord:
+        """``item`` in its safe form (:func:`.quarantine.safe_record`), redacted, unsealed.
+
+        A record whose redaction fails even in its safe form keeps none of its JSON
+        documents nor free texts: a secret never gets past a broken redactor."""
+        if isinstance(item, DeferredRecords):  # pragma: no cover - resolved before
+            item = AuditRecord(id=uuid.uuid4().hex, timestamp=dt.datetime.now(dt.UTC),
+                               action="unknown", user_id="unknown")
+        safe = safe_record(item, reason)
+        if self.redactor is not None and not isinstance(item, PreparedRecord):
+            try:
+                safe = self.redactor(safe)
+            except Exception:
+                withheld = "<withheld: redaction failed>"
+                safe = safe._replace(old_values=None, new_values=None, changes=None,
+                                     error_message=withheld, user_agent=None,
+                                     context={NORMALISATION_KEY: [
+                                         {"field": "record", "kind": "withheld",
+                                          "reason": reason[:500]}]})
+        return safe_texts(safe)
+
+    def _guard(self, prepared: list[PreparedRecord]) -> None:
+        """Replace, before sealing, records the store would refuse for a value that
+        normalisation does not bound (an out-of-range ``schema_version``): once sealed, a
+        refused record would leave a hole in its chain. C-level passes over the column."""
+        versions = list(map(_VERSION_OF, map(_RECORD, prepared)))
+        if (set(map(type, versions)) <= {int} and versions
+                and _VERSION_RANGE[0] <= min(versions) and max(versions) <= _VERSION_RANGE[1]):
+            return
+        for i, version in enumerate(versions):
+            if (type(version) is not int or not _VERSION_RANGE[0] <= version <= _VERSION_RANGE[1]
+                    ) and prepared[i].seq is None:
+                prepared[i] = self._safe_prepared(
+                    prepared[i], "schema_version out of the column's range")
 
     def _seal_ahead(self, prepared: list[PreparedRecord]) -> None:
         """Seal on the worker, so that the store stage only writes.
@@ -731,7 +904,34 @@ class BatchPipeline:
         batch unsealed: the store stage seals it inside its retry loop.
         """
         with contextlib.suppress(StoreError):
-            self._seal(prepared)
+            self._seal_safely(prepared)
+
+    def _seal_safely(self, prepared: list[PreparedRecord]) -> bool:
+        """:meth:`_seal`, where a record a sealer cannot hash (a value its serialiser
+        refuses) is found by halving the batch and sealed in its safe form; raises
+        only :class:`StoreError` (the head of a named stream is unreadable)."""
+        try:
+            return self._seal(prepared)
+        except StoreError:
+            raise
+        except Exception as exc:  # the sealer left its chain as it was (all or nothing)
+            if len(prepared) == 1:
+                prepared[0] = self._safe_prepared(prepared[0], f"could not be sealed: {exc!r}")
+                try:
+                    return self._seal(prepared)
+                except StoreError:
+                    raise
+                except Exception:  # left unsealed: the store stage tries again
+                    log_internal_error("seal", logging.ERROR,
+                                       "audit record %s cannot be sealed", prepared[0].record.id,
+                                       exc_info=True)
+                    return True
+            mid = len(prepared) // 2
+            for start, end in ((0, mid), (mid, len(prepared))):
+                part = prepared[start:end]
+                self._seal_safely(part)
+                prepared[start:end] = part
+            return True
 
     def _send_ahead(self, prepared: list[PreparedRecord], encoded: bytes | None,
                     ) -> tuple[Ahead | None, bool]:
@@ -749,7 +949,11 @@ class BatchPipeline:
         if (encoded is not None and not self._unsent
                 and (self.spool is None or not self.spool.pending())
                 and (not self.sealers or None not in map(_SEQ, prepared))):
-            ahead = writer.send_ahead(encoded, resume=self._store.idle())
+            try:
+                ahead = writer.send_ahead(encoded, resume=self._store.idle())
+            except Exception:  # the store stage writes it itself
+                log_internal_error("send_ahead", logging.WARNING,
+                                   "audit copier refused a batch", exc_info=True)
         if ahead is None:
             with self._state_lock:
                 self._unsent += 1
@@ -759,12 +963,32 @@ class BatchPipeline:
     def _write_prepared(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
                         ahead: Ahead | None = None, unsent: bool = False) -> None:
         try:
-            self._write_batch(prepared, encoded, ahead)
+            if not self._abandoned:
+                self._write_batch(prepared, encoded, ahead)
+        except BaseException as exc:  # the store thread never drops a batch either
+            self._worker_failed("store", exc)
+            self._rescue(prepared, exc)
         finally:
-            if unsent:
-                with self._state_lock:
+            with self._state_lock:
+                self._inflight.pop(id(prepared), None)
+                if unsent:
                     self._unsent -= 1
-            self._done_busy()
+                self._busy -= 1
+
+    def _rescue(self, prepared: list[PreparedRecord], exc: BaseException) -> None:
+        """Account for a batch whose write failed unexpectedly: the spool if it takes
+        it (replayed with the usual care), else record by record; never raises."""
+        try:
+            if self._to_spool(prepared):
+                self._schedule_replay(None)
+                return
+            rest, error = self._isolate(prepared, StoreError(repr(exc), transient=False))
+            if rest:
+                self._count_failed(rest, f"store unavailable: {error}", quarantine=False)
+        except BaseException:
+            log_internal_error("rescue", logging.ERROR,
+                               "audit batch lost after an unexpected error", exc_info=True)
+            self._count_failed(prepared, f"unexpected error: {exc!r}", quarantine=True)
 
     def _write_batch(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
                      ahead: Ahead | None = None) -> None:
@@ -784,12 +1008,16 @@ class BatchPipeline:
             return
         attempt = 0
         while True:
+            if self._abandoned:  # shutdown spooled this batch past its deadline
+                return
             error, failed = failed or self._try_write(prepared, encoded), None
             if error is None:
                 return
-            if not error.transient:
-                self._write_one_by_one(prepared)
-                return
+            if not error.transient:  # a record refused for its content: find it
+                prepared, error = self._isolate(prepared, error)
+                if not prepared or error is None:
+                    return
+                encoded = None
             attempt += 1
             with self._state_lock:
                 self._retried += 1
@@ -813,14 +1041,90 @@ class BatchPipeline:
                                  "lost", len(prepared) - kept)
                 return
 
-    def _try_write(self, prepared: list[PreparedRecord], encoded: bytes | None,
-                   ) -> StoreError | None:
+    def _try_write(self, prepared: list[PreparedRecord], encoded: bytes | None = None, *,
+                   replay: bool = False) -> StoreError | None:
         """One attempt at :meth:`_write`: None once committed, else the store's error."""
         try:
-            self._write(prepared, encoded=encoded)
+            self._write(prepared, encoded=encoded, replay=replay)
         except StoreError as exc:
             return exc
         return None
+
+    def _isolate(self, batch: list[PreparedRecord], error: StoreError, *,
+                 replay: bool = False) -> tuple[list[PreparedRecord], StoreError | None]:
+        """Write what the store takes of a batch it refused for its content.
+
+        The batch is halved until the refused records stand alone (the good ones land
+        a half at a time); each of those is retried in its safe form and, if refused
+        even so, quarantined. Returns the records not dealt with because the store
+        became unavailable meanwhile, and that error (``[], None`` when all are)."""
+        if len(batch) == 1:
+            return self._poison(batch[0], error, replay=replay)
+        mid = len(batch) // 2
+        halves = (batch[:mid], batch[mid:])
+        for i, half in enumerate(halves):
+            failure = self._try_write(half, replay=replay)
+            if failure is None:
+                continue
+            if failure.transient:
+                return [*half, *(halves[1] if i == 0 else [])], failure
+            rest, failure = self._isolate(half, failure, replay=replay)
+            if failure is not None:
+                return [*rest, *(halves[1] if i == 0 else [])], failure
+        return [], None
+
+    def _poison(self, item: PreparedRecord, error: StoreError, *,
+                replay: bool = False) -> tuple[list[PreparedRecord], StoreError | None]:
+        """One record the store refused: store its safe form, else quarantine it."""
+        rid = item.record.id
+        if rid in self._quarantined_ids:  # a segment replayed again: dealt with before
+            return [], None
+        sealed = item.seq is not None and bool(self.sealers)
+        kept = False
+        safe = self._safe_prepared(item, f"refused by the store: {error}")
+        if sealed:
+            # its chain position is spent: the safe form takes a new one, and the
+            # original stays in the quarantine file (with its seq and hash) as the
+            # explanation of the hole verify reports at that position
+            note = {"field": "record", "kind": "resealed", "stream": item.stream,
+                    "seq": item.seq, "hash": item.hash}
+            context = dict(safe.record.context or {})
+            context[NORMALISATION_KEY] = [*context.get(NORMALISATION_KEY, []), note]
+            safe = safe_texts(safe.record._replace(context=context))
+            kept = self._keep_quarantined(item, f"sealed record refused by the store: {error}")
+        failure = self._try_write([safe], replay=replay)
+        if failure is None:
+            log_internal_error("store_reject", logging.WARNING,
+                               "audit store refused record %s; stored in its safe form: %s",
+                               rid, error)
+            return [], None
+        if failure.transient:
+            return [item], failure
+        self._count_failed([item], f"refused by the store, also in its safe form: {failure}",
+                           quarantine=not sealed, kept=int(sealed and kept))
+        return [], None
+
+    def _keep_quarantined(self, item: PreparedRecord, reason: str) -> bool:
+        self._quarantined_ids.append(item.record.id)
+        quarantine = self.quarantine
+        return quarantine is not None and quarantine.append(item, reason)
+
+    def _count_failed(self, items: list[PreparedRecord], reason: str, *,
+                      quarantine: bool, kept: int = 0) -> None:
+        """Records that could not be stored: counted, logged at ERROR, quarantined
+        (``kept``: how many of them the caller already put in quarantine)."""
+        for item in items:
+            if quarantine and self._keep_quarantined(item, reason):
+                kept += 1
+        with self._state_lock:
+            self._failed += len(items)
+            self._quarantined += kept
+        self.metrics.dropped(len(items), "rejected")
+        where = self.quarantine.directory if self.quarantine is not None and kept else None
+        for item in items[:10]:
+            logger.error("audit record %s (action=%r) could not be stored (%s)%s",
+                         item.record.id, item.record.action, reason,
+                         f"; kept in {where}" if where else "")
 
     def _backoff(self, attempt: int) -> float:
         delay: float = min(self.config.retry_max_backoff, 0.05 * 2.0 ** min(attempt, 20))
@@ -828,7 +1132,7 @@ class BatchPipeline:
 
     def _to_spool(self, prepared: list[PreparedRecord]) -> bool:
         spool = self.spool
-        if spool is None:
+        if spool is None or self._abandoned:
             return False
         try:
             if spool.append(prepared):
@@ -840,6 +1144,9 @@ class BatchPipeline:
         except OSError as exc:
             log_internal_error(f"spool_error:{id(self)}", logging.ERROR,
                                "audit spool %s unwritable: %s", spool.directory, exc)
+        except Exception as exc:  # a value the spool's encoder refuses: not spooled
+            log_internal_error(f"spool_encode:{id(self)}", logging.ERROR,
+                               "audit spool cannot encode a batch: %r", exc)
         return False
 
     def _schedule_replay(self, exc: BaseException | None) -> None:
@@ -855,59 +1162,71 @@ class BatchPipeline:
 
     def _maybe_replay(self) -> None:
         spool = self.spool
-        if spool is None or not spool.pending() or time.monotonic() < self._replay_at:
+        if (spool is None or self._abandoned or not spool.pending()
+                or time.monotonic() < self._replay_at):
             self._release_markers()
             return
         self._store.wait()  # replayed records go after the batch in flight
-        self._replay_spool(spool)
+        self._replaying = True
+        try:
+            self._replay_spool(spool)
+        finally:
+            self._replaying = False
         self._release_markers()
 
     def _replay_spool(self, spool: Spool) -> None:
-        """Write spooled segments oldest first; stop at the first failure (retry later)."""
+        """Write spooled segments oldest first; stop at the first transient failure
+        (retry later). A record the store refuses for its content never blocks the
+        spool: it is stored in its safe form or quarantined, and replay goes on."""
         spool.rescan()
         while True:
+            if self._abandoned:
+                return
             segment = spool.oldest()
             if segment is None:
                 self._replay_attempt = 0
                 return
             count = 0
             batch: list[PreparedRecord] = []
-            try:
-                for prepared in spool.read(segment):
-                    batch.append(prepared)
-                    if len(batch) >= self._batch_size:
-                        self._write(batch, replay=True)
-                        count += len(batch)
-                        batch = []
-                if batch:
-                    self._write(batch, replay=True)
+            for prepared in spool.read(segment):
+                batch.append(prepared)
+                if len(batch) >= self._batch_size:
+                    error = self._replay_batch(batch)
+                    if error is not None:
+                        self._replay_failed(error)
+                        return
                     count += len(batch)
-            except StoreError as exc:
-                if not exc.transient and batch:
-                    self._write_one_by_one(batch)
-                    continue
-                with self._state_lock:
-                    self._retried += 1
-                self.metrics.retried()
-                self._schedule_replay(exc)
+                    batch = []
+            if batch:
+                error = self._replay_batch(batch)
+                if error is not None:
+                    self._replay_failed(error)
+                    return
+                count += len(batch)
+            if self._abandoned:  # shutdown may have released the segment: keep the file
                 return
             spool.done(segment, count)
+
+    def _replay_batch(self, batch: list[PreparedRecord]) -> StoreError | None:
+        """Write one batch read from the spool; the transient error that stopped it."""
+        if self._abandoned:
+            return StoreError("the trail was shut down", transient=True)
+        self._guard(batch)  # spooled unsealed by an older process: before it is sealed
+        error = self._try_write(batch, replay=True)
+        if error is None or error.transient:
+            return error
+        _rest, error = self._isolate(batch, error, replay=True)
+        return error
+
+    def _replay_failed(self, error: StoreError) -> None:
+        with self._state_lock:
+            self._retried += 1
+        self.metrics.retried()
+        self._schedule_replay(error)
 
     def _past_deadline(self, attempt: int) -> bool:
         # during shutdown keep retrying only briefly: shutdown() itself is deadline-bound
         return attempt >= 3
-
-    def _write_one_by_one(self, prepared: list[PreparedRecord]) -> None:
-        """Isolate records the store rejects permanently so the rest of the batch lands."""
-        for item in prepared:
-            try:
-                self._write([item])
-            except StoreError as exc:
-                with self._state_lock:
-                    self._failed += 1
-                self.metrics.dropped(1, "rejected")
-                log_internal_error("store_reject", logging.ERROR,
-                                   "audit store rejected record %s: %s", item.record.id, exc)
 
     def _prepare_plain(self, item: AuditRecord | PreparedRecord) -> PreparedRecord:
         if isinstance(item, PreparedRecord):
@@ -966,7 +1285,7 @@ class BatchPipeline:
                encoded: bytes | None = None) -> None:
         with self._write_lock:
             # in place: a retry or the spool keeps the chain position
-            if self._seal(prepared):
+            if self._seal_safely(prepared):
                 encoded = None  # rows changed since they were encoded
             started = time.perf_counter()
             if encoded is None:
@@ -990,12 +1309,17 @@ class BatchPipeline:
         for hook in self.on_written:
             try:
                 hook(prepared)
-            except Exception:
+            except BaseException as exc:  # the batch is committed: never written again
+                if (isinstance(exc, KeyboardInterrupt | SystemExit)
+                        and threading.current_thread() is threading.main_thread()):
+                    raise  # a sync write on the main thread: the caller's to handle
                 log_internal_error("on_written", logging.ERROR,
                                    "audit post-write hook %r failed", hook, exc_info=True)
 
 
 _SEQ = operator.itemgetter(3)  # PreparedRecord.seq
+_RECORD = operator.itemgetter(0)  # PreparedRecord.record
+_VERSION_OF = operator.itemgetter(AuditRecord._fields.index("schema_version"))
 
 
 @functools.lru_cache(maxsize=16)

@@ -62,6 +62,7 @@ class Spool:
         self._bytes = 0
         self._records = 0
         self._checked_orphans = False
+        self._closed = False  # after close(): no more appends nor adoptions
 
     @property
     def directory(self) -> str:
@@ -77,6 +78,8 @@ class Spool:
         """Append ``batch``; ``False`` if it would exceed the cap. Raises ``OSError``."""
         data = b"".join(encode_frame(encode_record(p)) for p in batch)
         with self._lock:
+            if self._closed:  # a thread still busy after a shutdown past its deadline
+                raise OSError(f"the spool {self.directory} is closed")
             if self._bytes + len(data) > self.max_bytes:
                 return False
             segment = self._current
@@ -115,6 +118,8 @@ class Spool:
 
     def _adopt(self) -> None:
         with self._lock:
+            if self._closed:  # its own released segments are the next trail's to adopt
+                return
             self._checked_orphans = True
             mine = {s.path for s in self._ready}
             if self._current is not None:
@@ -157,6 +162,7 @@ class Spool:
     def close(self) -> None:
         """Release every segment (they stay on disk for the next process)."""
         with self._lock:
+            self._closed = True
             for segment in [*self._ready, *([self._current] if self._current else [])]:
                 if segment.frames == 0 and segment is self._current:
                     segment.remove()

@@ -1,0 +1,297 @@
+"""The worker never dies: an unexpected error anywhere on the pipeline's threads is
+counted, logged, and the records it held are written, spooled or counted; a record the
+store refuses never takes its batch with it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from otel_audit import AuditTrail
+from otel_audit.errors import StoreError
+from otel_audit.integrity.verify import verify_trail
+from otel_audit.pipeline import batch as batch_module
+from otel_audit.pipeline.quarantine import quarantine_dir_for
+from otel_audit.pipeline.segments import read_frames
+from otel_audit.pipeline.spool import Spool, decode_record
+from otel_audit.record import NORMALISATION_KEY, SCHEMA_VERSION, AuditRecord, normalise
+from otel_audit.store.reader import row_to_record
+from otel_audit.store.schema import RECORD_COLUMNS, audit_trails
+from otel_audit.store.writer import PreparedRecord
+
+Factory = Callable[..., AuditTrail]
+
+
+def _count(trail: AuditTrail, action: str | None = None) -> int:
+    query = select(func.count()).select_from(audit_trails)
+    if action is not None:
+        query = query.where(audit_trails.c.action == action)
+    with trail.writer.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def _stored(trail: AuditTrail, record_id: str) -> AuditRecord:
+    columns = [audit_trails.c[name] for name in RECORD_COLUMNS]
+    with trail.writer.engine.connect() as conn:
+        row = conn.execute(select(*columns).where(audit_trails.c.id == record_id)).mappings().one()
+    return row_to_record(row)
+
+
+def _notes(record: AuditRecord) -> list[dict[str, Any]]:
+    context = record.context if isinstance(record.context, dict) else {}
+    notes = context.get(NORMALISATION_KEY, [])
+    return notes if isinstance(notes, list) else []
+
+
+def _quarantined(spool_dir: Path) -> list[dict[str, Any]]:
+    directory = quarantine_dir_for(str(spool_dir))
+    docs = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        try:
+            docs += [json.loads(payload) for payload in read_frames(fd)]
+        finally:
+            os.close(fd)
+    return docs
+
+
+def _good(trail: AuditTrail, n: int, action: str = "GOOD") -> None:
+    for i in range(n):
+        trail.record(action, user_id=f"u{i}", new_values={"i": i})
+
+
+class _Once:
+    """Raises ``exc`` the first time it is called, then calls ``then``."""
+
+    def __init__(self, exc: BaseException, then: Callable[..., Any]) -> None:
+        self.exc = exc
+        self.then = then
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise self.exc
+        return self.then(*args, **kwargs)
+
+
+def test_an_unexpected_error_in_the_worker_loop_is_counted_and_it_goes_on(
+        make_trail: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trail = make_trail(spool_dir=str(tmp_path / "spool"))
+    pipeline = trail.pipeline
+    pipeline._maybe_replay = _Once(ZeroDivisionError("never expected"),  # type: ignore[method-assign]
+                                   pipeline._maybe_replay)
+    with caplog.at_level(logging.ERROR, logger="otel_audit"):
+        _good(trail, 30)
+        assert trail.flush(10)
+    stats = trail.stats()
+    assert stats.worker_restarts == 1
+    assert stats.written == 30 and stats.failed == 0
+    assert any("ZeroDivisionError" in r.getMessage() for r in caplog.records)
+    _good(trail, 5, "LATER")
+    assert trail.flush(10)
+    assert _count(trail, "LATER") == 5
+    assert verify_trail(trail.writer.engine).ok
+
+
+@pytest.mark.parametrize("exc", [KeyError("an error the writer never raises"),
+                                 SystemExit(3)], ids=["KeyError", "SystemExit"])
+def test_a_writer_failing_once_unexpectedly_loses_no_record(
+        make_trail: Factory, tmp_path: Path, exc: BaseException) -> None:
+    for spool in (str(tmp_path / "spool"), None):  # spooled and replayed; isolated in place
+        trail = make_trail(spool_dir=spool, spool_max_bytes=0 if spool is None else 1 << 20)
+        trail.writer.ensure_schema()
+        before = _count(trail)
+        trail.writer.write = _Once(exc, trail.writer.write)  # type: ignore[method-assign]
+        _good(trail, 40)
+        assert trail.flush(10)
+        stats = trail.stats()
+        assert stats.worker_restarts == 1
+        assert stats.written == 40 and stats.failed == 0
+        assert _count(trail) == before + 40
+        trail.shutdown(5)
+    assert verify_trail(trail.writer.engine).ok
+
+
+def test_a_sealer_failing_once_still_seals_every_record(make_trail: Factory) -> None:
+    trail = make_trail()
+    sealer = trail.pipeline.sealers[0]
+    trail.pipeline.sealers[0] = _Once(RuntimeError("sealer bug"), sealer)
+    _good(trail, 25)
+    assert trail.flush(10)
+    assert trail.stats().written == 25
+    assert verify_trail(trail.writer.engine).ok
+
+
+class _Explodes:
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth value")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+def test_a_record_no_sealer_can_hash_is_sealed_in_its_safe_form(make_trail: Factory) -> None:
+    # a prepared record (as the journal hands them back) skips normalisation: the chain
+    # row is built from its values as they are, and this one's success cannot be read
+    trail = make_trail()
+    record = AuditRecord(id=uuid.uuid4().hex, timestamp=dt.datetime.now(dt.UTC),
+                         action="ODD", user_id="u", success=_Explodes())  # type: ignore[arg-type]
+    _good(trail, 3)
+    trail.pipeline.submit(PreparedRecord(record, dict.fromkeys(("old_values", "new_values",
+                                                                "changes", "context"))))
+    _good(trail, 3, "AFTER")
+    assert trail.flush(10)
+    assert trail.stats().written == 7 and trail.stats().failed == 0
+    stored = _stored(trail, record.id)
+    assert stored.success is True
+    assert {"field": "success", "kind": "converted", "stored": True,
+            "original": "<unrepresentable _Explodes>"} in _notes(stored)
+    assert verify_trail(trail.writer.engine).ok
+
+
+def test_post_write_hooks_failing_lose_and_duplicate_nothing(make_trail: Factory) -> None:
+    trail = make_trail()
+    seen: list[int] = []
+
+    def counting(batch: Sequence[PreparedRecord]) -> None:
+        seen.append(len(batch))
+
+    trail.pipeline.on_written[:0] = [_Once(RuntimeError("hook bug"), counting),
+                                     _Once(KeyboardInterrupt(), counting)]
+    _good(trail, 30)
+    assert trail.flush(10)
+    assert trail.stats().written == 30 and _count(trail) == 30
+    assert trail.stats().spooled == 0  # a committed batch is never written again
+
+
+def test_a_value_normalisation_cannot_handle_is_stored_in_its_safe_form(
+        make_trail: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # defence in depth: even if normalise() raised for some value, the record is kept
+    def broken(record: AuditRecord, **kwargs: Any) -> Any:
+        if record.action == "BAD":
+            raise OverflowError("a value normalise() did not expect")
+        return normalise(record, **kwargs)
+
+    monkeypatch.setattr(batch_module, "normalise", broken)
+    monkeypatch.setattr(batch_module, "plain_texts", lambda *a, **k: None)
+    trail = make_trail()
+    _good(trail, 5)
+    bad = trail.record("BAD", user_id="u", context={"secret_token": "s3cr3t", "k": [1, 2]})
+    _good(trail, 5, "AFTER")
+    assert trail.flush(10)
+    assert trail.stats().written == 11 and trail.stats().failed == 0
+    stored = _stored(trail, bad.id)
+    assert stored.action == "BAD"
+    assert stored.context["k"] == [1, 2]
+    assert "s3cr3t" not in json.dumps(stored.context)  # redacted in its safe form too
+    assert any(n["kind"] == "safe_form" and "OverflowError" in n["reason"]
+               for n in _notes(stored))
+    assert verify_trail(trail.writer.engine).ok
+
+
+def _refusing(trail: AuditTrail, refuse: Callable[[PreparedRecord], bool]) -> None:
+    """Make the store refuse, for its content, every batch holding a record ``refuse``
+    picks (as a database refuses a batch holding a value out of a column's range)."""
+    write = trail.writer.write
+
+    def guarded(batch: Sequence[PreparedRecord], **kwargs: Any) -> None:
+        if any(map(refuse, batch)):
+            raise StoreError("value out of range for type integer", transient=False)
+        write(batch, **kwargs)
+
+    trail.writer.write = guarded  # type: ignore[method-assign]
+
+
+def test_a_refused_record_never_takes_its_batch_and_ends_in_quarantine(
+        make_trail: Factory, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "state" / "spool"
+    trail = make_trail(spool_dir=str(spool_dir), batch_size=64)
+    _refusing(trail, lambda p: p.record.action == "POISON")
+    _good(trail, 20)
+    poison = trail.record("POISON", user_id="u")
+    _good(trail, 20, "AFTER")
+    assert trail.flush(10)
+    stats = trail.stats()
+    assert (stats.written, stats.failed, stats.quarantined) == (40, 1, 1)
+    assert _count(trail) == 40
+    docs = _quarantined(spool_dir)
+    assert len(docs) == 1
+    assert "refused by the store" in docs[0]["q"]
+    kept = decode_record(json.dumps(docs[0]).encode())
+    assert kept.record.id == poison.id and kept.seq is not None
+    assert oct(os.stat(quarantine_dir_for(str(spool_dir))).st_mode & 0o777) == "0o700"
+    # it was sealed: verify reports the hole at exactly its position, which the
+    # quarantine file explains
+    report = verify_trail(trail.writer.engine)
+    assert [(f.kind, f.seq) for f in report.findings] == [("deleted", kept.seq)]
+    _good(trail, 3, "LATER")
+    assert trail.flush(10)
+    assert _count(trail, "LATER") == 3
+
+
+def test_a_record_refused_only_as_it_was_lands_in_its_safe_form(
+        make_trail: Factory, tmp_path: Path) -> None:
+    trail = make_trail(spool_dir=str(tmp_path / "spool"))
+    _refusing(trail, lambda p: p.record.action == "ODD" and not _notes(p.record))
+    _good(trail, 10)
+    odd = trail.record("ODD", user_id="u")
+    _good(trail, 10, "AFTER")
+    assert trail.flush(10)
+    stats = trail.stats()
+    assert (stats.written, stats.failed) == (21, 0)
+    notes = _notes(_stored(trail, odd.id))
+    assert any(n["kind"] == "safe_form" for n in notes)
+    assert any(n["kind"] == "resealed" and n["seq"] for n in notes)
+
+
+def test_an_out_of_range_schema_version_is_stored_normalised(make_trail: Factory) -> None:
+    trail = make_trail()
+    record = AuditRecord(id=uuid.uuid4().hex, timestamp=dt.datetime.now(dt.UTC),
+                         action="VERSION", user_id="u", schema_version=2**70)
+    # and one that skips normalisation (as journalled records do): the pipeline's guard
+    # replaces it before it is sealed, so its refusal cannot leave a hole in the chain
+    prepared = record._replace(id=uuid.uuid4().hex, schema_version=-(2**63))
+    _good(trail, 5)
+    trail.submit(record)
+    trail.pipeline.submit(PreparedRecord(prepared, dict.fromkeys(("old_values", "new_values",
+                                                                  "changes", "context"))))
+    _good(trail, 5, "AFTER")
+    assert trail.flush(10)
+    stats = trail.stats()
+    assert (stats.written, stats.failed, stats.retried) == (12, 0, 0)
+    for stored in (_stored(trail, record.id), _stored(trail, prepared.id)):
+        assert -(2**31) <= stored.schema_version < 2**31
+        assert any(n["field"] == "schema_version" for n in _notes(stored))
+    assert {"field": "schema_version", "kind": "out_of_range", "stored": SCHEMA_VERSION,
+            "original": str(-(2**63))} in _notes(_stored(trail, prepared.id))
+    assert verify_trail(trail.writer.engine).ok
+
+
+def test_a_poison_record_in_the_spool_never_blocks_it(make_trail: Factory,
+                                                      tmp_path: Path) -> None:
+    # a spool left by another process holds a record the store refuses as it is
+    spool_dir = tmp_path / "spool"
+    spool = Spool(str(spool_dir), 1 << 20)
+    records = [AuditRecord(id=uuid.uuid4().hex, timestamp=dt.datetime.now(dt.UTC),
+                           action="SPOOLED", user_id="u", context={"i": i},
+                           schema_version=2**40 if i == 3 else 1) for i in range(8)]
+    spool.append([PreparedRecord(*normalise(r)) for r in records])
+    spool.close()
+    trail = make_trail(spool_dir=str(spool_dir))
+    _good(trail, 4)
+    assert trail.flush(10)
+    stats = trail.stats()
+    assert stats.spool_records == 0 and stats.failed == 0
+    assert _count(trail, "SPOOLED") == 8 and _count(trail, "GOOD") == 4
+    assert any(n["field"] == "schema_version" for n in _notes(_stored(trail, records[3].id)))
+    assert verify_trail(trail.writer.engine).ok
