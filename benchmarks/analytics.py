@@ -7,8 +7,8 @@ booleans, JSON text). Then, for every report, prints the median time through
 ``AuditAnalytics(snapshot=True)`` (loaded once into DuckDB's columnar memory; the load
 time is printed), one live run through ``AuditAnalytics()`` (every query scans the
 SQLite table through the scanner), and, in the same run, the same question answered by
-SQLite's own SQL where SQLite can express it, with the ratio. Peak memory (max RSS) is
-printed.
+SQLite's own SQL where SQLite can express it, with the ratio. Peak memory (max RSS) and
+the cost of the read-only check that precedes every query are printed.
 
     python benchmarks/analytics.py [--quick] [--sizes 1000000 ...] [--repeat 3]
 """
@@ -30,6 +30,7 @@ import duckdb
 
 from otel_audit.analytics import AuditAnalytics, list_reports
 from otel_audit.analytics._duck import load_extension
+from otel_audit.analytics._guard import checked_query
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.schema import RECORD_COLUMNS
 from otel_audit.store.writer import create_store_engine
@@ -223,6 +224,12 @@ def bench_size(path: Path, n: int, repeat: int, sqlite_repeat: int, live: bool) 
         verdict = "ok" if fast <= limit else "OVER"
         print(f"{report.name:<24} {fast:>8.3f}s {live_s:>9} {lite_s:>9} {ratio_s:>11}  {verdict}",
               flush=True)
+    # the read-only check (DuckDB's parser, twice, and the allow-list walk) runs before
+    # every query: its cost next to the reports' own
+    checks = [median_seconds(lambda q=f"SELECT count(*) FROM ({r.sql})": checked_query(
+        snap.con, q), repeat) for r in list_reports()]
+    print(f"read-only check per query: median {statistics.median(checks) * 1e3:.2f} ms, "
+          f"max {max(checks) * 1e3:.2f} ms over the {len(checks)} reports")
     snap.close()
     if direct is not None:
         direct.close()
