@@ -104,3 +104,26 @@ def test_prune_hold_forget_commands(cli_env: str, make_trail: Callable[..., Audi
 def test_prune_needs_an_archive(cli_env: str) -> None:
     code, _ = _run("prune", "--db", cli_env, "--before", "2026-01-01")
     assert code == 2
+
+
+def test_verify_says_unsigned_and_require_signed_makes_it_fatal(
+        cli_env: str, chained: AuditTrail, tmp_path: Path) -> None:
+    assert _run("checkpoint", "--db", cli_env)[0] == 0  # no signing key: unsigned
+    public = generate_signing_key()[1]
+    result = runner.invoke(app, ["verify", "--db", cli_env, "--public-key", public])
+    assert result.exit_code == 0, result.output
+    assert "warning: unsigned" in result.stderr and "bad_signature" not in result.output
+    code, out = _run("verify", "--db", cli_env, "--public-key", public, "--require-signed",
+                     "--format", "json")
+    assert code == 1
+    doc = json.loads(out)
+    assert [f["kind"] for f in doc["findings"]] == ["unsigned"] and doc["warnings"] == []
+
+
+def test_verify_errors_exit_with_status_2(cli_env: str, chained: AuditTrail,
+                                          tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    for option, value in (("--checkpoints", str(tmp_path / "bad.json")),
+                          ("--seals", str(tmp_path / "missing.jsonl")),
+                          ("--public-key", "not-a-key")):
+        assert _run("verify", "--db", cli_env, option, value)[0] == 2, option

@@ -166,3 +166,37 @@ def test_fake_erasure_is_detected(daily: AuditTrail, engine: Engine) -> None:
             p=json.dumps({"d": "00" * 32}))
     assert [(f.kind, f.seq) for f in verify(engine).findings] == [
         ("erasure", 3), ("modified", 3), ("erasure", 4), ("modified", 4)]
+
+
+def test_manifest_is_signed_and_its_summaries_checked(daily: AuditTrail, engine: Engine,
+                                                      tmp_path: Path) -> None:
+    pem, public = generate_signing_key()
+    key = load_public_key(public)
+    prune(engine, CUTOFF, tmp_path, signing_key=load_signing_key(pem))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(manifest["signature"]) == 128
+    assert verify(engine, archive_dir=tmp_path, public_key=key).ok
+    # the manifest's per-stream summary no longer matches what its files hold
+    (stream,) = manifest["runs"][0]["streams"]
+    manifest["runs"][0]["streams"][stream]["last_seq"] = 14
+    manifest["erasures"].append({"at": "2026-01-09", "erasure": "f" * 32, "records": 1,
+                                 "files": ["day=2026-01-09/part-x.parquet"]})
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    found = verify(engine, archive_dir=tmp_path, public_key=key).findings
+    details = [(f.kind, f.detail) for f in found]
+    assert ("bad_signature", "manifest.json signature does not verify") in details
+    assert sum(k == "archive" and "summary" in d for k, d in details) == 1
+    assert ("archive", f"erasure {'f' * 32} of the manifest is not in the store") in details
+    assert any(k == "archive" and "no run lists" in d for k, d in details)
+
+
+def test_unsigned_manifest_is_a_warning(daily: AuditTrail, engine: Engine,
+                                        tmp_path: Path) -> None:
+    prune(engine, CUTOFF, tmp_path)  # no signing key
+    key = load_public_key(generate_signing_key()[1])
+    report = verify(engine, archive_dir=tmp_path, public_key=key)
+    assert report.ok
+    assert [w.detail for w in report.warnings] == ["manifest.json is not signed",
+                                                   "the checkpoint is not signed"]
+    strict = verify(engine, archive_dir=tmp_path, public_key=key, require_signed=True)
+    assert [f.kind for f in strict.findings] == ["unsigned", "unsigned"]
