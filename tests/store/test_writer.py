@@ -449,3 +449,72 @@ def test_only_the_stock_postgres_writer_sends_ahead(pg_url: str, sqlite_url: str
 
     assert not Audited(pg_url).sends_ahead()
     writer.dispose()
+
+
+class _Alarm(Exception):
+    pass
+
+
+@pytest.mark.postgres
+def test_the_copiers_waits_are_bounded_and_honour_signals(pg_url: str, pqcopy: Any) -> None:
+    import signal
+
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    writer.ensure_schema()
+    work = batches(1)
+    locker = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    locker.execute("LOCK TABLE audit_trails IN ACCESS EXCLUSIVE MODE")
+    ticket = writer.send_ahead(writer.encode(work[0]) or b"")
+    assert ticket is not None
+    copier = writer._copier
+    assert copier.settle(0.1) is False and copier.pending == 1  # bounded: still blocked
+
+    def alarm(_signum: int, _frame: Any) -> None:
+        raise _Alarm
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(_Alarm):  # the main thread's wait runs the signal handlers
+            copier.settle()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    writer.interrupt()  # the statement is cancelled: a transient failure
+    with pytest.raises(StoreError) as cancelled:
+        writer.landed(work[0], ticket)
+    assert cancelled.value.transient
+    locker.rollback()
+    locker.close()
+    writer.write(work[0])  # the connection is replaced and the batch lands
+    assert count(writer) == 10
+    writer.dispose(timeout=1.0)
+
+
+def test_values_the_store_refuses_are_content_errors(store_url: str) -> None:
+    writer = StoreWriter(store_url, auto_migrate=True)
+    bad = prepared(1)[0]
+    bad = bad._replace(record=bad.record._replace(schema_version=2**70))
+    with pytest.raises(StoreError) as refused:  # SQLite: OverflowError; PostgreSQL: 22003
+        writer.write([bad])
+    assert not refused.value.transient
+    encoded = writer.encode([bad])
+    if encoded is not None:  # the compiled COPY text: the server refuses it the same way
+        with pytest.raises(StoreError) as refused:
+            writer.write([bad], encoded=encoded)
+        assert not refused.value.transient
+    writer.write(prepared(3))  # the connection is still usable
+    assert count(writer) == 3
+    writer.dispose()
+
+
+def test_a_store_in_another_state_is_not_a_content_error() -> None:
+    import sqlite3
+
+    assert writer_module._content_error(OverflowError("int too large"))
+    assert writer_module._content_error(sqlite3.ProgrammingError("Error binding parameter 1"))
+    assert not writer_module._content_error(sqlite3.OperationalError("database is locked"))
+    assert not writer_module._content_error(
+        sqlite3.ProgrammingError("Cannot operate on a closed database."))
+    assert not writer_module._content_error(psycopg.OperationalError("server closed"))
+    assert not writer_module._content_error(writer_module._ConnectionUnusable("not idle"))
