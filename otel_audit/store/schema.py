@@ -37,6 +37,7 @@ __all__ = [
     "ROW_COLUMNS",
     "JSONText",
     "audit_checkpoints",
+    "audit_duplicates",
     "audit_erasures",
     "audit_holds",
     "audit_seals",
@@ -218,6 +219,23 @@ audit_erasures = Table(
     Column("document", Text, nullable=False),
     Column("signature", String(128)),
     Column("public_key", String(64)),
+)
+
+#: Chain positions sealed for a record whose ``id`` the store already held (the insert
+#: kept the first): an idempotent duplicate, e.g. two writers sealing the same retried
+#: record at once. ``verify`` reads each as the stored record at this position, with
+#: the personal digest of the seal (``pii``, erased form: no personal value is kept).
+audit_duplicates = Table(
+    "audit_duplicates",
+    metadata,
+    Column("stream", String(128), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("id", String(COLUMN_LIMITS["id"]), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("pii", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 assert set(RECORD_COLUMNS) | set(CHAIN_COLUMNS) == set(audit_trails.c.keys())
