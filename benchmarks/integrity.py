@@ -7,7 +7,9 @@ Prints absolute figures and ratios measured side by side in one run:
 * verify: records/s of ``verify_trail`` over the whole store (HMAC key set), one
   process and one per CPU, side by side;
 * prune: records/s archived to Parquet and deleted;
-* archive size versus live size (SQLite file bytes per record before/after).
+* archive size versus live size (SQLite file bytes per record before/after);
+* the checks verify adds around the walk: the scan for erased-looking rows, the
+  non-integer ``seq`` scan, one seal of every stream head, and a signed ``forget``.
 
 ``--quick`` uses small sizes (smoke test); the default verifies 1,000,000 records.
 """
@@ -22,12 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from uuid_utils import uuid7
 
 from otel_audit.integrity.chain import ChainSealer
-from otel_audit.integrity.verify import verify_trail
+from otel_audit.integrity.erasures import check_erasures
+from otel_audit.integrity.seals import seal_all
+from otel_audit.integrity.verify import malformed_rows, verify_trail
 from otel_audit.record import AuditRecord, normalise
-from otel_audit.retention import prune
+from otel_audit.retention import forget, prune
 from otel_audit.store.writer import PreparedRecord, StoreWriter
 
 KEY = b"benchmark-key"
@@ -107,6 +112,8 @@ def verify_and_prune(root: Path, total: int) -> None:
               f"({report.records:,} records in {seconds:.2f} s, HMAC, SQLite, "
               f"{n} process{'es' if n > 1 else ''})")
     print(f"verify      {workers} processes / 1 process = {timings[1] / timings[workers]:.2f}x")
+    signing = Ed25519PrivateKey.generate()
+    extra_checks(writer, total, signing)
     cutoff = BASE + dt.timedelta(seconds=total)  # the older half
     archive = root / "archive"
     began = time.perf_counter()
@@ -127,7 +134,37 @@ def verify_and_prune(root: Path, total: int) -> None:
     assert across.ok, across.findings[:5]
     print(f"verify      {across.records / seconds:>10,.0f} records/s  "
           f"(live + archive, {across.records:,} records in {seconds:.2f} s)")
+    began = time.perf_counter()
+    erased = forget(writer.engine, "user-7", archive_dir=archive, signing_key=signing)
+    seconds = time.perf_counter() - began
+    print(f"forget      {erased.live + erased.archived:,} records ({erased.live:,} live, "
+          f"{erased.archived:,} archived, {len(erased.files)} files rewritten) erased and "
+          f"listed in a signed erasure in {seconds:.2f} s")
+    began = time.perf_counter()
+    signed = verify_trail(writer.engine, key=KEY, archive_dir=archive,
+                          public_key=signing.public_key())
+    seconds = time.perf_counter() - began
+    assert signed.ok, signed.findings[:5]
+    print(f"verify      {signed.records / seconds:>10,.0f} records/s  "
+          f"(live + archive after the erasure, {signed.erased:,} erased, public key)")
     writer.dispose()
+
+
+def extra_checks(writer: StoreWriter, total: int, signing: Ed25519PrivateKey) -> None:
+    """What verify runs besides the walk, and one seal of every stream head."""
+    engine = writer.engine
+    began = time.perf_counter()
+    check_erasures(engine)
+    erasures = time.perf_counter() - began
+    began = time.perf_counter()
+    malformed_rows(engine)
+    malformed = time.perf_counter() - began
+    print(f"checks      erased-looking rows {erasures * 1000:,.0f} ms, non-integer seq "
+          f"{malformed * 1000:,.0f} ms over {total:,} records")
+    began = time.perf_counter()
+    seal = seal_all(engine, "benchmark-sealer", signing)
+    print(f"seal        {len(seal.head_map())} stream heads sealed and signed in "
+          f"{(time.perf_counter() - began) * 1000:,.1f} ms")
 
 
 def verify_postgres(url: str, total: int) -> None:
@@ -137,7 +174,8 @@ def verify_postgres(url: str, total: int) -> None:
     writer = StoreWriter(url, auto_migrate=True)
     writer.ensure_schema()
     with writer.engine.begin() as conn:
-        conn.execute(text("TRUNCATE audit_trails, audit_checkpoints"))
+        conn.execute(text("TRUNCATE audit_trails, audit_checkpoints, audit_seals, "
+                          "audit_erasures"))
     sealer = ChainSealer(service_name="benchmark", hmac_key=KEY, personal_keys=("email",))
     began = time.perf_counter()
     _write(writer, sealer, total, 5000, 0)
@@ -150,7 +188,8 @@ def verify_postgres(url: str, total: int) -> None:
     print(f"verify      {report.records / seconds:>10,.0f} records/s  "
           f"({report.records:,} records in {seconds:.2f} s, HMAC, PostgreSQL, 1 process)")
     with writer.engine.begin() as conn:
-        conn.execute(text("TRUNCATE audit_trails, audit_checkpoints"))
+        conn.execute(text("TRUNCATE audit_trails, audit_checkpoints, audit_seals, "
+                          "audit_erasures"))
     writer.dispose()
 
 
