@@ -91,6 +91,7 @@ app = typer.Typer(
     name="otel-audit",
     help="otel_audit: a compliance-grade audit trail inside OpenTelemetry.",
     cls=AuditGroup,
+    rich_markup_mode="markdown",  # help texts show "[env: ...]" literally, ``x`` as code
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -101,8 +102,7 @@ app = typer.Typer(
 def _global_options(
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="OTEL_AUDIT_DEBUG",
-        help="Show the full traceback of an error instead of one line "
-             "[env: OTEL_AUDIT_DEBUG=1].")] = False,
+        help="Show the full traceback of an error instead of one line.")] = False,
 ) -> None:
     """otel_audit: a compliance-grade audit trail inside OpenTelemetry."""
 

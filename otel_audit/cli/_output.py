@@ -82,7 +82,7 @@ def print_rows(
         writer.writerow([c.name for c in cols])
         writer.writerows([plain(v) for v in row] for row in rows)
         return
-    cells = [["" if v is None else str(plain(v)) for v in row] for row in rows]
+    cells = [[_cell(v) for v in row] for row in rows]
     styles = [row_style(row) if row_style else None for row in rows]
     out_console = console()
     if _needed_width(cols, cells) > out_console.width:
@@ -99,6 +99,15 @@ def print_rows(
     for row_cells, style in zip(cells, styles, strict=True):
         table.add_row(*(escape(v) for v in row_cells), style=style)
     out_console.print(table)
+
+
+def _cell(value: Any) -> str:
+    """A value as a person reads it in a table (CSV and JSON keep ``true``/``false``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(plain(value))
 
 
 #: Narrowest a wrapping column may get before the table is printed record by record.

@@ -262,3 +262,18 @@ def test_query_table_is_never_wider_than_the_terminal(filled: str) -> None:
     ids = {r.id for r in trail.records(limit=10)}
     trail.shutdown()
     assert ids <= set(result.stdout.split())  # record IDs whole, never folded
+
+
+def test_help_shows_the_environment_and_defaults_of_options() -> None:
+    result = runner.invoke(app, ["query", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "[env: OTEL_AUDIT_DATABASE_URL; default: sqlite:///audit.db]" in result.stdout
+    assert "[default: table on a terminal, csv when piped]" in result.stdout
+
+
+def test_booleans_read_yes_and_no_in_tables_and_stay_true_false_in_csv(filled: str) -> None:
+    sql = "SELECT resource_id, success FROM audit_trails ORDER BY resource_id LIMIT 1"
+    table = runner.invoke(app, ["query", sql, "--db", filled, "-f", "table"])
+    assert "t-0" in table.stdout and "yes" in table.stdout.split()
+    piped = runner.invoke(app, ["query", sql, "--db", filled])
+    assert piped.stdout.splitlines() == ["resource_id,success", "t-0,True"]
