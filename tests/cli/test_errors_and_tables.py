@@ -277,3 +277,28 @@ def test_booleans_read_yes_and_no_in_tables_and_stay_true_false_in_csv(filled: s
     assert "t-0" in table.stdout and "yes" in table.stdout.split()
     piped = runner.invoke(app, ["query", sql, "--db", filled])
     assert piped.stdout.splitlines() == ["resource_id,success", "t-0,True"]
+
+
+@pytest.mark.postgres
+def test_postgres_store_errors_are_one_line(pg_url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from otel_audit.store.writer import create_store_engine
+
+    missing_db = make_url(pg_url).set(database="otel_audit_no_such_database")
+    gone = runner.invoke(app, ["query", "SELECT 1", "--db",
+                               missing_db.render_as_string(hide_password=False)])
+    assert gone.exit_code == 2
+    assert len(gone.stderr.strip().splitlines()) == 1
+    assert "cannot open the store" in gone.stderr and "otel_audit_no_such_database" in gone.stderr
+    # a database reachable but without the trail: a fresh schema of the session's database
+    engine = create_store_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS no_trail CASCADE"))
+        conn.execute(text("CREATE SCHEMA no_trail"))
+    engine.dispose()
+    url = make_url(pg_url).update_query_dict({"options": "-csearch_path=no_trail"})
+    empty = runner.invoke(app, ["verify", "--db", url.render_as_string(hide_password=False)])
+    assert empty.exit_code == 2, empty.output
+    assert "holds no audit trail (no audit_trails table" in empty.stderr
