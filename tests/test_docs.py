@@ -47,3 +47,24 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert "bash scripts/test.sh" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci
+
+
+def test_demo_script_ends_with_commands_that_exist() -> None:
+    """``scripts/demo.sh`` prints what to try next: the CLI by its .venv path, real commands."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    script = (README.parent / "scripts" / "demo.sh").read_text()
+    printed = script.split("<<'EOF'", 1)[1].split("\nEOF", 1)[0]
+    lines = [line.strip() for line in printed.splitlines()
+             if line.strip().startswith(".venv/bin/otel-audit")]
+    assert len(lines) >= 5 and "source .venv/bin/activate" in printed
+    runner = CliRunner()
+    for line in lines:
+        words = shlex.split(line.split("  (", 1)[0])[1:]
+        words = [w for w in words if w != "TRACE_ID" and not w.startswith("SELECT")]
+        if "--help" not in words:
+            words.append("--help")
+        result = runner.invoke(app, words)
+        assert result.exit_code == 0, (line, result.output)
