@@ -43,6 +43,8 @@ ATTACKS = [
     "IMPORT DATABASE '{outdir}'",
     "EXPLAIN COPY (SELECT 'x') TO '{out}'",
     "/* a comment */ EXPLAIN ANALYZE COPY (SELECT 'x') TO '{out}'",
+    "/* nested /* comment */ */ EXPLAIN -- and\n ANALYZE COPY (SELECT 'x') TO '{out}'",
+    "EXPLAIN ANALYZE" + " " * 5000 + "COPY (SELECT 'x') TO '{out}'",
     "EXPLAIN ANALYZE CALL checkpoint()",
     # other databases, extensions, configuration
     "ATTACH '{out}' AS other",
@@ -71,6 +73,7 @@ ATTACKS = [
     "SELECT * FROM read_parquet('{outside}')",
     "SELECT * FROM sqlite_scan('{store}', 'audit_trails')",
     "SELECT * FROM sqlite_query('{store}', 'SELECT 1')",
+    "SELECT * FROM sqlite_attach('{store}')",
     # creating objects (a macro first, then using it, is two statements: refused too)
     "CREATE MACRO m() AS TABLE SELECT * FROM read_text('{secret}')",
     "CREATE TEMP TABLE scratch AS SELECT 1",
@@ -162,7 +165,7 @@ def target(make_trail: Callable[..., AuditTrail], store_url: str,
         yield Target(store_url, analytics, tmp_path, names)
 
 
-@pytest.mark.parametrize("attack", ATTACKS)
+@pytest.mark.parametrize("attack", ATTACKS, ids=[" ".join(a.split())[:90] for a in ATTACKS])
 def test_attack_is_refused_and_changes_nothing(target: Target, attack: str) -> None:
     before = target.state()
     query = attack.format(**target.names)
