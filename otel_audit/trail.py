@@ -477,7 +477,7 @@ class AuditTrail:
             return True
         self._closed = True
         drained = self.pipeline.shutdown(timeout)
-        self.seals.close()  # the final seal names only what was committed
+        self.seals.close(drained)  # the final seal names only what was committed
         return drained
 
     def stats(self) -> AuditStats:

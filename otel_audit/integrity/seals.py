@@ -141,24 +141,49 @@ def _last_seal(conn: Any, sealer: str) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+def _bounded(conn: Any, timeout: float) -> None:
+    """Let this transaction wait at most ``timeout`` seconds for a lock."""
+    ms = max(1, int(timeout * 1000))
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={ms}")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+
+
 def write_seal(engine: Engine, sealer: str, heads: dict[str, tuple[int, str]],
-               key: Ed25519PrivateKey | None = None) -> Seal:
-    """Append a seal of ``heads`` to ``sealer``'s chain (signed with ``key``)."""
+               key: Ed25519PrivateKey | None = None, *, timeout: float | None = None) -> Seal:
+    """Append a seal of ``heads`` to ``sealer``'s chain (signed with ``key``).
+
+    ``timeout`` bounds the wait for a lock (a shutdown must not hang on a busy store).
+    """
     try:
         with engine.begin() as conn:
-            last = _last_seal(conn, sealer)
-            seq, prev = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
-            draft = Seal(sealer, seq, prev, _now_text(), heads_text(heads), "")
-            seal = Seal(draft.sealer, seq, prev, draft.created_at, draft.heads,
-                        draft.expected_hash(),
-                        None if key is None else sign(key, draft.message()),
-                        None if key is None else public_key_hex(key))
-            conn.execute(insert(audit_seals).values(
-                sealer=seal.sealer, seq=seal.seq, prev_hash=seal.prev_hash,
-                created_at=dt.datetime.fromisoformat(seal.created_at), heads=seal.heads,
-                hash=seal.hash, signature=seal.signature, public_key=seal.public_key))
+            if timeout is not None:
+                _bounded(conn, timeout)
+            try:
+                seal = _append(conn, sealer, heads, key)
+            finally:
+                if timeout is not None and conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql("PRAGMA busy_timeout=5000")  # the store's default
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot write a seal: {exc}") from exc
+    return seal
+
+
+def _append(conn: Any, sealer: str, heads: dict[str, tuple[int, str]],
+            key: Ed25519PrivateKey | None) -> Seal:
+    """Read ``sealer``'s last seal and append the next one, on ``conn``'s transaction."""
+    last = _last_seal(conn, sealer)
+    seq, prev = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
+    draft = Seal(sealer, seq, prev, _now_text(), heads_text(heads), "")
+    seal = Seal(draft.sealer, seq, prev, draft.created_at, draft.heads, draft.expected_hash(),
+                None if key is None else sign(key, draft.message()),
+                None if key is None else public_key_hex(key))
+    conn.execute(insert(audit_seals).values(
+        sealer=seal.sealer, seq=seal.seq, prev_hash=seal.prev_hash,
+        created_at=dt.datetime.fromisoformat(seal.created_at), heads=seal.heads,
+        hash=seal.hash, signature=seal.signature, public_key=seal.public_key))
     return seal
 
 
@@ -269,6 +294,9 @@ class PeriodicSeals:
         if due:
             self.seal()
 
+    #: Longest a seal waits for a lock: the store thread and the shutdown never hang on it.
+    LOCK_TIMEOUT = 1.0
+
     def seal(self) -> Seal | None:
         """Seal the last committed head now, if it changed since the last seal."""
         with self._lock:
@@ -278,7 +306,8 @@ class PeriodicSeals:
             self._last = time.monotonic()
         stream, seq, hash_ = head
         try:
-            seal = write_seal(self.writer.engine, stream, {stream: (seq, hash_)}, self.key)
+            seal = write_seal(self.writer.engine, stream, {stream: (seq, hash_)}, self.key,
+                              timeout=self.LOCK_TIMEOUT)
         except Exception:  # an extra: never fail the write path or the shutdown over it
             log_internal_error("seal", logging.WARNING, "could not write an audit seal",
                                exc_info=True)
@@ -287,13 +316,15 @@ class PeriodicSeals:
             self._sealed = head
         return seal
 
-    def close(self) -> None:
-        """The final seal (at trail shutdown, after the pipeline drained).
+    def close(self, drained: bool = True) -> None:
+        """The final seal at trail shutdown, once the pipeline drained (``drained``).
 
-        The pipeline has disposed of the writer's connections by then: the one this seal
+        A pipeline that could not drain met a store that is down or stuck: no seal is
+        attempted then (the next process's, or ``otel-audit seal``'s, covers the head).
+        The pipeline has disposed of the writer's connections by now: the one this seal
         opened is closed again, so a shut-down trail holds no connection.
         """
-        if self.seal() is not None:
+        if drained and self.seal() is not None:
             self.writer.engine.dispose()
 
 

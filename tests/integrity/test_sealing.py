@@ -168,3 +168,34 @@ def test_seal_command_exports_and_verify_reads_the_file(
     assert [(f["kind"], f["seq"]) for f in json.loads(result.stdout)["findings"]] == [
         ("seal", 2)]
     assert load_signing_key(pem) is not None
+
+
+def test_a_seal_never_hangs_the_shutdown_on_a_locked_store(
+        make_trail: Factory, sqlite_url: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from otel_audit._internal import log_internal_error
+
+    monkeypatch.setattr(log_internal_error, "_last", {})  # not rate-limited by other tests
+    trail = make_trail(sqlite_url, hmac_key=KEY, mode="sync")
+    write_records(trail, 2)
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        assert trail.shutdown() is True  # every record was committed before
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert "could not write an audit seal" in caplog.text
+    assert all_seals(trail.writer.engine) == []
+
+
+def test_no_seal_when_the_pipeline_could_not_drain(make_trail: Factory,
+                                                   engine: Engine) -> None:
+    trail = make_trail(hmac_key=KEY, mode="sync")
+    write_records(trail, 2)
+    trail.seals.close(drained=False)
+    assert all_seals(engine) == []
+    trail.seals.close()
+    assert [s.seq for s in all_seals(engine)] == [1]
