@@ -93,12 +93,15 @@ timestamp_text(PyObject *ts)
 
 /*
  * Takes a tuple, or an instance of a tuple subclass that adds no fields (a NamedTuple),
- * out of the cycle collector when none of its items can be tracked: strings, numbers,
- * datetimes, None and containers the collector has itself untracked (a dict of such
- * values). Such a tuple can never be part of a reference cycle. CPython applies the
- * same rule to exact tuples at their first collection; records queued for the worker
- * live through many collections, each of which would otherwise traverse them all.
- * Anything else stays tracked.
+ * out of the cycle collector when it can never be part of a reference cycle: CPython's
+ * own rule for exact tuples (_PyTuple_MaybeUntrack), each item is an object the
+ * collector does not handle (strings, numbers, datetimes, None) or a tuple it has
+ * untracked. A container that is untracked *now* does not qualify: a dict holding only
+ * strings is untracked until it is given a tracked object, and the caller may still
+ * hold it (``d = {}; rec = build_record(context=d); d["self"] = rec`` is a cycle that
+ * an untracked record would leak). CPython applies the rule at a tuple's first
+ * collection; records queued for the worker live through many collections, each of
+ * which would otherwise traverse them all. Anything else stays tracked.
  */
 static void
 maybe_untrack(PyObject *obj)
@@ -111,7 +114,8 @@ maybe_untrack(PyObject *obj)
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); i++) {
         PyObject *item = PyTuple_GET_ITEM(obj, i);
-        if (PyObject_IS_GC(item) && PyObject_GC_IsTracked(item)) {
+        if (PyObject_IS_GC(item)
+                && (!PyTuple_CheckExact(item) || PyObject_GC_IsTracked(item))) {
             return;
         }
     }
@@ -622,9 +626,34 @@ orjson_text(PyObject *value, PyObject *dumps, PyObject *option)
     return text;
 }
 
+/* Whether text[at:] starts with the ASCII word followed by a '"' */
+static int
+quoted_word_at(PyObject *text, Py_ssize_t at, const char *word)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t len = (Py_ssize_t)strlen(word);
+    if (at + len >= n) {
+        return 0;
+    }
+    for (Py_ssize_t j = 0; j < len; j++) {
+        if (PyUnicode_READ(kind, data, at + j) != (Py_UCS4)(unsigned char)word[j]) {
+            return 0;
+        }
+    }
+    return PyUnicode_READ(kind, data, at + len) == '"';
+}
+
+/* Whether a JSON text may have a key that was not a string: record._NUMERIC_KEY,
+ * [{,]"(?:-?[0-9]|(?:true|false|null|NaN|-?Infinity)") -- what the stdlib encoder
+ * writes for int, float, bool and None keys (a string key written alike only takes
+ * the slow path, which gives the same text) */
 static int
 numeric_key(PyObject *text)
 {
+    static const char *const words[] = {"true", "false", "null", "NaN", "Infinity",
+                                        "-Infinity"};
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
@@ -637,6 +666,11 @@ numeric_key(PyObject *text)
             }
             if (d >= '0' && d <= '9') {
                 return 1;
+            }
+            for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+                if (quoted_word_at(text, i + 2, words[w])) {
+                    return 1;
+                }
             }
         }
     }
@@ -730,8 +764,20 @@ plain_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         PyObject *action = PyTuple_GET_ITEM(r, R_ACTION), *user = PyTuple_GET_ITEM(r, R_USER_ID);
+        PyObject *id = PyTuple_GET_ITEM(r, R_ID);
         if (action == Py_None || PyUnicode_GET_LENGTH(action) == 0 || user == Py_None
-                || PyUnicode_GET_LENGTH(user) == 0) {
+                || PyUnicode_GET_LENGTH(user) == 0 || id == Py_None
+                || PyUnicode_GET_LENGTH(id) == 0) {
+            goto not_plain;
+        }
+        /* schema_version: an int the store's INTEGER column holds */
+        PyObject *version = PyTuple_GET_ITEM(r, R_SCHEMA_VERSION);
+        if (!PyLong_CheckExact(version)) {
+            goto not_plain;
+        }
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(version, &overflow);
+        if (overflow || v < 0 || v > 2147483647LL) {
             goto not_plain;
         }
         for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(text_pos); k++) {
@@ -1124,6 +1170,202 @@ texts_special(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_FALSE;
 }
 
+/* ------------------------------------------------------------------ snapshot */
+
+/* Whether v is kept as it is by a snapshot: None, bool, exact str, int and float, a str
+ * subclass (what is stored of it is its characters), an enum member, or an instance of
+ * exactly one of the types in atoms (datetime, Decimal, UUID, bytes...). None of these
+ * can change after the call. */
+static int
+snapshot_atom(PyObject *v, PyObject *atoms, PyTypeObject *enum_meta)
+{
+    PyTypeObject *t = Py_TYPE(v);
+    if (v == Py_None || t == &PyUnicode_Type || t == &PyLong_Type || t == &PyBool_Type
+            || t == &PyFloat_Type || PyUnicode_Check(v)) {
+        return 1;
+    }
+    if (PyType_IsSubtype(Py_TYPE((PyObject *)t), enum_meta)) {
+        return 1;
+    }
+    return PySet_Contains(atoms, (PyObject *)t);  /* 1, 0 or -1 */
+}
+
+/* A copy of v, the caller holding a reference to it: plain containers (exact dict with
+ * exact str keys, exact list and tuple) copied, atoms shared. NULL without an error
+ * set when v holds anything else or nests deeper than the normaliser keeps (the Python
+ * snapshot decides); NULL with an error on failure. No Python code of the value runs,
+ * so another thread cannot change it half-way; each item is held while it is copied
+ * (an allocation can run a collection, and a finaliser any code). */
+static PyObject *
+copy_plain(PyObject *v, int depth, PyObject *atoms, PyTypeObject *enum_meta)
+{
+    int atom = snapshot_atom(v, atoms, enum_meta);
+    if (atom != 0) {
+        return atom < 0 ? NULL : Py_NewRef(v);
+    }
+    if (depth >= 32) {
+        return NULL;
+    }
+    if (PyDict_CheckExact(v)) {
+        PyObject *out = PyDict_New();
+        if (out == NULL) {
+            return NULL;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(v, &pos, &key, &item)) {
+            if (!PyUnicode_CheckExact(key)) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_INCREF(key);
+            Py_INCREF(item);
+            PyObject *copy = copy_plain(item, depth + 1, atoms, enum_meta);
+            int failed = copy == NULL || PyDict_SetItem(out, key, copy) < 0;
+            Py_DECREF(key);
+            Py_DECREF(item);
+            Py_XDECREF(copy);
+            if (failed) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        return out;
+    }
+    if (PyList_CheckExact(v)) {
+        PyObject *out = PyList_New(0);
+        if (out == NULL) {
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(v); i++) {
+            PyObject *item = Py_NewRef(PyList_GET_ITEM(v, i));
+            PyObject *copy = copy_plain(item, depth + 1, atoms, enum_meta);
+            Py_DECREF(item);
+            if (copy == NULL || PyList_Append(out, copy) < 0) {
+                Py_XDECREF(copy);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(copy);
+        }
+        return out;
+    }
+    if (PyTuple_CheckExact(v)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(v);
+        PyObject *out = PyTuple_New(n);
+        if (out == NULL) {
+            return NULL;
+        }
+        int same = 1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PyTuple_GET_ITEM(v, i);
+            PyObject *copy = copy_plain(item, depth + 1, atoms, enum_meta);
+            if (copy == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            same &= copy == item;
+            PyTuple_SET_ITEM(out, i, copy);
+        }
+        if (same) {  /* a tuple of atoms is itself immutable */
+            Py_DECREF(out);
+            return Py_NewRef(v);
+        }
+        return out;
+    }
+    return NULL;
+}
+
+/* snapshot(record, atoms, enum_meta, fallback) -> record
+ *
+ * The record as it will be queued: its JSON fields (old_values, new_values, changes,
+ * context) copied where they are plain data, every other field checked to be an atom
+ * (see snapshot_atom; the timestamp an exact datetime). A record holding anything else
+ * is given to fallback(record) (record.snapshot(), which converts what it must now).
+ * The result leaves the cycle collector when maybe_untrack() allows it. */
+static PyObject *
+snapshot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!takes("snapshot", nargs, 4)) {
+        return NULL;
+    }
+    PyObject *record = args[0], *atoms = args[1], *fallback = args[3];
+    if (!PyType_Check(args[2]) || !PyAnySet_Check(atoms)) {
+        PyErr_SetString(PyExc_TypeError, "snapshot: bad argument types");
+        return NULL;
+    }
+    PyTypeObject *enum_meta = (PyTypeObject *)args[2];
+    PyTypeObject *type = Py_TYPE(record);
+    if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != R_FIELDS
+            || type->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        return PyObject_CallOneArg(fallback, record);
+    }
+    static const int json_pos[4] = {R_OLD_VALUES, R_NEW_VALUES, R_CHANGES, R_CONTEXT};
+    PyObject *copies[4] = {NULL, NULL, NULL, NULL};
+    int changed = 0;
+    for (int k = 0; k < R_FIELDS; k++) {
+        PyObject *v = PyTuple_GET_ITEM(record, k);
+        int atom = k == R_TIMESTAMP ? PyDateTime_CheckExact(v)
+                                    : snapshot_atom(v, atoms, enum_meta);
+        if (atom < 0) {
+            goto fail;
+        }
+        if (atom) {
+            continue;
+        }
+        int j = 0;
+        while (j < 4 && json_pos[j] != k) {
+            j++;
+        }
+        if (j == 4) {
+            goto slow;  /* an odd value in a column: converted now, in Python */
+        }
+        copies[j] = copy_plain(v, 0, atoms, enum_meta);
+        if (copies[j] == NULL) {
+            if (PyErr_Occurred()) {
+                goto fail;
+            }
+            goto slow;
+        }
+        changed |= copies[j] != v;
+    }
+    PyObject *out;
+    if (!changed) {
+        out = Py_NewRef(record);
+    }
+    else {
+        out = type->tp_alloc(type, R_FIELDS);
+        if (out == NULL) {
+            goto fail;
+        }
+        for (int k = 0; k < R_FIELDS; k++) {
+            PyTuple_SET_ITEM(out, k, Py_NewRef(PyTuple_GET_ITEM(record, k)));
+        }
+        for (int j = 0; j < 4; j++) {
+            if (copies[j] != NULL) {
+                Py_SETREF(((PyTupleObject *)out)->ob_item[json_pos[j]], Py_NewRef(copies[j]));
+            }
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        Py_XDECREF(copies[j]);
+    }
+    maybe_untrack(out);
+    return out;
+
+slow:
+    for (int j = 0; j < 4; j++) {
+        Py_XDECREF(copies[j]);
+    }
+    return PyObject_CallOneArg(fallback, record);
+
+fail:
+    for (int j = 0; j < 4; j++) {
+        Py_XDECREF(copies[j]);
+    }
+    return NULL;
+}
+
 /* untrack(obj) -> obj (see maybe_untrack) */
 static PyObject *
 untrack(PyObject *self, PyObject *obj)
@@ -1145,6 +1387,8 @@ static PyMethodDef methods[] = {
      "Seal a plain batch: the compiled form of ChainSealer._seal_columns."},
     {"plain_texts", (PyCFunction)(void (*)(void))plain_texts, METH_FASTCALL,
      "The compiled form of record.plain_texts()."},
+    {"snapshot", (PyCFunction)(void (*)(void))snapshot, METH_FASTCALL,
+     "A record's values as at the call: plain containers copied, atoms shared."},
     {NULL, NULL, 0, NULL},
 };
 
