@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from otel_audit import AuditTrail
+from otel_audit import AuditTrail, _accel
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.writer import _pq_copy_in, create_store_engine
 
@@ -38,6 +38,8 @@ def _pg_admin_url() -> str | None:
 def speedups() -> Any:
     """The compiled module: a failure in CI, a skip where it was not built (no C compiler
     at install; the pure-Python paths then run, and the other tests cover them)."""
+    if _accel.pure_python:
+        pytest.skip(f"{_accel.PURE_PYTHON_ENV}=1: the pure-Python paths are under test")
     try:
         from otel_audit import _speedups
     except ImportError as exc:
@@ -51,6 +53,8 @@ def speedups() -> Any:
 def pqcopy() -> Any:
     """The compiled COPY, bound to psycopg's libpq: a failure in CI, a skip where it was
     not built (the writer then runs psycopg's COPY, which the other tests cover)."""
+    if _accel.pure_python:
+        pytest.skip(f"{_accel.PURE_PYTHON_ENV}=1: the pure-Python paths are under test")
     copy_in = _pq_copy_in()
     if copy_in is None:
         if os.environ.get("CI", "").lower() == "true":
@@ -148,7 +152,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ``$XDG_STATE_HOME``: each test gets its own, so no test replays another's leftovers.
     """
     for key in list(os.environ):
-        if key.startswith("OTEL_AUDIT_") and key != PG_ENV:
+        # the accelerator switch was read at import; it chooses the paths of the whole run
+        if key.startswith("OTEL_AUDIT_") and key not in (PG_ENV, _accel.PURE_PYTHON_ENV):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))

@@ -43,8 +43,8 @@ from .canonical import (
 _seal_plain: Callable[..., list[PreparedRecord]] | None
 _texts_special: Callable[[list[dict[str, str | None]], tuple[str, ...]], bool] | None
 try:  # compiled forms of _seal_columns and _special (optional: built where a C compiler is)
-    from .._speedups import seal_plain as _seal_plain
-    from .._speedups import texts_special as _texts_special
+    from .._accel import seal_plain as _seal_plain
+    from .._accel import texts_special as _texts_special
 except ImportError:  # pragma: no cover - depends on the build
     _seal_plain = _texts_special = None
 

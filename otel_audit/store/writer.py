@@ -190,7 +190,7 @@ _COPY_COMMAND = _COPY.encode()
 
 _copy_text: Callable[[list[tuple[Any, ...]]], bytes] | None
 try:  # the compiled COPY text encoder (optional: built where a C compiler is)
-    from .._speedups import copy_text as _copy_text
+    from .._accel import copy_text as _copy_text
 except ImportError:  # pragma: no cover - depends on the build
     _copy_text = None
 
@@ -214,7 +214,7 @@ def _pq_copy_in() -> CopyIn | None:
     time waits for a busy thread's switch interval; this one lets go of it once.
     """
     try:
-        from .. import _pqcopy
+        from .._accel import pqcopy as _pqcopy
     except ImportError:  # pragma: no cover - depends on the build
         return None
     try:
@@ -270,7 +270,7 @@ def _python_sqlite_params(rows: list[tuple[Any, ...]]) -> tuple[tuple[int, ...],
 
 _sqlite_params: Callable[[list[tuple[Any, ...]]], tuple[tuple[int, ...], list[Any]]]
 try:  # compiled (optional: built where a C compiler is)
-    from .._speedups import sqlite_params as _sqlite_params
+    from .._accel import sqlite_params as _sqlite_params
 except ImportError:  # pragma: no cover - depends on the build
     _sqlite_params = _python_sqlite_params
 
