@@ -2,10 +2,13 @@
 
 :class:`AuditRecord` is an immutable, slotted value (a ``NamedTuple``: building one costs
 about a microsecond, a frozen dataclass of the same width costs five). The caller's
-thread only builds it; :func:`normalise` runs on the pipeline's worker and turns
-whatever the caller passed into something every store accepts: JSON-safe, NUL-free,
-valid UTF-8, no longer than its column, no larger than the record cap. Every change it
-makes is written down in ``context["_normalised"]`` so nothing is altered silently.
+thread builds it and takes its :func:`snapshot` (plain data copied, values that cannot
+change shared, anything else converted there), so later changes to the caller's objects
+never reach it; :func:`normalise` runs on the pipeline's worker and turns whatever the
+caller passed into something every store accepts: JSON-safe, NUL-free, valid UTF-8, no
+longer than its column, no larger than the record cap. Neither raises for any value
+(a value whose own code raises becomes a safe string). Every change is written down in
+``context["_normalised"]`` so nothing is altered silently.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from operator import length_hint
 from typing import Any, NamedTuple
 
 import orjson
+from uuid_utils import uuid7
 
 __all__ = [
     "COLUMN_LIMITS",
@@ -39,6 +43,7 @@ __all__ = [
     "json_safe",
     "normalise",
     "plain_texts",
+    "snapshot",
 ]
 
 #: Version of the record layout written by this release (stored with every row). 2: JSON
@@ -80,6 +85,10 @@ TEXT_FIELDS = ("user_agent", "error_message")
 _MAX_DEPTH = 32
 _PREVIEW_CHARS = 1024
 _REPLACEMENT = "\ufffd"
+_MAX_NOTES = 256  # notes kept per record (then one "notes_omitted" note)
+_NOTE_CHARS = 200  # longest string in a note (field paths through long keys)
+_NO_LIMIT = 1 << 62  # the text columns' length bound (none)
+_SMALL_INT = 1 << 1000  # ~301 digits: below the least int_max_str_digits (640)
 
 
 class AuditAction(str, enum.Enum):
@@ -150,19 +159,60 @@ class AuditRecord(NamedTuple):
 
 
 class _Notes:
-    """Collects the normalisations applied to one record."""
+    """Collects the normalisations applied to one record.
 
-    __slots__ = ("items",)
+    Notes are data too: every string in one is made storable (a type name or key may
+    hold a NUL or a lone surrogate), and a record keeps at most ``_MAX_NOTES`` of them
+    (a value with a million odd items must not make its notes a million times larger).
+    """
+
+    __slots__ = ("items", "omitted")
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
+        self.omitted = 0
 
     def add(self, field: str, kind: str, **detail: Any) -> None:
-        self.items.append({"field": field, "kind": kind, **detail})
+        if len(self.items) >= _MAX_NOTES:
+            self.omitted += 1
+            return
+        note: dict[str, Any] = {"field": _note_text(field), "kind": kind}
+        for key, value in detail.items():
+            note[key] = _note_text(value) if type(value) is str else value
+        self.items.append(note)
+
+    def finished(self) -> list[dict[str, Any]]:
+        """The notes, with one more saying how many were left out (if any)."""
+        if not self.omitted:
+            return self.items
+        return [*self.items, {"field": "*", "kind": "notes_omitted", "count": self.omitted}]
+
+
+def _note_text(text: str) -> str:
+    """A string of a note: storable and short (paths of long keys are cut)."""
+    text = _clean_str(text, None, "")
+    return text if len(text) <= _NOTE_CHARS else text[:_NOTE_CHARS] + "..."
+
+
+def _type_name(value: object) -> str:
+    """The name of ``value``'s type, whatever its metaclass does (never raises)."""
+    try:
+        name = _TYPE_NAME(type(value))
+    except Exception:  # a metaclass can make anything of its attributes
+        return "object"
+    return name if type(name) is str else "object"
+
+
+_TYPE_NAME = type.__dict__["__name__"].__get__  # type's own getter: no metaclass override
 
 
 def _clean_str(value: str, notes: _Notes | None, path: str) -> str:
-    """Replace NUL characters and lone surrogates (PostgreSQL rejects both)."""
+    """Replace NUL characters and lone surrogates (PostgreSQL rejects both).
+
+    A ``str`` subclass becomes a plain ``str`` first (its data, not its methods: an
+    override of ``replace`` or ``encode`` is never called)."""
+    if type(value) is not str:
+        value = str.__str__(value)
     if "\x00" in value:
         value = value.replace("\x00", _REPLACEMENT)
         if notes is not None:
@@ -182,11 +232,38 @@ def _replace_surrogates(value: str) -> str:
 
 
 def _safe_repr(value: object) -> str:
+    """``repr(value)``, or ``<unrepresentable T>`` when that raises or is not a string."""
     try:
         text = repr(value)
     except Exception:  # any user __repr__ may raise; the record must survive it
-        return f"<unrepresentable {type(value).__name__}>"
-    return text if isinstance(text, str) else f"<unrepresentable {type(value).__name__}>"
+        return f"<unrepresentable {_type_name(value)}>"
+    return text if isinstance(text, str) else f"<unrepresentable {_type_name(value)}>"
+
+
+def _int_value(value: int, notes: _Notes | None, path: str) -> int | str:
+    """An int as a JSON number, or as its decimal string when the interpreter's limit on
+    int-to-text conversion (``sys.set_int_max_str_digits``) would refuse to write it."""
+    if type(value) is not int:
+        value = int.__int__(value)  # a subclass's own __int__ is never called
+    if -_SMALL_INT < value < _SMALL_INT:
+        return value
+    try:
+        int.__repr__(value)
+    except ValueError:
+        # Decimal converts an int exactly and its text has no such limit
+        text = str(decimal.Decimal(value))
+        if notes is not None:
+            notes.add(path, "large_int", digits=len(text.lstrip("-")))
+        return text
+    return value
+
+
+def _unrepresentable(value: object, notes: _Notes | None, path: str) -> str:
+    """The last resort for a value whose conversion raised: a safe string, noted."""
+    name = _type_name(value)
+    if notes is not None:
+        notes.add(path, "unrepresentable", type=name)
+    return _clean_str(f"<unrepresentable {name}>", None, path)
 
 
 def json_safe(value: Any, notes: _Notes | None = None, path: str = "$") -> Any:
@@ -196,6 +273,8 @@ def json_safe(value: Any, notes: _Notes | None = None, path: str = "$") -> Any:
     input                             stored as
     ================================  ===========================================
     ``str``                           itself; NUL and lone surrogates -> U+FFFD
+    ``int``                           itself; its decimal string when Python would
+                                      refuse to write it (``large_int``)
     ``float`` NaN / +-Infinity        the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
     ``datetime`` / ``date`` / ``time`` ISO 8601 string
     ``Decimal``, ``UUID``             ``str(value)``
@@ -208,23 +287,41 @@ def json_safe(value: Any, notes: _Notes | None = None, path: str = "$") -> Any:
     anything else                     ``repr(value)`` (or ``<unrepresentable T>``)
     cycles / depth > 32               ``"<cycle>"`` / ``"<max depth>"``
     ================================  ===========================================
+
+    Never raises: a value whose conversion raises (a hostile ``__eq__``, ``__iter__``,
+    ``__class__`` ...) is stored as ``"<unrepresentable T>"`` and noted. The result
+    holds only ``dict`` (``str`` keys), ``list``, ``str``, ``int``, finite ``float``,
+    ``bool`` and ``None``.
     """
     return _json_safe(value, notes, path, 0, set())
 
 
 def _json_safe(value: Any, notes: _Notes | None, path: str, depth: int, seen: set[int]) -> Any:
-    if value is None or isinstance(value, bool | int):
-        if isinstance(value, enum.Enum):  # IntEnum / IntFlag
-            return value.value
+    try:
+        return _json_value(value, notes, path, depth, seen)
+    except Exception:  # last resort: any step above may run the value's own code
+        return _unrepresentable(value, notes, path)
+
+
+def _json_value(value: Any, notes: _Notes | None, path: str, depth: int, seen: set[int]) -> Any:
+    kind = type(value)
+    if value is None or kind is bool:
         return value
+    if kind is str:
+        return _clean_str(value, notes, path)
+    if kind is int:
+        return _int_value(value, notes, path)
+    if isinstance(value, enum.Enum):  # before int and str: IntEnum, StrEnum
+        return _json_safe(value.value, notes, path, depth + 1, seen)
+    if isinstance(value, int):
+        return _int_value(value, notes, path)
     if isinstance(value, str):
-        if isinstance(value, enum.Enum):
-            value = value.value
         return _clean_str(value, notes, path)
     if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        number = float.__float__(value)
+        if math.isfinite(number):
+            return number
+        text = "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
         if notes is not None:
             notes.add(path, "non_finite_float", stored=text)
         return text
@@ -244,29 +341,55 @@ def _json_safe(value: Any, notes: _Notes | None, path: str, depth: int, seen: se
         finally:
             seen.discard(marker)
     converted: Any
-    kind = "converted"
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        converted = value.isoformat()
-    elif isinstance(value, decimal.Decimal | uuid.UUID):
-        converted = str(value)
+    note = "converted"
+    # the classes' own methods: a subclass's overrides are never called
+    if isinstance(value, dt.datetime):
+        converted = dt.datetime.isoformat(value)
+    elif isinstance(value, dt.date):
+        converted = dt.date.isoformat(value)
+    elif isinstance(value, dt.time):
+        converted = dt.time.isoformat(value)
+    elif isinstance(value, decimal.Decimal):
+        converted = decimal.Decimal.__str__(value)
+    elif isinstance(value, uuid.UUID):
+        converted = uuid.UUID.__str__(value)
     elif isinstance(value, bytes | bytearray | memoryview):
         converted = base64.b64encode(bytes(value)).decode("ascii")
-    elif isinstance(value, enum.Enum):
-        return _json_safe(value.value, notes, path, depth + 1, seen)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         try:
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         except Exception:
-            converted, kind = _safe_repr(value), "repr"
+            converted, note = _safe_repr(value), "repr"
         else:
             if notes is not None:
-                notes.add(path, "converted", type=type(value).__name__)
+                notes.add(path, "converted", type=_type_name(value))
             return _json_safe(fields, notes, path, depth + 1, seen)
     else:
-        converted, kind = _clean_str(_safe_repr(value), None, path), "repr"
+        converted, note = _safe_repr(value), "repr"
     if notes is not None:
-        notes.add(path, kind, type=type(value).__name__)
-    return converted
+        notes.add(path, note, type=_type_name(value))
+    return _clean_str(converted, None, path)
+
+
+def _key_text(key: Any, notes: _Notes | None, path: str) -> str:
+    """A mapping key as a string: itself (cleaned), JSON for numbers, bools and None
+    (``1`` -> ``"1"``, ``True`` -> ``"true"``), ``repr`` for anything else; noted."""
+    try:
+        if isinstance(key, str):
+            return _clean_str(key, notes, f"{path}.<key>")
+        if key is None or isinstance(key, bool | float):
+            text = json.dumps(key)
+        elif isinstance(key, int):
+            number = _int_value(key, None, path)
+            text = number if type(number) is str else int.__repr__(number)
+        else:
+            text = _safe_repr(key)
+        text = _clean_str(text, None, path)
+    except Exception:  # a key whose __class__ or float conversion raises
+        text = f"<unrepresentable {_type_name(key)}>"
+    if notes is not None:
+        notes.add(f"{path}.{text}", "key_converted", type=_type_name(key))
+    return text
 
 
 def _container(value: Any, notes: _Notes | None, path: str, depth: int, seen: set[int]) -> Any:
@@ -275,27 +398,31 @@ def _container(value: Any, notes: _Notes | None, path: str, depth: int, seen: se
         try:
             items = list(value.items())
         except Exception:
+            # an unreadable mapping: its repr could show what redaction never saw
             if notes is not None:
-                notes.add(path, "repr", type=type(value).__name__)
-            return _safe_repr(value)
+                notes.add(path, "unreadable", type=_type_name(value))
+            return f"<unreadable {_type_name(value)}>"
         for key, item in items:
-            if isinstance(key, str):
-                skey = _clean_str(key, notes, f"{path}.<key>")
-            else:
-                plain = isinstance(key, int | float | bool) or key is None
-                skey = _clean_str(json.dumps(key) if plain else _safe_repr(key), None, path)
+            skey = _key_text(key, notes, path)
+            if skey in out:  # two keys with one text ({1: .., "1": ..}): keep both
+                n = 2
+                while f"{skey}#{n}" in out:
+                    n += 1
                 if notes is not None:
-                    notes.add(f"{path}.{skey}", "key_converted", type=type(key).__name__)
+                    notes.add(f"{path}.{skey}", "key_collision", stored_as=f"{skey}#{n}")
+                skey = f"{skey}#{n}"
             out[skey] = _json_safe(item, notes, f"{path}.{skey}", depth + 1, seen)
         return out
     items_list = list(value)
     if isinstance(value, set | frozenset):
         if notes is not None:
-            notes.add(path, "converted", type=type(value).__name__)
+            notes.add(path, "converted", type=_type_name(value))
         try:
             items_list = sorted(items_list)
-        except TypeError:
-            items_list = sorted(items_list, key=_safe_repr)
+        except Exception:  # unorderable items (mixed types, Decimal NaN): by their JSON
+            safe = [_json_safe(item, notes, f"{path}[]", depth + 1, seen)
+                    for item in items_list]
+            return sorted(safe, key=_dumps)
     return [_json_safe(item, notes, f"{path}[{i}]", depth + 1, seen)
             for i, item in enumerate(items_list)]
 
@@ -307,8 +434,9 @@ def _reject(value: object) -> Any:
 # Stored JSON is canonical: compact, UTF-8, keys sorted. The integrity chain hashes this
 # text as it is (see docs/integrity.md), so it must equal what parsing and re-encoding
 # it would give; non-string keys would sort differently once they are strings, so a
-# text with a key that looks numeric is rebuilt through json_safe (string keys first).
-_NUMERIC_KEY = re.compile(r'[{,]"-?[0-9]')
+# text with a key that looks numeric, or like the text of True, False, None or a
+# non-finite float, is rebuilt through json_safe (string keys first).
+_NUMERIC_KEY = re.compile(r'[{,]"(?:-?[0-9]|(?:true|false|null|NaN|-?Infinity)")')
 
 if c_make_encoder is not None:
     # one C encoder for the process: JSONEncoder.encode() builds a new one per call
@@ -334,13 +462,11 @@ def _json_text(value: Any, notes: _Notes, field: str) -> tuple[Any, str]:
     """Serialise one JSON field: fast path for plain data, full walk otherwise."""
     try:
         text = _dumps(value)
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # TypeError, ValueError, RecursionError, or a hostile __lt__ of a key
         pass
     else:
         clean = "\x00" not in text and "\\u0000" not in text and not _NUMERIC_KEY.search(text)
-        if clean and (text.isascii() or _utf8_ok(text)) and isinstance(
-            value, dict | list | str | int | float | bool
-        ):
+        if clean and (text.isascii() or _utf8_ok(text)) and type(value) in _PLAIN_TOP:
             return value, text
     safe = _json_safe(value, notes, field, 0, set())
     return safe, _dumps(safe)
@@ -363,6 +489,10 @@ _TEXT_POS = tuple(_FIELD_POS[name] for name in TEXT_FIELDS)
 _JSON_POS = tuple((name, _FIELD_POS[name]) for name in JSON_FIELDS)
 _ACTION, _USER_ID, _TIMESTAMP = _FIELD_POS["action"], _FIELD_POS["user_id"], _FIELD_POS["timestamp"]
 _REVIEW, _SUCCESS = _FIELD_POS["requires_review"], _FIELD_POS["success"]
+_ID, _SCHEMA = _FIELD_POS["id"], _FIELD_POS["schema_version"]
+#: The largest schema_version the store's INTEGER column holds.
+MAX_SCHEMA_VERSION = 2**31 - 1
+_PLAIN_TOP = frozenset({dict, list, str, int, float, bool})
 
 
 def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
@@ -379,7 +509,10 @@ def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
         if type(value) is not str or len(value) > limit:
             return None
         parts.append(value)
-    if not record[_ACTION] or not record[_USER_ID]:
+    if not record[_ACTION] or not record[_USER_ID] or not record[_ID]:
+        return None
+    schema = record[_SCHEMA]
+    if type(schema) is not int or not 0 <= schema <= MAX_SCHEMA_VERSION:
         return None
     for pos in _TEXT_POS:
         value = record[pos]
@@ -402,7 +535,7 @@ def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
             return None
         try:
             text = _dumps(value)
-        except (TypeError, ValueError, RecursionError):
+        except Exception:  # the slow path says what is wrong
             return None
         if _NUMERIC_KEY.search(text):
             return None
@@ -420,7 +553,7 @@ def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
 
 _compiled_plain_texts: Callable[..., list[dict[str, str | None]] | None] | None
 try:  # the compiled form of plain_texts (optional: built where a C compiler is)
-    from ._speedups import plain_texts as _compiled_plain_texts
+    from ._accel import plain_texts as _compiled_plain_texts
 except ImportError:  # pragma: no cover - depends on the build
     _compiled_plain_texts = None
 
@@ -447,8 +580,19 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536, *,
     if not records:
         return []
     if compiled and _compiled_plain_texts is not None:
-        return _compiled_plain_texts(list(records), cap, _BOUNDED, _TEXT_POS, _JSON_POS,
-                                     _encode, dt.UTC, orjson.dumps, _ORJSON_TEXT)
+        try:
+            return _compiled_plain_texts(list(records), cap, _BOUNDED, _TEXT_POS, _JSON_POS,
+                                         _encode, dt.UTC, orjson.dumps, _ORJSON_TEXT)
+        except Exception:  # a value's own code ran (a str subclass's __lt__): record by record
+            return None
+    try:
+        return _python_plain_texts(records, cap)
+    except Exception:
+        return None
+
+
+def _python_plain_texts(records: list[AuditRecord], cap: int) -> list[dict[str, str | None]] | None:
+    """:func:`plain_texts` with C-level passes over columns (no compiled module)."""
     columns = list(zip(*records, strict=True))
     longest = 0  # the longest value of each field, added up: a bound on any record's size
     for pos, limit in _BOUNDED:
@@ -459,7 +603,11 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536, *,
         if most > limit:
             return None
         longest += most
-    if not all(columns[_ACTION]) or not all(columns[_USER_ID]):
+    if not all(columns[_ACTION]) or not all(columns[_USER_ID]) or not all(columns[_ID]):
+        return None
+    schemas = columns[_SCHEMA]
+    if ({int} != set(map(type, schemas)) or min(schemas) < 0
+            or max(schemas) > MAX_SCHEMA_VERSION):
         return None
     for pos in _TEXT_POS:
         if not _STR_OR_NONE.issuperset(map(type, columns[pos])):
@@ -482,7 +630,7 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536, *,
                 texts = [None] * len(column)
             else:
                 texts = [None if value is None else _dumps(value) for value in column]
-        except (TypeError, ValueError, RecursionError):
+        except Exception:  # TypeError, ValueError, RecursionError, a key's own __lt__
             return None
         json_columns.append(texts)
         longest += max(map(len, filter(None, texts)), default=0)
@@ -506,70 +654,69 @@ def normalise(
 ) -> tuple[AuditRecord, dict[str, str | None]]:
     """Return ``(record as it will be stored, JSON text of each JSON field)``.
 
-    Never raises for any field value. Every change is listed under
+    Never raises, whatever the fields hold. Every change is listed under
     ``context["_normalised"]`` as ``{"field", "kind", ...}`` entries.
     """
-    fast = _fast_texts(record, max_record_bytes)
+    try:
+        fast = _fast_texts(record, max_record_bytes)
+    except Exception:  # a value's own code ran (a str subclass's __lt__): the slow path
+        fast = None
     if fast is not None:
         return record, fast
+    try:
+        return _normalise(record, max_record_bytes)
+    except Exception:  # every step of _normalise is total; this only guards against a bug
+        return _salvage(record)
+
+
+def _normalise(record: AuditRecord, cap: int) -> tuple[AuditRecord, dict[str, str | None]]:
     notes = _Notes()
     changes: dict[str, Any] = {}
 
     for field, limit in COLUMN_LIMITS.items():
-        value = getattr(record, field)
+        value = record[_FIELD_POS[field]]
         if value is None:
             continue
-        if isinstance(value, enum.Enum):  # AuditAction.CREATE and friends: expected input
-            value = str(value.value)
-            changes[field] = value
-        elif not isinstance(value, str):
-            value = _safe_repr(value)
-            notes.add(field, "converted", type=type(getattr(record, field)).__name__)
-            changes[field] = value
-        cleaned = _clean_str(value, notes, field)
+        cleaned = _clean_str(_column_text(field, value, notes), notes, field)
         if len(cleaned) > limit:
             notes.add(field, "truncated", original_length=len(cleaned), limit=limit)
             cleaned = cleaned[:limit]
-        if cleaned is not value or field in changes:
+        if cleaned is not value:
             changes[field] = cleaned
 
-    for field in ("action", "user_id"):
-        if not getattr(record, field) and field not in changes:
-            notes.add(field, "missing", stored="unknown")
-            changes[field] = "unknown"
+    for field in ("id", "action", "user_id"):
+        value = changes.get(field, record[_FIELD_POS[field]])
+        if value is None or value == "":  # a str (or None) by now
+            stored = uuid7().hex if field == "id" else "unknown"
+            notes.add(field, "missing", stored=stored)
+            changes[field] = stored
 
     for field in TEXT_FIELDS:
-        value = getattr(record, field)
+        value = record[_FIELD_POS[field]]
         if value is None:
             continue
-        if not isinstance(value, str):
-            notes.add(field, "converted", type=type(value).__name__)
-            value = _safe_repr(value)
-        cleaned = _clean_str(value, notes, field)
-        if cleaned is not getattr(record, field):
+        cleaned = _clean_str(_column_text(field, value, notes), notes, field)
+        if cleaned is not value:
             changes[field] = cleaned
 
     for field in ("requires_review", "success"):
-        value = getattr(record, field)
-        if not isinstance(value, bool):
-            stored = bool(value) if value is not None else field == "success"
-            notes.add(field, "converted", type=type(value).__name__, stored=stored)
-            changes[field] = stored
+        value = record[_FIELD_POS[field]]
+        flag = _flag(field, value, notes)
+        if flag is not value:
+            changes[field] = flag
 
-    timestamp = record.timestamp
-    if not isinstance(timestamp, dt.datetime):
-        notes.add("timestamp", "invalid", type=type(timestamp).__name__)
-        changes["timestamp"] = dt.datetime.now(dt.UTC)
-    elif timestamp.tzinfo is None:
-        notes.add("timestamp", "assumed_utc")
-        changes["timestamp"] = timestamp.replace(tzinfo=dt.UTC)
-    elif timestamp.utcoffset() != dt.timedelta(0):
-        changes["timestamp"] = timestamp.astimezone(dt.UTC)
+    timestamp = _utc_timestamp(record.timestamp, notes)
+    if timestamp is not record.timestamp:
+        changes["timestamp"] = timestamp
+
+    version = _schema_version(record.schema_version, notes)
+    if version is not record.schema_version:
+        changes["schema_version"] = version
 
     texts: dict[str, str | None] = {}
     values: dict[str, Any] = {}
     for field in JSON_FIELDS:
-        value = getattr(record, field)
+        value = record[_FIELD_POS[field]]
         if value is None:
             texts[field] = None
             values[field] = None
@@ -580,22 +727,171 @@ def normalise(
         if safe is not value:
             changes[field] = safe
 
-    _apply_cap(record, changes, values, texts, notes, max_record_bytes)
+    # notes made earlier (by the snapshot at the call) are set aside: a context the cap
+    # replaces keeps them
+    prior: list[Any] | None = None
+    context = values["context"]
+    if type(context) is dict and type(context.get(NORMALISATION_KEY)) is list:
+        prior = context[NORMALISATION_KEY]
+        values["context"] = {k: v for k, v in context.items() if k != NORMALISATION_KEY}
+        texts["context"] = _dumps(values["context"])
 
-    if notes.items:
-        context = values["context"]
-        if not isinstance(context, dict):
-            context = {} if context is None else {"value": context}
-        else:
-            context = dict(context)
-        prior = context.get(NORMALISATION_KEY)
-        context[NORMALISATION_KEY] = ([*prior] if isinstance(prior, list) else []) + notes.items
+    _apply_cap(record, changes, values, texts, notes, cap)
+
+    if notes.items or notes.omitted or prior is not None:
+        context = _with_notes(values["context"], notes, prior)
         changes["context"] = context
         texts["context"] = _dumps(context)
 
     if changes:
         record = record._replace(**changes)
     return record, texts
+
+
+def _with_notes(context: Any, notes: _Notes, earlier: list[Any] | None = None
+                ) -> dict[str, Any]:
+    """``context`` with ``notes`` added to its ``_normalised`` list, after ``earlier``
+    ones (a context that is not a dict is kept under ``"value"``; notes already in it
+    are kept)."""
+    out: dict[str, Any] = (dict(context) if type(context) is dict
+                           else {} if context is None else {"value": context})
+    prior = out.get(NORMALISATION_KEY, earlier)
+    if type(prior) is list:
+        earlier = [*prior]
+    elif prior is None:
+        earlier = []
+    else:  # something else under the key: kept, as a note
+        earlier = [{"field": f"context.{NORMALISATION_KEY}", "kind": "kept", "value": prior}]
+    out[NORMALISATION_KEY] = earlier + notes.finished()
+    return out
+
+
+def _column_text(field: str, value: Any, notes: _Notes) -> str:
+    """A string column's value as a ``str`` (total). An enum is stored as its value
+    without a note (``AuditAction.CREATE`` is expected input); anything else that is
+    not a string becomes its ``repr``, noted as ``converted``."""
+    if type(value) is str:
+        return value
+    try:
+        if isinstance(value, enum.Enum):
+            inner = value.value
+            return inner if type(inner) is str else str(inner)
+        if isinstance(value, str):
+            return str.__str__(value)
+    except Exception:  # an enum whose value's __str__ raises, a hostile __class__
+        pass
+    notes.add(field, "converted", type=_type_name(value))
+    return _safe_repr(value)
+
+
+def _flag(field: str, value: Any, notes: _Notes) -> bool:
+    """``success`` / ``requires_review`` as a bool (total). ``None`` is the field's
+    default; a value whose truth cannot be read is stored as the cautious answer
+    (``success=False``, ``requires_review=True``), noted as ``unrepresentable``."""
+    if value is True or value is False:
+        return value
+    if value is None:
+        stored = field == "success"
+    else:
+        try:
+            stored = bool(value)
+        except Exception:  # __bool__ / __len__ raised or returned a non-bool
+            stored = field == "requires_review"
+            notes.add(field, "unrepresentable", type=_type_name(value), stored=stored)
+            return stored
+    notes.add(field, "converted", type=_type_name(value), stored=stored)
+    return stored
+
+
+_DATETIME_PARTS = tuple(
+    (dt.date if name in ("year", "month", "day") else dt.datetime).__dict__[name].__get__
+    for name in ("year", "month", "day", "hour", "minute", "second", "microsecond"))
+_TZINFO_OF = dt.datetime.__dict__["tzinfo"].__get__
+_UTC_MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+_UTC_MAX = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _utc_timestamp(value: Any, notes: _Notes) -> dt.datetime:
+    """The record's timestamp as an aware UTC ``datetime`` (total).
+
+    A naive one is taken as UTC (``assumed_utc``); another offset is converted, and one
+    that leaves the years 1-9999 on conversion is clamped to the nearest end
+    (``out_of_range``, with the original); anything else is the time of normalisation
+    (``invalid``)."""
+    if type(value) is dt.datetime and _TZINFO_OF(value) is dt.UTC:
+        return value
+    try:
+        if not isinstance(value, dt.datetime):
+            raise TypeError
+        exact = value
+        if type(value) is not dt.datetime:  # a subclass's overrides are never called
+            year, month, day, hour, minute, second, micro = (
+                part(value) for part in _DATETIME_PARTS)
+            exact = dt.datetime(year, month, day, hour, minute, second, micro,
+                                _TZINFO_OF(value))
+    except Exception:
+        notes.add("timestamp", "invalid", type=_type_name(value))
+        return dt.datetime.now(dt.UTC)
+    naive = exact.replace(tzinfo=None)
+    try:
+        offset = dt.datetime.utcoffset(exact)
+    except Exception:  # a tzinfo whose utcoffset() raises or is out of range
+        notes.add("timestamp", "assumed_utc", reason="utcoffset() failed")
+        return naive.replace(tzinfo=dt.UTC)
+    if offset is None:
+        notes.add("timestamp", "assumed_utc")
+        return naive.replace(tzinfo=dt.UTC)
+    if not offset:
+        return exact if exact is value else naive.replace(tzinfo=dt.UTC)
+    try:
+        return (naive - offset).replace(tzinfo=dt.UTC)
+    except OverflowError:  # datetime(1, 1, 1, tzinfo=+05:00) is in year 0 in UTC
+        stored = _UTC_MIN if offset > dt.timedelta(0) else _UTC_MAX
+        notes.add("timestamp", "out_of_range", original=_safe_isoformat(exact),
+                  stored=stored.isoformat())
+        return stored
+
+
+def _safe_isoformat(value: dt.datetime) -> str:
+    try:
+        return dt.datetime.isoformat(value)
+    except Exception:
+        return dt.datetime.isoformat(value.replace(tzinfo=None))
+
+
+def _schema_version(value: Any, notes: _Notes) -> int:
+    """``schema_version`` as an int the store's column holds; otherwise this release's
+    version (``invalid``)."""
+    if type(value) is int and 0 <= value <= MAX_SCHEMA_VERSION:
+        return value
+    notes.add("schema_version", "invalid", type=_type_name(value), stored=SCHEMA_VERSION)
+    return SCHEMA_VERSION
+
+
+def _salvage(record: Any) -> tuple[AuditRecord, dict[str, str | None]]:
+    """The record kept when normalisation itself failed (a bug, never bad input): its
+    plain string fields, a fresh timestamp where its own is unusable, no JSON values,
+    and a note saying so. Nothing here runs a value's own code."""
+    fields: dict[str, Any] = {}
+    for name, pos in _FIELD_POS.items():
+        try:
+            value = record[pos]
+        except Exception:
+            value = None
+        if (name in COLUMN_LIMITS or name in TEXT_FIELDS) and type(value) is str:
+            fields[name] = _clean_str(value, None, name)[:COLUMN_LIMITS.get(name, _NO_LIMIT)]
+    fields.setdefault("id", uuid7().hex)
+    fields.setdefault("action", "unknown")
+    fields.setdefault("user_id", "unknown")
+    stamp = record[_TIMESTAMP] if len(record) > _TIMESTAMP else None
+    if type(stamp) is not dt.datetime or _TZINFO_OF(stamp) is not dt.UTC:
+        stamp = dt.datetime.now(dt.UTC)
+    context = {NORMALISATION_KEY: [{"field": "*", "kind": "salvaged"}]}
+    stored = AuditRecord(timestamp=stamp, context=context, **fields)
+    texts: dict[str, str | None] = dict.fromkeys(JSON_FIELDS)
+    texts["context"] = _dumps(context)
+    return stored, texts
+
 
 
 def _apply_cap(
@@ -646,3 +942,103 @@ def _apply_cap(
             new_size = len(cut.encode("utf-8"))
         notes.add(field, "record_truncated", original_bytes=original, cap=cap)
         total -= original - new_size
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+class _NotPlain(Exception):
+    """A value :func:`_copy_plain` does not copy (the snapshot converts it instead)."""
+
+
+#: Types whose instances cannot change after the call: a snapshot shares them. (The
+#: compiled snapshot takes the same set; str subclasses and enum members count too.)
+SNAPSHOT_ATOMS: frozenset[type] = frozenset({
+    str, int, float, bool, type(None), bytes, complex, dt.datetime, dt.date, dt.time,
+    dt.timedelta, dt.timezone, decimal.Decimal, uuid.UUID,
+})
+_STR_KEYS = frozenset({str})
+_COLUMN_POS = tuple((name, _FIELD_POS[name]) for name in (*COLUMN_LIMITS, *TEXT_FIELDS))
+
+
+def _snapshot_atom(value: object) -> bool:
+    kind = type(value)
+    # issubclass on the types: isinstance() would ask the value for its __class__
+    return (kind in SNAPSHOT_ATOMS or issubclass(kind, str)
+            or issubclass(type(kind), enum.EnumType))
+
+
+def _copy_plain(value: Any, depth: int) -> Any:
+    """A copy of plain data (exact dict with str keys, list, tuple) sharing its atoms;
+    :class:`_NotPlain` for anything else or nesting deeper than normalise keeps."""
+    kind = type(value)
+    if kind is dict:
+        if depth >= _MAX_DEPTH:
+            raise _NotPlain
+        out = dict(value)  # one C call: another thread cannot change it half-way
+        if _STR_KEYS.issuperset(map(type, out)) and SNAPSHOT_ATOMS.issuperset(
+                map(type, out.values())):
+            return out  # flat: the copy is the snapshot
+        for key, item in out.items():
+            if type(key) is not str:
+                raise _NotPlain
+            out[key] = _copy_plain(item, depth + 1)
+        return out
+    if kind is list or kind is tuple:
+        if depth >= _MAX_DEPTH:
+            raise _NotPlain
+        items = list(value)
+        copies = [_copy_plain(item, depth + 1) for item in items]
+        if kind is list:
+            return copies
+        same = all(map(operator.is_, copies, items))
+        return value if same else tuple(copies)
+    if _snapshot_atom(value):
+        return value
+    raise _NotPlain
+
+
+def snapshot(record: AuditRecord) -> AuditRecord:
+    """The record as it was at the call, whatever the caller changes afterwards.
+
+    Runs on the caller's thread (:meth:`~otel_audit.trail.AuditTrail.build_record`).
+    Values that cannot change are shared (strings, numbers, datetimes, ``Decimal``,
+    ``UUID``, enum members); plain JSON data (dicts with ``str`` keys, lists, tuples)
+    is copied; anything else is converted now, as :func:`normalise` would convert it on
+    the worker (``json_safe`` for JSON fields, ``repr`` for columns, the truth of
+    ``success``), with the same notes, kept in ``context["_normalised"]``. Never raises.
+    """
+    try:
+        return _snapshot(record)
+    except Exception:  # every conversion is total; only a bug lands here
+        return _salvage(record)[0]
+
+
+def _snapshot(record: AuditRecord) -> AuditRecord:
+    notes = _Notes()
+    changes: dict[str, Any] = {}
+    for name, pos in _JSON_POS:
+        value = record[pos]
+        if _snapshot_atom(value):
+            continue
+        try:
+            copied = _copy_plain(value, 0)
+        except (_NotPlain, RecursionError):
+            copied = _json_safe(value, notes, name, 0, set())
+        if copied is not value:
+            changes[name] = copied
+    for name, pos in _COLUMN_POS:
+        value = record[pos]
+        if not _snapshot_atom(value):
+            changes[name] = _column_text(name, value, notes)
+    for name, pos in (("requires_review", _REVIEW), ("success", _SUCCESS)):
+        value = record[pos]
+        if not _snapshot_atom(value):
+            changes[name] = _flag(name, value, notes)
+    if type(record[_TIMESTAMP]) is not dt.datetime:
+        changes["timestamp"] = _utc_timestamp(record[_TIMESTAMP], notes)
+    if not _snapshot_atom(record[_SCHEMA]):
+        changes["schema_version"] = _schema_version(record[_SCHEMA], notes)
+    if notes.items:
+        changes["context"] = _with_notes(changes.get("context", record.context), notes)
+    return record._replace(**changes) if changes else record
