@@ -56,8 +56,14 @@ def describe_error(exc: BaseException) -> str:
         text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     else:
         text = str(exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = lines[0] if lines else type(exc).__name__
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("LINE "):  # DuckDB's echo of the statement with a caret under it
+            break
+        if line.strip():
+            lines.append(line.strip())
+    # one line: DuckDB's hints ("Candidate bindings: ...") follow on the same line
+    first = " ".join(lines) if lines else type(exc).__name__
     from ..errors import AuditError
 
     if isinstance(exc, AuditError | SQLAlchemyError | OSError) or _is_duckdb_error(exc):
