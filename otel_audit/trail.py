@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import enum
 import logging
 import threading
 import weakref
@@ -35,7 +36,7 @@ from .mapping import AUDIT_EVENT_NAME
 from .pipeline.batch import AuditStats, DeferredRecords
 from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
 from .policy import AuditPolicy
-from .record import SCHEMA_VERSION, AuditRecord
+from .record import SCHEMA_VERSION, SNAPSHOT_ATOMS, AuditRecord, snapshot
 from .store.reader import query_records
 from .store.writer import StoreWriter
 
@@ -47,12 +48,16 @@ _new_record = tuple.__new__
 _now = dt.datetime.now
 _get_current_span = trace.get_current_span
 
-_untrack: Callable[[AuditRecord], AuditRecord]
-try:  # compiled (optional): a record of plain values leaves the cycle collector
-    from ._speedups import untrack as _untrack
+_EnumType = enum.EnumType
+
+_snapshot: Callable[[AuditRecord, frozenset[type], type, Callable[[AuditRecord], AuditRecord]],
+                    AuditRecord]
+try:  # compiled (optional): plain data copied in C, the rest handed to record.snapshot
+    from ._accel import snapshot as _snapshot
 except ImportError:  # pragma: no cover - depends on the build
-    def _untrack(record: AuditRecord) -> AuditRecord:
-        return record
+    def _snapshot(record: AuditRecord, atoms: frozenset[type], enum_meta: type,
+                  fallback: Callable[[AuditRecord], AuditRecord]) -> AuditRecord:
+        return fallback(record)
 
 
 def _link_to_current_span(record_id: str) -> None:
@@ -268,13 +273,16 @@ class AuditTrail:
                     requires_review = policy.requires_review(
                         action, data_classification, resource_type, requires_review
                     )
-            except Exception:  # unhashable or odd values: the normaliser records them
-                requires_review = bool(requires_review)
+            except Exception:  # unhashable or odd values: the snapshot and normaliser note them
+                pass
+        if requires_review.__class__ is not bool:  # a non-bool is converted and noted
+            requires_review = False if requires_review is None else requires_review
         # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
-        # call with 28 defaults, measurable on the caller's hot path. Untracked by the
-        # cycle collector when it holds only plain values: a queued record then costs
-        # no collection anything (thousands may wait for the worker).
-        return _untrack(_new_record(_AuditRecord, (
+        # call with 28 defaults, measurable on the caller's hot path. Then the snapshot:
+        # the record holds the values as they are now, not the caller's dicts (see
+        # record.snapshot); it leaves the cycle collector when it holds only atoms, so
+        # such queued records cost no collection anything (thousands may wait).
+        return _snapshot(_new_record(_AuditRecord, (
             record_id,
             timestamp if timestamp is not None else _now(_UTC),
             action,
@@ -296,14 +304,14 @@ class AuditTrail:
             new_values,
             changes,
             data_classification,
-            bool(requires_review),
+            requires_review,
             success,
             error_message,
             context,
             service_name if service_name is not None else self.service_name,
             acting_as,
             SCHEMA_VERSION,
-        )))
+        )), SNAPSHOT_ATOMS, _EnumType, snapshot)
 
     def record(
         self,

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 import otel_audit
 from otel_audit import AuditTrail, AuditWriteError, ConfigError, RequestContext
-from otel_audit.record import NORMALISATION_KEY
+from otel_audit.record import NORMALISATION_KEY, SCHEMA_VERSION
 
 Factory = Callable[..., AuditTrail]
 
@@ -332,3 +332,46 @@ def test_record_rejects_an_unknown_field_name_like_any_call(trail: AuditTrail) -
     with pytest.raises(TypeError, match="bogus"):
         trail.record("READ", user_id="u", bogus=1)  # type: ignore[call-arg]
     assert trail.record("READ", user_id="u", trace_id="ab" * 16, span_id="cd" * 8) is not None
+
+
+class _Untruthful:
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth value")
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_the_issues_values_are_stored_and_the_writer_keeps_going(make_trail: Factory,
+                                                                   mode: str) -> None:
+    import decimal
+
+    trail = make_trail(mode=mode)
+    plus5 = dt.timezone(dt.timedelta(hours=5))
+    bad: list[dict[str, Any]] = [
+        {"user_id": "", "context": {True: 1}},
+        {"new_values": {"n": 10**5000}},
+        {"new_values": {"s": {decimal.Decimal("NaN"), decimal.Decimal(1)}}},
+        {"timestamp": dt.datetime(1, 1, 1, tzinfo=plus5)},
+        {"success": _Untruthful()},
+        {"service_name": "svc\ud800"},
+    ]
+    for i, fields in enumerate(bad):
+        rec = trail.record("BAD", resource_id=f"bad-{i}", **fields)
+        assert rec is not None
+    # a record built elsewhere and submitted as it is: schema_version out of any range
+    built = trail.build_record("BAD", user_id="u", resource_id="bad-schema")
+    trail.submit(built._replace(schema_version=2**70))
+    trail.record("GOOD", user_id="u", resource_id="good")
+    assert trail.flush(10)
+    stats = trail.stats()
+    assert (stats.written, stats.failed, stats.dropped) == (len(bad) + 2, 0, 0)
+    stored = {r.resource_id: r for r in trail.records(limit=50)}
+    assert stored["bad-0"].context["true"] == 1
+    assert stored["bad-0"].user_id == "unknown"
+    assert stored["bad-1"].new_values == {"n": "1" + "0" * 5000}
+    assert stored["bad-2"].new_values == {"s": ["1", "NaN"]}
+    assert stored["bad-3"].timestamp == dt.datetime.min.replace(tzinfo=dt.UTC)
+    assert stored["bad-4"].success is False
+    assert stored["bad-5"].service_name == "svc\ufffd"
+    assert stored["bad-schema"].schema_version == SCHEMA_VERSION
+    kinds = {n["kind"] for n in stored["bad-schema"].context[NORMALISATION_KEY]}
+    assert kinds == {"invalid"}
