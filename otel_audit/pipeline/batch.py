@@ -138,6 +138,9 @@ class AuditStats:
     journal_pending: int = 0
     quarantined: int = 0
     worker_restarts: int = 0
+    #: records the store already held (same ``id``: a retry, a replay), kept once and
+    #: not counted in ``written`` (see AuditTrail.stats)
+    duplicates: int = 0
 
 
 class _FlushMarker:
@@ -804,10 +807,9 @@ class BatchPipeline:
                 prepared += part
                 self._store.pause()
             encoded = self._encode(prepared)  # the store thread only sends it
-        except BaseException as exc:
+        except BaseException as exc:  # record by record, unsealed: the store stage seals
             self._worker_failed("worker", exc)
-            prepared = [self._safe_prepared(item, f"worker error: {exc!r}")
-                        for item in _resolved(batch)]
+            prepared = [self._salvage(item, exc) for item in _resolved(batch)]
             encoded = None
         with self._state_lock:
             if self._abandoned:  # shutdown spooled the batch already
@@ -819,6 +821,15 @@ class BatchPipeline:
         ahead, unsent = self._send_ahead(prepared, encoded)
         self._store.run(functools.partial(self._write_prepared, prepared, encoded, ahead,
                                           unsent))
+
+    def _salvage(self, item: AuditRecord | PreparedRecord, exc: BaseException) -> PreparedRecord:
+        """One record of a batch whose preparation failed: prepared on its own."""
+        if isinstance(item, PreparedRecord):  # journalled: prepared (and maybe sealed)
+            return item
+        try:
+            return self._prepare_one(item)
+        except BaseException:
+            return self._safe_prepared(item, f"worker error: {exc!r}")
 
     def _encode(self, prepared: list[PreparedRecord]) -> bytes | None:
         try:

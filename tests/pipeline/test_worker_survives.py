@@ -295,3 +295,18 @@ def test_a_poison_record_in_the_spool_never_blocks_it(make_trail: Factory,
     assert _count(trail, "SPOOLED") == 8 and _count(trail, "GOOD") == 4
     assert any(n["field"] == "schema_version" for n in _notes(_stored(trail, records[3].id)))
     assert verify_trail(trail.writer.engine).ok
+
+
+def test_an_error_while_a_batch_is_prepared_keeps_every_record_of_it(
+        make_trail: Factory) -> None:
+    trail = make_trail()
+    pipeline = trail.pipeline
+    pipeline._seal_ahead = _Once(MemoryError(), pipeline._seal_ahead)  # type: ignore[method-assign]
+    _good(trail, 20)
+    assert trail.flush(10)
+    _good(trail, 5, "AFTER")
+    assert trail.flush(10)
+    stats = trail.stats()
+    assert (stats.written, stats.failed, stats.worker_restarts) == (25, 0, 1)
+    assert _count(trail, "GOOD") == 20
+    assert verify_trail(trail.writer.engine).ok  # sealed by the store stage instead
