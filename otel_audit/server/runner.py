@@ -89,7 +89,10 @@ def check_tls(tls_cert: str | None, tls_key: str | None) -> None:
             raise ConfigError(f"cannot read the TLS {what} {path}: "
                               f"{exc.strerror or exc}") from exc
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
+        # an empty password: an encrypted key is refused here rather than prompted for
+        # on a server's terminal (serve takes no key password)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            tls_cert, tls_key, password="")
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigError(f"the TLS certificate {tls_cert} and key {tls_key} are not a "
                           f"usable PEM pair: {exc}") from exc

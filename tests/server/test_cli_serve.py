@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,3 +164,18 @@ def test_ack_mode_choices_are_the_acknowledging_modes(no_run: list[object],
 def test_cli_defaults_are_the_servers() -> None:
     assert serve_cli.MAX_BODY_BYTES == DEFAULT_MAX_BODY_BYTES
     assert serve_cli.BODY_TIMEOUT == DEFAULT_BODY_TIMEOUT
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_an_encrypted_tls_key_is_refused_not_prompted_for(no_run: list[object],
+                                                          tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-passout", "pass:secret",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    line = _one_line_error(_serve("--db", f"sqlite:///{tmp_path / 'a.db'}", "--tls-cert",
+                                  str(cert), "--tls-key", str(key)))
+    assert "not a usable PEM pair" in line
+    assert no_run == []
