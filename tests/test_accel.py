@@ -1,0 +1,55 @@
+"""One accelerator switch: ``OTEL_AUDIT_PUREPYTHON=1`` forces the pure-Python paths everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json
+from otel_audit import _accel, record, trail
+from otel_audit.integrity import chain
+from otel_audit.store import writer
+print(json.dumps({
+    "pure": _accel.pure_python,
+    "speedups": _accel.speedups is not None,
+    "plain_texts": record._compiled_plain_texts is not None,
+    "snapshot": getattr(trail._snapshot, "__module__", None) != "otel_audit.trail",
+    "seal_plain": chain._seal_plain is not None,
+    "texts_special": chain._texts_special is not None,
+    "copy_text": writer._copy_text is not None,
+    "sqlite_params": writer._sqlite_params is not writer._python_sqlite_params,
+    "pqcopy": writer._pq_copy_in() is not None,
+    "pqcopy_allowed": _accel.pqcopy_allowed(),
+}))
+"""
+
+
+def probe(pure: str | None) -> dict[str, bool]:
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_AUDIT_PUREPYTHON"}
+    if pure is not None:
+        env["OTEL_AUDIT_PUREPYTHON"] = pure
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                         text=True, check=True, timeout=120)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("value", ["1", "On"])
+def test_the_switch_turns_every_compiled_path_off(value: str) -> None:
+    found = probe(value)
+    assert found.pop("pure") is True
+    assert found.pop("pqcopy_allowed") is False
+    assert not any(found.values()), found
+
+
+def test_without_the_switch_every_built_path_is_used(speedups: object) -> None:
+    found = probe(None)
+    assert found.pop("pure") is False
+    assert found.pop("pqcopy_allowed") is True
+    found.pop("pqcopy")  # also needs psycopg's libpq: tests/store/test_writer.py
+    assert all(found.values()), found
+    assert probe("0")["speedups"] is True  # only a true value forces the pure paths
