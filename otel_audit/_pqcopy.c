@@ -29,6 +29,7 @@
 
 typedef struct pg_conn PGconn;
 typedef struct pg_result PGresult;
+typedef struct pg_cancel PGcancel;
 
 /* libpq's enums, as its public header fixes them */
 #define CONNECTION_OK 0
@@ -36,6 +37,9 @@ typedef struct pg_result PGresult;
 #define PGRES_COMMAND_OK 1
 #define PGRES_COPY_IN 4
 #define PG_DIAG_SQLSTATE 'C'
+
+/* How long a wait goes without the GIL before looking at signals (seconds). */
+#define WAIT_SLICE 0.05
 
 static struct {
     int (*sendQuery)(PGconn *, const char *);
@@ -53,6 +57,9 @@ static struct {
     char *(*errorMessage)(const PGconn *);
     int (*status)(const PGconn *);
     int (*transactionStatus)(const PGconn *);
+    PGcancel *(*getCancel)(PGconn *);
+    int (*cancel)(PGcancel *, char *, int);
+    void (*freeCancel)(PGcancel *);
 } pq;
 static int bound = 0;
 
@@ -87,6 +94,9 @@ bind(PyObject *self, PyObject *arg)
         {"PQerrorMessage", (void **)&pq.errorMessage},
         {"PQstatus", (void **)&pq.status},
         {"PQtransactionStatus", (void **)&pq.transactionStatus},
+        {"PQgetCancel", (void **)&pq.getCancel},
+        {"PQcancel", (void **)&pq.cancel},
+        {"PQfreeCancel", (void **)&pq.freeCancel},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         void *fn = dlsym(handle, names[i].name);
@@ -126,21 +136,55 @@ fail_conn(failure *f, PGconn *conn)
     fail(f, NULL, pq.errorMessage(conn));
 }
 
-/* Wait until the socket is ready (events), retrying on signals. */
+/* A Python thread waiting in copy_in() without the GIL: its saved state, so the wait
+ * can take the GIL back now and then to run the signal handlers (NULL on the copier's
+ * thread, which has no Python state and never runs handlers). */
+typedef struct {
+    PyThreadState *save;
+    int interrupted;  /* a handler raised: the exception is set, the COPY cancelled */
+} waiter;
+
+/* A handler raised while ``w`` waited: ask the server to cancel the COPY (it then fails
+ * with SQLSTATE 57014, and the connection stays usable once its results are read). */
+static void
+cancel_copy(PGconn *conn)
+{
+    char message[256];
+    PGcancel *cancel = pq.getCancel(conn);
+    if (cancel != NULL) {
+        pq.cancel(cancel, message, (int)sizeof message);
+        pq.freeCancel(cancel);
+    }
+}
+
+/* Wait until the socket is ready (events), retrying on signals. With a waiter, the wait
+ * is cut in slices and the signal handlers run between them (the first one that raises
+ * cancels the COPY; the wait then goes on until the server answers). */
 static int
-wait_socket(PGconn *conn, short events)
+wait_socket(PGconn *conn, short events, waiter *w)
 {
     struct pollfd pfd = {.fd = pq.socket(conn), .events = events};
     if (pfd.fd < 0) {
         return -1;
     }
+    int slice = w != NULL && !w->interrupted ? (int)(WAIT_SLICE * 1000) : -1;
     for (;;) {
-        int rv = poll(&pfd, 1, -1);
-        if (rv >= 0) {
+        int rv = poll(&pfd, 1, slice);
+        if (rv > 0 || (rv == 0 && slice < 0)) {
             return 0;
         }
-        if (errno != EINTR) {
+        if (rv < 0 && errno != EINTR) {
             return -1;
+        }
+        if (w != NULL && !w->interrupted) {
+            PyEval_RestoreThread(w->save);
+            int failed = PyErr_CheckSignals() < 0;
+            w->save = PyEval_SaveThread();
+            if (failed) {
+                w->interrupted = 1;
+                slice = -1;
+                cancel_copy(conn);
+            }
         }
     }
 }
@@ -148,14 +192,14 @@ wait_socket(PGconn *conn, short events)
 /* Send everything queued (libpq's rule for a nonblocking connection: wait for read or
  * write readiness; on read readiness consume input, which may hold a server error). */
 static int
-flush_all(PGconn *conn, failure *f)
+flush_all(PGconn *conn, failure *f, waiter *w)
 {
     for (;;) {
         int rv = pq.flush(conn);
         if (rv == 0) {
             return 0;
         }
-        if (rv < 0 || wait_socket(conn, POLLIN | POLLOUT) < 0 || !pq.consumeInput(conn)) {
+        if (rv < 0 || wait_socket(conn, POLLIN | POLLOUT, w) < 0 || !pq.consumeInput(conn)) {
             fail_conn(f, conn);
             return -1;
         }
@@ -164,10 +208,10 @@ flush_all(PGconn *conn, failure *f)
 
 /* The next result, waiting for it without blocking inside libpq. */
 static PGresult *
-next_result(PGconn *conn, failure *f, int *broken)
+next_result(PGconn *conn, failure *f, int *broken, waiter *w)
 {
     while (pq.isBusy(conn)) {
-        if (wait_socket(conn, POLLIN) < 0 || !pq.consumeInput(conn)) {
+        if (wait_socket(conn, POLLIN, w) < 0 || !pq.consumeInput(conn)) {
             fail_conn(f, conn);
             *broken = 1;
             return NULL;
@@ -178,10 +222,10 @@ next_result(PGconn *conn, failure *f, int *broken)
 
 /* Take results up to the end of the command; note the first error. */
 static void
-drain(PGconn *conn, failure *f, int *broken)
+drain(PGconn *conn, failure *f, int *broken, waiter *w)
 {
     PGresult *res;
-    while (!*broken && (res = next_result(conn, f, broken)) != NULL) {
+    while (!*broken && (res = next_result(conn, f, broken, w)) != NULL) {
         int st = pq.resultStatus(res);
         if (st != PGRES_COMMAND_OK && st != PGRES_COPY_IN) {
             fail(f, pq.resultErrorField(res, PG_DIAG_SQLSTATE), pq.resultErrorMessage(res));
@@ -192,18 +236,19 @@ drain(PGconn *conn, failure *f, int *broken)
 
 /* One COPY of one batch; 0 when committed. */
 static int
-copy_one(PGconn *conn, const char *command, const char *data, Py_ssize_t len, failure *f)
+copy_one(PGconn *conn, const char *command, const char *data, Py_ssize_t len, failure *f,
+         waiter *w)
 {
     int broken = 0;
     if (pq.status(conn) != CONNECTION_OK || pq.transactionStatus(conn) != PQTRANS_IDLE) {
         fail(f, NULL, "the connection is not idle");
         return -1;
     }
-    if (!pq.sendQuery(conn, command) || flush_all(conn, f) < 0) {
+    if (!pq.sendQuery(conn, command) || flush_all(conn, f, w) < 0) {
         fail_conn(f, conn);
         return -1;
     }
-    PGresult *res = next_result(conn, f, &broken);
+    PGresult *res = next_result(conn, f, &broken, w);
     if (res == NULL) {
         if (!broken) {
             fail(f, NULL, "COPY gave no result");
@@ -213,7 +258,7 @@ copy_one(PGconn *conn, const char *command, const char *data, Py_ssize_t len, fa
     if (pq.resultStatus(res) != PGRES_COPY_IN) {
         fail(f, pq.resultErrorField(res, PG_DIAG_SQLSTATE), pq.resultErrorMessage(res));
         pq.clear(res);
-        drain(conn, f, &broken);
+        drain(conn, f, &broken, w);
         return -1;
     }
     pq.clear(res);
@@ -226,7 +271,7 @@ copy_one(PGconn *conn, const char *command, const char *data, Py_ssize_t len, fa
             return -1;
         }
         if (rv == 0) {  /* nonblocking and libpq's buffer is full: send some first */
-            if (wait_socket(conn, POLLOUT) < 0 || pq.flush(conn) < 0) {
+            if (wait_socket(conn, POLLOUT, w) < 0 || pq.flush(conn) < 0) {
                 fail_conn(f, conn);
                 return -1;
             }
@@ -243,15 +288,15 @@ copy_one(PGconn *conn, const char *command, const char *data, Py_ssize_t len, fa
         if (rv > 0) {
             break;
         }
-        if (wait_socket(conn, POLLOUT) < 0 || pq.flush(conn) < 0) {
+        if (wait_socket(conn, POLLOUT, w) < 0 || pq.flush(conn) < 0) {
             fail_conn(f, conn);
             return -1;
         }
     }
-    if (flush_all(conn, f) < 0) {
+    if (flush_all(conn, f, w) < 0) {
         return -1;
     }
-    drain(conn, f, &broken);
+    drain(conn, f, &broken, w);
     return f->message != NULL ? -1 : 0;
 }
 
@@ -329,14 +374,20 @@ copy_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     const char *data = PyBytes_AS_STRING(args[2]);
     Py_ssize_t len = PyBytes_GET_SIZE(args[2]);
     failure f = {{0}, NULL};
-    Py_BEGIN_ALLOW_THREADS
-    copy_one(conn, command, data, len, &f);
+    /* the GIL is let go for the whole COPY, taken back only between slices of a long
+     * wait to run the signal handlers (Ctrl-C while the table is locked) */
+    waiter w = {PyEval_SaveThread(), 0};
+    copy_one(conn, command, data, len, &f, &w);
     if (busy != NULL) {
         busy[0] = 0;
     }
-    Py_END_ALLOW_THREADS
+    PyEval_RestoreThread(w.save);
     if (busy != NULL) {
         PyBuffer_Release(&view);
+    }
+    if (w.interrupted) {  /* the handler's exception, the COPY cancelled and read out */
+        free(f.message);
+        return NULL;
     }
     PyObject *result = failure_value(&f);
     free(f.message);
@@ -420,7 +471,7 @@ copier_main(void *arg)
         c->running = t;
         pthread_mutex_unlock(&c->mu);
         copy_one(t->conn, PyBytes_AS_STRING(t->command), PyBytes_AS_STRING(t->data),
-                 PyBytes_GET_SIZE(t->data), &t->f);
+                 PyBytes_GET_SIZE(t->data), &t->f, NULL);
         pthread_mutex_lock(&c->mu);
         c->running = NULL;
         c->pending--;
@@ -457,8 +508,6 @@ foreign(Copier *c)
     return c->pid != getpid();
 }
 
-/* How long a wait goes without the GIL before looking at signals (seconds). */
-#define WAIT_SLICE 0.05
 
 static double
 now_seconds(void)

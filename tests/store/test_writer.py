@@ -518,3 +518,36 @@ def test_a_store_in_another_state_is_not_a_content_error() -> None:
         sqlite3.ProgrammingError("Cannot operate on a closed database."))
     assert not writer_module._content_error(psycopg.OperationalError("server closed"))
     assert not writer_module._content_error(writer_module._ConnectionUnusable("not idle"))
+
+
+@pytest.mark.postgres
+def test_copy_in_waiting_for_a_lock_honours_signals(pg_url: str, pqcopy: Any) -> None:
+    import signal
+
+    writer = StoreWriter(pg_url, auto_migrate=True)
+    writer.ensure_schema()
+    work = prepared(5)
+    encoded = writer.encode(work)
+    assert encoded is not None
+    conn = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"),
+                           autocommit=True)
+    locker = locked(pg_url)
+
+    def alarm(_signum: int, _frame: Any) -> None:
+        raise _Alarm
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(_Alarm):  # the handler ran while the COPY waited for the lock
+            pqcopy(conn.pgconn.pgconn_ptr, writer_module._COPY_COMMAND, encoded, None)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    locker.rollback()
+    locker.close()
+    assert count(writer) == 0  # the COPY was cancelled, and its connection is usable
+    assert pqcopy(conn.pgconn.pgconn_ptr, writer_module._COPY_COMMAND, encoded, None) is None
+    assert count(writer) == 5
+    conn.close()
+    writer.dispose()
