@@ -32,6 +32,7 @@ class _Chunk:
 
     records: int = 0
     erased: int = 0
+    erased_ids: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     first: tuple[int, str, str] | None = None  # seq, prev_hash, status
     last: tuple[int, str, str] | None = None  # seq, hash, status
@@ -56,6 +57,7 @@ def _verify_range(url: str, key: bytes | None, stream: str, lo: int, hi: int,
             out.last = (walker.prev[1], walker.prev[_HASH], walker.prev_status)
         out.records, out.erased, out.findings = report.records, report.erased, report.findings
         out.deferred = walker.deferred
+        out.erased_ids = report.erased_ids
         return out
     finally:
         engine.dispose()
@@ -107,6 +109,7 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
             chunk = results[i]
             report.records += chunk.records
             report.erased += chunk.erased
+            report.erased_ids.extend(chunk.erased_ids)
             report.findings.extend(chunk.findings)
             if chunk.first is None or chunk.last is None:
                 continue

@@ -91,6 +91,8 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     #: what does not fail the verification (``unsigned`` without ``require_signed``)
     warnings: list[Finding] = field(default_factory=list)
+    #: IDs of the erased records the walk met (checked against the erasures after it)
+    erased_ids: list[str] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -123,6 +125,8 @@ class RowSource(Protocol):
 
 
 _HASH, _ID, _PII = 3, 4, 5
+#: SQLite's names of the Python types a malformed ``seq`` can come back as.
+_SQL_TYPES = {str: "text", float: "real", bytes: "blob"}
 
 
 def _tagged(source: RowSource, stream: str | None) -> Iterator[tuple[Any, ...]]:
@@ -160,15 +164,23 @@ class _Walker:
 
     def step(self, row: tuple[Any, ...], source: RowSource) -> None:
         stream, seq, prev_hash = row[0], row[1], row[2]
-        if type(seq) is not int:  # NULL or not an integer: reported by malformed_rows()
+        if type(seq) is not int:
+            if seq is not None:  # NULL: reported with the unchained rows
+                kind = _SQL_TYPES.get(type(seq), type(seq).__name__)
+                self.report.findings.append(Finding(
+                    "malformed", stream if isinstance(stream, str) else None, None,
+                    row[_ID] if isinstance(row[_ID], str) else None,
+                    f"seq is not an integer ({kind})"))
             return
         if stream != self.stream:
             self.stream, self.prev, self.prev_status = stream, None, "ok"
             self.first_seq[stream] = seq
             self.report.streams += 1
         self.report.records += 1
-        if row[_PII] is not None and '"d"' in row[_PII]:
+        pii = row[_PII]
+        if isinstance(pii, str) and '"d"' in pii:
             self.report.erased += 1
+            self.report.erased_ids.append(row[_ID])
         ok = source.content_ok(row, self.key)
         prev = self.prev
         linked: bool | None
@@ -258,7 +270,7 @@ def verify_rows(
     for name, seq, source, row in merged:
         if starts is not None:
             first = starts.get(name)
-            if first is None or type(seq) is not int or seq < first:
+            if first is None or (type(seq) is int and seq < first):
                 continue
         walker.step(row, source)
         done += 1
@@ -414,10 +426,6 @@ def verify_trail(
     for row_id in store.unchained():
         report.findings.append(Finding("inserted", None, None, row_id,
                                        "the record belongs to no chain"))
-    bad_rows = malformed_rows(engine)
-    report.findings.extend(bad_rows)
-    report.findings.extend(check_erasures(engine, archive_dir=archive_dir,
-                                          public_key=public_key, erasures=stored_erasures))
     stored_seals = all_seals(engine)
     report.seals = len(stored_seals)
     found, warned, heads = check_seals(stored_seals, list(seals), public_key=public_key,
@@ -430,8 +438,19 @@ def verify_trail(
     cps = [*all_checkpoints(engine), *checkpoints]
     if workers == 0:
         workers = (os.cpu_count() or 1) if total >= PARALLEL_FROM else 1
-    eligible = archive_dir is None and since is None and stream is None and not bad_rows
-    if workers > 1 and eligible and engine.dialect.name in ("sqlite", "postgresql"):
+    eligible = archive_dir is None and since is None and stream is None
+
+    def finish(done: VerifyReport) -> VerifyReport:
+        # erasures are judged once the walk has met every erased record
+        done.findings.extend(check_erasures(engine, archive_dir=archive_dir,
+                                            public_key=public_key, erasures=stored_erasures,
+                                            erased_ids=done.erased_ids))
+        done.findings.sort(key=_finding_order)
+        return done
+
+    # ranges of integer seqs cannot see a malformed one: such a store gets one walk
+    if (workers > 1 and eligible and engine.dialect.name in ("sqlite", "postgresql")
+            and not malformed_rows(engine)):
         from .parallel import verify_parallel
 
         shared = VerifyReport(findings=list(report.findings), warnings=list(report.warnings),
@@ -448,12 +467,12 @@ def verify_trail(
                                "process", exc)
         else:
             _truncations(shared, by_stream, last_seq)
-            return shared
+            return finish(shared)
     before = (list(report.findings), list(report.warnings))
     try:
-        return verify_rows(sources, key=key, stream=stream, since=since, checkpoints=cps,
-                           public_key=public_key, progress=progress, report=report,
-                           require_signed=require_signed, heads=heads)
+        return finish(verify_rows(sources, key=key, stream=stream, since=since,
+                                  checkpoints=cps, public_key=public_key, progress=progress,
+                                  report=report, require_signed=require_signed, heads=heads))
     except Exception as exc:
         # SQLite's json_array refuses a BLOB: name those rows, then walk without them
         if engine.dialect.name != "sqlite" or "BLOB" not in str(exc):
@@ -462,9 +481,10 @@ def verify_trail(
     store.exclude = tuple(f.record_id for f in blob_rows if f.record_id is not None)
     report.findings, report.warnings = [*before[0], *blob_rows], list(before[1])
     report.records = report.streams = report.erased = report.checkpoints = 0
-    return verify_rows(sources, key=key, stream=stream, since=since, checkpoints=cps,
-                       public_key=public_key, progress=progress, report=report,
-                       require_signed=require_signed, heads=heads)
+    report.erased_ids = []
+    return finish(verify_rows(sources, key=key, stream=stream, since=since, checkpoints=cps,
+                              public_key=public_key, progress=progress, report=report,
+                              require_signed=require_signed, heads=heads))
 
 
 def malformed_rows(engine: Any, *, blobs: bool = False) -> list[Finding]:
