@@ -1,4 +1,5 @@
-"""Tamper evidence: hash chains per writer stream, signed checkpoints, verification.
+"""Tamper evidence: hash chains per writer stream, signed checkpoints and seals, signed
+erasures, verification.
 
 See ``docs/integrity.md`` for the canonical serialisation and the threat model.
 """
@@ -14,6 +15,8 @@ from .checkpoints import (
     latest_checkpoints,
     load_checkpoint_file,
 )
+from .erasures import Erasure, all_erasures, check_erasures
+from .seals import Seal, all_seals, append_seal_file, load_seal_file, seal_all
 from .verify import FINDING_KINDS, Finding, VerifyReport, verify_trail
 
 __all__ = [
@@ -23,14 +26,22 @@ __all__ = [
     "PERSONAL_FIELDS",
     "ChainSealer",
     "Checkpoint",
+    "Erasure",
     "Finding",
+    "Seal",
     "VerifyReport",
+    "all_erasures",
+    "all_seals",
+    "append_seal_file",
     "canonical_json",
     "chain_hash",
+    "check_erasures",
     "create_checkpoints",
     "export_checkpoints",
     "latest_checkpoints",
     "load_checkpoint_file",
+    "load_seal_file",
     "new_stream_name",
+    "seal_all",
     "verify_trail",
 ]
