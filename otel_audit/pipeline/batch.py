@@ -107,9 +107,9 @@ _STORE_DEPTH = 4
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 #: the range of the ``schema_version`` column (INTEGER, 32 bits, on every store)
 _VERSION_RANGE = (-(2**31), 2**31 - 1)
-#: IDs of quarantined records remembered, so a spool segment replayed again after a
-#: transient failure does not quarantine (and count) the same record twice
-_QUARANTINED_IDS = 4096
+#: IDs of refused records remembered, so a spool segment replayed again after a
+#: transient failure does not store (or count) the same record twice
+_DEALT_IDS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +344,8 @@ class BatchPipeline:
         self._replayed = 0
         self._quarantined = 0
         self._restarts = 0
-        self._quarantined_ids: deque[str] = deque(maxlen=_QUARANTINED_IDS)
+        #: IDs of refused records already stored in safe form or quarantined
+        self._dealt_ids: deque[str] = deque(maxlen=_DEALT_IDS)
         #: batches taken off the queue and not yet committed, spooled or accounted for
         #: (raw items until prepared): what shutdown spools when its deadline passes
         self._inflight: dict[int, list[Any]] = {}
@@ -1086,12 +1087,15 @@ class BatchPipeline:
 
     def _poison(self, item: PreparedRecord, error: StoreError, *,
                 replay: bool = False) -> tuple[list[PreparedRecord], StoreError | None]:
-        """One record the store refused: store its safe form, else quarantine it."""
+        """One record the store refused: store its safe form, else quarantine it.
+
+        Every chain position spent on a record that is not stored (the original's, if it
+        was sealed; the safe form's, if refused too) is explained by a quarantined record
+        holding that stream and ``seq``."""
         rid = item.record.id
-        if rid in self._quarantined_ids:  # a segment replayed again: dealt with before
+        if rid in self._dealt_ids:  # a spool segment replayed again: dealt with before
             return [], None
         sealed = item.seq is not None and bool(self.sealers)
-        kept = False
         safe = self._safe_prepared(item, f"refused by the store: {error}")
         if sealed:
             # its chain position is spent: the safe form takes a new one, and the
@@ -1102,21 +1106,37 @@ class BatchPipeline:
             context = dict(safe.record.context or {})
             context[NORMALISATION_KEY] = [*context.get(NORMALISATION_KEY, []), note]
             safe = safe_texts(safe.record._replace(context=context))
-            kept = self._keep_quarantined(item, f"sealed record refused by the store: {error}")
-        failure = self._try_write([safe], replay=replay)
+        attempt = [safe]
+        failure = self._try_write(attempt, replay=replay)  # seals it in place
+        if failure is not None and failure.transient:
+            # the store is away: the safe form waits in the spool (or, live, in the
+            # retry loop) in place of the refused original
+            if self._to_spool(attempt):
+                self._dealt(item, sealed, error)
+                return [], failure if replay else None
+            if replay:  # the segment is replayed again later, this record with it
+                return [item], failure
+            self._dealt(item, sealed, error)
+            return attempt, failure
+        self._dealt(item, sealed, error)
         if failure is None:
             log_internal_error("store_reject", logging.WARNING,
                                "audit store refused record %s; stored in its safe form: %s",
                                rid, error)
             return [], None
-        if failure.transient:
-            return [item], failure
+        if attempt[0].seq is not None:  # the safe form's position is spent too
+            self._keep_quarantined(attempt[0], f"safe form of {rid} refused too: {failure}")
         self._count_failed([item], f"refused by the store, also in its safe form: {failure}",
-                           quarantine=not sealed, kept=int(sealed and kept))
+                           quarantine=not sealed, kept=int(sealed))
         return [], None
 
+    def _dealt(self, item: PreparedRecord, sealed: bool, error: StoreError) -> None:
+        """Remember ``item`` as dealt with; a sealed one is quarantined (its hole)."""
+        self._dealt_ids.append(item.record.id)
+        if sealed:
+            self._keep_quarantined(item, f"sealed record refused by the store: {error}")
+
     def _keep_quarantined(self, item: PreparedRecord, reason: str) -> bool:
-        self._quarantined_ids.append(item.record.id)
         quarantine = self.quarantine
         return quarantine is not None and quarantine.append(item, reason)
 
