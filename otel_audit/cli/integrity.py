@@ -235,6 +235,9 @@ def seal(
         "outside the database; `verify --seals FILE`).")] = None,
     count: Annotated[int | None, typer.Option(
         "--count", min=1, help="With --every: stop after this many seals.")] = None,
+    key: Annotated[str | None, typer.Option(
+        "--key", help="The sealer's Ed25519 private key (file, PEM or hex) "
+        "[default: OTEL_AUDIT_SIGNING_KEY].")] = None,
 ) -> None:
     """Seal the head of every stream: a signed digest chained to this sealer's last one.
 
@@ -250,10 +253,10 @@ def seal(
     sealer = name or default_sealer_name()
     done = 0
     try:
-        key = load_signing_key(config.signing_key)
+        signing = load_signing_key(key or config.signing_key)
         while True:
             started = time.monotonic()
-            made = seal_all(engine, sealer, key)
+            made = seal_all(engine, sealer, signing)
             if export is not None:
                 append_seal_file(made, export)
             done += 1

@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -268,7 +269,14 @@ class PeriodicSeals:
         self._head: tuple[str, int, str] | None = None  # last committed (stream, seq, hash)
         self._sealed: tuple[str, int, str] | None = None
         self._last = time.monotonic()
-        os.register_at_fork(after_in_child=self._after_fork)
+        ref = weakref.ref(self)  # the fork hook must not keep a closed trail's seals alive
+
+        def _after_fork() -> None:
+            seals = ref()
+            if seals is not None:
+                seals._after_fork()
+
+        os.register_at_fork(after_in_child=_after_fork)
 
     def _after_fork(self) -> None:
         # the child is a new writer with its own stream; the parent's heads are not its own

@@ -199,3 +199,34 @@ def test_no_seal_when_the_pipeline_could_not_drain(make_trail: Factory,
     assert all_seals(engine) == []
     trail.seals.close()
     assert [s.seq for s in all_seals(engine)] == [1]
+
+
+def test_an_existing_store_is_migrated_to_seals_and_erasures(sqlite_url: str) -> None:
+    from sqlalchemy import inspect
+
+    from otel_audit.store.migrate import upgrade
+    from otel_audit.store.writer import create_store_engine
+
+    engine = create_store_engine(sqlite_url)
+    try:
+        upgrade(engine, "0002")  # a store of the previous release
+        assert not {"audit_seals", "audit_erasures"} & set(inspect(engine).get_table_names())
+        upgrade(engine)
+        assert {"audit_seals", "audit_erasures"} <= set(inspect(engine).get_table_names())
+        assert seal_all(engine, "after-upgrade").seq == 1
+    finally:
+        engine.dispose()
+
+
+def test_seal_command_takes_its_own_key(make_trail: Factory, engine: Engine, store_url: str,
+                                        tmp_path: Path) -> None:
+    trail = make_trail(hmac_key=KEY, mode="sync", seal_interval=0)
+    write_records(trail, 2)
+    trail.flush()
+    pem, public = generate_signing_key()
+    (tmp_path / "sealer.pem").write_text(pem)
+    result = runner.invoke(app, ["seal", "--db", store_url, "--key",
+                                 str(tmp_path / "sealer.pem")])
+    assert result.exit_code == 0, result.output
+    (seal,) = all_seals(engine)
+    assert seal.signature_ok(load_public_key(public))
