@@ -10,8 +10,8 @@ the personal columns and JSON keys it erased), who erased, when, and the ID of t
 
 :func:`check_erasures` then requires that
 
-* every erased-looking row (a ``pii`` digest or an ``[erased]`` personal value) is
-  listed, with the same digest, by an erasure;
+* every erased row (a digest kept in ``pii``) is listed, with the same digest, by an
+  erasure (one showing ``[erased]`` without a kept digest fails its hash already);
 * an erased row holds the erasure markers and nothing else: no salt, ``[erased]`` (or
   ``NULL``) in every personal column, ``[erased]`` under every personal JSON key;
 * every row an erasure lists is erased, and the ``ERASE`` record it names exists;
