@@ -12,6 +12,7 @@ returns after the commit and raises :class:`~otel_audit.errors.AuditWriteError`
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import datetime as dt
 import enum
 import logging
@@ -489,8 +490,17 @@ class AuditTrail:
         return drained
 
     def stats(self) -> AuditStats:
-        """Counters: enqueued, written, retried, failed, dropped, queue depth."""
-        return self.pipeline.stats()
+        """Counters: enqueued, written, retried, failed, dropped, queue depth.
+
+        ``duplicates`` counts records the store already held (an ``id`` submitted again),
+        which ``written`` does not count.
+        """
+        stats = self.pipeline.stats()
+        noted = getattr(self.chain, "duplicates", None) if self.chain is not None else None
+        if noted is None or not noted.count:
+            return stats
+        return dataclasses.replace(stats, written=stats.written - noted.count,
+                                   duplicates=noted.count)
 
     def records(self, **filters: Any) -> list[AuditRecord]:
         """Return stored records, newest first, after flushing this trail's own writes.

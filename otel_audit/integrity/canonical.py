@@ -55,6 +55,7 @@ __all__ = [
     "plain_chain_hashes",
     "rewrite_json",
     "row_version",
+    "seal_digest",
     "v1_float_spellings",
 ]
 
@@ -419,13 +420,31 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
     ``canonicalise=False`` trusts that JSON texts are already canonical (the sealer's own
     output, SQLite's stored text); readers retry with ``True`` before reporting a change.
     """
+    parts = _payload_parts(row, canonicalise)
+    if parts is None:
+        return INVALID
+    return hash_payload(_plain_bytes(parts), key)
+
+
+def seal_digest(row: Sequence[Any]) -> str | None:
+    """The personal digest a chain row's hash covers (``None``: the row is malformed).
+
+    With the row's ``pii`` keys it stands for the row's personal values in the erased
+    form ``{"k": keys, "d": digest}`` (``docs/integrity.md``).
+    """
+    parts = _payload_parts(row, False)
+    return None if parts is None else str(parts[-1])
+
+
+def _payload_parts(row: Sequence[Any], canonicalise: bool) -> list[Any] | None:
+    """The elements of a chain row's payload, or ``None`` for a row no hash can match."""
     body = list(row[_BODY])
     keys: list[str] | None = None
     erased: str | None = None
     if row[_PII] is not None:
         parsed = pii_info(row[_PII])
         if parsed is None:
-            return INVALID
+            return None
         keys, erased = parsed
     exact = row_version(row) >= EXACT_VERSION
     found: list[Any] = []
@@ -444,7 +463,7 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
                 if text is not None:
                     body[pos] = _v1_json(text)
     except (ValueError, TypeError, RecursionError):
-        return INVALID  # not JSON, a duplicate key (a tampered row): matches no hash
+        return None  # not JSON, a duplicate key (a tampered row): matches no hash
     if erased is not None:
         digest = erased
     else:
@@ -452,7 +471,7 @@ def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = Tr
         digest = personal_digest("" if salt is None else salt, row[_PERSONAL], found,
                                  version=EXACT_VERSION if exact else 1)
     tag = EXACT_FORMAT if exact else FORMAT
-    return hash_payload(_plain_bytes([tag, row[0], row[1], row[2], *body, keys, digest]), key)
+    return [tag, row[0], row[1], row[2], *body, keys, digest]
 
 
 def _exact_body(body: list[Any], keys: list[str] | None, canonicalise: bool,

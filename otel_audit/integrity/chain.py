@@ -86,6 +86,8 @@ class ChainSealer:
         # a text needing the slow path: a number to canonicalise or a personal key
         self._marks = tuple(f'"{key}":' for key in self.personal_keys)
         self._head_lookup = head_lookup
+        #: the hook noting seals the store did not take (set by install_chain)
+        self.duplicates: Any = None
         self._lock = threading.Lock()
         self._reset()
         ref = weakref.ref(self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import operator
 import threading
@@ -14,8 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from .._internal import log_internal_error
 from ..config import AuditConfig
 from ..errors import ConfigError, StoreError
-from ..store.schema import audit_checkpoints, audit_trails
-from ..store.writer import PreparedRecord, StoreWriter
+from ..store.schema import audit_checkpoints, audit_duplicates, audit_trails
+from ..store.writer import PreparedRecord, StoreWriter, store_row
+from .canonical import pii_info, seal_digest
 from .chain import ChainSealer
 from .checkpoints import write_checkpoint
 from .keys import hmac_key_bytes, load_signing_key
@@ -25,11 +28,12 @@ if TYPE_CHECKING:
 
     from ..pipeline.batch import BatchPipeline
 
-__all__ = ["PeriodicCheckpoints", "install_chain", "stored_head"]
+__all__ = ["DuplicateSeals", "PeriodicCheckpoints", "install_chain", "stored_head"]
 
 
 def stored_head(writer: StoreWriter, stream: str) -> tuple[int, str] | None:
-    """The last ``(seq, hash)`` of ``stream`` in the store or its checkpoints (after a prune)."""
+    """The last ``(seq, hash)`` of ``stream`` in the store, its checkpoints (after a prune)
+    or its noted duplicates."""
     writer.ensure_schema()
     t, c = audit_trails.c, audit_checkpoints.c
     best: tuple[int, str] | None = None
@@ -44,10 +48,95 @@ def stored_head(writer: StoreWriter, stream: str) -> tuple[int, str] | None:
                     best = (int(row[0]), str(row[1]))
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the head of stream {stream!r}: {exc}") from exc
+    d = audit_duplicates.c
+    try:  # the head may be a noted duplicate (a table of revision 0005)
+        with writer.engine.connect() as conn:
+            top = select(func.max(d.seq)).where(d.stream == stream).scalar_subquery()
+            row = conn.execute(select(d.seq, d.hash).where(
+                d.stream == stream, d.seq == top).limit(1)).first()
+    except SQLAlchemyError:
+        row = None
+    if row is not None and (best is None or row[0] > best[0]):
+        best = (int(row[0]), str(row[1]))
     return best
 
 
 _STREAM = operator.itemgetter(2)  # PreparedRecord.stream
+_SEQ = operator.itemgetter(3)  # PreparedRecord.seq
+
+
+class DuplicateSeals:
+    """``on_written`` hook: notes the chain positions a committed batch did not fill.
+
+    The store keeps the first record of an ``id`` (``INSERT OR IGNORE``, ``ON CONFLICT
+    DO NOTHING``): a record submitted again — a client's retry, an OTLP body posted
+    again after a lost response, the same record from two trails or after a restart —
+    is sealed, then not inserted, and its position would read as a gap. After each
+    batch this counts the batch's positions in the store (one indexed range count); for
+    each one missing whose ``id`` is stored, it writes the seal to ``audit_duplicates``
+    (the personal digest in erased form, no personal value), where ``verify`` reads it
+    as the stored record at that position. ``count`` is how many it noted.
+    """
+
+    def __init__(self, writer: StoreWriter, sealer: ChainSealer) -> None:
+        self.writer = writer
+        self.sealer = sealer
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: Sequence[PreparedRecord]) -> None:
+        """Find and note the positions of ``batch`` that the store did not take."""
+        stream = self.sealer.stream
+        streams = list(map(_STREAM, batch))
+        if streams.count(stream) != len(batch):
+            batch = [p for p in batch if p.stream == stream and p.seq is not None]
+        if not batch:
+            return
+        seqs: set[int] = set(map(_SEQ, batch))
+        lo, hi = min(seqs), max(seqs)
+        t = audit_trails.c
+        try:
+            with self.writer.engine.connect() as conn:
+                if hi - lo + 1 == len(seqs):  # the usual batch: one run of positions
+                    stored = conn.execute(select(func.count()).where(
+                        t.stream == stream, t.seq.between(lo, hi))).scalar_one()
+                    if stored == len(seqs):
+                        return
+                present = set(conn.execute(select(t.seq).where(
+                    t.stream == stream, t.seq.in_(sorted(seqs)))).scalars())
+            missing = [p for p in batch if p.seq not in present]
+            if missing:
+                self._note(stream, missing)
+        except Exception:  # never fail the write path over it; verify will show the gap
+            log_internal_error("duplicates", logging.WARNING,
+                               "could not note duplicate audit records", exc_info=True)
+
+    def _note(self, stream: str, missing: list[PreparedRecord]) -> None:
+        t, d = audit_trails.c, audit_duplicates.c
+        rows = []
+        with self.writer.engine.begin() as conn:
+            ids = [p.record.id for p in missing]
+            stored_ids = set(conn.execute(select(t.id).where(t.id.in_(ids))).scalars())
+            noted = set(conn.execute(select(d.seq).where(
+                d.stream == stream, d.seq.in_([p.seq for p in missing]))).scalars())
+            now = dt.datetime.now(dt.UTC)
+            for p in missing:
+                if p.record.id not in stored_ids or p.seq in noted:
+                    continue  # not a duplicate (a loss verify reports), or noted already
+                digest = seal_digest(store_row(p))
+                info = pii_info(p.pii) if p.pii is not None else None
+                if digest is None:
+                    continue
+                keys = info[0] if info is not None else None
+                pii = json.dumps({"k": keys, "d": digest} if keys else {"d": digest})
+                rows.append({"stream": stream, "seq": p.seq, "id": p.record.id,
+                             "prev_hash": p.prev_hash, "hash": p.hash,
+                             "schema_version": p.record.schema_version, "pii": pii,
+                             "created_at": now})
+            if rows:
+                conn.execute(audit_duplicates.insert(), rows)
+        with self._lock:
+            self.count += len(rows)
 
 
 class PeriodicCheckpoints:
@@ -97,6 +186,9 @@ def install_chain(config: AuditConfig, writer: StoreWriter, pipeline: BatchPipel
         head_lookup=lambda stream: stored_head(writer, stream),
     )
     pipeline.sealers.append(sealer)
+    duplicates = DuplicateSeals(writer, sealer)
+    pipeline.on_written.append(duplicates)
+    sealer.duplicates = duplicates
     if config.checkpoint_every:
         pipeline.on_written.append(
             PeriodicCheckpoints(writer, sealer, config.checkpoint_every, signing_key))

@@ -25,6 +25,7 @@ from .canonical import (
     EXACT_VERSION,
     FORMAT,
     HASHED_FIELDS,
+    PERSONAL_FIELDS,
     chain_hash,
     hash_payload,
     v1_float_spellings,
@@ -40,6 +41,39 @@ _JSON = ("old_values", "new_values", "changes", "context")
 #: The payload's format tag of a row, chosen by its schema_version (canonical.row_version).
 _FORMAT_SQL = (f"CASE WHEN schema_version >= {EXACT_VERSION} THEN '{EXACT_FORMAT}' "
                f"ELSE '{FORMAT}' END")
+
+def _duplicate_column(name: str) -> str:
+    if name in ("stream", "seq", "prev_hash", "hash", "pii", "schema_version"):
+        return f'd."{name}"'
+    if name in PERSONAL_FIELDS or name == "pii_salt":
+        return f'CAST(NULL AS TEXT) AS "{name}"'  # the digest stands for them (erased form)
+    return f't."{name}"'
+
+
+#: ``audit_duplicates`` as chain rows: the stored record with the noted seal's position,
+#: hashes, schema_version and erased-form ``pii`` (see integrity.install.DuplicateSeals).
+_DUPLICATES = ("(SELECT " + ", ".join(_duplicate_column(n) for n in CHAIN_ROW_COLUMNS)
+               + " FROM audit_duplicates d JOIN audit_trails t ON t.id = d.id) AS audit_trails")
+
+
+def _with_duplicates(rows: Iterator[tuple[Any, ...]],
+                     duplicates: dict[str, list[tuple[Any, ...]]]) -> Iterator[tuple[Any, ...]]:
+    """``rows`` with the duplicate rows of each stream put in ``seq`` order; a stream's
+    rows stay together whatever order the database sorts stream names in."""
+    current: str | None = None
+    pending: list[tuple[Any, ...]] = []
+    for row in rows:
+        if row[0] != current:
+            yield from pending
+            current = row[0]
+            pending = duplicates.pop(row[0], [])
+        while pending and pending[0][1] < row[1]:
+            yield pending.pop(0)
+        yield row
+    yield from pending
+    for rest in duplicates.values():
+        yield from rest
+
 
 #: Every source row starts with these, then the source's own columns.
 HEADER = ("stream", "seq", "prev_hash", "hash", "id", "pii")
@@ -180,6 +214,25 @@ class StoreSource:
             cols = chain_row_select(self.dialect)
         sql = (f"SELECT {_HEADER_SQL}, {cols} FROM audit_trails {where} "
                "ORDER BY stream, seq")
+        duplicates = self._duplicate_rows(f"SELECT {_HEADER_SQL}, {cols} FROM "
+                                          f"{_DUPLICATES} {where}", params)
+        rows = self._stored_rows(sql, params)
+        yield from _with_duplicates(rows, duplicates) if duplicates else rows
+
+    def _duplicate_rows(self, sql: str, params: list[Any]) -> dict[str, list[tuple[Any, ...]]]:
+        """Rows of ``audit_duplicates`` as chain rows of the stored record they repeat,
+        by stream, in ``seq`` order (none where the table is empty or absent)."""
+        try:
+            if not self._all("SELECT 1 FROM audit_duplicates LIMIT 1", []):
+                return {}
+        except Exception:  # a store on a revision before 0005: no duplicates noted
+            return {}
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for row in sorted(self._all(sql, params), key=lambda r: r[1]):
+            out.setdefault(row[0], []).append(row)
+        return out
+
+    def _stored_rows(self, sql: str, params: list[Any]) -> Iterator[tuple[Any, ...]]:
         raw = self.engine.raw_connection()
         try:
             if self.dialect == "postgresql":
