@@ -11,6 +11,14 @@ Printed, never asserted (the test-suite asserts the zeros; this reports the figu
      locked; a new process replays its journal;
    * ``sigkill-async``: the same in ``async`` mode — what the queue held is lost, what
      was already spooled or committed is not;
+   * ``poison``: one record in 50 holds a value that once stopped the worker, and the
+     store refuses one record in 500 for its content as it was sealed (its safe form
+     goes in): stored, failed, worker restarts, the chain positions verify reports
+     missing and whether the quarantine holds a record for each, and the drain time
+     next to a clean run's;
+   * ``shutdown-locked`` (SQLite, and PostgreSQL with ``--pg``): ``shutdown(2)`` with
+     the table locked by another session: how long it took, what went to the spool and
+     what the next trail replayed;
 2. per-call cost of ``record()`` in ``durable`` mode with each ``fsync`` policy versus
    ``async`` (median microseconds, same run, alternating rounds; 4 threads for
    ``batch``'s group commit);
@@ -23,6 +31,7 @@ Usage: ``python benchmarks/reliability.py [--pg postgresql://...] [--quick]``
 from __future__ import annotations
 
 import argparse
+import decimal
 import os
 import signal
 import sqlite3
@@ -38,6 +47,10 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from otel_audit import AuditTrail
+from otel_audit.errors import StoreError
+from otel_audit.integrity.verify import verify_trail
+from otel_audit.pipeline.segments import read_frames
+from otel_audit.pipeline.spool import decode_record
 from otel_audit.store.schema import audit_trails
 
 _CHILD = r"""
@@ -130,6 +143,101 @@ def sqlite_locked(tmp: Path, each: int) -> None:
     trail.shutdown(10)
     _report("sqlite-locked", ids, url,
             f" spooled={stats.spooled} drain_after_unlock={drain:.2f}s")
+
+
+class _Odd:
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth value")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+_POISON: list[dict[str, object]] = [
+    {"context": {True: 1}}, {"context": {"n": 10**5000}},
+    {"context": {"s": {decimal.Decimal("NaN"), 1}}},
+    {"success": _Odd()}, {"service_name": "a\ud800b"}, {"new_values": [_Odd()]},
+]
+
+
+def _drain_time(trail: AuditTrail, n: int, poison: bool) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        extra = _POISON[i // 50 % len(_POISON)] if poison and i % 50 == 0 else {}
+        action = "POISON" if poison and i % 500 == 275 else "BENCH"
+        trail.record(action, user_id="u", resource_id=str(i), **extra)  # type: ignore[arg-type]
+    trail.flush(120)
+    return time.perf_counter() - start
+
+
+def poison(tmp: Path, n: int) -> None:
+    clean = AuditTrail(f"sqlite:///{tmp}/clean.db", auto_migrate=True,
+                       spool_dir=str(tmp / "clean" / "spool"))
+    base = _drain_time(clean, n, poison=False)
+    clean.shutdown(10)
+    trail = AuditTrail(f"sqlite:///{tmp}/poison.db", auto_migrate=True,
+                       spool_dir=str(tmp / "poison" / "spool"))
+    write = trail.writer.write
+
+    def refusing(batch: list, **kwargs: object) -> None:  # type: ignore[type-arg]
+        if any(p.record.action == "POISON" and not p.record.context for p in batch):
+            raise StoreError("refused for its content", transient=False)
+        write(batch, **kwargs)  # type: ignore[arg-type]
+
+    trail.writer.write = refusing  # type: ignore[method-assign]
+    took = _drain_time(trail, n, poison=True)
+    trail.record("LAST", user_id="u")  # a successor for the last refused position
+    trail.flush(60)
+    s = trail.stats()
+    report = verify_trail(trail.writer.engine)
+    missing: set[int] = set()
+    for finding in report.findings:
+        first, _, last = finding.detail.split()[1].partition("..")
+        missing.update(range(int(first), int(last or first) + 1))
+    quarantine = Path(trail.pipeline.quarantine.directory)  # type: ignore[union-attr]
+    kept: set[int] = set()
+    for segment in quarantine.glob("*.seg"):
+        fd = os.open(segment, os.O_RDONLY)
+        kept.update(decode_record(frame).seq or 0 for frame in read_frames(fd))
+        os.close(fd)
+    trail.shutdown(10)
+    print(f"{'poison':<16} submitted={s.enqueued:>7} stored={s.written:>7} "
+          f"failed={s.failed} restarts={s.worker_restarts} missing_positions={len(missing)} "
+          f"all_in_quarantine={missing <= kept} other_findings="
+          f"{sum(f.kind != 'deleted' for f in report.findings)} drain={took:.2f}s "
+          f"(clean run {base:.2f}s, {took / base:.2f}x)")
+
+
+def shutdown_locked(tmp: Path, url: str, name: str) -> None:
+    spool = str(tmp / f"{name}-shutdown" / "spool")
+    trail = AuditTrail(url, auto_migrate=True, flush_interval=0.01, spool_dir=spool)
+    trail.record("WARM", user_id="u")
+    trail.flush(30)
+    if url.startswith("sqlite"):
+        holder: object = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0,
+                                         isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # type: ignore[attr-defined]
+    else:
+        import psycopg
+
+        holder = psycopg.connect(str(make_url(url).set(drivername="postgresql")))
+        holder.execute("LOCK TABLE audit_trails IN ACCESS EXCLUSIVE MODE")  # type: ignore[attr-defined]
+    for i in range(2000):
+        trail.record("HELD", user_id="u", resource_id=str(i))
+    trail.flush(0.2)
+    start = time.perf_counter()
+    trail.pipeline.shutdown(2)
+    took = time.perf_counter() - start
+    spooled = trail.stats().spooled
+    holder.rollback()  # type: ignore[attr-defined]
+    holder.close()  # type: ignore[attr-defined]
+    trail.shutdown(10)
+    later = AuditTrail(url, auto_migrate=True, spool_dir=spool)
+    later.flush(60)
+    replayed = later.stats().replayed
+    later.shutdown(10)
+    print(f"{'shutdown-locked':<16} {name:<10} shutdown(2) returned in {took:.2f}s "
+          f"spooled={spooled} replayed_by_next_trail={replayed}")
 
 
 def pg_outage(tmp: Path, pg: str, each: int) -> None:
@@ -265,6 +373,18 @@ def burst_memory(tmp: Path, n: int) -> None:
           f"dropped={dropped} spool={spool_bytes / 2**20:.0f} MiB")
 
 
+def _bench_database(pg: str, suffix: str) -> str:
+    """URL of an empty database for one scenario (created anew)."""
+    url = make_url(pg).set(drivername="postgresql+psycopg")
+    name = f"otel_audit_bench_{suffix}_{os.getpid()}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pg", help="PostgreSQL admin URL for the outage scenario")
@@ -284,6 +404,11 @@ def main() -> None:
             print("pg-outage        skipped (no --pg / OTEL_AUDIT_TEST_POSTGRES_URL)")
         sigkill(tmp, "durable", 200 if args.quick else 2000)
         sigkill(tmp, "async", 200 if args.quick else 2000)
+        poison(tmp, 5000 if args.quick else 50_000)
+        shutdown_locked(tmp, f"sqlite:///{tmp}/shutdown.db", "sqlite")
+        if pg:
+            bench = _bench_database(pg, "shutdown")
+            shutdown_locked(tmp, bench, "postgresql")
         print("== per-call cost of durable vs async")
         durable_cost(tmp, calls, rounds)
         print("== memory")
