@@ -61,9 +61,10 @@ def demo(
     chosen = output_format(fmt)
     if fresh:
         _remove_sqlite_store(url)
+    shown = normalise_database_url(url).render_as_string(hide_password=True)
     existing = _existing_records(url)
     if existing:
-        err_console().print(f"{url} already holds {existing:,} records: adding {records:,} "
+        err_console().print(f"{shown} already holds {existing:,} records: adding {records:,} "
                             "more (--fresh starts from an empty file)", highlight=False)
     trail = AuditTrail(url, service_name="demo-gateway", auto_migrate=True)
     with Progress(TextColumn("[bold]writing audit records"), BarColumn(), MofNCompleteColumn(),
@@ -121,7 +122,9 @@ def _summary(url: str, planned: int, written: int, lost: int, fmt: str) -> None:
     # the sentence goes to stderr when piped, so stdout stays CSV/JSON
     (console() if fmt == "table" else err_console()).print(
         f"\nwrote [bold]{written}[/] of {planned} records ({lost} not written); the trail "
-        f"now holds [bold]{total}[/] records in {url}\n", highlight=False)
+        f"now holds [bold]{total}[/] records in "
+        f"{normalise_database_url(url).render_as_string(hide_password=True)}\n",
+        highlight=False)
     print_rows([Column("action", whole=True), Column("outcome", whole=True),
                 Column("records", justify="right", whole=True)],
                [(action, "success" if success else "failure", count)
