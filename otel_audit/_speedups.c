@@ -1207,12 +1207,28 @@ copy_plain(PyObject *v, int depth, PyObject *atoms, PyTypeObject *enum_meta)
         return NULL;
     }
     if (PyDict_CheckExact(v)) {
+        /* the common case, a flat dict of atoms: PyDict_Copy clones its table whole */
+        Py_ssize_t pos = 0;
+        PyObject *key, *item;
+        int flat = 1;
+        while (flat && PyDict_Next(v, &pos, &key, &item)) {
+            if (!PyUnicode_CheckExact(key)) {
+                return NULL;
+            }
+            int atom = snapshot_atom(item, atoms, enum_meta);
+            if (atom < 0) {
+                return NULL;
+            }
+            flat = atom;
+        }
+        if (flat) {
+            return PyDict_Copy(v);
+        }
         PyObject *out = PyDict_New();
         if (out == NULL) {
             return NULL;
         }
-        Py_ssize_t pos = 0;
-        PyObject *key, *item;
+        pos = 0;
         while (PyDict_Next(v, &pos, &key, &item)) {
             if (!PyUnicode_CheckExact(key)) {
                 Py_DECREF(out);
@@ -1332,6 +1348,16 @@ snapshot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out;
     if (!changed) {
         out = Py_NewRef(record);
+    }
+    else if (Py_REFCNT(record) == 1) {
+        /* only the call holds it (build_record passes the tuple it has just made):
+         * nobody can see it change, so the copies go in place of the originals */
+        out = Py_NewRef(record);
+        for (int j = 0; j < 4; j++) {
+            if (copies[j] != NULL) {
+                Py_SETREF(((PyTupleObject *)out)->ob_item[json_pos[j]], Py_NewRef(copies[j]));
+            }
+        }
     }
     else {
         out = type->tp_alloc(type, R_FIELDS);

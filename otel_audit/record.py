@@ -959,6 +959,10 @@ SNAPSHOT_ATOMS: frozenset[type] = frozenset({
 })
 _STR_KEYS = frozenset({str})
 _COLUMN_POS = tuple((name, _FIELD_POS[name]) for name in (*COLUMN_LIMITS, *TEXT_FIELDS))
+_JSON_SET = frozenset(pos for _, pos in _JSON_POS)
+#: every field but the JSON ones, in one C-level pass
+_NOT_JSON = operator.itemgetter(*(pos for pos in range(len(AuditRecord._fields))
+                                  if pos not in _JSON_SET))
 
 
 def _snapshot_atom(value: object) -> bool:
@@ -1019,7 +1023,7 @@ def _snapshot(record: AuditRecord) -> AuditRecord:
     changes: dict[str, Any] = {}
     for name, pos in _JSON_POS:
         value = record[pos]
-        if _snapshot_atom(value):
+        if type(value) in SNAPSHOT_ATOMS or _snapshot_atom(value):
             continue
         try:
             copied = _copy_plain(value, 0)
@@ -1027,6 +1031,14 @@ def _snapshot(record: AuditRecord) -> AuditRecord:
             copied = _json_safe(value, notes, name, 0, set())
         if copied is not value:
             changes[name] = copied
+    if (not notes.items and SNAPSHOT_ATOMS.issuperset(map(type, _NOT_JSON(record)))
+            and type(record[_TIMESTAMP]) is dt.datetime):  # the common record: done
+        if not changes:
+            return record
+        values = list(record)
+        for name, copied in changes.items():
+            values[_FIELD_POS[name]] = copied
+        return tuple.__new__(type(record), values)
     for name, pos in _COLUMN_POS:
         value = record[pos]
         if not _snapshot_atom(value):
