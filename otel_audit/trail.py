@@ -61,6 +61,12 @@ except ImportError:  # pragma: no cover - depends on the build
         return fallback(record)
 
 
+def _storable_name(name: str) -> str:
+    """``name`` with NUL characters and lone surrogates as U+FFFD (stores refuse both)."""
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch
+                   for ch in name)
+
+
 def _link_to_current_span(record_id: str) -> None:
     """Point the current recording span at an audit row: an ``audit`` event with its ID.
 
@@ -132,6 +138,13 @@ class AuditTrail:
                 **settings,
             }
         )
+        storable = _storable_name(self.config.service_name)
+        if storable != self.config.service_name:
+            # the stream name and every record carry it: the store must take it
+            log_internal_error("service_name", logging.WARNING,
+                               "audit service name holds NUL or lone surrogates; "
+                               "using %r", storable)
+            self.config = dataclasses.replace(self.config, service_name=storable)
         self.policy = policy if policy is not None else AuditPolicy()
         self.enabled = self.config.enabled
         self.service_name = self.config.service_name
@@ -200,6 +213,9 @@ class AuditTrail:
 
         ``trace_id``/``span_id`` override the current span (ingest of records made
         elsewhere); otherwise the current span context is captured, sampled or not.
+        The record is a snapshot of this call (:func:`otel_audit.record.snapshot`): its
+        dicts and lists are copies, so later changes to the caller's objects never
+        reach it.
         """
         return self._build(
             action, user_id, resource_type, resource_id, resource_name, user_email, team_id,

@@ -375,3 +375,16 @@ def test_the_issues_values_are_stored_and_the_writer_keeps_going(make_trail: Fac
     assert stored["bad-schema"].schema_version == SCHEMA_VERSION
     kinds = {n["kind"] for n in stored["bad-schema"].context[NORMALISATION_KEY]}
     assert kinds == {"invalid"}
+
+
+def test_a_trail_service_name_the_store_refuses_is_cleaned(
+        make_trail: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    trail = make_trail(service_name="svc\ud800\x00")
+    assert trail.service_name == "svc\ufffd\ufffd"
+    trail.record("READ", user_id="u")
+    assert trail.flush(10)
+    [stored] = trail.records()
+    assert stored.service_name == "svc\ufffd\ufffd"
+    assert trail.stats().failed == 0
+    # the stream name is made of it too: sealing went through
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
