@@ -34,7 +34,7 @@ ATTACKS = [
     # the issue's three
     "EXPLAIN ANALYZE COPY (SELECT 'x') TO '{store}'",
     "SELECT * FROM read_text('/etc/passwd')",
-    "EXPLAIN ANALYZE CALL postgres_execute('live', 'DELETE FROM audit_trails')",
+    "EXPLAIN ANALYZE CALL postgres_execute('live', 'COMMIT; DELETE FROM audit_trails')",
     # writing files
     "COPY (SELECT 'x') TO '{out}'",
     "COPY audit_trails TO '{out}' (FORMAT csv)",
@@ -88,14 +88,16 @@ ATTACKS = [
     "CREATE MACRO m() AS TABLE SELECT 1; SELECT * FROM m()",
     # the scanners' own SQL, however it is wrapped
     "SELECT * FROM postgres_query('live', 'DELETE FROM audit_trails RETURNING 1')",
-    "WITH x AS (SELECT * FROM postgres_execute('live', 'DELETE FROM audit_trails')) "
+    "WITH x AS (SELECT * FROM postgres_execute('live', 'COMMIT; DELETE FROM audit_trails')) "
     "SELECT * FROM x",
+    "SELECT * FROM postgres_execute('live', 'COMMIT; DELETE FROM audit_trails')",
     "WITH x AS (SELECT * FROM postgres_query('live', 'COMMIT; DELETE FROM audit_trails; "
     "SELECT 1')) SELECT * FROM x",
     "SELECT (SELECT count(*) FROM postgres_query('live', 'SELECT 1')) AS n",
     "SELECT * FROM audit_trails WHERE id IN (SELECT * FROM postgres_query('live', "
     "'DELETE FROM audit_trails RETURNING id'))",
-    "SELECT * FROM audit_trails, LATERAL (SELECT * FROM postgres_execute('live', 'SELECT 1'))",
+    "SELECT * FROM audit_trails, LATERAL (SELECT * FROM postgres_execute('live', "
+    "'COMMIT; DELETE FROM audit_trails'))",
     "EXPLAIN ANALYZE SELECT * FROM postgres_query('live', 'DELETE FROM audit_trails "
     "RETURNING 1')",
     "SELECT * FROM postgres_scan('postgresql://localhost/postgres', 'public', 'x')",
