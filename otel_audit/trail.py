@@ -503,6 +503,9 @@ class AuditTrail:
         self._closed = True
         drained = self.pipeline.shutdown(timeout)
         self.seals.close(drained)  # the final seal names only what was committed
+        noted = getattr(self.chain, "duplicates", None) if self.chain is not None else None
+        if noted is not None:
+            noted.close()  # the duplicate check's own connection
         return drained
 
     def stats(self) -> AuditStats:

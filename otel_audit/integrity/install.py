@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import operator
+import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from .._internal import log_internal_error
 from ..config import AuditConfig
@@ -63,6 +66,21 @@ def stored_head(writer: StoreWriter, stream: str) -> tuple[int, str] | None:
 
 _STREAM = operator.itemgetter(2)  # PreparedRecord.stream
 _SEQ = operator.itemgetter(3)  # PreparedRecord.seq
+_COUNT_SQL = "SELECT COUNT(*) FROM audit_trails WHERE stream = ? AND seq BETWEEN ? AND ?"
+_SEQS_SQL = "SELECT seq FROM audit_trails WHERE stream = ? AND seq BETWEEN ? AND ?"
+
+
+def _param_style(dialect: str, sql: str) -> str:
+    return sql if dialect == "sqlite" else sql.replace("?", "%s")
+
+
+def _fetch(raw: Any, sql: str, params: list[Any]) -> list[Any]:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 class DuplicateSeals:
@@ -83,6 +101,8 @@ class DuplicateSeals:
         self.sealer = sealer
         self.count = 0
         self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
 
     def __call__(self, batch: Sequence[PreparedRecord]) -> None:
         """Find and note the positions of ``batch`` that the store did not take."""
@@ -94,22 +114,46 @@ class DuplicateSeals:
             return
         seqs: set[int] = set(map(_SEQ, batch))
         lo, hi = min(seqs), max(seqs)
-        t = audit_trails.c
         try:
-            with self.writer.engine.connect() as conn:
-                if hi - lo + 1 == len(seqs):  # the usual batch: one run of positions
-                    stored = conn.execute(select(func.count()).where(
-                        t.stream == stream, t.seq.between(lo, hi))).scalar_one()
-                    if stored == len(seqs):
-                        return
-                present = set(conn.execute(select(t.seq).where(
-                    t.stream == stream, t.seq.in_(sorted(seqs)))).scalars())
+            if hi - lo + 1 == len(seqs):  # the usual batch: one run of positions
+                stored = self._query(_COUNT_SQL, [stream, lo, hi])[0][0]
+                if stored == len(seqs):
+                    return
+            present = {row[0] for row in self._query(_SEQS_SQL, [stream, lo, hi])}
             missing = [p for p in batch if p.seq not in present]
             if missing:
                 self._note(stream, missing)
         except Exception:  # never fail the write path over it; verify will show the gap
+            self.close()
             log_internal_error("duplicates", logging.WARNING,
                                "could not note duplicate audit records", exc_info=True)
+
+    def _query(self, sql: str, params: list[Any]) -> list[Any]:
+        """Run one read on this hook's own driver connection (kept open: a pool checkout
+        and PostgreSQL's reset on return cost more than the count itself)."""
+        engine = self.writer.engine
+        if isinstance(engine.pool, StaticPool):  # one shared in-memory connection
+            raw = engine.raw_connection()
+            try:
+                return _fetch(raw, _param_style(engine.dialect.name, sql), params)
+            finally:
+                raw.close()
+        if self._conn is None or self._pid != os.getpid():
+            raw = engine.raw_connection()
+            dbapi = raw.dbapi_connection
+            if engine.dialect.name == "postgresql":
+                raw.rollback()
+                dbapi.autocommit = True  # type: ignore[union-attr]
+            raw.detach()  # its own connection, out of the pool (closed by close())
+            self._conn, self._pid = dbapi, os.getpid()
+        return _fetch(self._conn, _param_style(engine.dialect.name, sql), params)
+
+    def close(self) -> None:
+        """Close the hook's connection (a new one is opened when needed)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _note(self, stream: str, missing: list[PreparedRecord]) -> None:
         t, d = audit_trails.c, audit_duplicates.c
