@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TextIO
 
 from rich import box
@@ -49,10 +50,17 @@ def output_format(fmt: str | None, allowed: Sequence[str] = ("table", "csv", "js
 
 
 def plain(value: Any) -> Any:
-    """A cell as CSV/JSON carry it: ISO 8601 for times, ``None`` stays ``None``."""
+    """A cell as JSON carries it: ISO 8601 for times, ``None`` stays ``None``."""
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     return value
+
+
+def _csv_value(value: Any) -> Any:
+    """A cell as CSV carries it: lists and objects as JSON text, not Python's repr."""
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return plain(value)
 
 
 def print_rows(
@@ -80,8 +88,9 @@ def print_rows(
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([c.name for c in cols])
-        writer.writerows([plain(v) for v in row] for row in rows)
+        writer.writerows([_csv_value(v) for v in row] for row in rows)
         return
+    cols = [_right_if_numeric(c, [row[i] for row in rows]) for i, c in enumerate(cols)]
     cells = [[_cell(v) for v in row] for row in rows]
     styles = [row_style(row) if row_style else None for row in rows]
     out_console = console()
@@ -107,7 +116,18 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(plain(value))
+    if isinstance(value, dt.datetime) and value.utcoffset() in (None, dt.timedelta(0)):
+        return value.strftime("%Y-%m-%d %H:%M:%S")  # UTC to the second: CSV/JSON keep all
+    return str(_csv_value(value))
+
+
+def _right_if_numeric(column: Column, values: Sequence[Any]) -> Column:
+    present = [v for v in values if v is not None]
+    numeric = present and all(isinstance(v, int | float | Decimal) and not isinstance(v, bool)
+                              for v in present)
+    if numeric and column.justify == "left":
+        return Column(column.name, column.header, whole=True, justify="right")
+    return column
 
 
 #: Narrowest a wrapping column may get before the table is printed record by record.

@@ -302,3 +302,22 @@ def test_postgres_store_errors_are_one_line(pg_url: str) -> None:
     empty = runner.invoke(app, ["verify", "--db", url.render_as_string(hide_password=False)])
     assert empty.exit_code == 2, empty.output
     assert "holds no audit trail (no audit_trails table" in empty.stderr
+
+
+def test_lists_are_json_in_csv_and_numbers_align_right_in_tables(filled: str) -> None:
+    sql = ("SELECT user_id, count(*) AS n, list(resource_id ORDER BY resource_id) AS ids, "
+           "max(timestamp) AS last FROM audit_trails GROUP BY user_id ORDER BY user_id")
+    piped = runner.invoke(app, ["query", sql, "--db", filled])
+    rows = list(csv.DictReader(io.StringIO(piped.stdout)))
+    assert json.loads(rows[0]["ids"]) == ["t-0", "t-2", "t-4"]
+    assert rows[0]["last"] == "2026-06-01T16:00:00+00:00"  # CSV keeps full ISO 8601
+    table = runner.invoke(app, ["query", sql, "--db", filled, "-f", "table"],
+                          env={"COLUMNS": "120"})
+    assert "2026-06-01 16:00:00" in table.stdout  # UTC to the second for a person
+    sizes = ("SELECT resource_id, CAST(json_extract_string(context, '$.rows') AS INTEGER) "
+             "AS n FROM audit_trails ORDER BY resource_id")
+    aligned = runner.invoke(app, ["query", sizes, "--db", filled, "-f", "table"])
+    ends = {line.rstrip().rindex(n) + len(n)
+            for line in aligned.stdout.splitlines() if line.lstrip().startswith("t-")
+            for n in [line.split()[-1]]}
+    assert len(ends) == 1  # 7 and 5007 end in the same column
