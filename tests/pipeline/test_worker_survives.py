@@ -321,3 +321,37 @@ def test_an_error_while_a_batch_is_prepared_keeps_every_record_of_it(
     assert (stats.written, stats.failed, stats.worker_restarts) == (25, 0, 1)
     assert _count(trail, "GOOD") == 20
     assert verify_trail(trail.writer.engine).ok  # sealed by the store stage instead
+
+
+def test_a_sealed_record_the_store_refuses_never_blocks_the_spool(
+        make_trail: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a spool written by a trail whose guard did not exist: one record sealed with a
+    # schema_version no store column holds (SQLite: OverflowError; PostgreSQL: 22003)
+    spool_dir = tmp_path / "state" / "spool"
+    first = make_trail(spool_dir=str(spool_dir))
+    first.writer.ensure_schema()
+    monkeypatch.setattr(first.pipeline, "_guard", lambda prepared: None)
+
+    def down(batch: Sequence[PreparedRecord], **kwargs: Any) -> None:
+        raise StoreError("the store is down")
+
+    first.writer.write = down  # type: ignore[method-assign]
+    _good(first, 5, "BEFORE")
+    bad = AuditRecord(id=uuid.uuid4().hex, timestamp=dt.datetime.now(dt.UTC),
+                      action="VERSION", user_id="u", schema_version=2**70)
+    first.pipeline.submit(PreparedRecord(bad, dict.fromkeys(("old_values", "new_values",
+                                                             "changes", "context"))))
+    _good(first, 5, "AFTER")
+    assert not first.flush(0.5)
+    first.shutdown(1)
+    assert first.stats().spooled == 11
+    second = make_trail(spool_dir=str(spool_dir))
+    assert second.flush(10)
+    stats = second.stats()
+    assert stats.spool_records == 0 and stats.failed == 0
+    assert _count(second, "BEFORE") == 5 and _count(second, "AFTER") == 5
+    stored = _stored(second, bad.id)  # in its safe form, at a new position
+    assert any(n["kind"] == "resealed" for n in _notes(stored))
+    [kept] = [decode_record(json.dumps(doc).encode()) for doc in _quarantined(spool_dir)]
+    assert kept.record.id == bad.id and kept.seq is not None
+    assert _missing(verify_trail(second.writer.engine)) == {kept.seq}
