@@ -19,6 +19,7 @@ Two independent locks, so that neither alone has to be perfect:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -59,7 +60,8 @@ def lock_down(con: duckdb.DuckDBPyConnection, *, readable: Sequence[Path],
     archives); ``spill_dir`` is where DuckDB may spill large sorts and joins (a private
     directory: spilled pages hold audit data). Nothing can be unlocked afterwards.
     """
-    allowed = [str(path.resolve()).rstrip("/") + "/" for path in readable]
+    # a trailing separator, so that /var/archive does not also allow /var/archive-old
+    allowed = [os.path.join(path.resolve(), "") for path in readable]
     settings: list[tuple[str, Any]] = [
         ("allowed_directories", allowed),
         ("temp_directory", str(spill_dir)),
@@ -126,9 +128,10 @@ def _parse(con: duckdb.DuckDBPyConnection, query: str) -> list[Any]:
 def _check_tree(con: duckdb.DuckDBPyConnection, select: str) -> None:
     """Refuse ``select`` if its syntax tree calls a table function off the allow-list."""
     row = con.execute("SELECT json_serialize_sql(?)", [select]).fetchone()
-    tree = json.loads(row[0]) if row else {"error": True}
-    if tree.get("error"):
-        message = tree.get("error_message") or "it cannot be parsed as a SELECT"
+    tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
+    statements = tree.get("statements")
+    if tree.get("error") or not isinstance(statements, list) or len(statements) != 1:
+        message = tree.get("error_message") or "it is not exactly one SELECT"
         raise QueryRefusedError(f"the query cannot be checked as a plain read: {message}")
     refused = sorted({name for name in _table_functions(tree)
                       if name not in READABLE_TABLE_FUNCTIONS})
