@@ -138,7 +138,8 @@ def _needed_width(cols: Sequence[Column], cells: Sequence[Sequence[str]]) -> int
     """Width of the table with every whole column unwrapped (box edges and padding too)."""
     width = 0
     for i, c in enumerate(cols):
-        longest = max([len(c.header or c.name), *(len(row[i]) for row in cells)])
+        longest = max([len(c.header or c.name),
+                       *(len(line) for row in cells for line in row[i].splitlines())])
         width += longest if c.whole else min(longest, _MIN_WRAPPED)
     return width + 3 * max(len(cols) - 1, 0) + 2
 

@@ -138,14 +138,20 @@ def _param_text(report: Report, sep: str) -> str:
 
 
 def _list_reports(fmt: str) -> None:
-    table = fmt == "table"  # cells of a table may hold several lines; CSV/JSON get "; "
-    sep = "\n" if table else "; "
+    caption = "otel-audit report NAME --help shows one report's parameters"
+    if fmt != "table":
+        print_rows(["name", "description", "parameters", "controls"],
+                   [(r.name, r.description, _param_text(r, "; "), "; ".join(r.controls))
+                    for r in list_reports()], fmt=fmt)
+        return
+    # on a terminal the parameters go under the description: one column fewer leaves the
+    # description room to read at 80 columns
     print_rows([Column("name", whole=True), Column("description"),
-                Column("parameters"), Column("controls")],
-               [(r.name, r.description, _param_text(r, sep), sep.join(r.controls))
-                for r in list_reports()],
-               fmt=fmt, title="compliance reports",
-               caption="otel-audit report NAME --help shows one report's parameters")
+                Column("controls", whole=True)],
+               [(r.name, r.description + "".join(f"\nparam {p}"
+                                                 for p in _param_text(r, "\n").splitlines()),
+                 "\n".join(r.controls)) for r in list_reports()],
+               fmt=fmt, title="compliance reports", caption=caption)
 
 
 def _report_help(report: Report) -> None:
