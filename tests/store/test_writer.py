@@ -551,3 +551,17 @@ def test_copy_in_waiting_for_a_lock_honours_signals(pg_url: str, pqcopy: Any) ->
     assert count(writer) == 5
     conn.close()
     writer.dispose()
+
+
+def test_the_generic_path_tells_content_errors_apart(sqlite_url: str) -> None:
+    writer = StoreWriter(sqlite_url, auto_migrate=True)
+    writer.ensure_schema()
+    writer.dialect = "generic"  # the path of any other SQLAlchemy dialect
+    bad = prepared(1)[0]
+    bad = bad._replace(record=bad.record._replace(schema_version=2**70))
+    with pytest.raises(StoreError) as refused:
+        writer.write([bad])
+    assert not refused.value.transient
+    writer.write(prepared(2))
+    assert count(writer) == 2
+    writer.dispose()
