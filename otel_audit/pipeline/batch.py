@@ -1344,6 +1344,9 @@ class BatchPipeline:
                 if (isinstance(exc, KeyboardInterrupt | SystemExit)
                         and threading.current_thread() is threading.main_thread()):
                     raise  # a sync write on the main thread: the caller's to handle
+                with self._state_lock:
+                    self._restarts += 1
+                self.metrics.worker_restarted()
                 log_internal_error("on_written", logging.ERROR,
                                    "audit post-write hook %r failed", hook, exc_info=True)
 

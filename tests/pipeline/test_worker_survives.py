@@ -172,6 +172,7 @@ def test_post_write_hooks_failing_lose_and_duplicate_nothing(make_trail: Factory
     assert trail.flush(10)
     assert trail.stats().written == 30 and _count(trail) == 30
     assert trail.stats().spooled == 0  # a committed batch is never written again
+    assert trail.stats().worker_restarts == 2  # each failure counted once
 
 
 def test_a_value_normalisation_cannot_handle_is_stored_in_its_safe_form(
