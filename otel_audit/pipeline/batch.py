@@ -11,7 +11,13 @@ fork), with differences that matter for an audit trail:
   the overflow policy (``block``, ``drop_newest``, ``drop_oldest``) apply — counted,
   logged at ERROR, exported as a metric;
 * ``durable`` mode journals each record on the caller's thread (:mod:`.journal`)
-  before it is queued.
+  before it is queued;
+* no value and no failure stops it: the worker and store threads catch anything,
+  count it (``worker_restarts``) and account for the records they held; a record the
+  store refuses for its content is isolated by halving its batch, then stored in its
+  safe form or quarantined (:mod:`.quarantine`), live and on spool replay alike;
+* :meth:`BatchPipeline.shutdown` keeps its deadline whatever the store does: what is
+  still in flight then goes to the spool and the statement is cancelled.
 
 Work on the caller's thread in ``async`` mode (:meth:`BatchPipeline.submit`) is an
 ``append`` and a length check. Redaction, normalisation and chaining happen on the
