@@ -136,10 +136,11 @@ def _check_tree(con: duckdb.DuckDBPyConnection, select: str) -> None:
     refused = sorted({name for name in _table_functions(tree)
                       if name not in READABLE_TABLE_FUNCTIONS})
     if refused:
+        which = (f"table function {refused[0]} is" if len(refused) == 1
+                 else f"table functions {', '.join(refused)} are")
         raise QueryRefusedError(
-            f"table function(s) {', '.join(refused)} are not allowed in analytics: only "
-            "the trail, its Parquet archives and DuckDB's generators and metadata "
-            "functions can be read")
+            f"{which} not allowed in analytics: only the trail, its Parquet archives and "
+            "DuckDB's generators and metadata functions can be read")
 
 
 def _table_functions(node: Any) -> Iterator[str]:

@@ -233,6 +233,17 @@ def test_explain_of_a_select_runs(target: Target, query: str, kind: str) -> None
     assert "SCAN" in plans[kind].upper()
 
 
+def test_refusals_name_what_is_refused(target: Target) -> None:
+    with pytest.raises(QueryRefusedError, match=r"^table function postgres_query is not"):
+        target.analytics.sql("SELECT * FROM postgres_query('live', 'SELECT 1')")
+    with pytest.raises(QueryRefusedError, match=r"^table functions query, read_text are not"):
+        target.analytics.sql("SELECT * FROM query('SELECT 1'), read_text('x')")
+    with pytest.raises(QueryRefusedError, match="COPY statements are not allowed"):
+        target.analytics.sql("COPY audit_trails TO 'x.csv'")
+    with pytest.raises(QueryRefusedError, match="exactly one statement per query, got 2"):
+        target.analytics.sql("SELECT 1; SELECT 2")
+
+
 def test_explain_options_are_refused_not_guessed(target: Target) -> None:
     with pytest.raises(QueryRefusedError, match=r"EXPLAIN \[ANALYZE\] is allowed only of"):
         target.analytics.sql("EXPLAIN (FORMAT json) SELECT 1")
