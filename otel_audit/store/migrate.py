@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["VERSION_TABLE", "current_revision", "head_revision", "upgrade"]
 
@@ -34,8 +34,10 @@ class _QuietMigrations(logging.Filter):
     """Drops Alembic's INFO/DEBUG lines while *our* migrations run in this context.
 
     An application whose root logger is at INFO would otherwise get a dozen Alembic lines
-    through its own handlers each time a trail starts. A context variable (not a logger
-    level) so that the application's own Alembic runs, on other threads, keep their logs.
+    through its own handlers each time a trail starts (and seven more when Alembic is
+    first imported: its plugins announce themselves, which is why Alembic is imported
+    lazily, inside :func:`_quiet`). A context variable (not a logger level) so that the
+    application's own Alembic runs, on other threads, keep their logs.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -57,6 +59,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _config() -> Config:
+    with _quiet():
+        from alembic.config import Config
     config = Config()
     config.set_main_option("script_location", str(_SCRIPTS))
     return config
@@ -64,6 +68,8 @@ def _config() -> Config:
 
 def head_revision() -> str:
     """Return the newest revision shipped with this release."""
+    with _quiet():
+        from alembic.script import ScriptDirectory
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
@@ -72,6 +78,8 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     """Return the revision the database at ``engine`` is at (``None``: no schema)."""
     with _quiet(), engine.connect() as conn:
+        from alembic.runtime.migration import MigrationContext
+
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return ctx.get_current_revision()
 
@@ -82,5 +90,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         return
     config = _config()
     with _quiet(), engine.begin() as conn:
+        from alembic import command
+
         config.attributes["connection"] = conn
         command.upgrade(config, revision)

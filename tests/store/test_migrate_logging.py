@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from alembic.runtime.migration import MigrationContext
@@ -31,3 +34,22 @@ def test_starting_a_trail_logs_no_alembic_lines_at_info(
         MigrationContext.configure(conn)
     engine.dispose()
     assert any(r.levelno == logging.INFO for r in _alembic(caplog))
+
+
+def test_a_fresh_process_gets_no_alembic_lines_either(tmp_path: Path) -> None:
+    """Also Alembic's import-time plugin lines: the first trail of a process imports it."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout,\n"
+        "                    format='%(name)s|%(message)s')\n"
+        "import otel_audit\n"
+        f"trail = otel_audit.AuditTrail('sqlite:///{tmp_path}/a.db', auto_migrate=True,"
+        " mode='sync')\n"
+        "trail.record('LOGIN', user_id='ann')\n"
+        "trail.shutdown()\n"
+        "logging.getLogger('app').info('still logging')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "app|still logging" in done.stdout
+    assert "alembic" not in done.stdout + done.stderr
