@@ -18,6 +18,7 @@ import getpass
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -80,8 +81,10 @@ class AuditAnalytics:
         # replacement scans off from the start: a name DuckDB does not know must never
         # resolve to a variable of the caller's (or this library's) Python frames
         self.con = duckdb.connect(":memory:", config={"python_enable_replacements": False})
-        # spilled pages hold audit data: a private directory, removed by close()
+        # spilled pages hold audit data: a private directory, removed by close() (or when
+        # this object is collected without one)
         self._spill_dir = Path(tempfile.mkdtemp(prefix="otel-audit-analytics-"))
+        self._remove_spill_dir = weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
         try:
             # UTC everywhere: SQLite stores naive UTC text, and reports bucket by UTC day/hour
             self.con.execute("SET TimeZone = 'UTC'")
@@ -96,7 +99,7 @@ class AuditAnalytics:
             self.refresh()
         except BaseException:
             self.con.close()
-            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._remove_spill_dir()
             raise
 
     def __repr__(self) -> str:
@@ -202,7 +205,7 @@ class AuditAnalytics:
             self._trail.shutdown()
             self._trail = None
         self.con.close()
-        shutil.rmtree(self._spill_dir, ignore_errors=True)
+        self._remove_spill_dir()
 
     def __enter__(self) -> AuditAnalytics:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -297,14 +298,19 @@ def test_spilled_pages_go_to_a_private_directory_removed_on_close(sqlite_url: st
 # ------------------------------------------------------- a store without the table
 
 
-def test_store_without_the_table_is_a_clear_error(tmp_path: Path) -> None:
+def test_store_without_the_table_is_a_clear_error(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "empty.db"
     sqlite3.connect(path).execute("CREATE TABLE other (x)").connection.close()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     with pytest.raises(QueryError) as missing:
         AuditAnalytics(f"sqlite:///{path}")
     message = str(missing.value)
     assert message == f"no audit_trails table in sqlite:///{path}: run otel-audit migrate"
     assert "Python" not in message and "Did you mean" not in message
+    assert list(temp.iterdir()) == []  # the failed construction left no spill directory
 
 
 @pytest.fixture
