@@ -318,3 +318,17 @@ def test_concatenated_gzip_members_are_all_stored(client: httpx.Client,
                     headers=PROTOBUF_GZIP)
     assert r.status_code == 400
     assert "trailing" in _status(r).message
+
+
+def test_bodies_up_to_the_limit_are_accepted_compressed_or_not(
+        make_app: Callable[..., IngestApp], ingest_trail: AuditTrail) -> None:
+    raw = protobuf_body(log_request(audit_logs(50)), compress=False)
+    with running(make_app(max_body_bytes=len(raw))) as c:  # the limit, to the byte
+        plain = c.post("/v1/logs", content=raw,
+                       headers={"content-type": "application/x-protobuf"})
+        assert plain.status_code == 200, plain.content
+        packed = c.post("/v1/logs", content=gzip.compress(raw), headers=PROTOBUF_GZIP)
+        assert packed.status_code == 200, packed.content
+        over = c.post("/v1/logs", content=gzip.compress(raw + b"\x00"), headers=PROTOBUF_GZIP)
+        assert over.status_code == 413
+    assert len(ingest_trail.records()) == 50
