@@ -101,7 +101,8 @@ def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], entry: LogEntry
         log = entry.log
         record_id = stable_record_id(log.time_unix_nano or log.observed_time_unix_nano,
                                      entry.digest)
-    if record.trace_id is None:  # build_record made up a correlation ID; keep it stable too
+    if trace_ids(entry.log)[0] is None:  # build_record made up a correlation ID; keep it
+        # stable too
         return record._replace(id=record_id, correlation_id=record_id)
     return record._replace(id=record_id)
 
