@@ -356,3 +356,43 @@ def test_a_sealed_record_the_store_refuses_never_blocks_the_spool(
     [kept] = [decode_record(json.dumps(doc).encode()) for doc in _quarantined(spool_dir)]
     assert kept.record.id == bad.id and kept.seq is not None
     assert _missing(verify_trail(second.writer.engine)) == {kept.seq}
+
+
+@pytest.mark.postgres
+def test_a_batch_the_copier_sends_keeps_its_good_records_around_a_refused_one(
+        pg_url: str, pqcopy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = AuditTrail(pg_url, flush_interval=0.01, spool_dir=str(tmp_path / "spool"))
+    try:
+        assert trail.writer.sends_ahead()
+        monkeypatch.setattr(trail.pipeline, "_guard", lambda prepared: None)
+        refused: list[StoreError] = []
+        landed = trail.writer.landed
+
+        def watched(batch: Sequence[PreparedRecord], ahead: Any) -> bool:
+            try:
+                return landed(batch, ahead)
+            except StoreError as exc:
+                refused.append(exc)
+                raise
+
+        trail.writer.landed = watched  # type: ignore[method-assign]
+        _good(trail, 10, "BEFORE")
+        assert trail.flush(10)
+        bad = AuditRecord(id=uuid.uuid4().hex, timestamp=dt.datetime.now(dt.UTC),
+                          action="VERSION", user_id="u", schema_version=2**40)
+        for i in range(30):  # one batch, sealed and sent to the copier: 22003 from the server
+            if i == 15:
+                trail.pipeline.submit(PreparedRecord(bad, dict.fromkeys(
+                    ("old_values", "new_values", "changes", "context"))))
+            trail.record("BATCH", user_id="u", new_values={"i": i})
+        assert trail.flush(10)
+        _good(trail, 10, "AFTER")
+        assert trail.flush(10)
+        stats = trail.stats()
+        assert (stats.written, stats.failed, stats.worker_restarts) == (51, 0, 0)
+        assert _count(trail, "BATCH") == 30 and _count(trail, "AFTER") == 10
+        assert any(n["kind"] == "resealed" for n in _notes(_stored(trail, bad.id)))
+        assert [e.transient for e in refused] == [False]  # the copier's batch, refused
+        assert not trail.writer._copier.halted  # it took batches again afterwards
+    finally:
+        trail.shutdown(5)
