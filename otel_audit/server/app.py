@@ -20,10 +20,11 @@ code  when                                                                  the 
       too many requests in flight, shutting down, or an unexpected error   ``Retry-After``
 ====  ====================================================================  ==============
 
-Every 4xx is counted and logged at ERROR with the peer's address (rate-limited to one
-line per kind a minute), so a sender that is losing batches cannot go unnoticed; an
-empty bearer token (``Authorization: Bearer ``, what a Collector sends when its
-``OTEL_AUDIT_SERVER_TOKEN`` is unset) gets its own hint. The body is read, under
+Every 4xx (and a POST to any other path: 404) is counted and logged at ERROR with the
+peer's address (rate-limited to one line per kind a minute), so a sender that is
+losing batches cannot go unnoticed; an empty bearer token (``Authorization: Bearer ``,
+what a Collector sends when its ``OTEL_AUDIT_SERVER_TOKEN`` is unset) gets its own
+hint. The body is read, under
 ``body_timeout``, before the request takes one of the ``max_inflight`` slots, so slow
 or stalled clients never starve the writers; decompression, parsing, conversion and
 the store write run on a worker thread, so ``/healthz`` answers while a large body is
@@ -45,7 +46,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -177,6 +178,7 @@ class IngestApp:
                 Route("/healthz", self._healthz, methods=["GET"]),
             ],
             lifespan=self._lifespan,
+            exception_handlers={404: self._not_found},
         )
 
     @property
@@ -214,6 +216,15 @@ class IngestApp:
                 "max_body_bytes": self.max_body_bytes, "body_timeout": self.body_timeout,
                 **self.stats.as_dict()}
         return JSONResponse(body, status_code=status)
+
+    async def _not_found(self, request: Request, _exc: Exception) -> Response:
+        if request.method == "POST":  # a sender pointed at the wrong path loses its data
+            self.stats.add(client_errors=1)
+            self._log("refused_404", logging.ERROR,
+                      "OTLP ingest: refused a POST to %s from %s with 404 (audit log records "
+                      "go to /v1/logs); the sender drops the batch", request.url.path,
+                      _peer(request))
+        return PlainTextResponse("Not Found", status_code=404)
 
     async def _logs(self, request: Request) -> Response:
         self.stats.add(requests=1)

@@ -246,3 +246,15 @@ def test_json_error_bodies_for_json_requests(client: httpx.Client) -> None:
                     headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert json.loads(r.content)["code"] == 3
+
+
+def test_a_post_to_another_path_is_logged(make_app: Callable[..., IngestApp],
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    with running(make_app()) as client, caplog.at_level(logging.ERROR, "otel_audit"):
+        assert client.get("/favicon.ico").status_code == 404  # a probe: not logged
+        for _ in range(2):  # e.g. a Collector sending traces, or a path typo
+            assert client.post("/v1/traces", content=b"x").status_code == 404
+        assert client.get("/healthz").json()["client_errors"] == 2
+    lines = [rec.getMessage() for rec in caplog.records if "404" in rec.getMessage()]
+    assert len(lines) == 1
+    assert "/v1/traces" in lines[0] and "127.0.0.1:" in lines[0]
