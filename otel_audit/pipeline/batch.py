@@ -1124,7 +1124,7 @@ class BatchPipeline:
                 return [item], failure
             self._dealt(item, sealed, error)
             return attempt, failure
-        self._dealt(item, sealed, error)
+        kept = self._dealt(item, sealed, error)
         if failure is None:
             log_internal_error("store_reject", logging.WARNING,
                                "audit store refused record %s; stored in its safe form: %s",
@@ -1133,14 +1133,15 @@ class BatchPipeline:
         if attempt[0].seq is not None:  # the safe form's position is spent too
             self._keep_quarantined(attempt[0], f"safe form of {rid} refused too: {failure}")
         self._count_failed([item], f"refused by the store, also in its safe form: {failure}",
-                           quarantine=not sealed, kept=int(sealed))
+                           quarantine=not sealed, kept=int(kept))
         return [], None
 
-    def _dealt(self, item: PreparedRecord, sealed: bool, error: StoreError) -> None:
-        """Remember ``item`` as dealt with; a sealed one is quarantined (its hole)."""
+    def _dealt(self, item: PreparedRecord, sealed: bool, error: StoreError) -> bool:
+        """Remember ``item`` as dealt with; a sealed one is quarantined (its hole).
+        Returns whether it was quarantined."""
         self._dealt_ids.append(item.record.id)
-        if sealed:
-            self._keep_quarantined(item, f"sealed record refused by the store: {error}")
+        return sealed and self._keep_quarantined(
+            item, f"sealed record refused by the store: {error}")
 
     def _keep_quarantined(self, item: PreparedRecord, reason: str) -> bool:
         quarantine = self.quarantine
