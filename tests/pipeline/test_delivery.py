@@ -263,6 +263,13 @@ def test_metrics_on_the_otel_audit_meter(tmp_path: Path) -> None:
     metrics.get_meter = provider.get_meter  # type: ignore[assignment]
     try:
         trail = AuditTrail(f"sqlite:///{tmp_path}/a.db", flush_interval=0.01)
+        failures = iter([RuntimeError("a hook bug")])
+
+        def hook(_batch: object) -> None:
+            for exc in failures:  # fails once, on the first batch
+                raise exc
+
+        trail.pipeline.on_written.append(hook)
         for _ in range(3):
             trail.record("A", user_id="u")
         assert trail.flush(10)
@@ -278,6 +285,7 @@ def test_metrics_on_the_otel_audit_meter(tmp_path: Path) -> None:
     assert {"otel_audit.records.written", "otel_audit.export.duration",
             "otel_audit.queue.depth"} <= set(found)
     assert sum(p.value for p in found["otel_audit.records.written"].data.data_points) == 3
+    assert sum(p.value for p in found["otel_audit.worker.restarts"].data.data_points) == 1
     trail.shutdown(1)
     provider.shutdown()
 
