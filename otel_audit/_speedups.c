@@ -1187,6 +1187,9 @@ snapshot_atom(PyObject *v, PyObject *atoms, PyTypeObject *enum_meta)
     if (PyType_IsSubtype(Py_TYPE((PyObject *)t), enum_meta)) {
         return 1;
     }
+    if (Py_TYPE((PyObject *)t) != &PyType_Type) {
+        return 0;  /* a metaclass's __hash__ would run Python code: the fallback decides */
+    }
     return PySet_Contains(atoms, (PyObject *)t);  /* 1, 0 or -1 */
 }
 

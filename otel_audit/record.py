@@ -967,9 +967,20 @@ _NOT_JSON = operator.itemgetter(*(pos for pos in range(len(AuditRecord._fields))
 
 def _snapshot_atom(value: object) -> bool:
     kind = type(value)
-    # issubclass on the types: isinstance() would ask the value for its __class__
-    return (kind in SNAPSHOT_ATOMS or issubclass(kind, str)
-            or issubclass(type(kind), enum.EnumType))
+    try:
+        # issubclass on the types: isinstance() would ask the value for its __class__
+        return (kind in SNAPSHOT_ATOMS or issubclass(kind, str)
+                or issubclass(type(kind), enum.EnumType))
+    except Exception:  # a metaclass whose __hash__ or __eq__ raises
+        return False
+
+
+def _all_atoms(values: Any) -> bool:
+    """Whether every value's type is one of SNAPSHOT_ATOMS (one C-level pass)."""
+    try:
+        return SNAPSHOT_ATOMS.issuperset(map(type, values))
+    except Exception:  # a metaclass whose __hash__ or __eq__ raises
+        return False
 
 
 def _copy_plain(value: Any, depth: int) -> Any:
@@ -980,8 +991,7 @@ def _copy_plain(value: Any, depth: int) -> Any:
         if depth >= _MAX_DEPTH:
             raise _NotPlain
         out = dict(value)  # one C call: another thread cannot change it half-way
-        if _STR_KEYS.issuperset(map(type, out)) and SNAPSHOT_ATOMS.issuperset(
-                map(type, out.values())):
+        if _STR_KEYS.issuperset(map(type, out)) and _all_atoms(out.values()):
             return out  # flat: the copy is the snapshot
         for key, item in out.items():
             if type(key) is not str:
@@ -1014,8 +1024,8 @@ def snapshot(record: AuditRecord) -> AuditRecord:
     """
     try:
         return _snapshot(record)
-    except Exception:  # every conversion is total; only a bug lands here
-        return _salvage(record)[0]
+    except Exception:  # every conversion is total; only a bug lands here, and then the
+        return record  # record goes as it is (normalise on the worker still takes it)
 
 
 def _snapshot(record: AuditRecord) -> AuditRecord:
@@ -1023,15 +1033,15 @@ def _snapshot(record: AuditRecord) -> AuditRecord:
     changes: dict[str, Any] = {}
     for name, pos in _JSON_POS:
         value = record[pos]
-        if type(value) in SNAPSHOT_ATOMS or _snapshot_atom(value):
+        if _snapshot_atom(value):
             continue
         try:
             copied = _copy_plain(value, 0)
-        except (_NotPlain, RecursionError):
+        except Exception:  # _NotPlain, RecursionError: converted now
             copied = _json_safe(value, notes, name, 0, set())
         if copied is not value:
             changes[name] = copied
-    if (not notes.items and SNAPSHOT_ATOMS.issuperset(map(type, _NOT_JSON(record)))
+    if (not notes.items and _all_atoms(_NOT_JSON(record))
             and type(record[_TIMESTAMP]) is dt.datetime):  # the common record: done
         if not changes:
             return record
