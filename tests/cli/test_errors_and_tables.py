@@ -321,3 +321,20 @@ def test_lists_are_json_in_csv_and_numbers_align_right_in_tables(filled: str) ->
             for line in aligned.stdout.splitlines() if line.lstrip().startswith("t-")
             for n in [line.split()[-1]]}
     assert len(ends) == 1  # 7 and 5007 end in the same column
+
+
+def test_verify_findings_are_csv_when_piped_and_exit_1(filled: str) -> None:
+    import sqlite3
+
+    path = filled.removeprefix("sqlite:///")
+    con = sqlite3.connect(path)
+    con.execute("UPDATE audit_trails SET user_id = 'mallory' WHERE resource_id = 't-2'")
+    con.commit()
+    con.close()
+    result = runner.invoke(app, ["verify", "--db", filled])
+    assert result.exit_code == 1, result.output  # 1: findings, not an error
+    table = "".join(line for line in result.stdout.splitlines(keepends=True)
+                    if not line.startswith("FAILED"))  # the summary line follows the CSV
+    findings = list(csv.DictReader(io.StringIO(table)))
+    assert findings and {f["kind"] for f in findings} >= {"modified"}
+    assert findings[0]["stream"] and findings[0]["record"]  # whole IDs, not a Rich box
