@@ -277,8 +277,12 @@ class AuditTrail:
             user_email = user_email if user_email is not None else req.user_email
             team_id = team_id if team_id is not None else req.team_id
             acting_as = acting_as if acting_as is not None else req.acting_as
-            if req.extra and (context is None or isinstance(context, dict)):
-                context = {**req.extra, **(context or {})}  # request notes, caller wins
+            if req.extra and (context is None or issubclass(type(context), dict)):
+                try:
+                    merged = {**req.extra, **(context or {})}  # request notes, caller wins
+                except Exception:  # a dict subclass whose keys() raises: kept as it is
+                    merged = context
+                context = merged
         if apply_policy:
             policy = self.policy
             try:
@@ -292,7 +296,7 @@ class AuditTrail:
                     )
             except Exception:  # unhashable or odd values: the snapshot and normaliser note them
                 pass
-        if requires_review.__class__ is not bool:  # a non-bool is converted and noted
+        if type(requires_review) is not bool:  # a non-bool is converted and noted
             requires_review = False if requires_review is None else requires_review
         # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
         # call with 28 defaults, measurable on the caller's hot path. Then the snapshot:

@@ -388,3 +388,31 @@ def test_a_trail_service_name_the_store_refuses_is_cleaned(
     assert trail.stats().failed == 0
     # the stream name is made of it too: sealing went through
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_values_whose_own_code_raises_never_lose_the_record(trail: AuditTrail) -> None:
+    class NoClass:
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:
+            raise RuntimeError("class")
+
+        def __bool__(self) -> bool:
+            raise RuntimeError("bool")
+
+    class BadDict(dict):  # type: ignore[type-arg]
+        def keys(self) -> Any:
+            raise RuntimeError("keys")
+
+        def __len__(self) -> int:
+            raise RuntimeError("len")
+
+    with otel_audit.request_scope(RequestContext(user_id="u", extra={"route": "/x"})):
+        first = trail.record("UPDATE", requires_review=NoClass(), success=NoClass(),  # type: ignore[arg-type]
+                             context=BadDict(a=1))
+        second = trail.record("UPDATE", context=NoClass(), apply_policy=False)
+    assert first is not None and second is not None
+    assert trail.flush(10)
+    assert trail.stats().written == 2
+    stored = {r.id: r for r in trail.records()}
+    assert (stored[first.id].requires_review, stored[first.id].success) == (True, False)
+    assert stored[second.id].context["value"] == "<unrepresentable NoClass>"
