@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditAnalytics"]
 
+
 class AuditAnalytics:
     """DuckDB over one audit trail, read-only.
 
