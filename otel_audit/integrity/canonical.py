@@ -262,16 +262,28 @@ def _no_constant(name: str) -> Any:
 _MARKED = re.compile(r'"\\u0000([-0-9.]+)"')
 
 
-def _parse_exact(text: str, *, marked: bool, strict: bool = False) -> Any:
+#: Where an integer token ``-0`` may be: the only integer whose spelling is not canonical.
+_NEGATIVE_ZERO_INT = re.compile(r"(?:^|[\[:,\s])-0(?![0-9.eE])")
+
+
+def _parse_exact(text: str, *, marked: bool, strict: bool = False,
+                 unique_keys: bool = False) -> Any:
     """Parse a stored JSON text for format 2: numbers as their canonical text (``strict``:
-    a number written in any other spelling is refused), duplicate keys refused."""
+    a number written in any other spelling is refused), duplicate keys refused (unless
+    the caller knows the text cannot hold any: ``unique_keys``, PostgreSQL ``JSONB``).
+
+    Integers are exact as Python ints and written back as they were, so they are left
+    to the parser's own C code unless the text may hold a ``-0``.
+    """
     hook = _HOOKS[marked, strict]
-    return json.loads(text, parse_int=hook, parse_float=hook, parse_constant=_no_constant,
-                      object_pairs_hook=_unique_keys)
+    int_hook = hook if _NEGATIVE_ZERO_INT.search(text) else None
+    return json.loads(text, parse_int=int_hook, parse_float=hook,
+                      parse_constant=_no_constant,
+                      object_pairs_hook=None if unique_keys else _unique_keys)
 
 
 def _unmark(text: str) -> str:
-    return _MARKED.sub(r"\1", text)
+    return _MARKED.sub(r"\1", text) if "\\u0000" in text else text
 
 
 def _encode_exact(value: Any) -> str:
@@ -296,11 +308,13 @@ def _encode_exact(value: Any) -> str:
     raise TypeError(type(value).__name__)
 
 
-def _exact_text(text: str, *, strict: bool = False) -> str:
+def _exact_text(text: str, *, strict: bool = False, unique_keys: bool = False) -> str:
     """Canonical JSON (format 2) of one stored JSON text."""
     if "\\u0000" in text:
-        return _encode_exact(_parse_exact(text, marked=False, strict=strict))
-    return _unmark(_dumps(_parse_exact(text, marked=True, strict=strict)))
+        return _encode_exact(_parse_exact(text, marked=False, strict=strict,
+                                          unique_keys=unique_keys))
+    return _unmark(_dumps(_parse_exact(text, marked=True, strict=strict,
+                                       unique_keys=unique_keys)))
 
 
 def canonical_stored_json(text: str) -> str:
@@ -413,14 +427,17 @@ def personal_json_values(texts: Sequence[str | None], keys: Sequence[str], *,
     return found
 
 
-def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = True) -> str:
+def chain_hash(row: Sequence[Any], key: bytes | None, *, canonicalise: bool = True,
+               unique_keys: bool = False) -> str:
     """Return the hash of one chain row (``CHAIN_ROW_COLUMNS`` order; ``hash`` is ignored).
 
     The row's ``schema_version`` chooses the rules (:func:`row_version`).
     ``canonicalise=False`` trusts that JSON texts are already canonical (the sealer's own
     output, SQLite's stored text); readers retry with ``True`` before reporting a change.
+    ``unique_keys`` skips the duplicate-key check for texts that cannot hold one (what
+    PostgreSQL's ``JSONB`` returns).
     """
-    parts = _payload_parts(row, canonicalise)
+    parts = _payload_parts(row, canonicalise, unique_keys)
     if parts is None:
         return INVALID
     return hash_payload(_plain_bytes(parts), key)
@@ -432,11 +449,12 @@ def seal_digest(row: Sequence[Any]) -> str | None:
     With the row's ``pii`` keys it stands for the row's personal values in the erased
     form ``{"k": keys, "d": digest}`` (``docs/integrity.md``).
     """
-    parts = _payload_parts(row, False)
+    parts = _payload_parts(row, False, False)
     return None if parts is None else str(parts[-1])
 
 
-def _payload_parts(row: Sequence[Any], canonicalise: bool) -> list[Any] | None:
+def _payload_parts(row: Sequence[Any], canonicalise: bool,
+                   unique_keys: bool) -> list[Any] | None:
     """The elements of a chain row's payload, or ``None`` for a row no hash can match."""
     body = list(row[_BODY])
     keys: list[str] | None = None
@@ -450,7 +468,7 @@ def _payload_parts(row: Sequence[Any], canonicalise: bool) -> list[Any] | None:
     found: list[Any] = []
     try:
         if exact:
-            _exact_body(body, keys, canonicalise, found)
+            _exact_body(body, keys, canonicalise, found, unique_keys)
         elif keys:
             frozen = frozenset(keys)
             for pos in _JSON_POS:
@@ -475,7 +493,7 @@ def _payload_parts(row: Sequence[Any], canonicalise: bool) -> list[Any] | None:
 
 
 def _exact_body(body: list[Any], keys: list[str] | None, canonicalise: bool,
-                found: list[Any]) -> None:
+                found: list[Any], unique_keys: bool = False) -> None:
     """Format 2: JSON texts of ``body`` in canonical form, personal values masked (into
     ``found``, as _Number objects for numbers)."""
     if keys:
@@ -485,15 +503,15 @@ def _exact_body(body: list[Any], keys: list[str] | None, canonicalise: bool,
             if text is not None:
                 if not isinstance(text, str):
                     raise TypeError(type(text).__name__)
-                body[pos] = _encode_exact(_mask(_parse_exact(text, marked=False,
-                                                             strict=True), frozen, found))
+                body[pos] = _encode_exact(_mask(_parse_exact(
+                    text, marked=False, strict=True, unique_keys=unique_keys), frozen, found))
     elif canonicalise:
         for pos in _JSON_POS:
             text = body[pos]
             if text is not None:
                 if not isinstance(text, str):
                     raise TypeError(type(text).__name__)
-                body[pos] = _exact_text(text, strict=True)
+                body[pos] = _exact_text(text, strict=True, unique_keys=unique_keys)
 
 
 def plain_chain_hashes(

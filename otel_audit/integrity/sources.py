@@ -120,6 +120,7 @@ class StoreSource:
         self.dialect = engine.dialect.name
         #: IDs of rows the walk skips (malformed rows ``verify`` reports on their own)
         self.exclude: tuple[str, ...] = ()
+        self._jsonb_columns: bool | None = None
 
     def _placeholder(self) -> str:
         return "?" if self.dialect == "sqlite" else "%s"
@@ -185,7 +186,19 @@ class StoreSource:
             # a format-1 number the pre-0004 schema stored as an INTEGER (0 for 0.0)
             return any(chain_hash(v, key, canonicalise=True) == row[3]
                        for v in v1_float_spellings(full))
-        return chain_hash(row[len(HEADER):], key, canonicalise=True) == str(row[3])
+        return chain_hash(row[len(HEADER):], key, canonicalise=True,
+                          unique_keys=self._jsonb()) == str(row[3])
+
+    def _jsonb(self) -> bool:
+        """Whether every JSON column is PostgreSQL ``JSONB`` (which cannot hold a duplicate
+        key, so the verifier need not look for one); asked once."""
+        if self._jsonb_columns is None:
+            found = self._scalar(
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = "
+                "'audit_trails' AND table_schema = current_schema() AND data_type = 'jsonb' "
+                "AND column_name IN ('old_values', 'new_values', 'changes', 'context')", [])
+            self._jsonb_columns = found == len(_JSON)
+        return self._jsonb_columns
 
     def stream_ranges(self) -> list[tuple[str, int, int, int]]:
         """``(stream, first seq, last seq, rows)`` of every stream."""

@@ -179,6 +179,26 @@ def test_postgres_jsonb_keeps_the_hashed_value_of_a_duplicate_key(pg_url: str) -
         engine.dispose()
 
 
+@pytest.mark.postgres
+def test_postgres_json_column_holding_a_duplicate_key_is_reported(pg_url: str) -> None:
+    """Only JSONB cannot hold a duplicate key: a column changed to ``json`` can, and the
+    verifier then looks for one again."""
+    trail = AuditTrail(pg_url, hmac_key=KEY, mode="sync")
+    rid = _one(trail, {"rows": 12})
+    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        execute(engine, "ALTER TABLE audit_trails ALTER COLUMN new_values TYPE json")
+        assert verify(engine).ok
+        execute(engine, "UPDATE audit_trails SET new_values = CAST(:v AS json) WHERE id = :id",
+                v='{"rows":99999,"rows":12}', id=rid)
+        assert [(f.kind, f.record_id) for f in verify(engine).findings] == [("modified", rid)]
+    finally:
+        execute(engine, "ALTER TABLE audit_trails ALTER COLUMN new_values TYPE jsonb "
+                "USING new_values::jsonb")
+        trail.shutdown(5)
+        engine.dispose()
+
+
 # ---------------------------------------------------------------- rows of the first format
 
 
