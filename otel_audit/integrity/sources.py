@@ -202,9 +202,20 @@ class StoreSource:
 
     def stream_ranges(self) -> list[tuple[str, int, int, int]]:
         """``(stream, first seq, last seq, rows)`` of every stream."""
+        table = "audit_trails"
+        if self._has_duplicates():  # a stream may start or end with a noted duplicate
+            table = ("(SELECT stream, seq FROM audit_trails UNION ALL "
+                     "SELECT stream, seq FROM audit_duplicates) AS chained")
         return [(s, int(lo), int(hi), int(n)) for s, lo, hi, n in self._all(
-            "SELECT stream, MIN(seq), MAX(seq), COUNT(*) FROM audit_trails "
+            f"SELECT stream, MIN(seq), MAX(seq), COUNT(*) FROM {table} "
             "WHERE stream IS NOT NULL GROUP BY stream ORDER BY stream", [])]
+
+    def _has_duplicates(self) -> bool:
+        """Whether ``audit_duplicates`` holds a row (absent before revision 0005: no)."""
+        try:
+            return bool(self._all("SELECT 1 FROM audit_duplicates LIMIT 1", []))
+        except Exception:
+            return False
 
     def rows(self, stream: str | None = None, seq_range: tuple[int, int] | None = None,
              ) -> Iterator[tuple[Any, ...]]:
@@ -235,10 +246,7 @@ class StoreSource:
     def _duplicate_rows(self, sql: str, params: list[Any]) -> dict[str, list[tuple[Any, ...]]]:
         """Rows of ``audit_duplicates`` as chain rows of the stored record they repeat,
         by stream, in ``seq`` order (none where the table is empty or absent)."""
-        try:
-            if not self._all("SELECT 1 FROM audit_duplicates LIMIT 1", []):
-                return {}
-        except Exception:  # a store on a revision before 0005: no duplicates noted
+        if not self._has_duplicates():
             return {}
         out: dict[str, list[tuple[Any, ...]]] = {}
         for row in sorted(self._all(sql, params), key=lambda r: r[1]):

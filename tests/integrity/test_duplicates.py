@@ -150,3 +150,19 @@ def test_otlp_body_posted_twice(make_trail: Callable[..., AuditTrail], engine: E
     assert trail.flush(10)
     _clean(engine, 7)
     assert trail.stats().written == 7 and trail.stats().duplicates == 7
+
+
+def test_parallel_verify_reads_noted_duplicates(make_trail: Callable[..., AuditTrail],
+                                                engine: Engine) -> None:
+    """A stream whose first and last positions are noted duplicates (a restarted writer
+    that only received retries), verified by worker processes."""
+    first = make_trail(hmac_key=KEY, mode="sync", checkpoint_every=1)
+    records = [_record(first, i) for i in range(3)]
+    for record in records:
+        first.submit(record)
+    retried = make_trail(hmac_key=KEY, mode="sync", checkpoint_every=1)
+    for record in records:
+        retried.submit(record)
+    report = verify(engine, workers=2)
+    assert report.ok, report.findings
+    assert report.streams == 2
