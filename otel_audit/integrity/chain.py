@@ -5,11 +5,16 @@ right before the store write, so records are chained in the order they are commi
 The pipeline seals in place and only records without a ``seq``: a retried batch, a
 spooled or journalled record keeps the seal it got the first time.
 
+Every record is sealed under format ``otel-audit/2`` (exact numbers): a record of an
+older ``schema_version`` is raised to :data:`~.canonical.EXACT_VERSION` first, and JSON
+texts are stored in the canonical spelling they are hashed in.
+
 A sealed record that is never committed leaves a gap that ``verify`` reports as
 missing records (see ``docs/integrity.md``: a failed ``sync`` write, an outbox
 transaction rolled back by the caller, a record the store rejects, a batch given up at
 shutdown). Rolling the head back is not safe here: the pipeline keeps failed ``async``
-batches, sealed, for later retries.
+batches, sealed, for later retries. A record whose ``id`` the store already held (a
+retry) is not inserted either; :class:`~.install.DuplicateSeals` notes its position.
 """
 
 from __future__ import annotations
