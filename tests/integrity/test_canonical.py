@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -103,8 +104,6 @@ def test_exact_numbers_are_never_doubles() -> None:
 
 def _vector_row(version: int, pii: str | None = None,
                 new_values: Any = None) -> tuple[Any, ...]:
-    import datetime as dt
-
     record = AuditRecord(
         id="0192d6a0-0000-7000-8000-000000000001",
         timestamp=dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), action="UPDATE",
@@ -195,3 +194,40 @@ def test_personal_digest_depends_on_salt_and_values() -> None:
     assert personal_digest("s", [None] * 4, personal_json_values(numbers, ["phone"]),
                            version=1) != personal_digest(
         "s", [None] * 4, personal_json_values(numbers, ["phone"], version=2), version=2)
+
+
+_exact_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**60), 10**60)
+    | st.floats(allow_nan=False, allow_infinity=False) | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_exact_values)
+def test_what_the_sealer_stores_is_what_the_verifier_accepts(value: Any) -> None:
+    """normalise() then the sealer's canonical_stored_json(): a text the strict reading
+    accepts unchanged, with every number's exact value (ints exact, floats to the same
+    double)."""
+    _, texts = normalise(AuditRecord(id="x", timestamp=dt.datetime.now(dt.UTC), action="A",
+                                     user_id="u", new_values=value))
+    text = texts["new_values"]
+    if text is None:
+        return
+    stored = canonical_stored_json(text)
+    assert canonical_json(stored, strict=True) == stored
+    assert canonical_json(text) == stored
+
+    def same(read: Any, written: Any) -> bool:
+        if isinstance(written, float):
+            return isinstance(read, int | float) and float(read) == written
+        if isinstance(written, list):
+            return isinstance(read, list) and len(read) == len(written) and all(
+                map(same, read, written))
+        if isinstance(written, dict):
+            return read.keys() == written.keys() and all(same(read[k], written[k])
+                                                         for k in written)
+        return type(read) is type(written) and read == written
+
+    assert same(json.loads(stored), json.loads(text))
