@@ -48,11 +48,9 @@ from .record import JSON_FIELDS
 from .store.schema import audit_holds, audit_trails
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from .integrity.keys import PublicKeys
     from .trail import AuditTrail
 
 __all__ = [
@@ -335,7 +333,7 @@ def _delete(engine: Engine, ids: Sequence[str],
 
 
 def verify_archive_files(archive_dir: str | Path, *,
-                         public_key: Ed25519PublicKey | None = None,
+                         public_key: PublicKeys | None = None,
                          require_signed: bool = False,
                          erasure_ids: set[str] | None = None,
                          ) -> tuple[list[Finding], list[Finding]]:

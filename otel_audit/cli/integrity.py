@@ -120,9 +120,10 @@ def verify(
     seals: Annotated[Path | None, typer.Option(
         "--seals", help="Seal file appended by `seal --export` (detects deleted seals and "
         "a database rolled back).")] = None,
-    public_key: Annotated[str | None, typer.Option(
+    public_key: Annotated[list[str] | None, typer.Option(
         "--public-key", help="Ed25519 public key (hex, PEM or file): signatures of "
-        "checkpoints, seals, erasures and the archive manifest must verify.")] = None,
+        "checkpoints, seals, erasures and the archive manifest must verify. Repeat it for "
+        "rotated keys: a signature by any of them verifies.")] = None,
     require_signed: Annotated[bool, typer.Option(
         "--require-signed", help="With --public-key: an unsigned checkpoint, seal or "
         "manifest is a finding, not a warning.")] = False,
@@ -145,7 +146,7 @@ def verify(
     try:
         extra = load_checkpoint_file(checkpoints) if checkpoints is not None else []
         exported = load_seal_file(seals) if seals is not None else []
-        public = load_public_key(public_key) if public_key else None
+        public = [load_public_key(k) for k in public_key] if public_key else None
         with Progress(TextColumn("[bold]verifying"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console(), transient=True,
                       disable=output == "json") as bar:

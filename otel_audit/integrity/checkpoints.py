@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import IntegrityError, StoreError
 from ..store.schema import audit_checkpoints, audit_trails
 from .canonical import FORMAT
-from .keys import public_key_hex, sign, signature_valid
+from .keys import PublicKeys, public_key_hex, sign, signature_valid
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -55,7 +55,7 @@ class Checkpoint:
         return f"{FORMAT}/checkpoint\n{self.stream}\n{self.seq}\n{self.hash}\n" \
                f"{self.created_at}".encode()
 
-    def signature_ok(self, public: Ed25519PublicKey) -> bool:
+    def signature_ok(self, public: PublicKeys) -> bool:
         """Whether the checkpoint carries ``public``'s valid signature."""
         return signature_valid(public, self.message(), self.signature)
 

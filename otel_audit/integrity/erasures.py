@@ -34,13 +34,12 @@ from ..errors import StoreError
 from ..record import JSON_FIELDS
 from ..store.schema import PERSONAL_FIELDS, audit_erasures
 from .canonical import FORMAT, pii_info
-from .keys import public_key_hex, sign, signature_valid
+from .keys import PublicKeys, public_key_hex, sign, signature_valid
 from .verify import Finding
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
-        Ed25519PublicKey,
     )
     from sqlalchemy import Connection
 
@@ -81,7 +80,7 @@ class Erasure:
         """The signed bytes: the document's text."""
         return self.document.encode()
 
-    def signature_ok(self, public: Ed25519PublicKey) -> bool:
+    def signature_ok(self, public: PublicKeys) -> bool:
         """Whether the erasure carries ``public``'s valid signature."""
         return signature_valid(public, self.message(), self.signature)
 
@@ -271,7 +270,7 @@ def _present_ids(engine: Engine, ids: list[str]) -> set[str]:
 
 
 def check_erasures(engine: Engine, *, archive_dir: str | Path | None = None,
-                   public_key: Ed25519PublicKey | None = None,
+                   public_key: PublicKeys | None = None,
                    erasures: Iterable[Erasure] | None = None,
                    erased_ids: Sequence[str] | None = None) -> list[Finding]:
     """Findings about erased rows and erasures (see the module docstring).

@@ -7,6 +7,7 @@ a 32-byte raw seed in hex. Public keys are exchanged as 64 hex characters (raw E
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ..errors import ConfigError
 
 __all__ = [
+    "PublicKeys",
     "generate_signing_key",
     "hmac_key_bytes",
     "load_public_key",
@@ -95,12 +97,23 @@ def sign(key: Ed25519PrivateKey, message: bytes) -> str:
     return key.sign(message).hex()
 
 
-def signature_valid(public: Ed25519PublicKey, message: bytes, signature: str | None) -> bool:
-    """Whether ``signature`` (hex) is ``public``'s signature of ``message``."""
+#: One public key, or several (keys rotated over the years): any of them may have signed.
+PublicKeys = Ed25519PublicKey | Sequence[Ed25519PublicKey]
+
+
+def signature_valid(public: PublicKeys, message: bytes, signature: str | None) -> bool:
+    """Whether ``signature`` (hex) is the signature of ``message`` by ``public`` (or by one
+    of the keys of a sequence)."""
     if not signature:
         return False
     try:
-        public.verify(bytes.fromhex(signature), message)
-    except (InvalidSignature, ValueError):
+        raw = bytes.fromhex(signature)
+    except ValueError:
         return False
-    return True
+    for key in [public] if isinstance(public, Ed25519PublicKey) else public:
+        try:
+            key.verify(raw, message)
+        except InvalidSignature:
+            continue
+        return True
+    return False

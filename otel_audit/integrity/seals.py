@@ -39,12 +39,11 @@ from .._internal import log_internal_error
 from ..errors import ConfigError, IntegrityError, StoreError
 from ..store.schema import audit_seals, audit_trails
 from .canonical import FORMAT, GENESIS_HASH
-from .keys import public_key_hex, sign, signature_valid
+from .keys import PublicKeys, public_key_hex, sign, signature_valid
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
-        Ed25519PublicKey,
     )
 
     from ..config import AuditConfig
@@ -94,7 +93,7 @@ class Seal:
         """SHA-256 of :meth:`message` (what ``hash`` must hold)."""
         return hashlib.sha256(self.message()).hexdigest()
 
-    def signature_ok(self, public: Ed25519PublicKey) -> bool:
+    def signature_ok(self, public: PublicKeys) -> bool:
         """Whether the seal carries ``public``'s valid signature."""
         return signature_valid(public, self.message(), self.signature)
 
@@ -360,7 +359,7 @@ def install_seals(config: AuditConfig, writer: StoreWriter, pipeline: BatchPipel
 
 
 def check_seals(stored: Sequence[Seal], exported: Sequence[Seal] = (), *,
-                public_key: Ed25519PublicKey | None = None, require_signed: bool = False,
+                public_key: PublicKeys | None = None, require_signed: bool = False,
                 ) -> tuple[list[Finding], list[Finding], list[tuple[str, int, str, str]]]:
     """``(findings, warnings, sealed heads)`` of the seals in the store and in a file.
 

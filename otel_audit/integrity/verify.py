@@ -40,11 +40,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from .._internal import log_internal_error
 from .canonical import GENESIS_HASH, chain_hash
 from .checkpoints import Checkpoint
+from .keys import PublicKeys
 
 if TYPE_CHECKING:
     from .seals import Seal
@@ -233,7 +232,7 @@ def verify_rows(
     stream: str | None = None,
     since: dt.datetime | None = None,
     checkpoints: Iterable[Checkpoint] = (),
-    public_key: Ed25519PublicKey | None = None,
+    public_key: PublicKeys | None = None,
     progress: Callable[[int], None] | None = None,
     report: VerifyReport | None = None,
     require_signed: bool = False,
@@ -289,7 +288,7 @@ def _order(seq: Any) -> tuple[int, int]:
 
 
 def _checkpoints(checkpoints: Iterable[Checkpoint], stream: str | None,
-                 public_key: Ed25519PublicKey | None, report: VerifyReport, *,
+                 public_key: PublicKeys | None, report: VerifyReport, *,
                  require_signed: bool = False,
                  heads: Iterable[Head] = ()) -> dict[str, dict[int, str]]:
     """``stream -> {seq: hash}`` of the checkpoints and sealed heads.
@@ -382,7 +381,7 @@ def verify_trail(
     since: dt.datetime | None = None,
     archive_dir: str | Path | None = None,
     checkpoints: Iterable[Checkpoint] = (),
-    public_key: Ed25519PublicKey | None = None,
+    public_key: PublicKeys | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     workers: int = 1,

@@ -127,3 +127,20 @@ def test_verify_errors_exit_with_status_2(cli_env: str, chained: AuditTrail,
                           ("--seals", str(tmp_path / "missing.jsonl")),
                           ("--public-key", "not-a-key")):
         assert _run("verify", "--db", cli_env, option, value)[0] == 2, option
+
+
+def test_verify_accepts_rotated_public_keys(cli_env: str, make_trail: Callable[..., AuditTrail],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    old_pem, old_public = generate_signing_key()
+    new_pem, new_public = generate_signing_key()
+    for pem in (old_pem, new_pem):  # a key rotation between two runs of the application
+        trail = make_trail(hmac_key=KEY, mode="sync", signing_key=pem)
+        write_records(trail, 3)
+        trail.shutdown()
+    base = ("verify", "--db", cli_env, "--require-signed", "--format", "json")
+    code, out = _run(*base, "--public-key", new_public)
+    assert code == 1
+    assert {f["kind"] for f in json.loads(out)["findings"]} == {"bad_signature"}
+    code, out = _run(*base, "--public-key", old_public, "--public-key", new_public)
+    assert code == 0, out
+    assert json.loads(out)["seals"] == 2
