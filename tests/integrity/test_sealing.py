@@ -230,3 +230,15 @@ def test_seal_command_takes_its_own_key(make_trail: Factory, engine: Engine, sto
     assert result.exit_code == 0, result.output
     (seal,) = all_seals(engine)
     assert seal.signature_ok(load_public_key(public))
+
+
+def test_unsigned_seals_are_one_warning_per_sealer(make_trail: Factory,
+                                                   engine: Engine) -> None:
+    # an application that does not hold the signing key seals unsigned every interval
+    trail = make_trail(hmac_key=KEY, mode="sync", seal_interval=1e-9)
+    write_records(trail, 5)
+    key = load_public_key(generate_signing_key()[1])
+    report = verify(engine, public_key=key)
+    assert report.ok
+    assert [(w.kind, w.seq, w.detail) for w in report.warnings] == [
+        ("unsigned", 1, "5 seals of this sealer are not signed")]
