@@ -60,6 +60,7 @@ from ..store.writer import Ahead, PreparedRecord, StoreWriter
 from .journal import Journal
 from .quarantine import Quarantine, quarantine_dir_for, safe_record, safe_texts
 from .spool import Spool
+from .stage import _StoreStage
 
 __all__ = [
     "AuditStats",
@@ -104,8 +105,6 @@ class DeferredRecords:
 _Item = AuditRecord | PreparedRecord | DeferredRecords
 _CHUNK = 64  # records prepared between two pauses for the store stage (a fraction of a ms)
 _FIRST_CHUNK = 8
-#: a worker that waited longer than this for the store's last job has time to spare
-_STORE_BOUND = 0.0002
 #: sealed batches that may wait behind the one being written: the worker seals ahead
 #: while the application's threads leave it the GIL, instead of blocking until the
 #: store takes the next one (about 4% more records/s end to end on PostgreSQL than one)
@@ -154,132 +153,6 @@ class _FlushMarker:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-
-
-class _StoreStage:
-    """The second pipeline stage: batches written one at a time on their own thread.
-
-    While it commits batch *n* (the driver lets go of the GIL for the database's own
-    work: SQLite's step, PostgreSQL's server), the worker redacts, normalises and seals
-    the next ones. Up to ``depth`` sealed batches may wait behind the one being written,
-    so the store thread goes from one to the next without waiting for the worker;
-    ``run`` blocks while ``depth`` are waiting. Batches are committed one at a time, in
-    the order they were sealed.
-
-    Two threads that both want the GIL hand it over slowly: a thread coming back from
-    the database waits for the other to be preempted (the 5 ms switch interval). So the
-    worker calls :meth:`pause` between chunks of a batch, which lets a store thread
-    back in. A pause costs tens of microseconds (the sleep's timer slack), but while the
-    application's threads are busy in Python it hands them the GIL for their switch
-    interval too, so the worker pauses only when the store thread likely wants it.
-    Where the writer says when it is in the driver without the GIL (``busy``: the
-    compiled PostgreSQL COPY), that is exactly when the job is running and out of the
-    driver. Otherwise: while the store is the slower stage (the worker had to wait for
-    room: psycopg's own COPY comes back for the GIL between its steps), after every
-    chunk; else (SQLite: one call to the database per batch, quicker than the worker's
-    share) only once the job is likely back: no sooner after its start than the
-    quickest of the recent jobs took. A job whose batch went to the writer's copier
-    thread (``ahead``) needs no pauses: the server goes on with the queued batches
-    whatever this thread does, and the job only collects the outcome.
-    """
-
-    def __init__(self, busy: bytearray | None = None, depth: int = 1) -> None:
-        self._busy = busy  # the writer's "in the driver without the GIL" byte, if it has one
-        self._depth = depth  # sealed jobs that may wait behind the running one
-        self._cond = threading.Condition(threading.Lock())
-        self._waiting: deque[Callable[[], None]] = deque()  # sealed, behind the running job
-        self._running = False
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-        self._back_at = 0.0  # when the running job is likely back from the database
-        self._recent: deque[float] = deque(maxlen=16)  # durations of recent jobs
-        self._eager = True  # the worker waited for room: pause after every chunk
-        #: the last job's batch went to the writer's copier thread: the server is busy
-        #: with it (or what precedes it) whatever this thread does, so no pauses
-        self.ahead = False
-
-    def run(self, job: Callable[[], None]) -> None:
-        """Queue ``job`` behind the running one (blocks while ``depth`` jobs are waiting)."""
-        with self._cond:
-            if len(self._waiting) >= self._depth:
-                waiting = time.perf_counter()
-                self._cond.wait_for(lambda: len(self._waiting) < self._depth)
-                self._eager = time.perf_counter() - waiting > _STORE_BOUND
-            else:
-                self._eager = False
-            if self._stopped:  # after stop(), jobs run on the calling thread
-                inline = True
-            else:
-                inline = False
-                self._waiting.append(job)
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, daemon=True,
-                                                    name="otel-audit-store")
-                    self._thread.start()
-                self._cond.notify_all()
-        if inline:
-            job()
-
-    def pause(self) -> None:
-        """Let the store thread have the GIL if it is likely waiting for it: a job about
-        to start, or one probably back from the database."""
-        if self.ahead:
-            return
-        if self._waiting and not self._running:
-            time.sleep(0)
-        elif self._running:
-            busy = self._busy
-            if busy is not None:
-                if not busy[0]:  # not in the driver: it has the GIL or waits for it
-                    time.sleep(0)
-            elif self._eager or time.perf_counter() >= self._back_at:
-                time.sleep(0)
-
-    def _idle(self) -> bool:
-        return not self._waiting and not self._running
-
-    def idle(self) -> bool:
-        """Whether no job is waiting or running."""
-        with self._cond:
-            return self._idle()
-
-    def wait(self) -> None:
-        """Return once no job is waiting or running."""
-        with self._cond:
-            self._cond.wait_for(self._idle)
-
-    def stop(self) -> None:
-        """Finish the jobs queued, then end the thread; later jobs run inline."""
-        with self._cond:
-            self._cond.wait_for(self._idle)
-            self._stopped = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def _loop(self) -> None:
-        with suppress_instrumentation():
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: bool(self._waiting) or self._stopped)
-                    if not self._waiting:
-                        return
-                    job = self._waiting.popleft()
-                    self._running = True
-                    started = time.perf_counter()
-                    self._back_at = started + min(self._recent, default=0.0)
-                    self._cond.notify_all()
-                try:
-                    job()
-                except BaseException:  # the job handles its own errors; a last resort
-                    log_internal_error("store_stage", logging.ERROR,
-                                       "audit store stage failed", exc_info=True)
-                finally:
-                    with self._cond:
-                        self._recent.append(time.perf_counter() - started)
-                        self._running = False
-                        self._cond.notify_all()
 
 
 class BatchPipeline:
