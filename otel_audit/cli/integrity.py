@@ -24,8 +24,12 @@ from rich.progress import (
 from ..config import AuditConfig, resolve_config
 from ..errors import AuditError
 from ..integrity.keys import (
+    KeyRing,
+    PublicKeys,
+    ValidKey,
     generate_signing_key,
     hmac_key_bytes,
+    load_key_ring,
     load_public_key,
     load_signing_key,
 )
@@ -124,6 +128,10 @@ def verify(
         "--public-key", help="Ed25519 public key (hex, PEM or file): signatures of "
         "checkpoints, seals, erasures and the archive manifest must verify. Repeat it for "
         "rotated keys: a signature by any of them verifies.")] = None,
+    keys: Annotated[Path | None, typer.Option(
+        "--keys", help="Key file of rotated public keys with their validity periods "
+        '({"keys": [{"public_key": ..., "not_before": ..., "not_after": ...}]}): a '
+        "signature counts only by a key valid when the object was signed.")] = None,
     require_signed: Annotated[bool, typer.Option(
         "--require-signed", help="With --public-key: an unsigned checkpoint, seal or "
         "manifest is a finding, not a warning.")] = False,
@@ -146,7 +154,13 @@ def verify(
     try:
         extra = load_checkpoint_file(checkpoints) if checkpoints is not None else []
         exported = load_seal_file(seals) if seals is not None else []
-        public = [load_public_key(k) for k in public_key] if public_key else None
+        public: PublicKeys | None = None
+        if keys is not None:
+            ring = load_key_ring(keys)
+            given = [ValidKey(load_public_key(k)) for k in public_key or []]
+            public = KeyRing([*ring.keys, *given])
+        elif public_key:
+            public = [load_public_key(k) for k in public_key]
         with Progress(TextColumn("[bold]verifying"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console(), transient=True,
                       disable=output == "json") as bar:

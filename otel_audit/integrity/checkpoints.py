@@ -57,7 +57,7 @@ class Checkpoint:
 
     def signature_ok(self, public: PublicKeys) -> bool:
         """Whether the checkpoint carries ``public``'s valid signature."""
-        return signature_valid(public, self.message(), self.signature)
+        return signature_valid(public, self.message(), self.signature, self.created_at)
 
 
 def _time_text(value: Any) -> str:

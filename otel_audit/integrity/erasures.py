@@ -82,7 +82,7 @@ class Erasure:
 
     def signature_ok(self, public: PublicKeys) -> bool:
         """Whether the erasure carries ``public``'s valid signature."""
-        return signature_valid(public, self.message(), self.signature)
+        return signature_valid(public, self.message(), self.signature, self.created_at)
 
     def rows(self) -> list[dict[str, Any]]:
         """The erased rows the document lists (raises :class:`ValueError` if malformed)."""

@@ -6,8 +6,11 @@ a 32-byte raw seed in hex. Public keys are exchanged as 64 hex characters (raw E
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -17,9 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ..errors import ConfigError
 
 __all__ = [
+    "KeyRing",
     "PublicKeys",
+    "ValidKey",
     "generate_signing_key",
     "hmac_key_bytes",
+    "load_key_ring",
     "load_public_key",
     "load_signing_key",
     "public_key_hex",
@@ -97,20 +103,77 @@ def sign(key: Ed25519PrivateKey, message: bytes) -> str:
     return key.sign(message).hex()
 
 
-#: One public key, or several (keys rotated over the years): any of them may have signed.
-PublicKeys = Ed25519PublicKey | Sequence[Ed25519PublicKey]
+@dataclass(frozen=True, slots=True)
+class ValidKey:
+    """A public key and the period in which its signatures are accepted (UTC; open ends)."""
+
+    key: Ed25519PublicKey
+    not_before: dt.datetime | None = None
+    not_after: dt.datetime | None = None
 
 
-def signature_valid(public: PublicKeys, message: bytes, signature: str | None) -> bool:
+class KeyRing:
+    """The public keys of every signing period (key rotation): a signature verifies when
+    one of the keys valid at the signed object's time made it."""
+
+    def __init__(self, keys: Sequence[ValidKey]) -> None:
+        self.keys = tuple(keys)
+
+    def at(self, when: str | None) -> list[Ed25519PublicKey]:
+        """The keys valid at ``when`` (ISO 8601; ``None``: every key)."""
+        if when is None:
+            return [k.key for k in self.keys]
+        try:
+            moment = _utc(dt.datetime.fromisoformat(when))
+        except ValueError:
+            return []
+        return [k.key for k in self.keys
+                if (k.not_before is None or moment >= k.not_before)
+                and (k.not_after is None or moment < k.not_after)]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def load_key_ring(path: str | Path) -> KeyRing:
+    """Read a key file: ``{"keys": [{"public_key": HEX or PEM, "not_before": ISO or null,
+    "not_after": ISO or null}, ...]}``."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        keys = [ValidKey(load_public_key(str(item["public_key"])),
+                         _utc(dt.datetime.fromisoformat(item["not_before"]))
+                         if item.get("not_before") else None,
+                         _utc(dt.datetime.fromisoformat(item["not_after"]))
+                         if item.get("not_after") else None)
+                for item in doc["keys"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the key file {path}: {exc}") from exc
+    return KeyRing(keys)
+
+
+#: One public key, several (keys rotated over the years: any of them may have signed), or
+#: a :class:`KeyRing` (each key accepted only for objects signed in its period).
+PublicKeys = Ed25519PublicKey | Sequence[Ed25519PublicKey] | KeyRing
+
+
+def signature_valid(public: PublicKeys, message: bytes, signature: str | None,
+                    when: str | None = None) -> bool:
     """Whether ``signature`` (hex) is the signature of ``message`` by ``public`` (or by one
-    of the keys of a sequence)."""
+    of the keys of a sequence, or of a key ring's keys valid at ``when``)."""
     if not signature:
         return False
     try:
         raw = bytes.fromhex(signature)
     except ValueError:
         return False
-    for key in [public] if isinstance(public, Ed25519PublicKey) else public:
+    if isinstance(public, KeyRing):
+        candidates: Sequence[Ed25519PublicKey] = public.at(when)
+    elif isinstance(public, Ed25519PublicKey):
+        candidates = [public]
+    else:
+        candidates = public
+    for key in candidates:
         try:
             key.verify(raw, message)
         except InvalidSignature:

@@ -95,7 +95,7 @@ class Seal:
 
     def signature_ok(self, public: PublicKeys) -> bool:
         """Whether the seal carries ``public``'s valid signature."""
-        return signature_valid(public, self.message(), self.signature)
+        return signature_valid(public, self.message(), self.signature, self.created_at)
 
     def head_map(self) -> dict[str, tuple[int, str]]:
         """``stream -> (seq, hash)``; raises :class:`ValueError` on a malformed text."""

@@ -144,3 +144,29 @@ def test_verify_accepts_rotated_public_keys(cli_env: str, make_trail: Callable[.
     code, out = _run(*base, "--public-key", old_public, "--public-key", new_public)
     assert code == 0, out
     assert json.loads(out)["seals"] == 2
+
+
+def test_a_key_counts_only_in_its_validity_period(
+        cli_env: str, make_trail: Callable[..., AuditTrail], tmp_path: Path) -> None:
+    import datetime as dt
+
+    pem, public = generate_signing_key()
+    trail = make_trail(hmac_key=KEY, mode="sync", signing_key=pem)
+    write_records(trail, 3)
+    trail.shutdown()  # a seal signed now
+    now = dt.datetime.now(dt.UTC)
+    args = ("verify", "--db", cli_env, "--require-signed", "--format", "json",
+            "--keys", str(tmp_path / "keys.json"))
+    for not_before, not_after, ok in ((now - dt.timedelta(days=1), None, True),
+                                      (now - dt.timedelta(days=2), now - dt.timedelta(days=1),
+                                       False),  # retired before it signed
+                                      (now + dt.timedelta(days=1), None, False)):
+        (tmp_path / "keys.json").write_text(json.dumps({"keys": [
+            {"public_key": public, "not_before": not_before.isoformat(),
+             "not_after": not_after.isoformat() if not_after else None}]}))
+        code, out = _run(*args)
+        assert code == (0 if ok else 1), out
+        if not ok:
+            assert {f["kind"] for f in json.loads(out)["findings"]} == {"bad_signature"}
+    (tmp_path / "keys.json").write_text("[]")
+    assert _run(*args)[0] == 2
