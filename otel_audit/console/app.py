@@ -1,0 +1,254 @@
+"""The console's Starlette application: settings, sign-in, CSRF, headers and errors.
+
+Pages live in :mod:`.pages`, the JSON API in :mod:`.api`; both get the signed-in user
+from :func:`authenticate` and refuse an unsafe request without the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from .._internal import log_internal_error
+from ..errors import AuditError, ConfigError
+from .auth import SessionCodec, User, UserDirectory, load_users
+from .data import ConsoleData
+from .query import FilterError, Viewer
+
+__all__ = ["Auth", "ConsoleSettings", "ConsoleState", "authenticate", "check_csrf",
+           "create_app", "state_of"]
+
+SESSION_COOKIE = "otel_audit_session"
+LOGIN_COOKIE = "otel_audit_login"
+_HERE = Path(__file__).parent
+
+#: Content Security Policy: nothing but this origin; no inline script or style.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """How the console behaves (see ``docs/console.md``)."""
+
+    export_max_rows: int = 100_000
+    page_size: int = 50
+    trace_url: str | None = None
+    auth_header: str | None = None
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    session_max_age: int = 8 * 3600
+
+
+@dataclass(slots=True)
+class ConsoleState:
+    """What every request handler shares."""
+
+    data: ConsoleData
+    users: UserDirectory
+    sessions: SessionCodec
+    settings: ConsoleSettings
+    templates: Jinja2Templates
+    verify_runs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The signed-in user, how they signed in and their session's CSRF token."""
+
+    user: User
+    via: str  # "bearer" | "cookie" | "header"
+    csrf: str
+    new_cookie: str | None = None
+
+    @property
+    def viewer(self) -> Viewer:
+        """The scoping identity of the user."""
+        return self.user.viewer
+
+
+def state_of(request: Request) -> ConsoleState:
+    """The console state of the application serving ``request``."""
+    state: ConsoleState = request.app.state.console
+    return state
+
+
+def authenticate(request: Request) -> Auth | None:
+    """The user behind ``request``: trusted header, bearer token or session cookie."""
+    state = state_of(request)
+    header = state.settings.auth_header
+    session = request.cookies.get(SESSION_COOKIE)
+    if header and request.client is not None and request.client.host in \
+            state.settings.trusted_proxies and request.headers.get(header):
+        user = state.users.by_name.get(request.headers[header].strip())
+        if user is None:
+            return None
+        loaded = state.sessions.load(session) if session else None
+        if loaded is not None and loaded[0] == user.name:
+            return Auth(user, "header", loaded[1])
+        cookie, csrf = state.sessions.dump(user.name)
+        return Auth(user, "header", csrf, new_cookie=cookie)
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        user = state.users.by_token(authorization[7:].strip())
+        return Auth(user, "bearer", "") if user is not None else None
+    if session:
+        loaded = state.sessions.load(session)
+        if loaded is not None:
+            user = state.users.by_name.get(loaded[0])
+            if user is not None:
+                return Auth(user, "cookie", loaded[1])
+    return None
+
+
+def check_csrf(auth: Auth, supplied: str | None) -> None:
+    """Refuse (403) an unsafe request of a cookie session without its CSRF token."""
+    if auth.via == "bearer":
+        return  # a bearer token is never sent by a browser on its own
+    if not supplied or not hmac.compare_digest(supplied, auth.csrf):
+        raise HTTPException(403, "missing or wrong CSRF token")
+
+
+def set_session_cookie(request: Request, response: Response, value: str, max_age: int) -> None:
+    """Set the signed session cookie: HttpOnly, SameSite=Strict, Secure under TLS."""
+    response.set_cookie(SESSION_COOKIE, value, max_age=max_age, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https", path="/")
+
+
+class _SecurityHeaders:
+    """Adds the CSP and friends to every response; no caching of audit data."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def wrapped(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                extra = [(b"content-security-policy", CSP.encode()),
+                         (b"x-content-type-options", b"nosniff"),
+                         (b"referrer-policy", b"same-origin"),
+                         (b"x-frame-options", b"DENY")]
+                if not static:
+                    extra.append((b"cache-control", b"no-store"))
+                headers += [(k, v) for k, v in extra if k not in names]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def _error_response(request: Request, status: int, message: str) -> Response:
+    if request.url.path.startswith("/api/") or request.url.path == "/healthz" or \
+            "application/json" in request.headers.get("accept", ""):
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+    templates = state_of(request).templates
+    return templates.TemplateResponse(request, "error.html",
+                                      {"status": status, "message": message, "auth": None},
+                                      status_code=status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error_response(request, exc.status_code, str(exc.detail))
+
+
+async def _filter_error(request: Request, exc: Exception) -> Response:
+    return _error_response(request, 400, str(exc))
+
+
+async def _audit_error(request: Request, exc: Exception) -> Response:
+    log_internal_error("console", 40, "console request failed: %s", exc)
+    return _error_response(request, 503, str(exc).split("\n", 1)[0][:300])
+
+
+async def _any_error(request: Request, exc: Exception) -> Response:
+    # never a traceback to the client; the log has it
+    # called inside Starlette's ``except`` block: exc_info finds the exception
+    log_internal_error("console", 40, "console request failed: %s", type(exc).__name__,
+                       exc_info=True)
+    return _error_response(request, 500, "internal error (see the server log)")
+
+
+def create_app(
+    url: str,
+    *,
+    users: Iterable[User] | None = None,
+    users_file: str | os.PathLike[str] | None = None,
+    secret: str | bytes | None = None,
+    archive_dir: str | None = None,
+    trace_url: str | None = None,
+    auth_header: str | None = None,
+    trusted_proxies: Iterable[str] = ("127.0.0.1", "::1"),
+    export_max_rows: int = 100_000,
+    trail: Any = None,
+    hmac_key: str | None = None,
+) -> Starlette:
+    """The audit console for the store at ``url`` (mount it anywhere or serve it).
+
+    Users come from ``users``, else ``users_file``, else ``OTEL_AUDIT_CONSOLE_USERS``.
+    ``secret`` signs session cookies (default ``OTEL_AUDIT_CONSOLE_SECRET``, else a
+    random key: sessions then end with the process). ``auth_header`` (e.g.
+    ``X-Forwarded-User``) is honoured only from ``trusted_proxies``. ``trail`` receives
+    the console's own records (default: a trail on the same store).
+    """
+    from ..config import resolve_config
+    from . import api, pages
+
+    config = resolve_config({"url": url})
+    if users is None:
+        source = users_file or os.environ.get("OTEL_AUDIT_CONSOLE_USERS")
+        users = load_users(source) if source else []
+    directory = UserDirectory(users)
+    if export_max_rows < 1:
+        raise ConfigError("export_max_rows must be at least 1")
+    settings = ConsoleSettings(
+        export_max_rows=export_max_rows, trace_url=trace_url or config.trace_url,
+        auth_header=auth_header, trusted_proxies=tuple(trusted_proxies))
+    data = ConsoleData(url, trail=trail, archive_dir=archive_dir or config.archive_dir,
+                       hmac_key=hmac_key or config.hmac_key)
+    templates = Jinja2Templates(directory=str(_HERE / "templates"))
+    pages.install_filters(templates, settings)
+    state = ConsoleState(data, directory, SessionCodec(
+        secret or os.environ.get("OTEL_AUDIT_CONSOLE_SECRET"),
+        max_age=settings.session_max_age), settings, templates)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        data.close()
+
+    app = Starlette(
+        routes=[*api.routes(), *pages.routes(),
+                Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")],
+        exception_handlers={HTTPException: _http_error, FilterError: _filter_error,
+                            AuditError: _audit_error, Exception: _any_error},
+        lifespan=lifespan,
+    )
+    app.state.console = state
+    app.add_middleware(_SecurityHeaders)
+    return app
+
+
+def new_login_nonce() -> str:
+    """A one-time value tying the sign-in form to its cookie (login CSRF)."""
+    return secrets.token_urlsafe(16)
