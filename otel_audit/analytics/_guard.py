@@ -72,11 +72,6 @@ def lock_down(con: duckdb.DuckDBPyConnection, *, readable: Sequence[Path],
     ]
     for name, value in settings:
         con.execute(f"SET {name} = ?", [value])
-    try:  # progress is tracked (query_progress() works for the CLI) but never printed
-        con.execute("SET enable_progress_bar_print = false")
-        con.execute("SET enable_progress_bar = true")
-    except duckdb.Error:  # inside Jupyter without ipywidgets: no progress, no matter
-        pass
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")  # last: every SET after this one fails
 
