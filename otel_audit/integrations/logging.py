@@ -6,10 +6,14 @@
              "resource_type": "tool", "resource_id": tid, "user_id": user}})
 
 Only records carrying the ``audit`` key become audit records, so the handler can sit on
-the root logger. It runs on the caller's thread, so the trace and span IDs are those
-of the thread (or task) that logged. It never captures the library's own logger,
-anything logged while otel_audit works (:func:`~otel_audit._internal.is_suppressed`),
-or itself (a context-local re-entrancy guard).
+the root logger. On the caller's thread the trace and span IDs are those of the thread
+(or task) that logged. Behind a ``QueueHandler`` the handler runs on the listener's
+thread: put :class:`~otel_audit.integrations.log_context.AuditContextFilter` on the
+``QueueHandler`` and the handler takes the trace, correlation and request context,
+time, message and exception stamped at the call instead (a record without the stamp
+behaves as above). It never captures the library's own logger, anything logged while
+otel_audit works (:func:`~otel_audit._internal.is_suppressed`), or itself (a
+context-local re-entrancy guard).
 """
 
 from __future__ import annotations
@@ -20,8 +24,14 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from .._internal import is_suppressed, log_internal_error
+from ..context import _correlation_id, _request_context
+from ..record import AuditRecord
 from ..trail import AuditTrail, _link_to_current_span, get_trail
+from .log_context import CallContext, call_context
 
 __all__ = ["AUDIT_FIELDS", "AuditLogHandler"]
 
@@ -37,6 +47,8 @@ _LIBRARY_LOGGER = "otel_audit"
 _in_handler: ContextVar[bool] = ContextVar("otel_audit_in_log_handler", default=False)
 _UTC = dt.UTC
 _from_timestamp = dt.datetime.fromtimestamp
+# the listener thread's own span must not stand in for a call made outside any span
+_NO_SPAN = trace.set_span_in_context(trace.INVALID_SPAN)
 
 
 class AuditLogHandler(logging.Handler):
@@ -84,11 +96,17 @@ class AuditLogHandler(logging.Handler):
             trail = self.trail if self.trail is not None else get_trail()
             if not trail.enabled:
                 return
+            stamp = call_context(record)
+            if stamp is not None and stamp.key == self.key:
+                audit = stamp.audit  # the value as it was at the call
             fields = self.audit_fields(record, audit)
-            action = fields.pop("action", None) or "LOG"
-            rec = trail.build_record(str(action), **fields)
-            trail.submit(rec)
-            _link_to_current_span(rec.id)
+            action = str(fields.pop("action", None) or "LOG")
+            if stamp is None:
+                rec = trail.build_record(action, **fields)
+                trail.submit(rec)
+                _link_to_current_span(rec.id)
+            else:
+                trail.submit(_build_stamped(trail, stamp, action, fields))
         except Exception:  # a logging call must never fail because of auditing
             log_internal_error("log_handler", logging.ERROR,
                                "could not record audit entry from log record %s:%s",
@@ -114,16 +132,24 @@ class AuditLogHandler(logging.Handler):
                 fields[key] = value
             else:  # unknown keys are kept, not lost, and not passed as keywords
                 context.setdefault("extra", {})[str(key)] = value
-        context.setdefault("message", self._message(record))
+        stamp = call_context(record)
+        context.setdefault("message", stamp.message if stamp is not None
+                           else self._message(record))
         context.setdefault("logger", record.name)
         context.setdefault("level", record.levelname)
         fields["context"] = context
+        error = None
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
+            error = f"{type(exc).__name__}: {exc}"
+        elif stamp is not None:  # QueueHandler.prepare() drops exc_info; the stamp has it
+            error = stamp.error
+        if error is not None:
             fields.setdefault("success", False)
             if fields.get("error_message") is None:
-                fields["error_message"] = f"{type(exc).__name__}: {exc}"
-        fields["timestamp"] = _from_timestamp(record.created, _UTC)
+                fields["error_message"] = error
+        fields["timestamp"] = _from_timestamp(
+            stamp.time if stamp is not None else record.created, _UTC)
         return fields
 
     @staticmethod
@@ -132,3 +158,32 @@ class AuditLogHandler(logging.Handler):
             return record.getMessage()
         except Exception:  # bad %-args: keep the template rather than lose the audit
             return str(record.msg)
+
+
+def _build_stamped(trail: AuditTrail, stamp: CallContext, action: str,
+                   fields: dict[str, Any]) -> AuditRecord:
+    """Build the record in the context stamped at the log call, not this thread's.
+
+    The request and correlation context are set for the build (so the request's
+    facts fill what the audit dict leaves out, as on the caller's thread) and reset
+    after it; the trace IDs are passed explicitly.
+    """
+    req_token = _request_context.set(stamp.request)
+    cid_token = _correlation_id.set(stamp.correlation_id)
+    otel_token = None
+    try:
+        if stamp.trace_id is not None:
+            fields.setdefault("trace_id", stamp.trace_id)
+            fields.setdefault("span_id", stamp.span_id)
+        else:
+            otel_token = otel_context.attach(_NO_SPAN)
+        rec = trail.build_record(action, **fields)
+    finally:
+        if otel_token is not None:
+            otel_context.detach(otel_token)
+        _correlation_id.reset(cid_token)
+        _request_context.reset(req_token)
+    if stamp.record_id is not None and rec.trace_id == stamp.trace_id:
+        # the span already points at this ID (linked at the call)
+        rec = rec._replace(id=stamp.record_id)
+    return rec
