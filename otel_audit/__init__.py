@@ -15,6 +15,7 @@ from .errors import (
     QueryError,
     StoreError,
 )
+from .integrations.log_context import AuditContextFilter
 from .integrations.logging import AuditLogHandler
 from .pipeline.batch import AuditStats
 from .policy import REVIEW_REQUIRED_ACTIONS, AuditPolicy
@@ -27,6 +28,7 @@ __all__ = [
     "REVIEW_REQUIRED_ACTIONS",
     "ActionScope",
     "AuditAction",
+    "AuditContextFilter",
     "AuditError",
     "AuditLogHandler",
     "AuditPolicy",
