@@ -171,14 +171,16 @@ def export_relation(relation: duckdb.DuckDBPyRelation, path: str, options: str) 
     out = duckdb.connect(":memory:", config={"python_enable_replacements": False})
     try:
         out.execute("SET TimeZone = 'UTC'")
-        source = out.from_arrow(_ArrowStream(relation))
+        # columns travel by position (c1, c2, ...): a result may repeat a name
+        # (SELECT 1 AS a, 2 AS a), which no Arrow reader resolves
+        positions = range(1, len(relation.columns) + 1)
+        by_position = relation.project(", ".join(f"#{i} AS c{i}" for i in positions))
+        source = out.from_arrow(_ArrowStream(by_position))
         columns = []
-        for name, wanted, got in zip(relation.columns, relation.types, source.types,
-                                     strict=True):
-            column = _quote(name)
-            if str(wanted) != str(got):
-                column = f"CAST({column} AS {wanted}) AS {column}"
-            columns.append(column)
+        for i, name, wanted, got in zip(positions, relation.columns, relation.types,
+                                        source.types, strict=True):
+            value = f"c{i}" if str(wanted) == str(got) else f"CAST(c{i} AS {wanted})"
+            columns.append(f"{value} AS {_quote(name)}")
         source.create_view("export_source")
         out.execute(f"COPY (SELECT {', '.join(columns)} FROM export_source) "
                     f"TO {sql_literal(path)} ({options})")

@@ -278,6 +278,15 @@ def test_exports_write_only_their_target(target: Target, tmp_path: Path) -> None
     assert "+00" in line  # timestamps in UTC
     after = target.state()[1]
     assert set(after) - set(before) == {"export.jsonl"}
+    twice = tmp_path / "twice.csv"  # duplicate names keep their own values
+    target.analytics.copy_to("SELECT 1 AS a, 2 AS a", None, twice, "csv")
+    assert twice.read_text().splitlines()[1] == "1,2"
+    typed = tmp_path / "typed.parquet"  # the view's types survive the hop between connections
+    target.analytics.copy_to("SELECT context, timestamp, success FROM audit_trails", None,
+                             typed, "parquet")
+    described = duckdb.sql(f"DESCRIBE SELECT * FROM '{typed}'").fetchall()
+    assert [(name, kind) for name, kind, *_ in described] == [
+        ("context", "JSON"), ("timestamp", "TIMESTAMP WITH TIME ZONE"), ("success", "BOOLEAN")]
     with pytest.raises(QueryRefusedError):
         target.analytics.copy_to(f"SELECT * FROM read_text('{target.names['secret']}')",
                                  None, tmp_path / "leak.csv", "csv")
