@@ -282,7 +282,8 @@ def review_queue_query(viewer: Viewer, filters: Filters | None, *, now: dt.datet
     reviewed = exists(select(literal(1)).where(
         reviews.c.resource_type == "audit_record", reviews.c.resource_id == t.id,
         reviews.c.action == "audit.review"))
-    query = select(*_columns()).where(t.requires_review.is_(True), not_(reviewed),
+    # ``= true`` (not ``IS``): the form the partial index ix_audit_trails_review names
+    query = select(*_columns()).where(t.requires_review == true(), not_(reviewed),
                                       t.action.not_in(CONSOLE_ACTIONS), scope_clause(viewer))
     if filters is not None:
         query = query.where(*_filter_clauses(filters, now))

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -130,6 +131,12 @@ audit_trails = Table(
     Index("ix_audit_trails_user", "user_id", "timestamp"),
     # every record of one trace (trace timeline, span -> audit rows)
     Index("ix_audit_trails_trace", "trace_id"),
+    # one action in a time range, newest first (the console's search by action; 0006)
+    Index("ix_audit_trails_action", "action", "timestamp"),
+    # records awaiting review, oldest first (the console's review queue; partial: only
+    # records that require review pay for it on insert; 0006)
+    Index("ix_audit_trails_review", "timestamp", "id",
+          sqlite_where=text("requires_review = 1"), postgresql_where=text("requires_review")),
     # chain order per stream, and its uniqueness (verification, replay safety)
     Index("ux_audit_trails_stream_seq", "stream", "seq", unique=True),
 )

@@ -85,7 +85,9 @@ def test_migration_rebuilds_sqlite_table_with_text_columns(tmp_path: Path) -> No
     assert rows["e"] == (None, "null", "0")
     assert indexes == {"ix_audit_trails_timestamp", "ix_audit_trails_resource",
                        "ix_audit_trails_user", "ix_audit_trails_trace",
-                       "ux_audit_trails_stream_seq"}
+                       "ux_audit_trails_stream_seq",
+                       # 0006: the console's action and review-queue indexes
+                       "ix_audit_trails_action", "ix_audit_trails_review"}
     records = {r.id: r for r in query_records(engine)}
     assert records["a"].new_values == 12 and records["b"].new_values == 1.2345678901234567
     assert records["d"].new_values == "7" and records["d"].context == [1, 2.5]
