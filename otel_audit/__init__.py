@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     IntegrityError,
     QueryError,
+    QueryRefusedError,
     StoreError,
 )
 from .integrations.log_context import AuditContextFilter
@@ -40,6 +41,7 @@ __all__ = [
     "DataClassification",
     "IntegrityError",
     "QueryError",
+    "QueryRefusedError",
     "RequestContext",
     "StoreError",
     "__version__",
