@@ -226,12 +226,11 @@ def shutdown_locked(tmp: Path, url: str, name: str) -> None:
         trail.record("HELD", user_id="u", resource_id=str(i))
     trail.flush(0.2)
     start = time.perf_counter()
-    trail.pipeline.shutdown(2)
+    trail.shutdown(2)
     took = time.perf_counter() - start
     spooled = trail.stats().spooled
     holder.rollback()  # type: ignore[attr-defined]
     holder.close()  # type: ignore[attr-defined]
-    trail.shutdown(10)
     later = AuditTrail(url, auto_migrate=True, spool_dir=spool)
     later.flush(60)
     replayed = later.stats().replayed

@@ -66,14 +66,13 @@ def test_shutdown_returns_in_time_with_the_table_locked_and_nothing_is_lost(
             trail.record("HELD", user_id="u", new_values={"i": i})
         assert not trail.flush(0.2)  # the worker took them and waits for the lock
         started = time.monotonic()
-        drained = trail.pipeline.shutdown(timeout)
+        drained = trail.shutdown(timeout)
         elapsed = time.monotonic() - started
         stats = trail.stats()
     assert elapsed < timeout + MARGIN
     assert drained is False
     assert any("past the deadline" in r.getMessage() for r in caplog.records)
     assert stats.spooled == 300 and (stats.failed, stats.dropped) == (0, 0)
-    trail.shutdown(5)
     later = AuditTrail(store_url, auto_migrate=True, flush_interval=0.01, spool_dir=spool)
     try:
         assert later.flush(30)
