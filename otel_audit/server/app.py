@@ -2,10 +2,13 @@
 
 ``POST /v1/logs`` answers 200 only once the request's audit records are in the trail's
 durable path (``ack_mode``: ``durable`` when the trail offers it, else ``sync``, i.e.
-committed to the store). Every other answer is chosen so that a sender never drops
-what could still be kept: the Collector's ``otlphttp`` exporter retries only 429, 502,
-503 and 504 (and connection errors) and drops a batch on any other status, so
-everything an operator can fix answers 503.
+committed to the store), each record at least in its own mode: the trail's
+``mode_by_action`` / ``mode_by_classification`` rules apply per record, so a request
+holding a record ruled ``sync`` is answered only once that record is committed (503
+if it cannot be, and the sender retries the whole request). Every other answer is
+chosen so that a sender never drops what could still be kept: the Collector's
+``otlphttp`` exporter retries only 429, 502, 503 and 504 (and connection errors) and
+drops a batch on any other status, so everything an operator can fix answers 503.
 
 ====  ====================================================================  ==============
 code  when                                                                  the sender
@@ -53,6 +56,7 @@ from starlette.types import Receive, Scope, Send
 from .. import config
 from .._internal import _RateLimitedLog, logger, suppress_instrumentation
 from ..errors import AuditWriteError, StoreError
+from ..pipeline.delivery import ModeChooser
 from ..trail import AuditTrail
 from . import otlp
 from .ingest import IngestBatch, deliver, records_from_request
@@ -89,7 +93,9 @@ class IngestStats:
     ``client_errors`` counts every 4xx answer (the sender drops those batches);
     ``unavailable`` every 503, of which ``body_timeouts`` and ``internal_errors`` are
     the bodies not received in time and the unexpected failures; ``unconverted_records``
-    the audit log records stored as received because the mapping failed on them.
+    the audit log records stored as received because the mapping failed on them;
+    ``committed_records`` the accepted records committed to the store before their
+    request was answered (``sync`` acknowledgement, or a ``sync`` mode rule).
     """
 
     requests: int = 0
@@ -100,6 +106,7 @@ class IngestStats:
     body_timeouts: int = 0
     internal_errors: int = 0
     unconverted_records: int = 0
+    committed_records: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -138,7 +145,10 @@ class IngestApp:
     (503 + ``Retry-After`` after it); ``max_inflight``: requests being decoded and
     written at once before new ones get 503; ``retry_after``: seconds advertised on
     503; ``ack_mode``: the trail mode a request must reach before 200 (default
-    :func:`default_ack_mode`); ``close_trail``: shut the trail down with the app.
+    :func:`default_ack_mode`), the floor under each record's own rule from the trail's
+    ``mode_by_action`` / ``mode_by_classification`` (only ``sync`` rules change
+    anything: they make the answer wait for the commit); ``close_trail``: shut the
+    trail down with the app.
     """
 
     def __init__(
@@ -161,6 +171,9 @@ class IngestApp:
         if self.ack_mode not in config.MODES or self.ack_mode == "async":
             raise ValueError(f"ack_mode must be a mode that reaches durable storage; "
                              f"got {self.ack_mode!r}")
+        # the trail's rules with the acknowledgement mode in place of the trail's own:
+        # a record without a rule goes in the request's mode
+        self.mode_rules = ModeChooser(dataclasses.replace(trail.config, mode=self.ack_mode))
         self._token = token.encode("utf-8") if token else None
         self.max_body_bytes = max_body_bytes
         self.body_timeout = float(body_timeout)
@@ -213,6 +226,8 @@ class IngestApp:
         status = 503 if self._closing else 200
         body = {"status": "shutting down" if self._closing else "ok",
                 "ack_mode": self.ack_mode, "auth": self.auth,
+                "mode_by_action": dict(self.mode_rules.by_action),
+                "mode_by_classification": dict(self.mode_rules.by_classification),
                 "max_body_bytes": self.max_body_bytes, "body_timeout": self.body_timeout,
                 **self.stats.as_dict()}
         return JSONResponse(body, status_code=status)
@@ -269,7 +284,8 @@ class IngestApp:
         try:
             # decompression, parsing, conversion and the blocking store write stay off
             # the event loop: a large body never stalls /healthz or other requests
-            batch = await run_in_threadpool(self._process, body, encoding, media)
+            batch, committed = await run_in_threadpool(self._process, body, encoding,
+                                                       media)
         except otlp.PayloadTooLarge as exc:
             raise _Refused(413, str(exc)) from exc
         except otlp.UnsupportedMediaType as exc:
@@ -289,16 +305,16 @@ class IngestApp:
                       exc_info=True)
             return self._unavailable("internal error; retry later", media)
         self.stats.add(accepted_records=len(batch.records), rejected_records=batch.rejected,
-                       unconverted_records=batch.unconverted)
+                       unconverted_records=batch.unconverted, committed_records=committed)
         return Response(otlp.encode_response(batch.rejected, batch.message, media),
                         media_type=media)
 
-    def _process(self, body: bytes, encoding: str | None, media: str) -> IngestBatch:
+    def _process(self, body: bytes, encoding: str | None, media: str
+                 ) -> tuple[IngestBatch, int]:
         payload = otlp.decompress(body, encoding, self.max_body_bytes)
         message = otlp.decode_request(payload, media)
         batch = records_from_request(self.trail, message)
-        deliver(self.trail, batch.records, self.ack_mode)
-        return batch
+        return batch, deliver(self.trail, batch.records, self.ack_mode, self.mode_rules)
 
     # ------------------------------------------------------------------ helpers
 

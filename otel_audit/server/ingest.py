@@ -9,6 +9,11 @@ through the shared attribute mapping. Other log records are counted and reported
 or a value nothing expected) is still stored: as a record holding the OTLP log record
 itself under ``context["otlp_log_record"]``, with a ``conversion_failed`` note.
 
+Each record is delivered in the stricter of the request's acknowledgement mode (the
+floor) and its own rule (the trail's ``mode_by_action`` > ``mode_by_classification``,
+:class:`~otel_audit.pipeline.delivery.ModeChooser`): a request holding a record ruled
+``sync`` is acknowledged only once that record is committed (see :func:`deliver`).
+
 Record IDs are stable across retries: an ``audit.record_id`` attribute (set when a
 trail re-emits its own records) is used as is; otherwise the ID is a UUIDv7-shaped value
 made of the record's millisecond timestamp and a SHA-256 of the record, its scope and
@@ -30,11 +35,13 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from .._internal import log_internal_error
 from ..mapping import AUDIT_EVENT_NAME, attributes_to_fields, is_audit
+from ..pipeline.delivery import ModeChooser
 from ..record import NORMALISATION_KEY, AuditRecord
 from ..trail import AuditTrail
 from .otlp import LogEntry, any_value, attributes, iter_log_entries, trace_ids
 
-__all__ = ["RECORD_ID_ATTRIBUTE", "IngestBatch", "deliver", "records_from_request"]
+__all__ = ["RECORD_ID_ATTRIBUTE", "IngestBatch", "deliver", "records_from_request",
+           "split_by_mode"]
 
 #: Attribute carrying the ID of a record emitted by another trail (re-ingest).
 RECORD_ID_ATTRIBUTE = "audit.record_id"
@@ -157,19 +164,45 @@ def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest) -
     return IngestBatch(list(records.values()), not_audit, "; ".join(parts), converted_raw)
 
 
-def deliver(trail: AuditTrail, records: Sequence[AuditRecord], mode: str) -> None:
-    """Put ``records`` in the trail's durable path in ``mode``; raises if it cannot.
+def split_by_mode(records: Sequence[AuditRecord], floor: str, rules: ModeChooser | None
+                  ) -> tuple[list[AuditRecord], list[AuditRecord]]:
+    """Return ``(sync, durable)``: each record in the stricter of ``floor`` and its rule.
 
-    One request, one unit: ``durable`` journals the whole request with one ``fsync``,
-    ``sync`` commits it in one store transaction, so an acknowledgement covers every
-    record of it. Raises :class:`~otel_audit.errors.AuditWriteError` when the records
-    are not safe.
+    ``rules`` resolves a record's rule (``mode_by_action`` > ``mode_by_classification``)
+    and answers ``floor`` for a record without one; a rule laxer than the floor (``async``,
+    or ``durable`` under a ``sync`` floor) never lowers it.
+    """
+    if floor == "sync":
+        return list(records), []
+    if floor != "durable":
+        raise ValueError(f"{floor!r} does not make records durable before acknowledging")
+    if rules is None or not rules.has_rules:
+        return [], list(records)
+    sync: list[AuditRecord] = []
+    durable: list[AuditRecord] = []
+    for record in records:
+        (sync if rules(record, None) == "sync" else durable).append(record)
+    return sync, durable
+
+
+def deliver(trail: AuditTrail, records: Sequence[AuditRecord], mode: str,
+            rules: ModeChooser | None = None) -> int:
+    """Put ``records`` in the trail's durable path; raises if it cannot.
+
+    ``mode`` is the floor (the request's acknowledgement mode); ``rules`` raise a record
+    to ``sync`` (:func:`split_by_mode`). The ``sync`` records are committed first, in one
+    store transaction, then the rest is journalled with one ``fsync``: when the commit
+    fails nothing of the request has been taken, and the sender's retry of the whole
+    request (same record IDs) is stored once. An acknowledgement therefore covers every
+    record of the request in its own mode. Raises
+    :class:`~otel_audit.errors.AuditWriteError` when the records are not safe; returns
+    how many were committed before returning.
     """
     if not records:
-        return
-    if mode == "durable":
-        trail.pipeline.submit_durable_batch(records)
-    elif mode == "sync":
-        trail.pipeline.write_now(records)
-    else:
-        raise ValueError(f"{mode!r} does not make records durable before acknowledging")
+        return 0
+    sync, durable = split_by_mode(records, mode, rules)
+    if sync:
+        trail.pipeline.write_now(sync)
+    if durable:
+        trail.pipeline.submit_durable_batch(durable)
+    return len(sync)
