@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import typer
 
-from ..errors import AuditError
+from ..errors import AuditError, ConfigError
 from ._app import DbOption, app, err_console, fail, resolve_db
 
 #: Modes a request may be acknowledged in: ``async`` reaches no storage before 200
@@ -51,7 +51,15 @@ def serve(
     )] = 8,
     ack_mode: Annotated[AckMode | None, typer.Option(
         help="When to answer 200: `durable` (in the local journal; the default when "
-             "available) or `sync` (committed to the store).")] = None,
+             "available) or `sync` (committed to the store). The floor: mode rules "
+             "only raise a record to `sync`.")] = None,
+    mode_by_classification: Annotated[str | None, typer.Option(
+        envvar="OTEL_AUDIT_MODE_BY_CLASSIFICATION", show_envvar=True,
+        help="Per-record rules, e.g. `restricted=sync`: a request holding such a record "
+             "is answered 200 only once it is committed (503 if it cannot be).")] = None,
+    mode_by_action: Annotated[str | None, typer.Option(
+        envvar="OTEL_AUDIT_MODE_BY_ACTION", show_envvar=True,
+        help="Per-record rules by action, e.g. `DELETE=sync` (`NAME=MODE,...`).")] = None,
 ) -> None:
     """Receive OTLP/HTTP logs at POST /v1/logs and store the audit records (GET /healthz)."""
     try:
@@ -66,6 +74,7 @@ def serve(
         )
     except ImportError as exc:
         raise fail(f"{exc}: install the server extra (pip install 'otel_audit[server]')") from exc
+    from ..config import SETTINGS
     from ..trail import AuditTrail
 
     url = resolve_db(db)
@@ -75,7 +84,17 @@ def serve(
         check_exposure(host, secret, insecure=insecure)
         check_tls(tls_cert, tls_key)
         mode: str = ack_mode or default_ack_mode()
-        trail = AuditTrail(url, mode=mode)
+        # parsed as the trail parses its environment (NAME=MODE,...), checked by the trail
+        parse = {setting.name: setting.parse for setting in SETTINGS}
+        rules: dict[str, Any] = {}
+        for name, raw in (("mode_by_classification", mode_by_classification),
+                          ("mode_by_action", mode_by_action)):
+            if raw:
+                try:
+                    rules[name] = parse[name](raw)
+                except ValueError as exc:
+                    raise ConfigError(f"--{name.replace('_', '-')} {raw!r}: {exc}") from exc
+        trail = AuditTrail(url, mode=mode, **rules)
         try:
             trail.writer.ensure_schema()  # fail now rather than 503 every request
             ingest = IngestApp(trail, token=secret, max_body_bytes=max_body_bytes,
@@ -94,8 +113,8 @@ def serve(
     out.print(
         f"receiving OTLP logs at {scheme}://{host}:{port}/v1/logs -> "
         f"{trail.writer.url.render_as_string(hide_password=True)} "
-        f"(ack after {mode}; bodies up to {max_body_bytes} bytes within "
-        f"{body_timeout:g}s)",
+        f"(ack after {mode}{_sync_rules(trail.config)}; bodies up to {max_body_bytes} "
+        f"bytes within {body_timeout:g}s)",
         highlight=False,
     )
     # one line that cannot be missed: whether anyone may write to this trail
@@ -109,3 +128,11 @@ def serve(
                   f"any client that reaches this port can write audit records[/]",
                   highlight=False)
     server.run()
+
+
+def _sync_rules(config: Any) -> str:
+    """``", after commit for classification restricted"``: the rules that hold a 200."""
+    parts = [f"{what} {name}" for what, rules in (
+        ("classification", config.mode_by_classification), ("action", config.mode_by_action))
+        for name, rule in (rules or {}).items() if rule == "sync"]
+    return f", after commit for {', '.join(parts)}" if parts else ""
