@@ -267,7 +267,7 @@ def reviewed_ids_query(record_ids: list[str]) -> Select[Any]:
     t = audit_trails.c
     return (select(t.resource_id, t.user_id, t.timestamp, t.context, t.id)
             .where(t.resource_type == "audit_record", t.resource_id.in_(record_ids),
-                   t.action == "audit.review")
+                   func.coalesce(t.action, "") == "audit.review")  # by resource, not action
             .order_by(t.timestamp))
 
 
@@ -279,9 +279,11 @@ def review_queue_query(viewer: Viewer, filters: Filters | None, *, now: dt.datet
     """
     t = audit_trails.c
     reviews = audit_trails.alias("reviews")
+    # the action is compared through coalesce() so that no planner looks reviews up by
+    # action (every review of the store) rather than by resource (this record's reviews)
     reviewed = exists(select(literal(1)).where(
         reviews.c.resource_type == "audit_record", reviews.c.resource_id == t.id,
-        reviews.c.action == "audit.review"))
+        func.coalesce(reviews.c.action, "") == "audit.review"))
     # ``= true`` (not ``IS``): the form the partial index ix_audit_trails_review names
     query = select(*_columns()).where(t.requires_review == true(), not_(reviewed),
                                       t.action.not_in(CONSOLE_ACTIONS), scope_clause(viewer))

@@ -25,9 +25,14 @@
       axes: [{}, {}]
     };
     if (spec.kind === "category") {
-      opts.axes[0] = { values: function (u, ticks) {
-        return ticks.map(function (t) { return spec.labels[t] === undefined ? "" : spec.labels[t]; });
-      } };
+      // one tick per category, bars centred on it
+      opts.scales.x.range = function () { return [-0.5, spec.x.length - 0.5]; };
+      opts.axes[0] = {
+        splits: function () { return spec.x; },
+        values: function (u, ticks) {
+          return ticks.map(function (t) { return spec.labels[t] === undefined ? "" : spec.labels[t]; });
+        }
+      };
     }
     holder.setAttribute("data-rendered", "yes");
     new uPlot(opts, data, holder);
