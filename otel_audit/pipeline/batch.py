@@ -1122,11 +1122,15 @@ class BatchPipeline:
         """Write one batch read from the spool; the transient error that stopped it."""
         if self._abandoned:
             return StoreError("the trail was shut down", transient=True)
-        self._guard(batch)  # spooled unsealed by an older process: before it is sealed
-        error = self._try_write(batch, replay=True)
-        if error is None or error.transient:
-            return error
-        _rest, error = self._isolate(batch, error, replay=True)
+        try:
+            self._guard(batch)  # spooled unsealed by an older process: before it is sealed
+            error = self._try_write(batch, replay=True)
+            if error is None or error.transient:
+                return error
+            _rest, error = self._isolate(batch, error, replay=True)
+        except Exception as exc:  # unexpected: counted, and replay backs off as for an outage
+            self._worker_failed("worker", exc)
+            return StoreError(f"replay failed: {exc!r}")
         return error
 
     def _replay_failed(self, error: StoreError) -> None:

@@ -396,3 +396,25 @@ def test_a_batch_the_copier_sends_keeps_its_good_records_around_a_refused_one(
         assert not trail.writer._copier.halted  # it took batches again afterwards
     finally:
         trail.shutdown(5)
+
+
+def test_a_writer_failing_unexpectedly_several_times_is_replayed_with_back_off(
+        make_trail: Factory, tmp_path: Path) -> None:
+    trail = make_trail(spool_dir=str(tmp_path / "spool"), retry_max_backoff=0.2)
+    trail.writer.ensure_schema()
+    write = trail.writer.write
+    calls: list[int] = []
+
+    def flaky(batch: Sequence[PreparedRecord], **kwargs: Any) -> None:
+        calls.append(len(batch))
+        if len(calls) <= 3:  # the live write, then two replays
+            raise LookupError("not a store error")
+        write(batch, **kwargs)
+
+    trail.writer.write = flaky  # type: ignore[method-assign]
+    _good(trail, 15)
+    assert trail.flush(20)
+    stats = trail.stats()
+    assert (stats.written, stats.failed, stats.spool_records) == (15, 0, 0)
+    assert stats.worker_restarts == 3  # each failure counted once, none retried in a spin
+    assert len(calls) == 4
