@@ -287,7 +287,7 @@ def _unmark(text: str) -> str:
 
 
 def _encode_exact(value: Any) -> str:
-    """Canonical JSON of a tree whose numbers are _Number objects."""
+    """Canonical JSON of a tree whose numbers are _Number objects or ints."""
     if isinstance(value, str):
         return str(c_encode_basestring(value))
     if isinstance(value, _Number):
@@ -298,7 +298,7 @@ def _encode_exact(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    if type(value) is int:  # a number that was never JSON text (a personal field)
+    if type(value) is int:  # an integer the parser read itself: exact, written back as read
         return str(value)
     if isinstance(value, list):
         return "[" + ",".join(map(_encode_exact, value)) + "]"
