@@ -168,15 +168,30 @@ def target(make_trail: Callable[..., AuditTrail], store_url: str,
         yield Target(store_url, analytics, tmp_path, names)
 
 
-@pytest.mark.parametrize("attack", ATTACKS, ids=[" ".join(a.split())[:90] for a in ATTACKS])
-def test_attack_is_refused_and_changes_nothing(target: Target, attack: str) -> None:
-    before = target.state()
-    query = attack.format(**target.names)
-    with pytest.raises(QueryRefusedError) as refused:
-        target.analytics.sql(query).fetchall()
-    assert SECRET not in str(refused.value)
-    assert target.state() == before
-    assert target.analytics.sql("SELECT count(*) FROM audit_trails").fetchone() == (3,)
+def test_every_attack_is_refused_and_changes_nothing(target: Target) -> None:
+    # one store and one analytics connection for all attacks (setting each up is most of
+    # the cost); the state is compared around every single attack, and every failure is
+    # listed, not only the first
+    failures: list[str] = []
+    for attack in ATTACKS:
+        before = target.state()
+        try:
+            target.analytics.sql(attack.format(**target.names)).fetchall()
+            failures.append(f"{attack!r} ran")
+        except QueryRefusedError as refused:
+            if SECRET in str(refused):
+                failures.append(f"{attack!r} leaked the secret in its error: {refused}")
+        except Exception as other:  # refused, but not as a refusal
+            failures.append(f"{attack!r} raised {type(other).__name__}: {other}")
+        if target.state() != before:
+            failures.append(f"{attack!r} changed the store or a file")
+        try:
+            count = target.analytics.sql("SELECT count(*) FROM audit_trails").fetchone()
+        except QueryError as broken:
+            count = (str(broken),)
+        if count != (3,):
+            failures.append(f"{attack!r} broke the view: {count}")
+    assert failures == []
 
 
 def test_the_connection_is_locked_by_duckdb_itself(target: Target) -> None:
@@ -356,9 +371,8 @@ def test_postgres_without_the_table_is_a_clear_error(pg_admin_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_analytics_works_with_a_select_only_role(make_trail: Callable[..., AuditTrail],
-                                                 pg_url: str) -> None:
-    trail = make_trail(pg_url)
+def test_analytics_works_with_a_select_only_role(pg_url: str) -> None:
+    trail = AuditTrail(pg_url, auto_migrate=True)
     for i in range(4):
         trail.record("DELETE", user_id="bob", resource_type="doc", resource_id=f"d-{i}")
     trail.shutdown()
