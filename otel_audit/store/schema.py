@@ -40,6 +40,8 @@ __all__ = [
     "audit_checkpoints",
     "audit_duplicates",
     "audit_erasures",
+    "audit_forward_cursors",
+    "audit_forward_rejects",
     "audit_holds",
     "audit_seals",
     "audit_trails",
@@ -243,6 +245,42 @@ audit_duplicates = Table(
     Column("schema_version", Integer, nullable=False),
     Column("pii", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Forwarding (``otel_audit.forward``, migration 0007): per destination and stream, the
+#: last chain position the destination acknowledged. The row with ``stream = ''`` is the
+#: destination's own: its lease (``holder``, ``lease_until``), last success and error.
+audit_forward_cursors = Table(
+    "audit_forward_cursors",
+    metadata,
+    Column("destination", String(128), primary_key=True),
+    Column("stream", String(128), primary_key=True),
+    Column("seq", BigInteger, nullable=False, default=0),
+    Column("updated_at", DateTime(timezone=True)),
+    # the first missing position after ``seq`` and when it was first seen missing
+    Column("gap_seq", BigInteger),
+    Column("gap_since", DateTime(timezone=True)),
+    Column("holder", String(255)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("last_success", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("last_error_at", DateTime(timezone=True)),
+)
+
+#: Records a destination refused permanently (a 4xx other than 408/429): the cursor
+#: moved past them; each is kept here with the reason.
+audit_forward_rejects = Table(
+    "audit_forward_rejects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("destination", String(128), nullable=False),
+    Column("stream", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("record_id", String(COLUMN_LIMITS["id"]), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # the rejects of one destination, oldest first (forward --status, investigation)
+    Index("ix_audit_forward_rejects_destination", "destination", "id"),
 )
 
 assert set(RECORD_COLUMNS) | set(CHAIN_COLUMNS) == set(audit_trails.c.keys())
