@@ -93,11 +93,26 @@ def _message(record: logging.LogRecord) -> str:
         return message
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _copy_at_call(audit: Any) -> Any:
-    try:
-        return _copy_plain(audit, 0)
-    except Exception:  # not plain data: passed on as it is, converted by the handler
+    """The audit dict as it is now: the top level copied, containers in it deep-copied
+    (plain JSON data only; anything else is passed on as it is and converted later)."""
+    if type(audit) is not dict:
         return audit
+    copied = dict(audit)  # one C call; most values are strings that need no copy
+    for key, value in copied.items():
+        if type(value) in _CONTAINERS:
+            copied[key] = _copy_value(value)
+    return copied
+
+
+def _copy_value(value: Any) -> Any:
+    try:
+        return _copy_plain(value, 1)
+    except Exception:  # not plain data: converted by the handler's snapshot
+        return value
 
 
 def _exception_text(exc: BaseException) -> str:
