@@ -174,6 +174,14 @@ SETTINGS: tuple[Setting, ...] = (
             _parse_key_list,
             "Keys in JSON values holding personal data: chained through a salted digest "
             "so `otel-audit forget` can erase them (comma-separated in the environment)."),
+    Setting("console_users", "OTEL_AUDIT_CONSOLE_USERS", None, str,
+            "Audit console users: a TOML/JSON file (or the JSON itself) of name, role "
+            "(`auditor`/`admin`), teams and token_sha256 (`otel-audit ui --hash-token`)."),
+    Setting("console_secret", "OTEL_AUDIT_CONSOLE_SECRET", None, str,
+            "Key signing the audit console's session cookies (unset: a random key per "
+            "process, so sessions end when the console restarts)."),
+    Setting("console_export_max_rows", "OTEL_AUDIT_CONSOLE_EXPORT_MAX_ROWS", 100000, int,
+            "Most rows one audit console export (CSV, JSON lines, Parquet) streams."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -215,6 +223,9 @@ class AuditConfig:
     checkpoint_every: int = 10000
     seal_interval: float = 60.0
     personal_keys: tuple[str, ...] = ("email", "ip_address", "phone")
+    console_users: str | None = None
+    console_secret: str | None = None
+    console_export_max_rows: int = 100000
 
     def replace(self, **changes: Any) -> AuditConfig:
         """Return a copy with ``changes`` applied and validated."""

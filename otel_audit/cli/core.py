@@ -145,7 +145,7 @@ def _summary(url: str, planned: int, written: int, lost: int, fmt: str) -> None:
 
 
 #: Settings whose values are secrets: shown as set/unset only.
-_SECRET_SETTINGS = frozenset({"hmac_key", "signing_key", "redact_hmac_key"})
+_SECRET_SETTINGS = frozenset({"hmac_key", "signing_key", "redact_hmac_key", "console_secret"})
 
 
 @app.command("config")

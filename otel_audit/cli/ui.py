@@ -26,9 +26,9 @@ def ui(
     trusted_proxy: Annotated[list[str] | None, typer.Option(
         help="Address of a reverse proxy whose --auth-header is believed "
              "(repeatable; default: loopback).")] = None,
-    export_max_rows: Annotated[int, typer.Option(
-        min=1, envvar="OTEL_AUDIT_CONSOLE_EXPORT_MAX_ROWS", show_envvar=True,
-        help="Most rows one export streams.")] = 100_000,
+    export_max_rows: Annotated[int | None, typer.Option(
+        min=1, help="Most rows one export streams "
+                    "[env: OTEL_AUDIT_CONSOLE_EXPORT_MAX_ROWS; default: 100000].")] = None,
     tls_cert: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
     hash_token: Annotated[bool, typer.Option(

@@ -199,7 +199,7 @@ def create_app(
     trace_url: str | None = None,
     auth_header: str | None = None,
     trusted_proxies: Iterable[str] = ("127.0.0.1", "::1"),
-    export_max_rows: int = 100_000,
+    export_max_rows: int | None = None,
     trail: Any = None,
     hmac_key: str | None = None,
 ) -> Starlette:
@@ -207,7 +207,8 @@ def create_app(
 
     Users come from ``users``, else ``users_file``, else ``OTEL_AUDIT_CONSOLE_USERS``.
     ``secret`` signs session cookies (default ``OTEL_AUDIT_CONSOLE_SECRET``, else a
-    random key: sessions then end with the process). ``auth_header`` (e.g.
+    random key: sessions then end with the process). ``export_max_rows`` caps one
+    export (default ``OTEL_AUDIT_CONSOLE_EXPORT_MAX_ROWS``, 100,000). ``auth_header`` (e.g.
     ``X-Forwarded-User``) is honoured only from ``trusted_proxies``. ``trail`` receives
     the console's own records (default: a trail on the same store).
     """
@@ -216,9 +217,11 @@ def create_app(
 
     config = resolve_config({"url": url})
     if users is None:
-        source = users_file or os.environ.get("OTEL_AUDIT_CONSOLE_USERS")
+        source = users_file or config.console_users
         users = load_users(source) if source else []
     directory = UserDirectory(users)
+    if export_max_rows is None:
+        export_max_rows = config.console_export_max_rows
     if export_max_rows < 1:
         raise ConfigError("export_max_rows must be at least 1")
     settings = ConsoleSettings(
@@ -229,7 +232,7 @@ def create_app(
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     pages.install_filters(templates, settings)
     state = ConsoleState(data, directory, SessionCodec(
-        secret or os.environ.get("OTEL_AUDIT_CONSOLE_SECRET"),
+        secret or config.console_secret,
         max_age=settings.session_max_age), settings, templates)
 
     @contextlib.asynccontextmanager

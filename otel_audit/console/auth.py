@@ -102,7 +102,7 @@ def load_users(source: str | os.PathLike[str]) -> list[User]:
     """Read users from a TOML/JSON file, or from JSON text (``OTEL_AUDIT_CONSOLE_USERS``)."""
     text = str(source)
     where = "console users"
-    if text.lstrip().startswith(("[", "{")) and not Path(text).exists():
+    if text.lstrip().startswith(("[", "{")):  # JSON text (no users file is named so)
         document: Any = _parse_json(text, where)
     else:
         path = Path(source)

@@ -309,3 +309,19 @@ def test_openapi_healthz_and_integrity(console: Console) -> None:
     assert "Integrity: ok" in record
     summary = client.get("/api/integrity", headers=bearer("carol")).json()
     assert summary["can_verify"] is True
+
+
+def test_settings_from_the_environment(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    users = [{"name": u.name, "role": u.role, "teams": list(u.teams),
+              "token_sha256": u.token_hash} for u in USERS]
+    monkeypatch.setenv("OTEL_AUDIT_CONSOLE_USERS", json.dumps(users))
+    monkeypatch.setenv("OTEL_AUDIT_CONSOLE_EXPORT_MAX_ROWS", "4")
+    monkeypatch.setenv("OTEL_AUDIT_CONSOLE_SECRET", "from-env")
+    with TestClient(create_app(seeded.url)) as client:
+        exported = client.get("/export?range=all&format=jsonl", headers=bearer("carol"))
+        assert len(exported.text.splitlines()) == 4
+        sign_in(client, "alice")
+        cookie = client.cookies["otel_audit_session"]
+    with TestClient(create_app(seeded.url)) as other:  # same key: the session holds
+        other.cookies.set("otel_audit_session", cookie)
+        assert other.get("/api/records").status_code == 200
