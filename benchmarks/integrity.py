@@ -116,6 +116,9 @@ def verify_and_prune(root: Path, total: int) -> None:
     extra_checks(writer, total, signing)
     cutoff = BASE + dt.timedelta(seconds=total)  # the older half
     archive = root / "archive"
+    # DuckDB reads the SQLite file with its own SQLite library: no connection of this
+    # process may stay open on it meanwhile (the writer keeps one), see docs/integrity.md
+    writer.dispose()
     began = time.perf_counter()
     pruned = prune(writer.engine, cutoff, archive)
     seconds = time.perf_counter() - began

@@ -240,6 +240,17 @@ def _typed_columns() -> str:
 
 
 def _connect(engine: Engine) -> duckdb.DuckDBPyConnection:
+    if engine.dialect.name == "sqlite":
+        # DuckDB reads the file with its own SQLite library in this process: two
+        # libraries sharing one WAL index (-shm) crashed the process (SIGBUS) when the
+        # WAL held recent writes. Fold the WAL into the database and close this engine's
+        # connections first (the deletions that follow open new ones).
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot checkpoint the SQLite WAL before archiving: {exc}") from exc
+        engine.dispose()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     attach_store(con, engine.url)
