@@ -95,21 +95,22 @@ def _listener_threads(seen: list[str]) -> Callable[[logging.LogRecord], bool]:
 
 def test_queue_listener_records_the_callers_span_and_request(
         trail: AuditTrail, tracing: Tracing) -> None:
-    with queued_logger(trail, "tests.queued") as (logger, _listener):
-        with tracing.tracer.start_as_current_span("delete-tool") as span, \
-                request_scope(REQUEST):
-            logger.warning("tool %s deleted", "t-7", extra={"audit": {
-                "action": "DELETE", "resource_type": "tool", "resource_id": "t-7"}})
-            called_at = dt.datetime.now(dt.UTC)
+    with queued_logger(trail, "tests.queued") as (logger, _listener), \
+            tracing.tracer.start_as_current_span("delete-tool") as span, \
+            request_scope(REQUEST):
+        before = dt.datetime.now(dt.UTC)
+        logger.warning("tool %s deleted", "t-7", extra={"audit": {
+            "action": "DELETE", "resource_type": "tool", "resource_id": "t-7"}})
+        called_at = dt.datetime.now(dt.UTC)
     (rec,) = trail.records()
     assert (rec.trace_id, rec.span_id) == hex_ids(span)
     assert rec.correlation_id == rec.trace_id
     assert (rec.client_ip, rec.user_agent, rec.request_path, rec.request_method,
             rec.request_id, rec.user_id, rec.team_id) == (
         "203.0.113.7", "curl/8", "/tools/7", "DELETE", "req-1", "alice", "team-a")
-    assert rec.timestamp <= called_at
+    assert before <= rec.timestamp <= called_at  # the call's time, not the listener's
     assert rec.context["message"] == "tool t-7 deleted"
-    # the span points at the stored row although it ended before the listener ran
+    # the span points at the stored row: linked at the call, on the caller's thread
     (exported,) = tracing.exporter.get_finished_spans()
     assert [e.attributes["audit.record_id"] for e in exported.events
             if e.name == "audit"] == [rec.id]
@@ -118,9 +119,9 @@ def test_queue_listener_records_the_callers_span_and_request(
 def test_without_the_filter_the_listener_thread_loses_the_context(
         trail: AuditTrail, tracing: Tracing) -> None:
     # what the filter is for: the handler alone sees the listener's empty context
-    with queued_logger(trail, "tests.unstamped", stamp=False) as (logger, _listener):
-        with tracing.tracer.start_as_current_span("request"), request_scope(REQUEST):
-            logger.info("x", extra={"audit": {"action": "READ"}})
+    with queued_logger(trail, "tests.unstamped", stamp=False) as (logger, _listener), \
+            tracing.tracer.start_as_current_span("request"), request_scope(REQUEST):
+        logger.info("x", extra={"audit": {"action": "READ"}})
     (rec,) = trail.records()
     assert rec.trace_id is None
     assert rec.client_ip is None and rec.user_id != "alice"
@@ -138,9 +139,9 @@ def test_correlation_scope_without_a_span_and_no_listener_span_stands_in(
         trail: AuditTrail, tracing: Tracing) -> None:
     # the listener works inside a span of its own: it must not become the record's
     with queued_logger(trail, "tests.queued.corr",
-                       handler=_HandlerInsideASpan(trail, tracing)) as (logger, _listener):
-        with correlation_scope("corr-42"):
-            logger.info("x", extra={"audit": {"action": "READ", "user_id": "c"}})
+                       handler=_HandlerInsideASpan(trail, tracing)) as (logger, _listener), \
+            correlation_scope("corr-42"):
+        logger.info("x", extra={"audit": {"action": "READ", "user_id": "c"}})
     (rec,) = trail.records()
     assert rec.trace_id is None and rec.span_id is None
     assert rec.correlation_id == "corr-42"
@@ -212,10 +213,9 @@ def test_filter_never_raises_into_the_logging_call(
         raise RuntimeError("tracing is broken")
 
     monkeypatch.setattr(log_context, "_get_current_span", broken)
-    with queued_logger(trail, "tests.queued.broken") as (logger, _listener):
-        with tracing.tracer.start_as_current_span("request"):
-            logger.info("kept %s", "anyway", extra={"audit": {"action": "READ",
-                                                             "user_id": "b"}})
+    with queued_logger(trail, "tests.queued.broken") as (logger, _listener), \
+            tracing.tracer.start_as_current_span("request"):
+        logger.info("kept %s", "anyway", extra={"audit": {"action": "READ", "user_id": "b"}})
     (rec,) = trail.records()  # recorded as without the filter: nothing lost
     assert rec.user_id == "b"
     assert rec.context["message"] == "kept anyway"
