@@ -108,7 +108,9 @@ def test_queue_listener_records_the_callers_span_and_request(
     assert (rec.client_ip, rec.user_agent, rec.request_path, rec.request_method,
             rec.request_id, rec.user_id, rec.team_id) == (
         "203.0.113.7", "curl/8", "/tools/7", "DELETE", "req-1", "alice", "team-a")
-    assert before <= rec.timestamp <= called_at  # the call's time, not the listener's
+    # the call's time, not the listener's (datetime.now() truncates to the microsecond,
+    # the record's float time is rounded: one microsecond of slack above)
+    assert before <= rec.timestamp <= called_at + dt.timedelta(microseconds=1)
     assert rec.context["message"] == "tool t-7 deleted"
     # the span points at the stored row: linked at the call, on the caller's thread
     (exported,) = tracing.exporter.get_finished_spans()
