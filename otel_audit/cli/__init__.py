@@ -5,12 +5,12 @@ Each command module registers its commands on the shared Typer app.
 
 from __future__ import annotations
 
-from . import analytics, core, integrity, serve, ui
+from . import analytics, core, forward, integrity, serve, ui
 from ._app import app
 
 __all__ = ["app", "main"]
 
-_COMMAND_MODULES = (core, serve, analytics, integrity, ui)
+_COMMAND_MODULES = (core, serve, analytics, integrity, ui, forward)
 
 
 def main() -> None:

@@ -1,0 +1,272 @@
+"""OTLP/HTTP logs sender: audit records as OTLP log records (protobuf, gzip).
+
+Each record becomes one log record with event name ``audit``, its time, trace and span
+IDs, and the attributes of :func:`otel_audit.mapping.record_to_attributes` (so
+``audit.record_id`` carries the ID); records are grouped by ``service_name`` into one
+resource each (``service.name``). An ``otel-audit serve`` receiving them stores the same
+records under the same IDs; a Collector routes them like any audit log record.
+
+:class:`OtlpAuditExporter` has the exporter contract's shape (``export(batch) ->
+result``, ``force_flush(timeout_millis) -> bool``, ``shutdown()``), so a trail can send
+to OTLP in-process, and the forwarder's :meth:`~OtlpAuditExporter.send`, which raises
+instead of answering a result so the forwarder decides about retries and rejects.
+
+Headers come as the OpenTelemetry exporters take them: ``OTEL_EXPORTER_OTLP_HEADERS``
+and ``OTEL_EXPORTER_OTLP_LOGS_HEADERS`` (``name=value,...``, values URL-encoded), then
+the ones given (``--header NAME=VALUE``), later ones winning.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import gzip
+import http.client
+import os
+import random
+import ssl
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from ..mapping import AUDIT_EVENT_NAME, record_to_attributes
+from ..record import AuditRecord
+from .errors import PermanentError, RetryableError, SendError
+from .items import ForwardItem
+
+__all__ = ["ExportResult", "OtlpAuditExporter", "encode_request", "parse_headers"]
+
+_SCOPE = InstrumentationScope(name="otel_audit.forward")
+_SEVERITY_INFO, _SEVERITY_WARN = 9, 13
+_RETRYABLE = frozenset({408, 429})
+
+
+class ExportResult(enum.Enum):
+    """What :meth:`OtlpAuditExporter.export` answers."""
+
+    SUCCESS = 0
+    FAILURE = 1
+
+
+def parse_headers(text: str | None) -> dict[str, str]:
+    """``name=value,name2=value2`` (values URL-encoded) as OTEL_EXPORTER_OTLP_HEADERS."""
+    headers: dict[str, str] = {}
+    for part in (text or "").split(","):
+        name, sep, value = part.partition("=")
+        if sep and name.strip():
+            headers[unquote(name.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+def _any_value(value: Any) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    return AnyValue(string_value=str(value))
+
+
+def _log_record(record: AuditRecord) -> LogRecord:
+    time_ns = (int(record.timestamp.timestamp()) * 1_000_000
+               + record.timestamp.microsecond) * 1000
+    log = LogRecord(
+        time_unix_nano=time_ns, observed_time_unix_nano=time_ns,
+        severity_number=_SEVERITY_INFO if record.success else _SEVERITY_WARN,  # type: ignore[arg-type]
+        severity_text="INFO" if record.success else "WARN",
+        body=AnyValue(string_value=record.action), event_name=AUDIT_EVENT_NAME,
+        attributes=[KeyValue(key=k, value=_any_value(v))
+                    for k, v in record_to_attributes(record).items()],
+    )
+    if record.trace_id:
+        try:
+            log.trace_id = bytes.fromhex(record.trace_id)
+            if record.span_id:
+                log.span_id = bytes.fromhex(record.span_id)
+        except ValueError:  # not hex: the record keeps it as it is in its attributes
+            pass
+    return log
+
+
+def encode_request(records: Sequence[AuditRecord]) -> ExportLogsServiceRequest:
+    """One OTLP logs request holding ``records``, one resource per service name."""
+    by_service: dict[str | None, list[LogRecord]] = {}
+    for record in records:
+        by_service.setdefault(record.service_name, []).append(_log_record(record))
+    request = ExportLogsServiceRequest()
+    for service, logs in by_service.items():
+        resource = Resource(attributes=[] if service is None else [
+            KeyValue(key="service.name", value=AnyValue(string_value=service))])
+        request.resource_logs.append(ResourceLogs(
+            resource=resource, scope_logs=[ScopeLogs(scope=_SCOPE, log_records=logs)]))
+    return request
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _partial_success(payload: bytes, content_type: str | None) -> tuple[int, str]:
+    """``(rejected_log_records, error_message)`` of a protobuf response, else ``(0, "")``."""
+    if not payload or "protobuf" not in (content_type or ""):
+        return 0, ""
+    response = ExportLogsServiceResponse()
+    try:
+        response.ParseFromString(payload)
+    except Exception:  # an odd body on a 2xx: the records were accepted
+        return 0, ""
+    partial = response.partial_success
+    return int(partial.rejected_log_records), partial.error_message
+
+
+class OtlpAuditExporter:
+    """Send audit records to an OTLP/HTTP logs endpoint (``.../v1/logs``).
+
+    ``endpoint`` is the base URL (``http://host:4318``; ``/v1/logs`` is added unless
+    the path already ends with it). One keep-alive connection, used by one thread at
+    a time.
+    """
+
+    def __init__(self, endpoint: str, *, headers: Mapping[str, str] | None = None,
+                 timeout: float = 30.0, compression: bool = True,
+                 tls: ssl.SSLContext | None = None, name: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{endpoint!r} is not an http(s) URL")
+        path = parts.path.rstrip("/")
+        self.path = path if path.endswith("/v1/logs") else f"{path}/v1/logs"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.https = parts.scheme == "https"
+        self.tls = tls
+        self.timeout = timeout
+        self.compression = compression
+        self.name = name or f"otlp+{parts.scheme}://{self.host}:{self.port}{self.path}"
+        self.headers = {
+            **parse_headers(environ.get("OTEL_EXPORTER_OTLP_HEADERS")),
+            **parse_headers(environ.get("OTEL_EXPORTER_OTLP_LOGS_HEADERS")),
+            **{k.lower(): v for k, v in (headers or {}).items()},
+        }
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    # -------------------------------------------------------------- the forwarder
+
+    def send(self, items: Sequence[ForwardItem]) -> None:
+        """Post ``items``; return when the endpoint answered 2xx, else raise.
+
+        408, 429, 5xx and connection errors raise ``RetryableError`` (with the
+        response's ``Retry-After``); any other status ``PermanentError``.
+        """
+        self.post([item.record for item in items])
+
+    def post(self, records: Sequence[AuditRecord]) -> None:
+        """Post ``records`` once (see :meth:`send`)."""
+        body = encode_request(records).SerializeToString()
+        headers = {**self.headers, "content-type": "application/x-protobuf"}
+        if self.compression:
+            body = gzip.compress(body, compresslevel=1)
+            headers["content-encoding"] = "gzip"
+        with self._lock:
+            try:
+                conn = self._connection()
+                conn.request("POST", self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._close()
+                raise RetryableError(f"{self.name}: {exc or type(exc).__name__}") from exc
+            if response.getheader("connection", "").lower() == "close":
+                self._close()
+        status = response.status
+        if 200 <= status < 300:
+            rejected, message = _partial_success(payload, response.getheader("content-type"))
+            if rejected:
+                # some log records refused: the forwarder narrows the batch down to them
+                # (resending the accepted ones is harmless: same record IDs)
+                raise PermanentError(f"{self.name}: {rejected} log record(s) refused: "
+                                     f"{message}")
+            return
+        detail = f"{self.name}: HTTP {status} {payload[:300].decode('utf-8', 'replace')}"
+        if status in _RETRYABLE or status >= 500:
+            raise RetryableError(detail, _retry_after(response.getheader("retry-after")))
+        raise PermanentError(detail)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self.https:
+                self._conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout,
+                    context=self.tls or ssl.create_default_context())
+            else:
+                self._conn = http.client.HTTPConnection(self.host, self.port,
+                                                        timeout=self.timeout)
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._close()
+
+    # ---------------------------------------------------------- exporter contract
+
+    def export(self, batch: Sequence[AuditRecord]) -> ExportResult:
+        """Send ``batch``, retrying retryable failures with backoff for up to ``timeout``
+        seconds; ``FAILURE`` on a permanent refusal, after the deadline or after
+        :meth:`shutdown` (never raises)."""
+        if self._shutdown:
+            return ExportResult.FAILURE
+        deadline = time.monotonic() + self.timeout
+        delay = 0.5
+        while True:
+            try:
+                self.post(batch)
+                return ExportResult.SUCCESS
+            except RetryableError as exc:
+                wait = max(exc.retry_after or 0.0, delay * random.uniform(0.5, 1.0))
+                if self._shutdown or time.monotonic() + wait > deadline:
+                    return ExportResult.FAILURE
+                time.sleep(wait)
+                delay = min(delay * 2, 30.0)
+            except SendError:
+                return ExportResult.FAILURE
+            except Exception:  # an exporter never raises into the pipeline
+                return ExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered: every ``export`` has finished when it returns."""
+        return True
+
+    def shutdown(self) -> None:
+        """Refuse further exports and close the connection."""
+        self._shutdown = True
+        self.close()

@@ -1,0 +1,79 @@
+"""Reading the committed trail in commit order, per stream, after a cursor.
+
+Within a stream, ``seq`` order is commit order (the sealer runs right before the
+store write, under the writer's lock; ``docs/integrity.md``). Two things break the
+run of positions, and the reader tells them apart:
+
+* a position noted in ``audit_duplicates`` (a record the store already held): nothing
+  to send, the cursor moves past it;
+* a missing position: a batch that failed and waits in the spool or journal commits
+  later with its original ``seq``, after younger batches. The reader stops before it
+  (:attr:`StreamBatch.gap`); the forwarder skips it only once it has stayed missing
+  for a grace period (a position sealed for a record that was lost, or rows pruned).
+
+Rows without a stream (written before the integrity chain existed) are not forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, and_, func, select
+
+from ..store.reader import row_to_record
+from ..store.schema import audit_duplicates, audit_trails
+from .items import ForwardItem
+
+__all__ = ["StreamBatch", "read_after", "stream_heads"]
+
+
+class StreamBatch(NamedTuple):
+    """Records to send after ``start`` and where the cursor stands once they are sent."""
+
+    items: list[ForwardItem]
+    #: the cursor after these items and the noted duplicates among them
+    end: int
+    #: the first missing position after ``end``, if the read stopped at one
+    gap: int | None
+
+
+def stream_heads(conn: Connection) -> dict[str, int]:
+    """``stream -> highest committed seq`` of every stream."""
+    rows = conn.execute(select(audit_trails.c.stream, func.max(audit_trails.c.seq))
+                        .where(audit_trails.c.stream.is_not(None))
+                        .group_by(audit_trails.c.stream))
+    return {stream: int(seq) for stream, seq in rows if seq is not None}
+
+
+def _noted(conn: Connection, stream: str, first: int, last: int) -> set[int]:
+    rows = conn.execute(select(audit_duplicates.c.seq).where(and_(
+        audit_duplicates.c.stream == stream, audit_duplicates.c.seq >= first,
+        audit_duplicates.c.seq <= last)))
+    return {int(seq) for (seq,) in rows}
+
+
+def read_after(conn: Connection, stream: str, after: int, limit: int) -> StreamBatch:
+    """Up to ``limit`` records of ``stream`` after position ``after``, in order,
+    stopping before the first missing position that is not a noted duplicate."""
+    rows: list[Any] = list(conn.execute(
+        select(audit_trails).where(and_(audit_trails.c.stream == stream,
+                                        audit_trails.c.seq > after))
+        .order_by(audit_trails.c.seq).limit(limit)).mappings())
+    items: list[ForwardItem] = []
+    end = after
+    for row in rows:
+        seq = int(row["seq"])
+        if seq != end + 1:
+            noted = _noted(conn, stream, end + 1, seq - 1)
+            while end + 1 in noted:
+                end += 1
+            if seq != end + 1:
+                return StreamBatch(items, end, end + 1)
+        items.append(ForwardItem(stream, seq, row_to_record(row)))
+        end = seq
+    if len(rows) < limit:
+        # past the last row: duplicates noted at the head (nothing stored after them)
+        noted = _noted(conn, stream, end + 1, end + limit)
+        while end + 1 in noted:
+            end += 1
+    return StreamBatch(items, end, None)
