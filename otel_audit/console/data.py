@@ -38,6 +38,7 @@ from .query import (
 
 if TYPE_CHECKING:
     from ..analytics import AuditAnalytics
+    from ..integrity.sources import StoreSource
     from ..trail import AuditTrail
 
 __all__ = ["ConsoleData", "Review", "ReviewError", "utcnow"]
@@ -88,12 +89,14 @@ class ConsoleData:
                  archive_dir: str | None = None, hmac_key: str | None = None) -> None:
         self.url = url
         self.engine = _read_only_engine(url)
+        self.dialect = self.engine.dialect.name
         self.archive_dir = archive_dir
         self.hmac_key = hmac_key
         self._trail = trail
         self._owns_trail = trail is None
         self._lock = threading.Lock()
         self._analytics: AuditAnalytics | None = None
+        self._chain_source: StoreSource | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -114,6 +117,14 @@ class ConsoleData:
 
                 self._analytics = AuditAnalytics(self.url, archive_dir=self.archive_dir)
             return self._analytics
+
+    def chain_source(self) -> StoreSource:
+        """The integrity reader of the store's chain rows (kept: it caches the schema)."""
+        if self._chain_source is None:
+            from ..integrity.sources import StoreSource
+
+            self._chain_source = StoreSource(self.engine)
+        return self._chain_source
 
     def close(self) -> None:
         """Flush the console's records and release connections."""
@@ -189,7 +200,7 @@ class ConsoleData:
         if not record_ids:
             return {}
         out: dict[str, list[Review]] = {}
-        for row in self._rows(reviewed_ids_query(list(record_ids))):
+        for row in self._rows(reviewed_ids_query(list(record_ids), self.dialect)):
             context = row["context"] if isinstance(row["context"], dict) else {}
             ts = row_to_time(row["timestamp"])
             out.setdefault(row["resource_id"], []).append(Review(
@@ -199,7 +210,8 @@ class ConsoleData:
     def review_queue(self, viewer: Viewer, filters: Filters | None, *, limit: int = 50,
                      after: Cursor | None = None) -> list[AuditRecord]:
         """Records awaiting review, oldest first."""
-        query = review_queue_query(viewer, filters, now=utcnow(), limit=limit, after=after)
+        query = review_queue_query(viewer, filters, now=utcnow(), limit=limit, after=after,
+                                   dialect=self.dialect)
         return [row_to_record(r) for r in self._rows(query)]
 
     def ping(self) -> bool:

@@ -35,7 +35,6 @@ def record_integrity(data: ConsoleData, record: AuditRecord) -> dict[str, Any]:
     ``unchained``.
     """
     from ..integrity.checkpoints import latest_checkpoints
-    from ..integrity.sources import StoreSource
 
     t = audit_trails.c
     with data.engine.connect() as conn:
@@ -44,7 +43,7 @@ def record_integrity(data: ConsoleData, record: AuditRecord) -> dict[str, Any]:
     if pos is None or pos.stream is None or pos.seq is None:
         return {"state": "unchained", "problems": ["the record belongs to no chain"]}
     stream, seq = pos.stream, int(pos.seq)
-    source = StoreSource(data.engine)
+    source = data.chain_source()
     rows = list(source.rows(stream, seq_range=(max(seq - 1, 1), seq + 1)))
     by_seq = {int(r[1]): r for r in rows}
     problems: list[str] = []

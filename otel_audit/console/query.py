@@ -262,28 +262,37 @@ def record_query(viewer: Viewer, record_id: str) -> Select[Any]:
     return select(*_columns()).where(audit_trails.c.id == record_id, scope_clause(viewer))
 
 
-def reviewed_ids_query(record_ids: list[str]) -> Select[Any]:
+def _is_review(action: Any, dialect: str) -> ColumnElement[bool]:
+    # SQLite: compared through coalesce() so that its planner never looks reviews up by
+    # action (every review of the store) rather than by resource (this record's); it has
+    # no statistics to tell them apart on a young store. PostgreSQL has them, and
+    # coalesce() would spoil its row estimate (and so its anti-join plan).
+    if dialect == "sqlite":
+        return func.coalesce(action, "") == "audit.review"
+    return action == "audit.review"  # type: ignore[no-any-return]
+
+
+def reviewed_ids_query(record_ids: list[str], dialect: str = "sqlite") -> Select[Any]:
     """The reviews (``audit.review`` on ``audit_record/<id>``) of ``record_ids``."""
     t = audit_trails.c
     return (select(t.resource_id, t.user_id, t.timestamp, t.context, t.id)
             .where(t.resource_type == "audit_record", t.resource_id.in_(record_ids),
-                   func.coalesce(t.action, "") == "audit.review")  # by resource, not action
+                   _is_review(t.action, dialect))
             .order_by(t.timestamp))
 
 
 def review_queue_query(viewer: Viewer, filters: Filters | None, *, now: dt.datetime,
-                       limit: int = 50, after: Cursor | None = None) -> Select[Any]:
+                       limit: int = 50, after: Cursor | None = None,
+                       dialect: str = "sqlite") -> Select[Any]:
     """Records that require review and have none yet, oldest first.
 
     The console's own records (reads, reviews, exports) are never work here.
     """
     t = audit_trails.c
     reviews = audit_trails.alias("reviews")
-    # the action is compared through coalesce() so that no planner looks reviews up by
-    # action (every review of the store) rather than by resource (this record's reviews)
     reviewed = exists(select(literal(1)).where(
         reviews.c.resource_type == "audit_record", reviews.c.resource_id == t.id,
-        func.coalesce(reviews.c.action, "") == "audit.review"))
+        _is_review(reviews.c.action, dialect)))
     # ``= true`` (not ``IS``): the form the partial index ix_audit_trails_review names
     query = select(*_columns()).where(t.requires_review == true(), not_(reviewed),
                                       t.action.not_in(CONSOLE_ACTIONS), scope_clause(viewer))
