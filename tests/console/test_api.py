@@ -325,3 +325,31 @@ def test_settings_from_the_environment(seeded: Seeded, monkeypatch: pytest.Monke
     with TestClient(create_app(seeded.url)) as other:  # same key: the session holds
         other.cookies.set("otel_audit_session", cookie)
         assert other.get("/api/records").status_code == 200
+
+
+def test_record_integrity_state_and_admin_verify(console: Console) -> None:
+    client, seeded = console
+    if not seeded.url.startswith("sqlite"):
+        pytest.skip("tampering is done with SQLite's own driver")
+    import sqlite3
+    import threading
+
+    path = seeded.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:  # an attacker edits one record in place
+        conn.execute("UPDATE audit_trails SET resource_name = 'edited' WHERE id = ?",
+                     (seeded.ids["read"],))
+    page = client.get(f"/records/{seeded.ids['read']}", headers=bearer("carol")).text
+    assert "Integrity: broken" in page and "does not match its hash" in page
+    neighbour = client.get(f"/records/{seeded.ids['update']}", headers=bearer("carol")).text
+    assert "Integrity: ok" in neighbour
+    csrf = sign_in(client, "carol")
+    started = client.post("/integrity/verify", data={"csrf": csrf}, follow_redirects=False)
+    assert started.status_code == 303
+    for thread in threading.enumerate():
+        if thread.name == "otel-audit-console-verify":
+            thread.join(timeout=60)
+    summary = client.get("/api/integrity").json()
+    assert summary["running"] is None and summary["last"]["ok"] is False
+    assert any(f["record_id"] == seeded.ids["read"] and f["kind"] == "modified"
+               for f in summary["last"]["findings"])
+    assert "FAILED" in client.get("/integrity").text
