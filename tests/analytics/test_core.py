@@ -12,7 +12,7 @@ import pytest
 
 from otel_audit import AuditTrail
 from otel_audit.analytics import AuditAnalytics, trace_link
-from otel_audit.errors import ConfigError, QueryError
+from otel_audit.errors import ConfigError, QueryRefusedError
 from otel_audit.record import AuditRecord
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.writer import create_store_engine
@@ -66,7 +66,7 @@ def test_writes_are_refused(make_trail: Callable[..., AuditTrail], store_url: st
                             statement: str) -> None:
     records = _write(make_trail())
     with AuditAnalytics(store_url) as analytics:
-        with pytest.raises(QueryError):
+        with pytest.raises(QueryRefusedError):
             analytics.sql(statement)
         assert analytics.sql("SELECT count(*) FROM audit_trails").fetchone() == (len(records),)
 
@@ -225,5 +225,5 @@ def test_snapshot_has_the_same_rows_and_refreshes(make_trail: Callable[..., Audi
         assert snap.sql("SELECT count(*) FROM audit_trails").fetchone() == (3,)
         snap.refresh()
         assert snap.sql("SELECT count(*) FROM audit_trails").fetchone() == (5,)
-        with pytest.raises(QueryError, match="read-only"):
+        with pytest.raises(QueryRefusedError, match="read-only"):
             snap.sql("DELETE FROM audit_trails")
