@@ -132,8 +132,8 @@ class AuditContextFilter(logging.Filter):
     context, time, message and exception. Never rejects a record; never raises.
     """
 
-    def __init__(self, name: str = "", *, key: str = "audit") -> None:
-        super().__init__(name)
+    def __init__(self, *, key: str = "audit") -> None:
+        super().__init__()  # no logger-name restriction: it stamps, it never rejects
         self.key = key
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -311,3 +311,24 @@ def test_dict_config_queue_handler_python_312(trail: AuditTrail, tracing: Tracin
     finally:
         otel_audit.set_trail(None)
         logging.getLogger("tests.dictconfig312").handlers.clear()
+
+
+def test_filter_and_handler_share_a_custom_key(trail: AuditTrail, tracing: Tracing) -> None:
+    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    to_queue = QueueHandler(q)
+    to_queue.addFilter(AuditContextFilter(key="audit_entry"))
+    listener = _Listener(q, AuditLogHandler(trail=trail, key="audit_entry"))
+    logger = logging.getLogger("tests.queued.key")
+    logger.addHandler(to_queue)
+    logger.setLevel(logging.INFO)
+    listener.start()
+    try:
+        with tracing.tracer.start_as_current_span("request") as span:
+            logger.info("x", extra={"audit": {"action": "IGNORED"},
+                                    "audit_entry": {"action": "EXPORT", "user_id": "k"}})
+    finally:
+        listener.stop()
+        logger.removeHandler(to_queue)
+    (rec,) = trail.records()
+    assert (rec.action, rec.user_id) == ("EXPORT", "k")
+    assert (rec.trace_id, rec.span_id) == hex_ids(span)
