@@ -13,10 +13,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..errors import QueryError
-from .app import Auth, authenticate, check_csrf, state_of
 from .data import ReviewError
 from .export import record_dict
 from .query import Filters, decode_cursor, encode_cursor
+from .session import Auth, authenticate, check_csrf, state_of
 
 __all__ = ["request_meta", "require", "routes", "run_report"]
 

@@ -15,8 +15,8 @@ from ..record import AuditRecord
 from ..store.schema import audit_trails
 
 if TYPE_CHECKING:
-    from .app import Auth, ConsoleState
     from .data import ConsoleData
+    from .session import Auth, ConsoleState
 
 __all__ = ["checkpoints_document", "integrity_summary", "record_integrity", "start_verify"]
 

@@ -16,7 +16,11 @@ from starlette.templating import Jinja2Templates
 
 from ..errors import QueryError
 from .api import request_meta, require, run_report
-from .app import (
+from .data import ReviewError
+from .export import EXPORT_FORMATS, export_chunks
+from .integrity import checkpoints_document, integrity_summary, record_integrity, start_verify
+from .query import RANGE_PRESETS, Filters, decode_cursor, encode_cursor
+from .session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     Auth,
@@ -27,10 +31,6 @@ from .app import (
     set_session_cookie,
     state_of,
 )
-from .data import ReviewError
-from .export import EXPORT_FORMATS, export_chunks
-from .integrity import checkpoints_document, integrity_summary, record_integrity, start_verify
-from .query import RANGE_PRESETS, Filters, decode_cursor, encode_cursor
 from .views import chart_data, diff_values, page_url, pretty_json, safe_trace_url, timeline
 
 __all__ = ["install_filters", "routes"]

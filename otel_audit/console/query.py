@@ -13,7 +13,7 @@ import binascii
 import datetime as dt
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, not_, or_, select, true
@@ -93,14 +93,13 @@ class Filters:
     trace_id: str = ""
     client_ip: str = ""
     q: str = ""              # free text over resource name and error message
-    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> Filters:
         """Build filters from query parameters; raise :class:`FilterError` when invalid."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name in {"start", "end", "extra"}:
+            if f.name in {"start", "end"}:
                 continue
             raw = params.get(f.name)
             if raw is None:
@@ -135,8 +134,6 @@ class Filters:
         """The non-empty filters as query parameters (for links and the next page)."""
         out: dict[str, str] = {}
         for f in fields(self):
-            if f.name == "extra":
-                continue
             value = getattr(self, f.name)
             if isinstance(value, dt.datetime):
                 out[f.name] = value.isoformat()
