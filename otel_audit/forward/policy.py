@@ -52,11 +52,11 @@ class FieldPolicy:
     hash_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for kind in ("drop", "mask", "hash"):
+        for kind, done in (("drop", "dropped"), ("mask", "masked"), ("hash", "hashed")):
             unknown = set(getattr(self, kind)) - _FIELDS
             if unknown:
                 raise ConfigError(f"field policy {kind}: {sorted(unknown)} cannot be "
-                                  f"{kind}ed (fields: {', '.join(sorted(_FIELDS))})")
+                                  f"{done} (fields: {', '.join(sorted(_FIELDS))})")
 
     @property
     def is_empty(self) -> bool:
