@@ -353,3 +353,16 @@ def test_record_integrity_state_and_admin_verify(console: Console) -> None:
     assert any(f["record_id"] == seeded.ids["read"] and f["kind"] == "modified"
                for f in summary["last"]["findings"])
     assert "FAILED" in client.get("/integrity").text
+
+
+def test_review_queue_filters_and_order(console: Console) -> None:
+    client, seeded = console
+    page = client.get("/review", headers=bearer("carol")).text
+    order = [seeded.ids[k] for k in ("review_bob", "review_alice", "restricted")]
+    assert all(i in page for i in order)
+    positions = [page.index(i) for i in order]
+    assert positions == sorted(positions)  # oldest first
+    filtered = client.get("/review?action=bulk_delete", headers=bearer("carol")).text
+    assert seeded.ids["review_alice"] in filtered and seeded.ids["review_bob"] not in filtered
+    scoped = client.get("/review", headers=bearer("alice")).text
+    assert seeded.ids["restricted"] not in scoped and seeded.ids["review_bob"] in scoped
