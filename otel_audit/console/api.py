@@ -154,7 +154,10 @@ def run_report(request: Request, auth: Auth, name: str, raw: dict[str, str],
     except QueryError as exc:
         raise HTTPException(404, str(exc)) from exc
     known = {p.name: p for p in report.params}
-    values = {k: known[k].convert(v) for k, v in raw.items() if k in known and v != ""}
+    try:
+        values = {k: known[k].convert(v) for k, v in raw.items() if k in known and v != ""}
+    except QueryError as exc:  # a parameter of the wrong type: the caller's mistake
+        raise HTTPException(400, str(exc)) from exc
     state = state_of(request)
     state.data.audit("audit.read", auth.viewer, resource_id=name,
                      context={"report": name, "params": {k: str(v) for k, v in values.items()}},

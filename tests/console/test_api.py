@@ -366,3 +366,17 @@ def test_review_queue_filters_and_order(console: Console) -> None:
     assert seeded.ids["review_alice"] in filtered and seeded.ids["review_bob"] not in filtered
     scoped = client.get("/review", headers=bearer("alice")).text
     assert seeded.ids["restricted"] not in scoped and seeded.ids["review_bob"] in scoped
+
+
+def test_report_parameters_and_unknown_reports(console: Console) -> None:
+    client, _ = console
+    listed = client.get("/api/reports", headers=bearer("alice")).json()["reports"]
+    assert {"failure_spikes", "activity_by_team"} <= {r["name"] for r in listed}
+    bad = client.get("/api/reports/failure_spikes?min_failures=many", headers=bearer("carol"))
+    assert bad.status_code == 400 and "min_failures" in bad.json()["error"]
+    assert client.get("/api/reports/nope", headers=bearer("carol")).status_code == 404
+    rows = client.get("/api/reports/activity_by_team", headers=bearer("carol")).json()
+    assert rows["columns"][0] == "team" and any(r[0] == "payments" for r in rows["rows"])
+    download = client.get("/reports/activity_by_team?download=csv", headers=bearer("carol"))
+    assert download.headers["content-type"].startswith("text/csv")
+    assert download.text.splitlines()[0].startswith("team,records")
