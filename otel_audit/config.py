@@ -38,6 +38,9 @@ FSYNC_POLICIES = ("batch", "always", "never")
 #: How secret-like values are replaced.
 REDACT_MODES = ("mask", "hmac", "off")
 
+#: How a recording span points back at the audit rows made in it (``audit`` events).
+SPAN_BACKLINKS = ("first", "event", "off")
+
 DEFAULT_DATABASE_URL = "sqlite:///audit.db"
 
 
@@ -147,6 +150,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("emit_otel_logs", "OTEL_AUDIT_EMIT_OTEL_LOGS", False, _parse_bool,
             "Also emit every written record as an OpenTelemetry log record (event name "
             "`audit`) through the `LoggerProvider`, after redaction and normalisation."),
+    Setting("span_backlink", "OTEL_AUDIT_SPAN_BACKLINK", "first", str,
+            "How a recording span points back at the audit rows `record()` makes in it: "
+            "`first` (one `audit` event with `audit.record_id` for the span's first record; "
+            "its trace and span IDs select the rest), `event` (one per record) or `off`."),
     Setting("archive_dir", "OTEL_AUDIT_ARCHIVE_DIR", None, str,
             "Directory of the retention's Parquet archives; `AuditAnalytics` and the CLI "
             "query them together with the live store."),
@@ -215,6 +222,7 @@ class AuditConfig:
     redact_allow: tuple[str, ...] = ()
     redact_hmac_key: str | None = None
     emit_otel_logs: bool = False
+    span_backlink: str = "first"
     archive_dir: str | None = None
     trace_url: str | None = None
     chain_stream: str | None = None
@@ -282,7 +290,7 @@ def _validated(config: AuditConfig) -> AuditConfig:
         if not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{name} must be a non-negative number of seconds; got {value!r}")
     for name, allowed in (("overflow_policy", OVERFLOW_POLICIES), ("fsync", FSYNC_POLICIES),
-                          ("redact", REDACT_MODES)):
+                          ("redact", REDACT_MODES), ("span_backlink", SPAN_BACKLINKS)):
         if getattr(config, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}; "
                               f"got {getattr(config, name)!r}")

@@ -27,13 +27,13 @@ from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider
 from uuid_utils import uuid7
 
+from ._backlink import SpanLinker, linker
 from ._internal import log_internal_error
 from .config import AuditConfig, resolve_config
 from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, StoreError
 from .integrity.install import install_chain
 from .integrity.seals import install_seals
-from .mapping import AUDIT_EVENT_NAME
 from .pipeline.batch import AuditStats, DeferredRecords
 from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
 from .policy import AuditPolicy
@@ -65,17 +65,6 @@ def _storable_name(name: str) -> str:
     """``name`` with NUL characters and lone surrogates as U+FFFD (stores refuse both)."""
     return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch
                    for ch in name)
-
-
-def _link_to_current_span(record_id: str) -> None:
-    """Point the current recording span at an audit row: an ``audit`` event with its ID.
-
-    Only recording spans are touched (a non-recording span costs one call). The
-    span processor recognises ``audit.record_id`` and never records such events again.
-    """
-    span = _get_current_span()
-    if span.is_recording():
-        span.add_event(AUDIT_EVENT_NAME, {"audit.record_id": record_id})
 
 
 class RecordFields(TypedDict, total=False):
@@ -163,6 +152,8 @@ class AuditTrail:
         self._choose_mode = ModeChooser(self.config)
         # the hot path skips mode resolution when nothing can change the trail's mode
         self._plain_async = self.config.mode == "async" and not self._choose_mode.has_rules
+        # how a recording span points back at the rows made in it (otel_audit._backlink)
+        self._link_span: SpanLinker | None = linker(self.config.span_backlink)
         self._closed = False
         ref = weakref.ref(self)
 
@@ -401,9 +392,19 @@ class AuditTrail:
             self.pipeline.submit(rec)  # the default path, without submit()'s dispatch
         else:
             self.submit(rec, mode=mode, session=session)
-        if rec.span_id is not None:  # only a valid span can be recording
-            _link_to_current_span(rec.id)
+        if rec.span_id is not None and self._link_span is not None:
+            # the span processor recognises audit.record_id and never records it again
+            self._link_span(rec.id, rec.trace_id, rec.span_id)  # type: ignore[arg-type]
         return rec
+
+    def link_to_span(self, record: AuditRecord) -> None:
+        """Point the current recording span at ``record``'s row, as the trail's
+        ``span_backlink`` setting says (``record()`` does it; for capture paths that
+        build and submit records themselves). Nothing happens unless the current span
+        is the one the record was made in."""
+        if record.span_id is not None and record.trace_id is not None \
+                and self._link_span is not None:
+            self._link_span(record.id, record.trace_id, record.span_id)
 
     def submit(self, record: AuditRecord, *, mode: str | None = None,
                session: Any = None) -> AuditRecord:

@@ -30,7 +30,7 @@ from opentelemetry import trace
 from .._internal import is_suppressed, log_internal_error
 from ..context import _correlation_id, _request_context
 from ..record import AuditRecord
-from ..trail import AuditTrail, _link_to_current_span, get_trail
+from ..trail import AuditTrail, get_trail
 from .log_context import CallContext, call_context
 
 __all__ = ["AUDIT_FIELDS", "AuditLogHandler"]
@@ -104,7 +104,7 @@ class AuditLogHandler(logging.Handler):
             if stamp is None:
                 rec = trail.build_record(action, **fields)
                 trail.submit(rec)
-                _link_to_current_span(rec.id)
+                trail.link_to_span(rec)
             else:
                 trail.submit(_build_stamped(trail, stamp, action, fields))
         except Exception:  # a logging call must never fail because of auditing
