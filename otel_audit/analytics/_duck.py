@@ -111,9 +111,11 @@ def _columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
 
 def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | None,
                 name: str = "audit_trails", *, store: str = "the store") -> None:
-    """Create the temp view ``name`` over the live store and any Parquet archives.
+    """Create the view ``name`` over the live store and any Parquet archives.
 
-    ``store`` names the store in errors (a URL without its password).
+    The view lives in the in-memory database itself (not a connection's temp schema),
+    so every cursor of the connection sees it. ``store`` names the store in errors (a
+    URL without its password).
     """
     table = f"{live}.audit_trails"
     try:
@@ -132,13 +134,12 @@ def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | N
         except duckdb.Error as exc:
             raise QueryError(f"cannot read the Parquet archives: {exc}") from exc
         select += f" UNION ALL BY NAME SELECT {_typed_columns(archived)} FROM {source}"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
+    con.execute(f"CREATE OR REPLACE VIEW main.{name} AS {select}")
 
 
 def snapshot(con: duckdb.DuckDBPyConnection, source: str, name: str = "audit_trails") -> None:
     """(Re)load ``source`` into the in-memory DuckDB table ``name`` (columnar, compressed)."""
-    con.execute(f"DROP TABLE IF EXISTS {name}")
-    con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {source}")
+    con.execute(f"CREATE OR REPLACE TABLE main.{name} AS SELECT * FROM {source}")
 
 
 class _ArrowStream:

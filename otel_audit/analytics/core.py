@@ -18,6 +18,7 @@ import getpass
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -97,6 +98,11 @@ class AuditAnalytics:
             create_view(self.con, "live", archive_glob, name=view, store=store)
             readable = [self.archive_dir] if archive_glob and self.archive_dir else []
             lock_down(self.con, readable=readable, spill_dir=self._spill_dir)
+            # one DuckDB connection is not safe to share between threads: each thread
+            # queries (and has its queries checked) on its own cursor of the locked database
+            self._local = threading.local()
+            self._cursors: list[duckdb.DuckDBPyConnection] = []
+            self._cursors_lock = threading.Lock()
             self.refresh()
         except BaseException:
             self.con.close()
@@ -134,10 +140,11 @@ class AuditAnalytics:
         ``SELECT`` (or ``EXPLAIN [ANALYZE]`` of one) reading the trail, its archives or
         DuckDB's generators, and :class:`QueryError` for other DuckDB errors.
         """
-        statement = checked_query(self.con, query)
+        cursor = self._cursor()
+        statement = checked_query(cursor, query)
         self._audit_read(query, report, params)
         try:
-            return self.con.sql(statement, params=_bindable(params))
+            return cursor.sql(statement, params=_bindable(params))
         except duckdb.PermissionException as exc:  # the locked connection said no
             raise QueryRefusedError(
                 f"analytics reads only the trail and its archive directory: {exc}") from exc
@@ -169,6 +176,16 @@ class AuditAnalytics:
             export_relation(relation, str(path), options[fmt])
         except duckdb.Error as exc:
             raise QueryError(f"export failed: {exc}") from exc
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor (a connection to the same locked, attached database)."""
+        cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self.con.cursor()
+            with self._cursors_lock:
+                self._cursors.append(cursor)
+            self._local.cursor = cursor
+        return cursor
 
     # ------------------------------------------------------------- audited reads
 
@@ -205,6 +222,10 @@ class AuditAnalytics:
         if self._owns_trail and self._trail is not None:
             self._trail.shutdown()
             self._trail = None
+        with self._cursors_lock:
+            for cursor in self._cursors:
+                cursor.close()
+            self._cursors.clear()
         self.con.close()
         self._remove_spill_dir()
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import sqlite3
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -409,3 +410,31 @@ def test_analytics_works_with_a_select_only_role(pg_url: str) -> None:
             conn.execute(text(f"DROP OWNED BY {role}"))
             conn.execute(text(f"DROP ROLE {role}"))
         owner.dispose()
+
+
+def test_threads_share_one_analytics_safely(target: Target) -> None:
+    # one DuckDB connection used from several threads at once loses results ("closed
+    # pending query"); each thread queries through its own cursor of the locked database
+    problems: list[str] = []
+    start = threading.Barrier(6)
+
+    def work(k: int) -> None:
+        start.wait()
+        for i in range(40):
+            try:
+                if i % 3 == 0:
+                    with pytest.raises(QueryRefusedError):
+                        target.analytics.sql(f"SELECT * FROM read_text('{target.names['secret']}')")
+                    continue
+                got = target.analytics.sql(f"SELECT count(*) + {k} FROM audit_trails").fetchall()
+                if got != [(3 + k,)]:
+                    problems.append(f"thread {k}: {got}")
+            except BaseException as exc:  # reported on the main thread
+                problems.append(f"thread {k}: {exc!r}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert problems == []
