@@ -82,7 +82,7 @@ def forward(
         min=1, help="Seconds of the destination's lease (a second forwarder waits).")
     ] = 30.0,
     retry_for: Annotated[float | None, typer.Option(
-        help="Give up (exit 1) after this many seconds without an acknowledgement "
+        help="Give up (exit 2) after this many seconds without an acknowledgement "
              "[default: retry forever].")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per send.")] = 30.0,
 ) -> None:

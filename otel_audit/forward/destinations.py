@@ -156,7 +156,13 @@ class SyslogDestination:
                     sock = self.tls.wrap_socket(raw, server_hostname=self.host)
                 sock.sendall(data)
                 if isinstance(sock, ssl.SSLSocket):
-                    raw = sock.unwrap()  # close_notify: the receiver sees the end of stream
+                    try:
+                        # close_notify: the receiver sees the end of the stream
+                        raw = sock.unwrap()
+                    except ssl.SSLEOFError:
+                        # the receiver closed in answer to close_notify, which it reads
+                        # only after every record before it: that close is the ack
+                        return
                 raw.shutdown(socket.SHUT_WR)
                 while raw.recv(4096):  # until the receiver closes after reading everything
                     pass

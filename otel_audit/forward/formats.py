@@ -5,9 +5,11 @@ Every format carries the record ID (JSON ``id``, CEF ``externalId``, LEEF
 
 CEF: ``CEF:0|otel_audit|otel_audit|<version>|<action>|<name>|<severity>|<extension>``,
 header fields escaping ``\\`` and ``|``, extension values ``\\``, ``=`` and line breaks
-(ArcSight's "Implementing ArcSight CEF", revision 25). LEEF 2.0 with the tab delimiter
-(``LEEF:2.0|otel_audit|otel_audit|<version>|<action>|x09|key=value<TAB>...``), values
-with tabs and line breaks replaced by spaces (IBM QRadar's LEEF guide).
+(ArcSight's "Implementing ArcSight CEF", revision 25). LEEF 2.0 with ``^`` as the
+attribute delimiter, declared in the header (``LEEF:2.0|otel_audit|otel_audit|<version>|
+<action>|^|key=value^key=value...``; IBM QRadar's LEEF guide): a tab, LEEF 1.0's
+delimiter, is escaped to ``#011`` by syslog relays such as rsyslog. LEEF has no escape,
+so ``^``, tabs and line breaks inside values become spaces (the JSON format is exact).
 """
 
 from __future__ import annotations
@@ -105,11 +107,12 @@ def format_cef(item: ForwardItem) -> str:
 def _leef_value(value: Any) -> str:
     if isinstance(value, dict | list):
         value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return (str(value).replace("^", " ").replace("\t", " ").replace("\r", " ")
+            .replace("\n", " "))
 
 
 def format_leef(item: ForwardItem) -> str:
-    """One LEEF 2.0 event, tab-delimited attributes."""
+    """One LEEF 2.0 event, attributes delimited by ``^``."""
     r = item.record
     attrs: list[tuple[str, Any]] = [
         ("devTime", _iso(r.timestamp)), ("devTimeFormat", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSX"),
@@ -121,9 +124,9 @@ def format_leef(item: ForwardItem) -> str:
         ("method", r.request_method), ("userAgent", r.user_agent),
         ("stream", item.stream), ("seq", item.seq), ("msg", r.error_message),
     ]
-    body = "\t".join(f"{k}={_leef_value(v)}" for k, v in attrs if v is not None and v != "")
+    body = "^".join(f"{k}={_leef_value(v)}" for k, v in attrs if v is not None and v != "")
     header = "|".join(_cef_header(v) for v in (
-        "LEEF:2.0", "otel_audit", "otel_audit", _VERSION, r.action, "x09"))
+        "LEEF:2.0", "otel_audit", "otel_audit", _VERSION, r.action, "^"))
     return f"{header}|{body}"
 
 
