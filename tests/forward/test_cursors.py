@@ -1,0 +1,186 @@
+"""Cursors: order per stream across a gap that is filled later, a gap skipped after its
+grace period (recorded), noted duplicates passed, the lease, and SIGTERM mid-batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from conftest import FORWARD_COMMAND, engine_of, rows
+from sqlalchemy import delete, insert, select
+
+from otel_audit.forward import CursorStore, Forwarder, ForwardItem, LeaseLostError
+from otel_audit.store.schema import (
+    audit_duplicates,
+    audit_forward_cursors,
+    audit_forward_rejects,
+    audit_trails,
+)
+
+
+class Recorder:
+    """A destination that keeps what it acknowledged."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.items: list[ForwardItem] = []
+
+    def send(self, items: Sequence[ForwardItem]) -> None:
+        self.items.extend(items)
+
+    def close(self) -> None:
+        pass
+
+
+def _take_row(url: str, seq: int) -> tuple[str, dict[str, Any]]:
+    """Remove position ``seq`` of the first stream (as if its batch waited in a spool)."""
+    engine = engine_of(url)
+    try:
+        with engine.begin() as conn:
+            stream = conn.execute(select(audit_trails.c.stream).order_by(
+                audit_trails.c.stream).limit(1)).scalar_one()
+            row = dict(conn.execute(select(audit_trails).where(
+                audit_trails.c.stream == stream, audit_trails.c.seq == seq)).mappings().one())
+            conn.execute(delete(audit_trails).where(audit_trails.c.id == row["id"]))
+        return stream, row
+    finally:
+        engine.dispose()
+
+
+def _in_order(items: list[ForwardItem]) -> bool:
+    by_stream: dict[str, list[int]] = {}
+    for item in items:
+        by_stream.setdefault(item.stream, []).append(item.seq)
+    return all(seqs == sorted(seqs) for seqs in by_stream.values())
+
+
+def test_a_gap_filled_later_is_waited_for(source: str) -> None:
+    stream, row = _take_row(source, 10)
+    engine = engine_of(source)
+    recorder = Recorder()
+    try:
+        summary = Forwarder(engine, recorder, batch_size=4).run(once=True)
+        assert summary.gaps == {stream: 10}
+        assert max(i.seq for i in recorder.items if i.stream == stream) == 9
+        with engine.begin() as conn:  # the spooled batch commits
+            conn.execute(insert(audit_trails), [row])
+        Forwarder(engine, recorder, batch_size=4).run(once=True)
+    finally:
+        engine.dispose()
+    assert sorted(i.record.id for i in recorder.items) == sorted(rows(source))
+    assert _in_order(recorder.items)
+
+
+def test_a_gap_past_its_grace_is_skipped_and_recorded(source: str) -> None:
+    stream, row = _take_row(source, 5)
+    engine = engine_of(source)
+    recorder = Recorder()
+    try:
+        forwarder = Forwarder(engine, recorder, batch_size=50, gap_grace=0)
+        forwarder.run(once=True)
+        with engine.connect() as conn:
+            (reject,) = conn.execute(select(audit_forward_rejects)).mappings().all()
+    finally:
+        engine.dispose()
+    assert (reject["stream"], reject["seq"], reject["record_id"]) == (stream, 5, "-")
+    assert "positions 5..5" in reject["reason"]
+    assert sorted(i.record.id for i in recorder.items) == sorted(rows(source))
+    assert row["id"] not in {i.record.id for i in recorder.items}
+
+
+def test_a_noted_duplicate_position_is_passed(source: str) -> None:
+    stream, row = _take_row(source, 7)
+    engine = engine_of(source)
+    recorder = Recorder()
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(audit_duplicates).values(
+                stream=stream, seq=7, id="x" * 32, prev_hash=row["prev_hash"],
+                hash=row["hash"], schema_version=2, pii='{"d":"0"}',
+                created_at=dt.datetime.now(dt.UTC)))
+        summary = Forwarder(engine, recorder, batch_size=3).run(once=True)
+        with engine.connect() as conn:
+            rejected = conn.execute(select(audit_forward_rejects)).all()
+    finally:
+        engine.dispose()
+    assert summary.gaps == {} and rejected == []
+    assert sorted(i.record.id for i in recorder.items) == sorted(rows(source))
+
+
+def test_one_lease_per_destination(source: str) -> None:
+    engine = engine_of(source)
+    try:
+        first = CursorStore(engine, "siem")
+        second = CursorStore(engine, "siem")
+        other = CursorStore(engine, "archive")
+        assert first.try_acquire()
+        assert not second.try_acquire()  # the second forwarder waits
+        assert other.try_acquire()  # another destination has its own
+        first.release()
+        assert second.try_acquire()
+        try:
+            first.advance("s", 3)
+        except LeaseLostError:
+            pass
+        else:
+            raise AssertionError("a forwarder without the lease moved a cursor")
+        # a holder that was killed on this host is replaced at once
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        with engine.begin() as conn:
+            conn.execute(audit_forward_cursors.update().where(
+                audit_forward_cursors.c.destination == "siem",
+                audit_forward_cursors.c.stream == "").values(
+                holder=f"{second.holder.split(':')[0]}:{dead.pid}:dead"))
+        assert first.try_acquire()
+    finally:
+        engine.dispose()
+
+
+def test_sigterm_finishes_the_batch_in_flight(source: str) -> None:
+    in_flight = threading.Event()
+    release = threading.Event()
+    received: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            received.append(1)
+            in_flight.set()
+            release.wait(60)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dest = f"otlp+http://127.0.0.1:{server.server_address[1]}"
+    proc = subprocess.Popen([*FORWARD_COMMAND, "--db", source, "--to", dest,
+                             "--batch-size", "10"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert in_flight.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        release.set()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, err
+    assert "sent 10 records in 1 batches" in err
+    engine = engine_of(source)
+    try:
+        with engine.connect() as conn:
+            moved = conn.execute(select(audit_forward_cursors.c.seq).where(
+                audit_forward_cursors.c.stream != "")).scalars().all()
+    finally:
+        engine.dispose()
+    assert moved == [10] and len(received) == 1
