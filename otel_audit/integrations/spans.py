@@ -2,8 +2,8 @@
 
 A span that carries ``audit.action`` becomes one record when it ends; each span event
 named ``audit`` becomes one record. Events carrying ``audit.record_id`` are the
-back-links the trail adds to the current span (``trail.record()`` inside a span) and
-are never recorded a second time.
+back-links the trail adds to the current span (``trail.record()`` inside a span; one per
+span by default, see the ``span_backlink`` setting) and are never recorded a second time.
 """
 
 from __future__ import annotations
