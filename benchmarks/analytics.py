@@ -11,6 +11,8 @@ SQLite's own SQL where SQLite can express it, with the ratio. Peak memory (max R
 the cost of the read-only check that precedes every query are printed.
 
     python benchmarks/analytics.py [--quick] [--sizes 1000000 ...] [--repeat 3]
+
+Latest figures and what they mean: docs/performance.md.
 """
 
 from __future__ import annotations

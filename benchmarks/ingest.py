@@ -23,6 +23,8 @@ Usage: ``python benchmarks/ingest.py [--records N] [--rounds R] [--clients C]
 [--stalled S] [--postgres URL] [--quick]`` (``--postgres`` defaults to
 ``OTEL_AUDIT_BENCH_POSTGRES_URL``; a scratch database is created on that server and
 dropped afterwards).
+
+Latest figures and what they mean: docs/performance.md.
 """
 
 from __future__ import annotations

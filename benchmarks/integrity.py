@@ -12,6 +12,8 @@ Prints absolute figures and ratios measured side by side in one run:
   of ``--workers``), one seal of every stream head, and a signed ``forget``.
 
 ``--quick`` uses small sizes (smoke test); the default verifies 1,000,000 records.
+
+Latest figures and what they mean: docs/performance.md.
 """
 
 from __future__ import annotations
