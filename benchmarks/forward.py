@@ -7,12 +7,13 @@
 * forward -> serve: ``otel-audit serve`` in its own process on store B (``--ack-mode
   sync``: acknowledged once committed in B); ``Forwarder`` sends A over OTLP/HTTP
   (protobuf, gzip) — records/s until B holds all N (the cursor moved with each
-  acknowledgement).
+  acknowledgement); once with one batch in flight (strict order), once with
+  ``--parallel`` batches in flight (``Forwarder(parallel=...)``).
 
 Target: forward -> serve >= 0.5x in-process. The best of ``--rounds`` rounds is given.
 
 Usage: ``python benchmarks/forward.py [--records N] [--rounds R] [--batch-size B]
-[--quick]``.
+[--parallel P] [--quick]``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from otel_audit.store.schema import audit_trails
 from otel_audit.store.writer import create_store_engine
 
 OTEL_AUDIT = Path(sys.executable).with_name("otel-audit")
+ACK_MODE = "sync"
 
 
 def _count(url: str) -> int:
@@ -61,11 +63,13 @@ def in_process(url: str, n: int) -> float:
     return n / elapsed
 
 
-def forward_rate(source: str, destination: object, n: int, batch_size: int) -> float:
+def forward_rate(source: str, destination: object, n: int, batch_size: int,
+                 parallel: int = 1) -> float:
     """records/s of one ``Forwarder.run(once=True)`` of the whole trail."""
     engine = create_store_engine(source)
     try:
-        forwarder = Forwarder(engine, destination, batch_size=batch_size)  # type: ignore[arg-type]
+        forwarder = Forwarder(engine, destination, batch_size=batch_size,  # type: ignore[arg-type]
+                              parallel=parallel)
         forwarder.start_from(from_start=True)
         start = time.perf_counter()
         summary = forwarder.run(once=True)
@@ -80,7 +84,7 @@ def forward_rate(source: str, destination: object, n: int, batch_size: int) -> f
 def serve(url: str) -> Iterator[str]:
     """Run ``otel-audit serve --ack-mode sync`` in its own process; yields its base URL."""
     proc = subprocess.Popen([str(OTEL_AUDIT), "serve", "--db", url, "--port", "0",
-                             "--ack-mode", "sync"], stderr=subprocess.PIPE, text=True)
+                             "--ack-mode", ACK_MODE], stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     base = None
     for line in proc.stderr:
@@ -103,11 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="5,000 records, one round")
     args = parser.parse_args()
     n, rounds = (5_000, 1) if args.quick else (args.records, args.rounds)
-    best = {"in-process": 0.0, "file": 0.0, "serve": 0.0}
+    best = {"in-process": 0.0, "file": 0.0, "serve": 0.0, "serve-parallel": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             source = f"sqlite:///{tmp}/a{r}.db"
@@ -122,11 +127,19 @@ def main() -> None:
                     source, destination, n, args.batch_size))
                 destination.close()
             assert _count(receiver) == n, "the receiver is missing records"
+            receiver = f"sqlite:///{tmp}/c{r}.db"
+            with serve(receiver) as base:
+                destination = parse_destination(base.replace("http://", "otlp+http://"))
+                best["serve-parallel"] = max(best["serve-parallel"], forward_rate(
+                    source, destination, n, args.batch_size, args.parallel))
+                destination.close()
+            assert _count(receiver) == n, "the receiver is missing records"
     base_rate = best["in-process"]
     print(f"{n} records, SQLite, best of {rounds}, batches of {args.batch_size}")
     print(f"in-process record()+flush     {base_rate:10,.0f} records/s")
     for name, label in (("file", "forward -> file (JSON lines)"),
-                        ("serve", "forward -> otel-audit serve ")):
+                        ("serve", "forward -> otel-audit serve "),
+                        ("serve-parallel", f"  ... --parallel {args.parallel}       ")):
         print(f"{label}  {best[name]:10,.0f} records/s  {best[name] / base_rate:5.2f}x "
               f"in-process")
 

@@ -73,6 +73,10 @@ def forward(
         "--status", help="Print each destination's lag, last success and last error.")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Records per send.")] = 500,
+    parallel: Annotated[int, typer.Option(
+        min=1, help="Batches of one stream in flight at once (OTLP only; the cursor moves "
+                    "once all are acknowledged; they may arrive in any order between "
+                    "them).")] = 1,
     poll_interval: Annotated[float, typer.Option(
         min=0.01, help="Seconds between looks at the store when caught up.")] = 1.0,
     gap_grace: Annotated[float, typer.Option(
@@ -107,15 +111,15 @@ def forward(
         _run(engine, to, fmt=fmt or "json", name=name, headers=_headers(header or []),
              config=config,
              from_start=from_start, since=_since(since) if since else None, once=once,
-             batch_size=batch_size, poll_interval=poll_interval, gap_grace=gap_grace,
-             lease=lease, retry_for=retry_for, timeout=timeout)
+             batch_size=batch_size, parallel=parallel, poll_interval=poll_interval,
+             gap_grace=gap_grace, lease=lease, retry_for=retry_for, timeout=timeout)
     finally:
         engine.dispose()
 
 
 def _run(engine: Any, to: str, *, fmt: str, name: str | None, headers: dict[str, str],
          config: str | None, from_start: bool, since: dt.datetime | None, once: bool,
-         batch_size: int, poll_interval: float, gap_grace: float, lease: float,
+         batch_size: int, parallel: int, poll_interval: float, gap_grace: float, lease: float,
          retry_for: float | None, timeout: float) -> None:
     try:
         from ..forward import Forwarder, load_policies, parse_destination
@@ -133,7 +137,7 @@ def _run(engine: Any, to: str, *, fmt: str, name: str | None, headers: dict[str,
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     forwarder = Forwarder(engine, destination, policy=policy, batch_size=batch_size,
-                          poll_interval=poll_interval, gap_grace=gap_grace,
+                          parallel=parallel, poll_interval=poll_interval, gap_grace=gap_grace,
                           lease_seconds=lease, retry_for=retry_for)
     # SIGTERM: finish the batch in flight, move its cursor, exit 0
     previous = signal.signal(signal.SIGTERM, lambda *_: forwarder.stop())

@@ -151,8 +151,7 @@ class OtlpAuditExporter:
     """Send audit records to an OTLP/HTTP logs endpoint (``.../v1/logs``).
 
     ``endpoint`` is the base URL (``http://host:4318``; ``/v1/logs`` is added unless
-    the path already ends with it). One keep-alive connection, used by one thread at
-    a time.
+    the path already ends with it). Keep-alive connections, one per send in flight.
     """
 
     def __init__(self, endpoint: str, *, headers: Mapping[str, str] | None = None,
@@ -177,9 +176,13 @@ class OtlpAuditExporter:
             **parse_headers(environ.get("OTEL_EXPORTER_OTLP_LOGS_HEADERS")),
             **{k.lower(): v for k, v in (headers or {}).items()},
         }
-        self._conn: http.client.HTTPConnection | None = None
+        # keep-alive connections not in use: each send takes one (or opens one), so
+        # several threads may send at once (the forwarder's --parallel)
+        self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._shutdown = False
+        #: several batches may be in flight at once (one connection each)
+        self.concurrent = True
 
     # -------------------------------------------------------------- the forwarder
 
@@ -198,17 +201,19 @@ class OtlpAuditExporter:
         if self.compression:
             body = gzip.compress(body, compresslevel=1)
             headers["content-encoding"] = "gzip"
-        with self._lock:
-            try:
-                conn = self._connection()
-                conn.request("POST", self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self._close()
-                raise RetryableError(f"{self.name}: {exc or type(exc).__name__}") from exc
-            if response.getheader("connection", "").lower() == "close":
-                self._close()
+        conn = self._connection()
+        try:
+            conn.request("POST", self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise RetryableError(f"{self.name}: {exc or type(exc).__name__}") from exc
+        if response.getheader("connection", "").lower() == "close":
+            conn.close()
+        else:
+            with self._lock:
+                self._idle.append(conn)
         status = response.status
         if 200 <= status < 300:
             rejected, message = _partial_success(payload, response.getheader("content-type"))
@@ -224,25 +229,21 @@ class OtlpAuditExporter:
         raise PermanentError(detail)
 
     def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            if self.https:
-                self._conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout,
-                    context=self.tls or ssl.create_default_context())
-            else:
-                self._conn = http.client.HTTPConnection(self.host, self.port,
-                                                        timeout=self.timeout)
-        return self._conn
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        if self.https:
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout,
+                context=self.tls or ssl.create_default_context())
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the idle connections."""
         with self._lock:
-            self._close()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     # ---------------------------------------------------------- exporter contract
 

@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from .destinations import Destination
 from .errors import ForwardError, LeaseLostError, PermanentError, SendError
 from .items import ForwardItem
 from .policy import FieldPolicy
-from .reader import read_after, stream_heads
+from .reader import StreamBatch, read_after, stream_heads
 
 __all__ = ["ForwardSummary", "Forwarder"]
 
@@ -101,9 +102,10 @@ class Forwarder:
                  poll_interval: float = 1.0, gap_grace: float = 600.0,
                  lease_seconds: float = 30.0, backoff_base: float = 0.5,
                  backoff_max: float = 60.0, retry_for: float | None = None,
+                 parallel: int = 1,
                  on_batch: Callable[[Sequence[ForwardItem]], None] | None = None) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if batch_size < 1 or parallel < 1:
+            raise ValueError("batch_size and parallel must be at least 1")
         self.engine = engine
         self.destination = destination
         self.policy = policy or FieldPolicy()
@@ -114,6 +116,11 @@ class Forwarder:
         self.backoff_max = backoff_max
         self.retry_for = retry_for
         self.on_batch = on_batch
+        #: batches in flight at once: ``parallel`` for a destination that takes several
+        #: sends at once (OTLP), else 1 (each batch then arrives after the one before)
+        self._width = parallel if getattr(destination, "concurrent", False) else 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._count_lock = threading.Lock()
         self.store = CursorStore(engine, destination.name, lease_seconds=lease_seconds)
         self.lag_records = 0
         self._stop = threading.Event()
@@ -159,6 +166,8 @@ class Forwarder:
             self._acquire()
         except _Stopped:
             return self._summary
+        if self._width > 1:
+            self._pool = ThreadPoolExecutor(self._width, thread_name_prefix="otel-audit-forward")
         failures = 0
         try:
             while not self._stop.is_set():
@@ -181,6 +190,9 @@ class Forwarder:
                     self._stop.wait(self.poll_interval)
                     self.store.renew()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             try:
                 self.store.release()
             except Exception:  # the store may be down; the lease then expires by itself
@@ -210,23 +222,42 @@ class Forwarder:
             start = cursors.get(stream, 0)
             if head <= start:
                 continue
-            with self.engine.connect() as conn:
-                batch = read_after(conn, stream, start, self.batch_size)
-            if batch.items:
-                rejects = self._deliver(batch.items)
-                self.store.advance(stream, batch.end, rejects)
-                sent = len(batch.items) - len(rejects)
+            batches = self._read(stream, start)
+            chunks = [b.items for b in batches if b.items]
+            end, gap = batches[-1].end, batches[-1].gap
+            if chunks:
+                if len(chunks) == 1 or self._pool is None:
+                    rejects = [r for chunk in chunks for r in self._deliver(chunk)]
+                else:  # in flight at once; the cursor moves once all are acknowledged
+                    rejects = [r for result in self._pool.map(self._deliver, chunks)
+                               for r in result]
+                self.store.advance(stream, end, rejects)
+                count = sum(len(chunk) for chunk in chunks)
+                sent = count - len(rejects)
                 self._summary.sent += sent
-                self._summary.batches += 1
+                self._summary.batches += len(chunks)
                 self._meters["sent"].add(sent, self._attrs)
-                self.lag_records = max(0, self.lag_records - len(batch.items))
+                self.lag_records = max(0, self.lag_records - count)
                 progressed = True
-            elif batch.end > start:
-                self.store.advance(stream, batch.end)  # past noted duplicates only
+            elif end > start:
+                self.store.advance(stream, end)  # past noted duplicates only
                 progressed = True
-            if batch.gap is not None and not batch.items:
-                progressed = self._at_gap(stream, batch.gap) or progressed
+            if gap is not None and not chunks:
+                progressed = self._at_gap(stream, gap) or progressed
         return progressed
+
+    def _read(self, stream: str, start: int) -> list[StreamBatch]:
+        """The next batch of ``stream`` (``parallel`` batches with a concurrent
+        destination), stopping early at a gap or the head."""
+        batches: list[StreamBatch] = []
+        with self.engine.connect() as conn:
+            while True:
+                batch = read_after(conn, stream, batches[-1].end if batches else start,
+                                   self.batch_size)
+                batches.append(batch)
+                if (len(batches) >= self._width or batch.gap is not None
+                        or len(batch.items) < self.batch_size):
+                    return batches
 
     def _at_gap(self, stream: str, gap: int) -> bool:
         since = self.store.note_gap(stream, gap)
@@ -273,7 +304,8 @@ class Forwarder:
                                  "for good, recorded in audit_forward_rejects: %s",
                                  self.destination.name, items[0].record.id, items[0].stream,
                                  items[0].seq, reason)
-                    self._summary.rejected += 1
+                    with self._count_lock:
+                        self._summary.rejected += 1
                     self._meters["rejected"].add(1, {**self._attrs, "reason": "refused"})
                     return [item_reject(items[0], reason)]
                 half = len(items) // 2
@@ -288,7 +320,8 @@ class Forwarder:
                     raise ForwardError(f"{self.destination.name}: no acknowledgement for "
                                        f"{self.retry_for:g}s: {exc}") from exc
                 self.store.note_error(str(exc))
-                self._summary.retries += 1
+                with self._count_lock:
+                    self._summary.retries += 1
                 self._meters["retries"].add(1, self._attrs)
                 delay = random.uniform(0, min(self.backoff_max,
                                               self.backoff_base * 2 ** min(attempt, 30)))

@@ -116,3 +116,19 @@ def test_exporter_contract_sends_in_process(receiver: Callable[..., Any], receiv
     stored = rows(receiver_url)
     assert sorted(stored) == sorted(r.id for r in records)
     assert {r["user_id"] for r in stored.values()} == {f"u{i}" for i in range(5)}
+
+
+def test_parallel_batches_are_exact_and_move_the_cursor_once_all_are_acked(
+        source: str, receiver: Callable[..., Any], receiver_url: str) -> None:
+    engine = engine_of(source)
+    try:
+        with receiver() as base:
+            destination = parse_destination(base.replace("http://", "otlp+http://"))
+            summary = Forwarder(engine, destination, batch_size=9, parallel=4).run(once=True)
+            destination.close()
+        (state,) = health(engine)
+    finally:
+        engine.dispose()
+    assert summary.sent == 120 and summary.batches == 14  # 70 + 50 records, 9 a batch
+    assert rows(receiver_url) == rows(source)
+    assert state.lag_records == 0
