@@ -42,7 +42,7 @@ _get_current_span = trace.get_current_span
 # span ID -> trace ID of the spans that have their first link; bounded so that spans
 # never seen again cost nothing for long (an entry is two short strings)
 _linked: dict[str, str] = {}
-_LINKED_MAX = 4096
+_LINKED_MAX = 1024
 
 
 def _link_current(record_id: str, trace_id: str, span_id: str) -> bool:

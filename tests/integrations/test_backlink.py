@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from otel_capture_helpers import Tracing, hex_ids
 
-from otel_audit import AuditLogHandler, AuditTrail
+from otel_audit import AuditLogHandler, AuditTrail, _backlink
 from otel_audit.errors import ConfigError
 from otel_audit.otel import AuditSpanProcessor
 
@@ -159,3 +159,19 @@ def test_span_processor_never_records_the_link_again(trail: AuditTrail,
     assert first is not None
     assert _links(tracing) == {"request": [first.id]}
     assert len(trail.records()) == 2
+
+
+def test_a_full_table_is_cleared_and_costs_at_most_one_more_event(
+        trail: AuditTrail, tracing: Tracing, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_backlink, "_LINKED_MAX", 2)
+    tracer = tracing.tracer
+    with tracer.start_as_current_span("long") as long_span:
+        first = trail.record("READ")
+        for name in ("a", "b"):  # the table fills up and is cleared
+            with tracer.start_as_current_span(name):
+                trail.record("READ")
+        again = trail.record("READ")
+        trail.record("READ")  # remembered again: no third event
+    assert first is not None and again is not None
+    assert _links(tracing)["long"] == [first.id, again.id]
+    assert len(trail.records(trace_id=hex_ids(long_span)[0])) == 5
