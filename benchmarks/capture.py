@@ -36,7 +36,7 @@ from opentelemetry.sdk._logs.export import (
 )
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
-from otel_audit import AuditLogHandler, AuditTrail
+from otel_audit import AuditLogHandler, AuditTrail, _accel
 from otel_audit.otel import AuditSpanProcessor
 
 AUDIT = {
@@ -314,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         every = AuditTrail(f"sqlite:///{tmp}/capture-event.db", service_name="bench",
                            span_backlink="event")
         try:
+            # the pure-Python path (OTEL_AUDIT_PUREPYTHON=1, or no compiled module) copies
+            # the call's values and builds rows in Python: its figures differ
+            compiled = getattr(_accel, "speedups", None) is not None
+            print(f"path     {'compiled accelerator' if compiled else 'pure Python'}")
             ours, sdk = bench_logging(trail, calls, rounds)
             print(f"logging  AuditLogHandler {ours:7.2f} us/call   "
                   f"SDK LoggingHandler+Batch {sdk:7.2f} us/call   "
