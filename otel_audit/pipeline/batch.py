@@ -524,7 +524,7 @@ class BatchPipeline:
             logger.warning("audit shutdown: the store held %d records past the deadline; "
                            "they are in the spool", held)
         try:
-            self.writer.interrupt()
+            self.writer.interrupt(wait=False)  # never waits: the deadline has passed
         except Exception:
             log_internal_error("interrupt", logging.WARNING,
                                "audit shutdown: cannot cancel the store's statement",

@@ -429,9 +429,13 @@ class StoreWriter:
             # raised while building the rows (a value no row can hold): the content
             raise StoreError(f"store rejected a value: {exc!r}", transient=False) from exc
 
-    def interrupt(self) -> None:
+    def interrupt(self, *, wait: bool = True) -> None:
         """Cancel the statement running on the writer's connection; callable from any
-        thread (shutdown past its deadline). The write then fails as transient."""
+        thread (shutdown past its deadline). The write then fails as transient.
+
+        ``wait=False``: send the cancel request from a thread of its own and return at
+        once (a PostgreSQL cancel opens a connection, which an unreachable server makes
+        wait)."""
         conn = self._bulk
         if conn is None:
             return
@@ -441,6 +445,13 @@ class StoreWriter:
             return
         if dbapi is None:
             return
+        if wait:
+            self._cancel(dbapi)
+        else:  # the connection is taken now: the caller may forget it right after
+            threading.Thread(target=self._cancel_quietly, args=(dbapi,), daemon=True,
+                             name="otel-audit-cancel").start()
+
+    def _cancel(self, dbapi: Any) -> None:
         if self.dialect == "sqlite":
             dbapi.interrupt()
         elif self.dialect == "postgresql" and self.engine.driver == "psycopg":
@@ -449,6 +460,12 @@ class StoreWriter:
                 cancel(timeout=2.0)
             else:  # pragma: no cover - older psycopg
                 dbapi.cancel()
+
+    def _cancel_quietly(self, dbapi: Any) -> None:
+        try:
+            self._cancel(dbapi)
+        except Exception:  # the statement runs on; shutdown has returned anyway
+            logger.debug("cannot cancel the store's statement", exc_info=True)
 
     # A batch is written on the writer's own connection, kept open between batches and
     # in autocommit mode: a batch that fits one statement (a multi-row INSERT on SQLite,
@@ -482,8 +499,9 @@ class StoreWriter:
         batch does not end within ``timeout`` even once cancelled, the connection is
         left to it (never closed under a thread using it) and only forgotten here."""
         if self._copier is not None and not self._copier.halt(timeout):
-            self.interrupt()
-            if not self._copier.halt(1.0):
+            # a deadline: cancel without waiting for it; else give the cancel a moment
+            self.interrupt(wait=timeout is None)
+            if timeout is not None or not self._copier.halt(1.0):
                 _INHERITED.append(self._bulk)  # still in use: never closed from here
                 self._bulk = None
                 return
@@ -656,7 +674,7 @@ class StoreWriter:
                 finally:
                     self._bulk_lock.release()
             else:
-                self.interrupt()
+                self.interrupt(wait=False)
         else:
             # after fork the kept connection is the parent's: never close it from here,
             # not even by garbage collection (that would end the parent's session); and

@@ -565,3 +565,20 @@ def test_the_generic_path_tells_content_errors_apart(sqlite_url: str) -> None:
     writer.write(prepared(2))
     assert count(writer) == 2
     writer.dispose()
+
+
+def test_interrupt_without_waiting_returns_before_the_cancel_ends(sqlite_url: str) -> None:
+    writer = StoreWriter(sqlite_url, auto_migrate=True)
+    writer.write(prepared(1))  # the kept connection is open
+    release, done = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    def cancel(_dbapi: Any) -> None:  # a cancel request an unreachable server holds up
+        released.append(release.wait(10))
+        done.set()
+
+    writer._cancel = cancel  # type: ignore[method-assign]
+    writer.interrupt(wait=False)
+    release.set()  # reached while the cancel still waits: interrupt() did not wait for it
+    assert done.wait(10) and released == [True]
+    writer.dispose()
