@@ -20,6 +20,7 @@ attribute                      record field
 ``audit.changes``              ``changes`` (a map or a JSON string)
 ``audit.context``              ``context`` (a map or a JSON string)
 ``audit.acting_as``            ``acting_as``
+``audit.request_id``           ``request_id``
 ``audit.record_id``            ``id`` (when re-ingesting a record emitted elsewhere)
 ``user.id`` / ``enduser.id``   ``user_id`` (``user.id`` wins)
 ``user.email``                 ``user_email``
@@ -70,6 +71,7 @@ FIELD_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "changes": ("audit.changes",),
     "context": ("audit.context",),
     "acting_as": ("audit.acting_as",),
+    "request_id": ("audit.request_id",),
     "user_id": ("user.id", "enduser.id"),
     "user_email": ("user.email",),
     "client_ip": ("client.address",),

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from conftest import FORWARD_COMMAND, engine_of, rows
+from forward_helpers import FORWARD_COMMAND, engine_of, rows
 from sqlalchemy import delete, insert, select
 
 from otel_audit.forward import CursorStore, Forwarder, ForwardItem, LeaseLostError

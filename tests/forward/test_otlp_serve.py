@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import FORWARD_COMMAND, engine_of, fill, forward_cli, rows
+from forward_helpers import FORWARD_COMMAND, engine_of, fill, forward_cli, rows
 
 from otel_audit import AuditTrail
 from otel_audit.forward import Forwarder, parse_destination

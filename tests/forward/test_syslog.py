@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import forward_cli, rows
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from forward_helpers import forward_cli, rows
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd"
                                          if os.path.exists("/usr/sbin/rsyslogd") else None)
