@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, func, select, text
 
 from ..store.reader import row_to_record
 from ..store.schema import audit_duplicates, audit_trails
@@ -37,12 +37,28 @@ class StreamBatch(NamedTuple):
     gap: int | None
 
 
+#: The distinct streams by a skip scan of ``ux_audit_trails_stream_seq``: one index probe
+#: per stream instead of a walk of every row (the forwarder looks every poll interval).
+_STREAMS = text("""
+WITH RECURSIVE s(stream) AS (
+    SELECT min(stream) FROM audit_trails
+    UNION ALL
+    SELECT (SELECT min(t.stream) FROM audit_trails t WHERE t.stream > s.stream)
+    FROM s WHERE s.stream IS NOT NULL
+)
+SELECT stream FROM s WHERE stream IS NOT NULL
+""")
+
+
 def stream_heads(conn: Connection) -> dict[str, int]:
-    """``stream -> highest committed seq`` of every stream."""
-    rows = conn.execute(select(audit_trails.c.stream, func.max(audit_trails.c.seq))
-                        .where(audit_trails.c.stream.is_not(None))
-                        .group_by(audit_trails.c.stream))
-    return {stream: int(seq) for stream, seq in rows if seq is not None}
+    """``stream -> highest committed seq`` of every stream (index probes only)."""
+    heads: dict[str, int] = {}
+    for (stream,) in conn.execute(_STREAMS):
+        seq = conn.execute(select(func.max(audit_trails.c.seq))
+                           .where(audit_trails.c.stream == stream)).scalar()
+        if seq is not None:
+            heads[stream] = int(seq)
+    return heads
 
 
 def _noted(conn: Connection, stream: str, first: int, last: int) -> set[int]:
