@@ -17,7 +17,6 @@ from otel_audit.integrity.canonical import (
     EXACT_VERSION,
     GENESIS_HASH,
     INVALID,
-    _v1_stored_json,
     canonical_json,
     canonical_number,
     canonical_stored_json,
@@ -26,6 +25,7 @@ from otel_audit.integrity.canonical import (
     personal_digest,
     personal_json_values,
 )
+from otel_audit.integrity.canonical_json import v1_stored_json
 from otel_audit.record import AuditRecord, normalise
 from otel_audit.store.writer import chain_row, create_store_engine
 
@@ -112,7 +112,7 @@ def _vector_row(version: int, pii: str | None = None,
             "amount": 12345678901234567, "rate": 1e-7, "zero": -0.0, "big": 1e16},
         schema_version=version)
     record, texts = normalise(record)
-    stored = canonical_stored_json if version >= EXACT_VERSION else _v1_stored_json
+    stored = canonical_stored_json if version >= EXACT_VERSION else v1_stored_json
     texts = {k: None if v is None else stored(v) for k, v in texts.items()}
     return chain_row(record, texts, "svc@host:1:abcd", 1, GENESIS_HASH, None, "00" * 16, pii)
 

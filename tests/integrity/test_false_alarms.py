@@ -13,7 +13,8 @@ from integrity_support import BASE, KEY, execute, kinds, verify
 from sqlalchemy import Engine, create_engine, text
 
 from otel_audit import AuditTrail
-from otel_audit.integrity.canonical import FORMAT, GENESIS_HASH, _v1_stored_json, chain_hash
+from otel_audit.integrity.canonical import FORMAT, GENESIS_HASH, chain_hash
+from otel_audit.integrity.canonical_json import v1_stored_json
 from otel_audit.record import AuditRecord, normalise
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.writer import chain_row
@@ -211,7 +212,7 @@ def _v1_rows(count: int, values: list[Any]) -> list[tuple[Any, ...]]:
                              new_values=value, context={"big": 12345678901234567, "r": 0.5},
                              schema_version=1)
         record, texts = normalise(record)
-        texts = {k: None if v is None else _v1_stored_json(v) for k, v in texts.items()}
+        texts = {k: None if v is None else v1_stored_json(v) for k, v in texts.items()}
         row = chain_row(record, texts, "old-stream", seq, prev, None, "ab" * 16, None)
         digest = chain_hash(row, KEY.encode(), canonicalise=False)
         rows.append((*row[:-1], digest))
