@@ -21,8 +21,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, set_span_in_conte
 
 from .._internal import is_suppressed
 from ..mapping import AUDIT_EVENT_NAME, attributes_to_fields, is_audit, record_to_attributes
+from ..prepared import PreparedRecord
 from ..record import AuditRecord
-from ..store.writer import PreparedRecord
 from ..trail import AuditTrail
 from ._convert import resolve_trail, submit_fields
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import orjson
 
+from ..prepared import PreparedRecord, chain_row
 from ..record import JSON_FIELDS
-from ..store.writer import PreparedRecord, chain_row
 from .canonical import (
     EXACT_FORMAT,
     EXACT_VERSION,

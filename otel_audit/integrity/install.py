@@ -19,8 +19,9 @@ from sqlalchemy.pool import StaticPool
 from .._internal import log_internal_error
 from ..config import AuditConfig
 from ..errors import ConfigError, StoreError
+from ..prepared import PreparedRecord, store_row
 from ..store.schema import audit_checkpoints, audit_duplicates, audit_trails
-from ..store.writer import PreparedRecord, StoreWriter, store_row
+from ..store.writer import StoreWriter
 from .canonical import pii_info, seal_digest
 from .chain import ChainSealer
 from .checkpoints import write_checkpoint

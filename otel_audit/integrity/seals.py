@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
     from ..config import AuditConfig
     from ..pipeline.batch import BatchPipeline
-    from ..store.writer import PreparedRecord, StoreWriter
+    from ..prepared import PreparedRecord
+    from ..store.writer import StoreWriter
     from .chain import ChainSealer
     from .verify import Finding
 

@@ -54,9 +54,10 @@ from .._internal import log_internal_error, logger, suppress_instrumentation
 from ..config import AuditConfig
 from ..errors import AuditWriteError, StoreError
 from ..metrics import PipelineMetrics
+from ..prepared import PreparedRecord
 from ..record import NORMALISATION_KEY, AuditRecord, normalise, plain_texts
 from ..redact import Redactor
-from ..store.writer import Ahead, PreparedRecord, StoreWriter
+from ..store.writer import Ahead, StoreWriter
 from .journal import Journal
 from .quarantine import Quarantine, quarantine_dir_for, safe_record, safe_texts
 from .spool import Spool

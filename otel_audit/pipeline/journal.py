@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 
-from ..store.writer import PreparedRecord
+from ..prepared import PreparedRecord
 from .segments import Segment, SegmentDir, encode_frame, read_frames
 from .spool import decode_record, encode_record
 

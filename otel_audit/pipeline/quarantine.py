@@ -24,8 +24,8 @@ import threading
 import uuid
 from typing import Any
 
+from ..prepared import PreparedRecord
 from ..record import COLUMN_LIMITS, JSON_FIELDS, NORMALISATION_KEY, SCHEMA_VERSION, AuditRecord
-from ..store.writer import PreparedRecord
 from .segments import Segment, SegmentDir, encode_frame
 from .spool import encode_record
 

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ..prepared import PreparedRecord
 from ..record import JSON_FIELDS, AuditRecord
-from ..store.writer import PreparedRecord
 from .segments import Segment, SegmentDir, encode_frame, read_frames
 
 __all__ = ["Spool", "decode_record", "encode_record"]
