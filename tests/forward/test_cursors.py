@@ -184,3 +184,21 @@ def test_sigterm_finishes_the_batch_in_flight(source: str) -> None:
     finally:
         engine.dispose()
     assert moved == [10] and len(received) == 1
+
+
+def test_two_forwarders_for_one_destination_send_each_record_once(source: str) -> None:
+    engine = engine_of(source)
+    first, second = Recorder(), Recorder()
+    try:
+        forwarders = [Forwarder(engine, destination, batch_size=5, poll_interval=0.01)
+                      for destination in (first, second)]
+        threads = [threading.Thread(target=f.run, kwargs={"once": True}) for f in forwarders]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        engine.dispose()
+    sent = [i.record.id for i in first.items + second.items]
+    assert sorted(sent) == sorted(rows(source))  # every record, none twice
+    assert _in_order(first.items) and _in_order(second.items)
