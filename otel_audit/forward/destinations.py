@@ -53,7 +53,9 @@ def destination_name(url: str) -> str:
 class FileDestination:
     """JSON lines in a file, rotated by size (``path.1`` ... ``path.N``, newest first).
 
-    A batch is acknowledged once written and ``fsync``-ed.
+    A batch is acknowledged once written and ``fsync``-ed. After a crash in the middle
+    of a write, the torn last line is ended before the batch is written again, so a
+    reader skipping lines that do not parse sees every record.
     """
 
     def __init__(self, path: str | Path, *, max_bytes: int = 100 * 1024 * 1024,
@@ -84,7 +86,13 @@ class FileDestination:
             if self.path.exists() and self.path.stat().st_size > 0 and (
                     self.path.stat().st_size + len(data) > self.max_bytes):
                 self._rotate()
-            with open(self.path, "ab") as fh:
+            with open(self.path, "ab+") as fh:
+                if fh.tell() > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        # a line torn by a crash mid-write: end it, so the resent batch
+                        # starts on its own line (the fragment stays, unparsable)
+                        data = b"\n" + data
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -4,9 +4,12 @@ grace period (recorded), noted duplicates passed, the lease, and SIGTERM mid-bat
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -202,3 +205,27 @@ def test_two_forwarders_for_one_destination_send_each_record_once(source: str) -
     sent = [i.record.id for i in first.items + second.items]
     assert sorted(sent) == sorted(rows(source))  # every record, none twice
     assert _in_order(first.items) and _in_order(second.items)
+
+
+def test_kill_9_resends_at_most_the_unacknowledged_batch(source: str, tmp_path: Any) -> None:
+    out = tmp_path / "trail.jsonl"
+    rng = random.Random(9)
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen([*FORWARD_COMMAND, "--db", source, "--to", f"file://{out}",
+                                 "--batch-size", "3", "--poll-interval", "0.05"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))  # a random point of the run, not a sync
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        kills += 1
+    subprocess.run([*FORWARD_COMMAND, "--db", source, "--to", f"file://{out}", "--once"],
+                   check=True, capture_output=True, timeout=120)
+    ids = []
+    for line in out.read_text().splitlines():
+        try:
+            ids.append(json.loads(line)["id"])
+        except ValueError:
+            continue  # a line torn by the kill; its batch was sent again
+    assert set(ids) == set(rows(source))
+    assert len(ids) - len(set(ids)) <= kills * 3  # at most one batch per kill
