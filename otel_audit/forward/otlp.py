@@ -6,10 +6,11 @@ IDs, and the attributes of :func:`otel_audit.mapping.record_to_attributes` (so
 resource each (``service.name``). An ``otel-audit serve`` receiving them stores the same
 records under the same IDs; a Collector routes them like any audit log record.
 
-:class:`OtlpAuditExporter` has the exporter contract's shape (``export(batch) ->
-result``, ``force_flush(timeout_millis) -> bool``, ``shutdown()``), so a trail can send
-to OTLP in-process, and the forwarder's :meth:`~OtlpAuditExporter.send`, which raises
-instead of answering a result so the forwarder decides about retries and rejects.
+:class:`OtlpAuditExporter` is an :class:`~otel_audit.exporters.AuditExporter`, so a
+trail can send to OTLP in-process (``AuditTrail(exporter=OtlpAuditExporter(url))``: the
+pipeline's retries, spool and quarantine apply), and it has the forwarder's
+:meth:`~OtlpAuditExporter.send`, which raises instead of answering a result so the
+forwarder decides about retries and rejects.
 
 Headers come as the OpenTelemetry exporters take them: ``OTEL_EXPORTER_OTLP_HEADERS``
 and ``OTEL_EXPORTER_OTLP_LOGS_HEADERS`` (``name=value,...``, values URL-encoded), then
@@ -19,11 +20,9 @@ the ones given (``--header NAME=VALUE``), later ones winning.
 from __future__ import annotations
 
 import email.utils
-import enum
 import gzip
 import http.client
 import os
-import random
 import ssl
 import threading
 import time
@@ -38,23 +37,18 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from ..exporters.base import AuditExporter, ExportResult
 from ..mapping import AUDIT_EVENT_NAME, record_to_attributes
+from ..prepared import PreparedRecord
 from ..record import AuditRecord
-from .errors import PermanentError, RetryableError, SendError
+from .errors import PermanentError, RetryableError
 from .items import ForwardItem
 
-__all__ = ["ExportResult", "OtlpAuditExporter", "encode_request", "parse_headers"]
+__all__ = ["OtlpAuditExporter", "encode_request", "parse_headers"]
 
 _SCOPE_NAME = "otel_audit.forward"
 _SEVERITY_INFO, _SEVERITY_WARN = 9, 13
 _RETRYABLE = frozenset({408, 429})
-
-
-class ExportResult(enum.Enum):
-    """What :meth:`OtlpAuditExporter.export` answers."""
-
-    SUCCESS = 0
-    FAILURE = 1
 
 
 def parse_headers(text: str | None) -> dict[str, str]:
@@ -147,7 +141,7 @@ def _partial_success(payload: bytes, content_type: str | None) -> tuple[int, str
     return int(partial.rejected_log_records), partial.error_message
 
 
-class OtlpAuditExporter:
+class OtlpAuditExporter(AuditExporter):
     """Send audit records to an OTLP/HTTP logs endpoint (``.../v1/logs``).
 
     ``endpoint`` is the base URL (``http://host:4318``; ``/v1/logs`` is added unless
@@ -247,34 +241,26 @@ class OtlpAuditExporter:
 
     # ---------------------------------------------------------- exporter contract
 
-    def export(self, batch: Sequence[AuditRecord]) -> ExportResult:
-        """Send ``batch``, retrying retryable failures with backoff for up to ``timeout``
-        seconds; ``FAILURE`` on a permanent refusal, after the deadline or after
-        :meth:`shutdown` (never raises)."""
+    def export(self, batch: Sequence[PreparedRecord]) -> ExportResult:
+        """Post ``batch`` once (a trail's pipeline retries, spools and isolates):
+        ``retryable`` for a connection error, 408, 429 or 5xx, ``rejected`` for another
+        4xx or records refused in ``partial_success``; never raises."""
         if self._shutdown:
-            return ExportResult.FAILURE
-        deadline = time.monotonic() + self.timeout
-        delay = 0.5
-        while True:
-            try:
-                self.post(batch)
-                return ExportResult.SUCCESS
-            except RetryableError as exc:
-                wait = max(exc.retry_after or 0.0, delay * random.uniform(0.5, 1.0))
-                if self._shutdown or time.monotonic() + wait > deadline:
-                    return ExportResult.FAILURE
-                time.sleep(wait)
-                delay = min(delay * 2, 30.0)
-            except SendError:
-                return ExportResult.FAILURE
-            except Exception:  # an exporter never raises into the pipeline
-                return ExportResult.FAILURE
+            return ExportResult.retryable(f"{self.name}: shut down")
+        try:
+            self.post([prepared.record for prepared in batch])
+        except PermanentError as exc:
+            return ExportResult.rejected(exc)
+        except Exception as exc:  # an exporter never raises into the pipeline
+            return ExportResult.retryable(exc)
+        return ExportResult.success()
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is buffered: every ``export`` has finished when it returns."""
         return True
 
-    def shutdown(self) -> None:
-        """Refuse further exports and close the connection."""
+    def shutdown(self, timeout_millis: int = 30_000) -> bool:
+        """Refuse further exports and close the idle connections."""
         self._shutdown = True
         self.close()
+        return True

@@ -13,8 +13,9 @@ from typing import Any
 from forward_helpers import FORWARD_COMMAND, engine_of, fill, forward_cli, rows
 
 from otel_audit import AuditTrail
+from otel_audit.exporters import ExportStatus
 from otel_audit.forward import Forwarder, parse_destination
-from otel_audit.forward.otlp import ExportResult, OtlpAuditExporter
+from otel_audit.forward.otlp import OtlpAuditExporter
 from otel_audit.forward.status import health
 
 
@@ -98,24 +99,24 @@ def test_destination_down_then_up(source: str, receiver: Callable[..., Any],
     assert len(failures) >= 3
 
 
-def test_exporter_contract_sends_in_process(receiver: Callable[..., Any], receiver_url: str,
-                                            tmp_path: Any) -> None:
-    trail = AuditTrail(f"sqlite:///{tmp_path}/a.db", auto_migrate=True, flush_interval=0.05)
-    try:
-        records = [trail.build_record("LOGIN", user_id=f"u{i}", trace_id="ab" * 16,
-                                      span_id="cd" * 8, service_name="web")
-                   for i in range(5)]
-    finally:
-        trail.shutdown(5)
+def test_a_trail_sends_to_otlp_in_process(receiver: Callable[..., Any], receiver_url: str,
+                                          tmp_path: Any) -> None:
     with receiver() as base:
         exporter = OtlpAuditExporter(base, timeout=10)
-        assert exporter.export(records) is ExportResult.SUCCESS
-        assert exporter.force_flush() is True
-        exporter.shutdown()
-        assert exporter.export(records) is ExportResult.FAILURE
+        trail = AuditTrail(f"sqlite:///{tmp_path}/a.db", exporter=exporter,
+                           service_name="web", flush_interval=0.05)
+        try:
+            for i in range(5):
+                trail.record("LOGIN", user_id=f"u{i}", request_id=f"r{i}",
+                             new_values={"n": i})
+            assert trail.flush(30)
+        finally:
+            trail.shutdown(10)
+        assert exporter.export([]).status is ExportStatus.RETRYABLE  # after shutdown
     stored = rows(receiver_url)
-    assert sorted(stored) == sorted(r.id for r in records)
-    assert {r["user_id"] for r in stored.values()} == {f"u{i}" for i in range(5)}
+    assert len(stored) == 5
+    assert sorted((r["user_id"], r["request_id"], r["new_values"]["n"], r["service_name"])
+                  for r in stored.values()) == [(f"u{i}", f"r{i}", i, "web") for i in range(5)]
 
 
 def test_parallel_batches_are_exact_and_move_the_cursor_once_all_are_acked(
