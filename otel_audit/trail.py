@@ -32,6 +32,8 @@ from ._internal import log_internal_error
 from .config import AuditConfig, resolve_config
 from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, StoreError
+from .exporters.adapter import ExporterWriter
+from .exporters.base import AuditExporter
 from .integrity.install import install_chain
 from .integrity.seals import install_seals
 from .pipeline.batch import AuditStats, DeferredRecords
@@ -113,6 +115,7 @@ class AuditTrail:
         enabled: bool | None = None,
         policy: AuditPolicy | None = None,
         logger_provider: LoggerProvider | None = None,
+        exporter: AuditExporter | None = None,
         **settings: Any,
     ) -> None:
         self.config: AuditConfig = resolve_config(
@@ -137,7 +140,10 @@ class AuditTrail:
         self.policy = policy if policy is not None else AuditPolicy()
         self.enabled = self.config.enabled
         self.service_name = self.config.service_name
-        self.writer = StoreWriter(self.config.url, auto_migrate=self.config.auto_migrate)
+        # an exporter takes the batches instead of the store (otel_audit.exporters)
+        self.writer = StoreWriter(self.config.url, auto_migrate=self.config.auto_migrate) \
+            if exporter is None else ExporterWriter(exporter, self.config.url,
+                                                    auto_migrate=self.config.auto_migrate)
         self.pipeline = build_pipeline(self.config, self.writer)
         if self.config.emit_otel_logs:
             # imported only when asked for; runs on the worker after normalisation
