@@ -229,3 +229,19 @@ def test_kill_9_resends_at_most_the_unacknowledged_batch(source: str, tmp_path: 
             continue  # a line torn by the kill; its batch was sent again
     assert set(ids) == set(rows(source))
     assert len(ids) - len(set(ids)) <= kills * 3  # at most one batch per kill
+
+
+def test_since_starts_new_streams_at_that_time_and_from_start_resends(
+        source: str, tmp_path: Any) -> None:
+    out = tmp_path / "since.jsonl"
+    since = "2026-01-02T03:05:00+00:00"  # records are one second apart from 03:04:05.678901
+    subprocess.run([*FORWARD_COMMAND, "--db", source, "--to", f"file://{out}", "--once",
+                    "--since", since], check=True, capture_output=True, timeout=120)
+    cut = dt.datetime.fromisoformat(since).replace(tzinfo=None)
+    expected = {i for i, r in rows(source).items() if r["timestamp"] >= cut}
+    got = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert set(got) == expected and len(got) == len(expected) and 0 < len(got) < 120
+    subprocess.run([*FORWARD_COMMAND, "--db", source, "--to", f"file://{out}", "--once",
+                    "--from-start"], check=True, capture_output=True, timeout=120)
+    again = [json.loads(line)["id"] for line in out.read_text().splitlines()][len(got):]
+    assert sorted(again) == sorted(rows(source))
