@@ -39,7 +39,7 @@ import duckdb
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from otel_audit.analytics._duck import load_extension
+from otel_audit.analytics.duck import load_extension
 from otel_audit.config import normalise_database_url
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.schema import RECORD_COLUMNS

@@ -30,8 +30,8 @@ import duckdb
 from .._internal import log_internal_error
 from ..config import normalise_database_url, resolve_config
 from ..errors import AuditError, QueryError, QueryRefusedError
-from ._duck import attach_store, create_view, export_relation, snapshot
 from ._guard import checked_query, lock_down
+from .duck import attach_store, create_view, export_relation, snapshot
 
 if TYPE_CHECKING:
     from ..trail import AuditTrail
