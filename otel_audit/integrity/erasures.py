@@ -35,7 +35,7 @@ from ..record import JSON_FIELDS
 from ..store.schema import PERSONAL_FIELDS, audit_erasures
 from .canonical import FORMAT, pii_info
 from .keys import PublicKeys, public_key_hex, sign, signature_valid
-from .verify import Finding
+from .walk import Finding
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (

@@ -17,7 +17,9 @@ from typing import Any
 from ..store.writer import create_store_engine
 from .canonical import GENESIS_HASH
 from .sources import StoreSource
-from .verify import Finding, VerifyReport, _resolve_candidates, _Walker
+from .walk import Finding, VerifyReport
+from .walk import Walker as _Walker
+from .walk import resolve_candidates as _resolve_candidates
 
 __all__ = ["verify_parallel"]
 

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from ..prepared import PreparedRecord
     from ..store.writer import StoreWriter
     from .chain import ChainSealer
-    from .verify import Finding
+    from .walk import Finding
 
 __all__ = [
     "SEAL_FILE_FORMAT",
@@ -370,7 +370,7 @@ def check_seals(stored: Sequence[Seal], exported: Sequence[Seal] = (), *,
     missing from the store (deleted, or the database rolled back) or different from it
     is a finding. The heads of every seal come back for the chain walk.
     """
-    from .verify import Finding
+    from .walk import Finding
 
     findings: list[Finding] = []
     warnings: list[Finding] = []
