@@ -38,6 +38,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .fields import FIELDS, JSON_FIELDS, field_attributes
 from .record import NORMALISATION_KEY, AuditRecord
 
 __all__ = [
@@ -55,30 +56,8 @@ AUDIT_EVENT_NAME = "audit"
 # The attribute older Logs SDKs and bridges use for the event name.
 _EVENT_NAME_ATTRIBUTE = "event.name"
 
-#: ``record field -> attribute names`` in order of preference.
-FIELD_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "action": ("audit.action",),
-    "resource_type": ("audit.resource.type",),
-    "resource_id": ("audit.resource.id",),
-    "resource_name": ("audit.resource.name",),
-    "team_id": ("audit.team.id",),
-    "data_classification": ("audit.data_classification",),
-    "requires_review": ("audit.requires_review",),
-    "success": ("audit.success",),
-    "error_message": ("audit.error_message",),
-    "old_values": ("audit.old_values",),
-    "new_values": ("audit.new_values",),
-    "changes": ("audit.changes",),
-    "context": ("audit.context",),
-    "acting_as": ("audit.acting_as",),
-    "request_id": ("audit.request_id",),
-    "user_id": ("user.id", "enduser.id"),
-    "user_email": ("user.email",),
-    "client_ip": ("client.address",),
-    "user_agent": ("user_agent.original",),
-    "request_method": ("http.request.method",),
-    "request_path": ("url.path", "http.route"),
-}
+#: ``record field -> attribute names`` in order of preference (otel_audit.fields).
+FIELD_ATTRIBUTES: dict[str, tuple[str, ...]] = field_attributes()
 
 #: ``attribute name -> (record field, preference rank)``, the inverse of the above.
 _ATTRIBUTE_FIELDS: dict[str, tuple[str, int]] = {
@@ -87,8 +66,8 @@ _ATTRIBUTE_FIELDS: dict[str, tuple[str, int]] = {
     for rank, name in enumerate(names)
 }
 
-_JSON_FIELDS = frozenset({"old_values", "new_values", "changes", "context"})
-_BOOL_FIELDS = frozenset({"requires_review", "success"})
+_JSON_FIELDS = frozenset(JSON_FIELDS)
+_BOOL_FIELDS = frozenset(f.name for f in FIELDS if f.kind == "bool")
 
 
 def is_audit(attributes: Mapping[str, Any] | None, event_name: str | None = None) -> bool:

@@ -28,7 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
-from ..record import COLUMN_LIMITS, JSON_FIELDS
+from ..fields import FIELD_NAMES, FIELDS, JSON_FIELDS, FieldSpec, column_limits
+from ..fields import PERSONAL_FIELDS as _PERSONAL_FIELDS
 
 __all__ = [
     "CHAIN_COLUMNS",
@@ -82,41 +83,44 @@ class JSONText(TypeDecorator[Any]):
 _JSON = JSON().with_variant(JSONB(), "postgresql").with_variant(JSONText(), "sqlite")
 
 
-def _s(name: str, *, nullable: bool = True, primary_key: bool = False) -> Column[str]:
-    return Column(name, String(COLUMN_LIMITS[name]), nullable=nullable, primary_key=primary_key)
+#: Length of a record id (the other tables name records by it).
+_ID_LENGTH = column_limits()["id"]
+
+#: Column defaults of the record's NOT NULL flags and version (rows from before them).
+_DEFAULTS: dict[str, Any] = {"requires_review": False, "success": True, "schema_version": 1}
+
+
+def _column(spec: FieldSpec) -> Column[Any]:
+    """The ``audit_trails`` column of one record field (otel_audit.fields)."""
+    kind = spec.kind
+    type_: Any
+    if kind == "string":
+        type_ = String(spec.limit)
+    elif kind == "text":
+        type_ = Text
+    elif kind == "json":
+        type_ = _JSON
+    elif kind == "timestamp":
+        type_ = DateTime(timezone=True)
+    elif kind == "bool":
+        type_ = Boolean
+    else:
+        type_ = Integer
+    extra: dict[str, Any] = {}
+    if spec.name in _DEFAULTS:
+        extra["default"] = _DEFAULTS[spec.name]
+    return Column(spec.name, type_, nullable=spec.nullable, primary_key=spec.name == "id",
+                  **extra)
+
+
+def _record_columns() -> list[Column[Any]]:
+    return [_column(spec) for spec in FIELDS]
 
 
 audit_trails = Table(
     "audit_trails",
     metadata,
-    _s("id", primary_key=True, nullable=False),
-    Column("timestamp", DateTime(timezone=True), nullable=False),
-    _s("correlation_id"),
-    _s("request_id"),
-    _s("trace_id"),
-    _s("span_id"),
-    _s("action", nullable=False),
-    _s("resource_type"),
-    _s("resource_id"),
-    _s("resource_name"),
-    _s("user_id", nullable=False),
-    _s("user_email"),
-    _s("team_id"),
-    _s("client_ip"),
-    Column("user_agent", Text),
-    _s("request_path"),
-    _s("request_method"),
-    Column("old_values", _JSON),
-    Column("new_values", _JSON),
-    Column("changes", _JSON),
-    _s("data_classification"),
-    Column("requires_review", Boolean, nullable=False, default=False),
-    Column("success", Boolean, nullable=False, default=True),
-    Column("error_message", Text),
-    Column("context", _JSON),
-    _s("service_name"),
-    _s("acting_as"),
-    Column("schema_version", Integer, nullable=False, default=1),
+    *_record_columns(),
     # integrity chain (see otel_audit.integrity): one chain per writer stream
     Column("stream", String(128)),
     Column("seq", BigInteger),
@@ -144,28 +148,16 @@ audit_trails = Table(
 )
 
 #: Columns filled from an AuditRecord, in row order.
-RECORD_COLUMNS: tuple[str, ...] = (
-    "id", "timestamp", "correlation_id", "request_id", "trace_id", "span_id", "action",
-    "resource_type", "resource_id", "resource_name", "user_id", "user_email", "team_id",
-    "client_ip", "user_agent", "request_path", "request_method", "old_values", "new_values",
-    "changes", "data_classification", "requires_review", "success", "error_message",
-    "context", "service_name", "acting_as", "schema_version",
-)
+RECORD_COLUMNS: tuple[str, ...] = FIELD_NAMES
 
 #: Columns filled by the integrity chain.
 CHAIN_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", "hash", "pii_salt", "pii")
 
 #: Record fields holding personal data: the chain hashes them only through a salted digest.
-PERSONAL_FIELDS: tuple[str, ...] = ("user_id", "user_email", "client_ip", "user_agent")
+PERSONAL_FIELDS: tuple[str, ...] = _PERSONAL_FIELDS
 
 #: Record fields the chain hashes as they are stored, in payload order.
-HASHED_FIELDS: tuple[str, ...] = (
-    "id", "timestamp", "correlation_id", "request_id", "trace_id", "span_id", "action",
-    "resource_type", "resource_id", "resource_name", "team_id", "request_path",
-    "request_method", "old_values", "new_values", "changes", "data_classification",
-    "requires_review", "success", "error_message", "context", "service_name", "acting_as",
-    "schema_version",
-)
+HASHED_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if not f.personal)
 
 #: The row layout the writer inserts and the chain hashes (``docs/integrity.md``): chain
 #: position, hashed fields, personal fields, then salt, personal-key list and hash.
@@ -239,7 +231,7 @@ audit_duplicates = Table(
     metadata,
     Column("stream", String(128), primary_key=True),
     Column("seq", BigInteger, primary_key=True),
-    Column("id", String(COLUMN_LIMITS["id"]), nullable=False),
+    Column("id", String(_ID_LENGTH), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Column("schema_version", Integer, nullable=False),
@@ -276,7 +268,7 @@ audit_forward_rejects = Table(
     Column("destination", String(128), nullable=False),
     Column("stream", String(128), nullable=False),
     Column("seq", BigInteger, nullable=False),
-    Column("record_id", String(COLUMN_LIMITS["id"]), nullable=False),
+    Column("record_id", String(_ID_LENGTH), nullable=False),
     Column("reason", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     # the rejects of one destination, oldest first (forward --status, investigation)
