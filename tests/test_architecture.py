@@ -22,8 +22,6 @@ MAX_LINES = 500
 LONG_MODULES: dict[str, str] = {
     "otel_audit.pipeline.batch": "being split by job (queue/worker, retry policy, store "
                                  "stage) in the pipeline redesign",
-    "otel_audit.store.writer": "being split into one exporter per store in the pipeline "
-                               "redesign",
     "otel_audit.record": "to be split: record type and enums, normalisation, snapshot",
     "otel_audit.trail": "to be split: settings and construction apart from the calls",
 }
