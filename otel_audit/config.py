@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -22,6 +22,7 @@ __all__ = [
     "SETTINGS",
     "AuditConfig",
     "Setting",
+    "TrailSettings",
     "normalise_database_url",
     "resolve_config",
 ]
@@ -238,6 +239,52 @@ class AuditConfig:
     def replace(self, **changes: Any) -> AuditConfig:
         """Return a copy with ``changes`` applied and validated."""
         return _validated(dataclasses.replace(self, **changes))
+
+
+class TrailSettings(TypedDict, total=False):
+    """The settings ``AuditTrail(...)`` and ``configure(...)`` take as keyword arguments.
+
+    One key per :data:`SETTINGS` entry (``tests/test_config.py`` keeps the two equal),
+    typed so a type checker catches a misspelt or mistyped setting; ``None`` leaves a
+    setting to the environment, then the default.
+    """
+
+    url: str | None
+    enabled: bool | None
+    mode: Literal["async", "durable", "sync"] | None
+    service_name: str | None
+    batch_size: int | None
+    flush_interval: float | None
+    queue_size: int | None
+    queue_full_timeout: float | None
+    max_record_bytes: int | None
+    retry_max_backoff: float | None
+    shutdown_timeout: float | None
+    auto_migrate: bool | None
+    spool_dir: str | None
+    spool_max_bytes: int | None
+    overflow_policy: Literal["block", "drop_newest", "drop_oldest"] | None
+    journal_dir: str | None
+    fsync: Literal["batch", "always", "never"] | None
+    mode_by_classification: Mapping[str, str] | None
+    mode_by_action: Mapping[str, str] | None
+    redact: Literal["mask", "hmac", "off"] | None
+    redact_keys: Sequence[str] | None
+    redact_allow: Sequence[str] | None
+    redact_hmac_key: str | None
+    emit_otel_logs: bool | None
+    span_backlink: Literal["first", "event", "off"] | None
+    archive_dir: str | None
+    trace_url: str | None
+    chain_stream: str | None
+    hmac_key: str | bytes | None
+    signing_key: str | None
+    checkpoint_every: int | None
+    seal_interval: float | None
+    personal_keys: Sequence[str] | None
+    console_users: str | None
+    console_secret: str | None
+    console_export_max_rows: int | None
 
 
 def normalise_database_url(url: str | URL) -> URL:

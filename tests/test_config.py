@@ -52,3 +52,16 @@ def test_every_setting_has_a_field_and_documentation() -> None:
 def test_postgresql_url_selects_psycopg() -> None:
     assert normalise_database_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert normalise_database_url("sqlite:///x.db").drivername == "sqlite"
+
+
+def test_typed_settings_are_the_settings() -> None:
+    # AuditTrail(...)/configure(...) take TrailSettings keywords: one per setting, and
+    # AuditConfig holds one field per setting
+    import dataclasses
+    import typing
+
+    from otel_audit.config import TrailSettings
+
+    names = {s.name for s in SETTINGS}
+    assert set(typing.get_type_hints(TrailSettings)) == names
+    assert {f.name for f in dataclasses.fields(AuditConfig)} == names
