@@ -5,12 +5,12 @@ Each command module registers its commands on the shared Typer app.
 
 from __future__ import annotations
 
-from . import analytics, core, forward, integrity, serve, ui
+from . import analytics, core, forward, integrity, proofs, serve, ui
 from ._app import app
 
 __all__ = ["app", "main"]
 
-_COMMAND_MODULES = (core, serve, analytics, integrity, ui, forward)
+_COMMAND_MODULES = (core, serve, analytics, integrity, ui, forward, proofs)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from .._internal import log_internal_error
 from ..errors import ConfigError, IntegrityError, StoreError
 from ..store.schema import audit_seals, audit_trails
 from .canonical import FORMAT, GENESIS_HASH
+from .intervals import Interval, interval_roots
 from .keys import PublicKeys, public_key_hex, sign, signature_valid
 
 if TYPE_CHECKING:
@@ -105,7 +106,9 @@ class Seal:
             raise ValueError("heads is not a JSON object")
         out: dict[str, tuple[int, str]] = {}
         for stream, head in doc.items():
-            seq, hash_ = head
+            if not isinstance(head, list) or len(head) not in (2, 4):
+                raise ValueError(f"malformed head of {stream!r}")
+            seq, hash_ = head[0], head[1]  # [seq, hash, first, root]: an interval's tree
             if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(hash_, str):
                 raise ValueError(f"malformed head of {stream!r}")
             out[str(stream)] = (seq, hash_)
@@ -124,9 +127,14 @@ def _time_text(value: Any) -> str:
     return str(value.astimezone(dt.UTC).isoformat(timespec="microseconds"))
 
 
-def heads_text(heads: dict[str, tuple[int, str]]) -> str:
-    """The canonical ``heads`` text: sorted keys, compact."""
-    return json.dumps({s: [int(q), h] for s, (q, h) in heads.items()}, sort_keys=True,
+def heads_text(heads: dict[str, tuple[int, str]],
+               intervals: dict[str, Interval] | None = None) -> str:
+    """The canonical ``heads`` text: sorted keys, compact; a stream with an interval's
+    Merkle root (:mod:`.intervals`) as ``[seq, hash, first, root]``."""
+    roots = intervals or {}
+    return json.dumps({s: [int(q), h] if s not in roots else [int(q), h, roots[s][0],
+                                                              roots[s][2]]
+                       for s, (q, h) in heads.items()}, sort_keys=True,
                       separators=(",", ":"), ensure_ascii=False)
 
 
@@ -153,17 +161,19 @@ def _bounded(conn: Any, timeout: float) -> None:
 
 
 def write_seal(engine: Engine, sealer: str, heads: dict[str, tuple[int, str]],
-               key: Ed25519PrivateKey | None = None, *, timeout: float | None = None) -> Seal:
+               key: Ed25519PrivateKey | None = None, *, timeout: float | None = None,
+               intervals: dict[str, Interval] | None = None) -> Seal:
     """Append a seal of ``heads`` to ``sealer``'s chain (signed with ``key``).
 
     ``timeout`` bounds the wait for a lock (a shutdown must not hang on a busy store).
+    ``intervals`` adds the Merkle roots of the records sealed since the last seal.
     """
     try:
         with engine.begin() as conn:
             if timeout is not None:
                 _bounded(conn, timeout)
             try:
-                seal = _append(conn, sealer, heads, key)
+                seal = _append(conn, sealer, heads, key, intervals)
             finally:
                 if timeout is not None and conn.dialect.name == "sqlite":
                     conn.exec_driver_sql("PRAGMA busy_timeout=5000")  # the store's default
@@ -173,11 +183,12 @@ def write_seal(engine: Engine, sealer: str, heads: dict[str, tuple[int, str]],
 
 
 def _append(conn: Any, sealer: str, heads: dict[str, tuple[int, str]],
-            key: Ed25519PrivateKey | None) -> Seal:
+            key: Ed25519PrivateKey | None, intervals: dict[str, Interval] | None = None,
+            ) -> Seal:
     """Read ``sealer``'s last seal and append the next one, on ``conn``'s transaction."""
     last = _last_seal(conn, sealer)
     seq, prev = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
-    draft = Seal(sealer, seq, prev, _now_text(), heads_text(heads), "")
+    draft = Seal(sealer, seq, prev, _now_text(), heads_text(heads, intervals), "")
     seal = Seal(draft.sealer, seq, prev, draft.created_at, draft.heads, draft.expected_hash(),
                 None if key is None else sign(key, draft.message()),
                 None if key is None else public_key_hex(key))
@@ -217,8 +228,14 @@ def stream_heads(engine: Engine) -> dict[str, tuple[int, str]]:
 
 
 def seal_all(engine: Engine, sealer: str, key: Ed25519PrivateKey | None = None) -> Seal:
-    """Seal the head of every stream (``otel-audit seal``); also when nothing changed."""
-    return write_seal(engine, sealer, stream_heads(engine), key)
+    """Seal the head of every stream (``otel-audit seal``); also when nothing changed.
+
+    Each stream with records since this sealer's last seal also gets the Merkle root of
+    them (:func:`.intervals.interval_roots`): ``otel-audit prove`` proves one record.
+    """
+    heads = stream_heads(engine)
+    return write_seal(engine, sealer, heads, key,
+                      intervals=interval_roots(engine, sealer, heads))
 
 
 def append_seal_file(seal: Seal, path: str | Path) -> None:
