@@ -29,19 +29,16 @@ from opentelemetry import trace
 
 from .._internal import is_suppressed, log_internal_error
 from ..context import _correlation_id, _request_context
+from ..fields import CALLER_FIELDS
 from ..record import AuditRecord
 from ..trail import AuditTrail, get_trail
 from .log_context import CallContext, call_context
 
 __all__ = ["AUDIT_FIELDS", "AuditLogHandler"]
 
-#: Keys accepted in ``extra={"audit": {...}}``: ``log_action``'s parameter names.
-AUDIT_FIELDS = frozenset({
-    "action", "user_id", "resource_type", "resource_id", "resource_name", "user_email",
-    "team_id", "client_ip", "user_agent", "request_path", "request_method", "request_id",
-    "old_values", "new_values", "changes", "data_classification", "requires_review",
-    "success", "error_message", "context", "acting_as", "details", "metadata",
-})
+#: Keys accepted in ``extra={"audit": {...}}``: the fields a caller sets
+#: (otel_audit.fields), the action, and ``log_action``'s two aliases of ``context``.
+AUDIT_FIELDS = CALLER_FIELDS | {"action", "details", "metadata"}
 
 _LIBRARY_LOGGER = "otel_audit"
 _in_handler: ContextVar[bool] = ContextVar("otel_audit_in_log_handler", default=False)
