@@ -9,7 +9,9 @@ Prints absolute figures and ratios measured side by side in one run:
 * prune: records/s archived to Parquet and deleted;
 * archive size versus live size (SQLite file bytes per record before/after);
 * the checks verify adds around the walk (erasures, and the non-integer ``seq`` scan
-  of ``--workers``), one seal of every stream head, and a signed ``forget``.
+  of ``--workers``), one seal of every stream head, and a signed ``forget``;
+* proofs (a plain SHA-256 store): verify without a key, a seal with the Merkle root of
+  every record since the last seal, ``prove`` and ``verify-proof`` of one record.
 
 ``--quick`` uses small sizes (smoke test); the default verifies 1,000,000 records.
 
@@ -31,6 +33,7 @@ from uuid_utils import uuid7
 
 from otel_audit.integrity.chain import ChainSealer
 from otel_audit.integrity.erasures import check_erasures
+from otel_audit.integrity.proofs import check_proof, proof_document
 from otel_audit.integrity.seals import seal_all
 from otel_audit.integrity.verify import malformed_rows, verify_trail
 from otel_audit.record import AuditRecord, normalise
@@ -176,6 +179,42 @@ def extra_checks(writer: StoreWriter, total: int, signing: Ed25519PrivateKey) ->
           f"{(time.perf_counter() - began) * 1000:,.1f} ms")
 
 
+def proofs(root: Path, total: int) -> None:
+    """A plain SHA-256 store (public hashes): verify, seal with Merkle roots, proofs."""
+    import json
+
+    from sqlalchemy import text
+
+    writer = StoreWriter(f"sqlite:///{root}/public.db", auto_migrate=True)
+    sealer = ChainSealer(service_name="benchmark", personal_keys=("email",))
+    _write(writer, sealer, total, 5000, 0)
+    began = time.perf_counter()
+    report = verify_trail(writer.engine, key=None)
+    seconds = time.perf_counter() - began
+    assert report.ok, report.findings[:5]
+    print(f"verify      {report.records / seconds:>10,.0f} records/s  "
+          f"({report.records:,} records in {seconds:.2f} s, plain SHA-256, SQLite, "
+          "1 process)")
+    signing = Ed25519PrivateKey.generate()
+    began = time.perf_counter()
+    seal_all(writer.engine, "benchmark-sealer", signing)
+    print(f"seal        {total:,} records under Merkle roots, sealed and signed in "
+          f"{(time.perf_counter() - began) * 1000:,.0f} ms")
+    with writer.engine.connect() as conn:
+        ids = list(conn.execute(text("SELECT id FROM audit_trails ORDER BY seq LIMIT 1 "
+                                     "OFFSET :n"), {"n": total // 2}).scalars())
+    began = time.perf_counter()
+    doc = json.loads(json.dumps(proof_document(writer.engine, ids[0])))
+    made = time.perf_counter() - began
+    began = time.perf_counter()
+    assert check_proof(doc, signing.public_key()) is None
+    checked = time.perf_counter() - began
+    print(f"prove       one record of {total:,}: proof made in {made * 1000:,.0f} ms, "
+          f"{len(json.dumps(doc)):,} bytes, {len(doc['path'])} path hashes; "
+          f"verify-proof {checked * 1000:,.1f} ms")
+    writer.dispose()
+
+
 def verify_postgres(url: str, total: int) -> None:
     """Verify ``total`` chained records in a scratch table set of the PostgreSQL at ``url``."""
     from sqlalchemy import text
@@ -218,6 +257,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="otel-audit-bench-") as tmp:
         write_path(Path(tmp), write_total, rounds=4)
         verify_and_prune(Path(tmp), total)
+        proofs(Path(tmp), total)
     if args.pg:
         verify_postgres(args.pg, total)
 
