@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from otel_audit import AuditTrail, _accel
 from otel_audit.store.migrate import upgrade
-from otel_audit.store.writer import _pq_copy_in, create_store_engine
+from otel_audit.store.writer import create_store_engine
 
 PG_ENV = "OTEL_AUDIT_TEST_POSTGRES_URL"
 
@@ -47,20 +47,6 @@ def speedups() -> Any:
             pytest.fail(f"otel_audit._speedups is not built: {exc}")
         pytest.skip("otel_audit._speedups is not built (no C compiler at install)")
     return _speedups
-
-
-@pytest.fixture
-def pqcopy() -> Any:
-    """The compiled COPY, bound to psycopg's libpq: a failure in CI, a skip where it was
-    not built (the writer then runs psycopg's COPY, which the other tests cover)."""
-    if _accel.pure_python:
-        pytest.skip(f"{_accel.PURE_PYTHON_ENV}=1: the pure-Python paths are under test")
-    copy_in = _pq_copy_in()
-    if copy_in is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("otel_audit._pqcopy is not built or cannot find psycopg's libpq")
-        pytest.skip("otel_audit._pqcopy is not built (no C compiler at install)")
-    return copy_in
 
 
 @pytest.fixture(scope="session")

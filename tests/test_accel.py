@@ -13,7 +13,7 @@ PROBE = """
 import json
 from otel_audit import _accel, record, trail
 from otel_audit.integrity import chain
-from otel_audit.store import writer
+from otel_audit.exporters import postgres, sqlite
 print(json.dumps({
     "pure": _accel.pure_python,
     "speedups": _accel.speedups is not None,
@@ -21,10 +21,8 @@ print(json.dumps({
     "snapshot": getattr(trail._snapshot, "__module__", None) != "otel_audit.trail",
     "seal_plain": chain._seal_plain is not None,
     "texts_special": chain._texts_special is not None,
-    "copy_text": writer._copy_text is not None,
-    "sqlite_params": writer._sqlite_params is not writer._python_sqlite_params,
-    "pqcopy": writer._pq_copy_in() is not None,
-    "pqcopy_allowed": _accel.pqcopy_allowed(),
+    "copy_text": postgres._copy_text is not None,
+    "sqlite_params": sqlite._sqlite_params is not sqlite.python_sqlite_params,
 }))
 """
 
@@ -42,14 +40,11 @@ def probe(pure: str | None) -> dict[str, bool]:
 def test_the_switch_turns_every_compiled_path_off(value: str) -> None:
     found = probe(value)
     assert found.pop("pure") is True
-    assert found.pop("pqcopy_allowed") is False
     assert not any(found.values()), found
 
 
 def test_without_the_switch_every_built_path_is_used(speedups: object) -> None:
     found = probe(None)
     assert found.pop("pure") is False
-    assert found.pop("pqcopy_allowed") is True
-    found.pop("pqcopy")  # also needs psycopg's libpq: tests/store/test_writer.py
     assert all(found.values()), found
     assert probe("0")["speedups"] is True  # only a true value forces the pure paths

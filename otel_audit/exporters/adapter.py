@@ -35,7 +35,7 @@ class ExporterWriter(StoreWriter):
     def __init__(self, exporter: AuditExporter, url: str | URL = "sqlite://", *,
                  auto_migrate: bool | None = None) -> None:
         super().__init__(url, auto_migrate=auto_migrate)
-        self.exporter = exporter
+        self.destination = exporter
 
     def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
         """Nothing is prepared ahead for an exporter."""
@@ -46,9 +46,9 @@ class ExporterWriter(StoreWriter):
         if not batch:
             return
         try:
-            result = self.exporter.export(batch)
+            result = self.destination.export(batch)
         except Exception as exc:  # the contract says never raise: treat it as an outage
-            logger.debug("exporter %r raised", self.exporter, exc_info=True)
+            logger.debug("exporter %r raised", self.destination, exc_info=True)
             raise StoreError(f"exporter failed: {exc!r}") from exc
         status = result.status
         if status is ExportStatus.SUCCESS:
@@ -67,11 +67,11 @@ class ExporterWriter(StoreWriter):
         if close:
             millis = 30_000 if timeout is None else max(0, int(timeout * 1000))
             try:
-                self.exporter.force_flush(millis)
-                self.exporter.shutdown(millis)
+                self.destination.force_flush(millis)
+                self.destination.shutdown(millis)
             except Exception:  # an exporter's failure never stops the trail's shutdown
-                logger.debug("exporter %r failed to shut down", self.exporter, exc_info=True)
+                logger.debug("exporter %r failed to shut down", self.destination, exc_info=True)
         super().dispose(close=close, timeout=timeout)
 
     def __repr__(self) -> str:
-        return f"ExporterWriter({self.exporter!r})"
+        return f"ExporterWriter({self.destination!r})"

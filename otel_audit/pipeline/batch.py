@@ -23,9 +23,8 @@ Work on the caller's thread in ``async`` mode (:meth:`BatchPipeline.submit`) is 
 ``append`` and a length check. Redaction, normalisation and chaining happen on the
 worker — before anything reaches the spool or journal — and the store write on a
 second thread (:class:`_StoreStage`): while the database commits batch *n*, the worker
-prepares batch *n + 1*. On PostgreSQL with the compiled COPY the worker also hands each
-batch's COPY text to the writer's copier thread, which sends batches in order without
-ever taking the GIL; the store thread then only collects each batch's outcome. A batch
+prepares batch *n + 1* (on PostgreSQL including its COPY text, so the store thread only
+sends it). A batch
 in which nothing needs redacting or normalising is checked column by column (C-level
 ``map``/``zip`` passes) rather than record by record.
 """
@@ -57,7 +56,7 @@ from ..metrics import PipelineMetrics
 from ..prepared import PreparedRecord
 from ..record import NORMALISATION_KEY, AuditRecord, normalise, plain_texts
 from ..redact import Redactor
-from ..store.writer import Ahead, StoreWriter
+from ..store.writer import StoreWriter
 from .journal import Journal
 from .quarantine import Quarantine, quarantine_dir_for, safe_record, safe_texts
 from .spool import Spool
@@ -210,9 +209,8 @@ class BatchPipeline:
         self._write_lock = threading.RLock()
         self._state_lock = threading.Lock()
         self._worker: threading.Thread | None = None
-        self._store = _StoreStage(getattr(self.writer, "busy", None), _STORE_DEPTH)
+        self._store = _StoreStage(None, _STORE_DEPTH)
         self._busy = 0  # batches taken off the queue and not yet committed (or spooled)
-        self._unsent = 0  # batches the store stage writes itself, not yet done (see _send_ahead)
         self._closed = False
         self._drained = 0
         self._written = 0
@@ -678,11 +676,9 @@ class BatchPipeline:
             # prepared and sealed here while the store stage commits the previous
             # batch, in chunks: between them a store thread back from the database
             # gets the GIL (the first chunk is short: a write just handed over
-            # soon comes back from its first round trip). Batches handed to the
-            # copier need no pauses: in one piece
+            # soon comes back from its first round trip)
             prepared: list[PreparedRecord] = []
-            chunks = ((0, len(batch)),) if self._store.ahead else _chunks(len(batch))
-            for start, end in chunks:
+            for start, end in _chunks(len(batch)):
                 part = self._prepare_batch(batch[start:end])
                 self._seal_ahead(part)
                 prepared += part
@@ -699,9 +695,7 @@ class BatchPipeline:
                 return
             self._inflight.pop(key, None)
             self._inflight[id(prepared)] = prepared
-        ahead, unsent = self._send_ahead(prepared, encoded)
-        self._store.run(functools.partial(self._write_prepared, prepared, encoded, ahead,
-                                          unsent))
+        self._store.run(functools.partial(self._write_prepared, prepared, encoded))
 
     def _salvage(self, item: AuditRecord | PreparedRecord, exc: BaseException) -> PreparedRecord:
         """One record of a batch whose preparation failed: prepared on its own."""
@@ -825,46 +819,17 @@ class BatchPipeline:
                 prepared[start:end] = part
             return True
 
-    def _send_ahead(self, prepared: list[PreparedRecord], encoded: bytes | None,
-                    ) -> tuple[Ahead | None, bool]:
-        """Hand the batch to the writer's copier thread if it takes batches (PostgreSQL
-        with the compiled COPY) and order allows: the copier sends what it is handed in
-        order, so not while a batch handed to the store stage without it is still to be
-        written, nor while the spool holds records, nor an unsealed batch (the store
-        stage seals it). After a failure halted the copier, it resumes only once the
-        store stage has dealt with every batch before. Returns the ticket (or None: the
-        store stage writes the batch itself) and whether the batch counts as unsent."""
-        writer = self.writer
-        if not writer.sends_ahead():
-            return None, False
-        ahead = None
-        if (encoded is not None and not self._unsent
-                and (self.spool is None or not self.spool.pending())
-                and (not self.sealers or None not in map(_SEQ, prepared))):
-            try:
-                ahead = writer.send_ahead(encoded, resume=self._store.idle())
-            except Exception:  # the store stage writes it itself
-                log_internal_error("send_ahead", logging.WARNING,
-                                   "audit copier refused a batch", exc_info=True)
-        if ahead is None:
-            with self._state_lock:
-                self._unsent += 1
-        self._store.ahead = ahead is not None
-        return ahead, ahead is None
-
-    def _write_prepared(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
-                        ahead: Ahead | None = None, unsent: bool = False) -> None:
+    def _write_prepared(self, prepared: list[PreparedRecord],
+                        encoded: bytes | None = None) -> None:
         try:
             if not self._abandoned:
-                self._write_batch(prepared, encoded, ahead)
+                self._write_batch(prepared, encoded)
         except BaseException as exc:  # the store thread never drops a batch either
             self._worker_failed("store", exc)
             self._rescue(prepared, exc)
         finally:
             with self._state_lock:
                 self._inflight.pop(id(prepared), None)
-                if unsent:
-                    self._unsent -= 1
                 self._busy -= 1
 
     def _rescue(self, prepared: list[PreparedRecord], exc: BaseException) -> None:
@@ -882,27 +847,17 @@ class BatchPipeline:
                                "audit batch lost after an unexpected error", exc_info=True)
             self._count_failed(prepared, f"unexpected error: {exc!r}", quarantine=True)
 
-    def _write_batch(self, prepared: list[PreparedRecord], encoded: bytes | None = None,
-                     ahead: Ahead | None = None) -> None:
-        failed: StoreError | None = None
-        if ahead is not None:  # handed to the copier: committed, failed, or never sent
-            try:
-                with self._write_lock:
-                    started = time.perf_counter()
-                    if self.writer.landed(prepared, ahead):
-                        self._wrote(prepared, time.perf_counter() - started)
-                        return
-            except StoreError as exc:
-                failed = exc
+    def _write_batch(self, prepared: list[PreparedRecord],
+                     encoded: bytes | None = None) -> None:
         spool = self.spool
         # keep order: while records wait in the spool, new ones queue behind them
-        if failed is None and spool is not None and spool.pending() and self._to_spool(prepared):
+        if spool is not None and spool.pending() and self._to_spool(prepared):
             return
         attempt = 0
         while True:
             if self._abandoned:  # shutdown spooled this batch past its deadline
                 return
-            error, failed = failed or self._try_write(prepared, encoded), None
+            error = self._try_write(prepared, encoded)
             if error is None:
                 return
             if not error.transient:  # a record refused for its content: find it
