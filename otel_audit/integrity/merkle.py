@@ -15,6 +15,7 @@ from collections.abc import Sequence
 __all__ = [
     "consistency_proof",
     "inclusion_proof",
+    "inclusion_proof_and_root",
     "leaf_hash",
     "merkle_root",
     "node_hash",
@@ -72,6 +73,15 @@ def inclusion_proof(record_hashes: Sequence[str], index: int) -> list[str]:
     if not 0 <= index < len(record_hashes):
         raise ValueError(f"leaf {index} is outside a tree of {len(record_hashes)}")
     return [h.hex() for h in _path(index, [leaf_hash(h) for h in record_hashes])]
+
+
+def inclusion_proof_and_root(record_hashes: Sequence[str], index: int,
+                             ) -> tuple[list[str], str]:
+    """:func:`inclusion_proof` and :func:`merkle_root` together (each leaf hashed once)."""
+    if not 0 <= index < len(record_hashes):
+        raise ValueError(f"leaf {index} is outside a tree of {len(record_hashes)}")
+    leaves = [leaf_hash(h) for h in record_hashes]
+    return [h.hex() for h in _path(index, leaves)], _root(leaves).hex()
 
 
 def verify_inclusion(record_hash: str, index: int, size: int, path: Sequence[str],

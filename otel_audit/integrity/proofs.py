@@ -32,7 +32,7 @@ from .canonical import EXACT_FORMAT, FORMAT, _payload_parts, hash_payload
 from .canonical_json import plain_bytes
 from .intervals import seal_intervals
 from .keys import PublicKeys
-from .merkle import inclusion_proof, merkle_root, verify_inclusion
+from .merkle import inclusion_proof_and_root, verify_inclusion
 from .seals import Seal, all_seals, seals_by_sealer
 from .sources import chain_row_select
 
@@ -113,7 +113,9 @@ def proof_document(engine: Engine, record_id: str, *, sealer: str | None = None,
     leaves = _fetch(engine, "SELECT seq, hash FROM audit_trails WHERE stream = :s AND "
                     "seq >= :a AND seq <= :b ORDER BY seq", {"s": stream, "a": first, "b": last})
     hashes = [str(h) for _, h in leaves]
-    if len(hashes) != last - first + 1 or merkle_root(hashes) != root:
+    path, stored_root = (inclusion_proof_and_root(hashes, seq - first)
+                         if len(hashes) == last - first + 1 else ([], ""))
+    if stored_root != root:
         raise IntegrityError(f"the stored records of {stream} {first}..{last} are not the "
                              f"ones seal {seal.seq} of {seal.sealer} sealed: run "
                              "`otel-audit verify`")
@@ -121,7 +123,7 @@ def proof_document(engine: Engine, record_id: str, *, sealer: str | None = None,
              if s.seq > seal.seq and (until is None or s.seq <= until)]
     return {"format": PROOF_FORMAT, "record": _record(parts, record_hash),
             "leaf_index": seq - first, "tree_size": last - first + 1,
-            "path": inclusion_proof(hashes, seq - first), "seal": asdict(seal),
+            "path": path, "seal": asdict(seal),
             "chain": [asdict(s) for s in later]}
 
 

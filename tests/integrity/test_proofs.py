@@ -22,6 +22,7 @@ from otel_audit.integrity.keys import generate_signing_key, load_public_key, loa
 from otel_audit.integrity.merkle import (
     consistency_proof,
     inclusion_proof,
+    inclusion_proof_and_root,
     merkle_root,
     verify_consistency,
     verify_inclusion,
@@ -212,3 +213,10 @@ def test_cli_prove_and_verify_proof(make_trail: Factory, engine: Engine, store_u
     assert made.exit_code == 0, made.output
     assert runner.invoke(app, ["verify-proof", str(cons), "--public-key", keys[1]]
                          ).exit_code == 0
+
+
+def test_proof_and_root_together() -> None:
+    hashes = _hashes(11)
+    for i in range(11):
+        assert inclusion_proof_and_root(hashes, i) == (inclusion_proof(hashes, i),
+                                                       merkle_root(hashes))
