@@ -71,24 +71,34 @@ def stable_record_id(time_ns: int, digest: bytes) -> str:
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
+# the record's ID is its first field (tests/server/test_ingest.py checks it); the
+# correlation ID's position is looked up once
+_CORRELATION = AuditRecord._fields.index("correlation_id")
+_make_record = AuditRecord._make
+
 
 def _timestamp(time_ns: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)
 
 
-def _to_record(trail: AuditTrail, entry: LogEntry) -> AuditRecord | None:
+def _to_record(trail: AuditTrail, entry: LogEntry, attrs: dict[str, Any]) -> AuditRecord:
+    """The audit record of ``entry``, an audit log record whose attributes are ``attrs``.
+
+    The trace IDs and the timestamp are read once from the log record; the stable ID
+    (and, without a trace, the correlation ID) replace the ones ``build_record`` made.
+    """
     log = entry.log
-    attrs = attributes(log.attributes)
-    if not is_audit(attrs, log.event_name or None):
-        return None
     fields = attributes_to_fields(attrs, entry.resource)
     action = fields.pop("action", None)
     if action is None:
         # an ``audit`` event without audit.action: the body names the action, if a string
         body = any_value(log.body)
         action = body if isinstance(body, str) and body else AUDIT_EVENT_NAME
-    return _with_stable_id(trail.build_record(str(action), **_log_fields(log), **fields),
-                           attrs, entry)
+    trace_id, span_id = trace_ids(log)
+    time_ns = log.time_unix_nano or log.observed_time_unix_nano
+    record = trail.build_record(str(action), trace_id=trace_id, span_id=span_id,
+                                timestamp=_timestamp(time_ns) if time_ns else None, **fields)
+    return _with_stable_id(record, attrs, entry.digest, time_ns, trace_id is None)
 
 
 def _log_fields(log: LogRecord) -> dict[str, Any]:
@@ -99,25 +109,24 @@ def _log_fields(log: LogRecord) -> dict[str, Any]:
             "timestamp": _timestamp(time_ns) if time_ns else None}
 
 
-def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], entry: LogEntry
-                    ) -> AuditRecord:
+def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], digest: bytes,
+                    time_ns: int, no_trace: bool) -> AuditRecord:
     given_id = attrs.get(RECORD_ID_ATTRIBUTE)
     if isinstance(given_id, str) and 0 < len(given_id) <= _MAX_ID_CHARS:
         record_id = given_id
     else:
-        log = entry.log
-        record_id = stable_record_id(log.time_unix_nano or log.observed_time_unix_nano,
-                                     entry.digest)
-    if trace_ids(entry.log)[0] is None:  # build_record made up a correlation ID; keep it
-        # stable too
-        return record._replace(id=record_id, correlation_id=record_id)
-    return record._replace(id=record_id)
+        record_id = stable_record_id(time_ns, digest)
+    # slices rather than ``_replace`` (a Python-level call per field, paid per record)
+    if no_trace:  # build_record made up a correlation ID; keep it stable too
+        return _make_record((record_id, *record[1:_CORRELATION], record_id,
+                             *record[_CORRELATION + 1:]))
+    return _make_record((record_id, *record[1:]))
 
 
-def _unconverted_record(trail: AuditTrail, entry: LogEntry, error: Exception) -> AuditRecord:
+def _unconverted_record(trail: AuditTrail, entry: LogEntry, attrs: dict[str, Any],
+                        error: Exception) -> AuditRecord:
     """The record kept for an audit log record the mapping failed on: the log record as
     OTLP/JSON under ``context["otlp_log_record"]``, and a note saying why."""
-    attrs = attributes(entry.log.attributes)
     action = attrs.get("audit.action")
     context = {
         "otlp_log_record": json_format.MessageToDict(entry.log),
@@ -127,7 +136,10 @@ def _unconverted_record(trail: AuditTrail, entry: LogEntry, error: Exception) ->
     record = trail.build_record(action if isinstance(action, str) and action
                                 else AUDIT_EVENT_NAME,
                                 context=context, apply_policy=False, **_log_fields(entry.log))
-    return _with_stable_id(record, attrs, entry)
+    log = entry.log
+    return _with_stable_id(record, attrs, entry.digest,
+                           log.time_unix_nano or log.observed_time_unix_nano,
+                           trace_ids(log)[0] is None)
 
 
 def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest) -> IngestBatch:
@@ -140,20 +152,22 @@ def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest) -
     records: dict[str, AuditRecord] = {}
     not_audit = converted_raw = 0
     for entry in iter_log_entries(request):
+        log = entry.log
+        attrs = attributes(log.attributes)
+        if not is_audit(attrs, log.event_name or None):
+            not_audit += 1
+            continue
         try:
-            record = _to_record(trail, entry)
+            record = _to_record(trail, entry, attrs)
         except Exception as exc:  # one odd record must neither sink the batch nor be lost
             log_internal_error("ingest_record", logging.ERROR,
                                "could not convert an OTLP audit log record; storing it "
                                "as received with a conversion_failed note", exc_info=True)
             # if even this fails, the request answers 503 and the sender keeps the batch
-            record = _unconverted_record(trail, entry, exc)
+            record = _unconverted_record(trail, entry, attrs, exc)
             converted_raw += 1
-        if record is None:
-            not_audit += 1
-        else:
-            # identical bytes in one request are one record (its ID is the same)
-            records.setdefault(record.id, record)
+        # identical bytes in one request are one record (its ID is the same)
+        records.setdefault(record.id, record)
     parts = []
     if not_audit:
         parts.append(f"{not_audit} log record(s) were not audit entries (event name "

@@ -213,7 +213,12 @@ def attributes(pairs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     pair: KeyValue
     for pair in pairs:
-        out[pair.key] = any_value(pair.value)
+        value = pair.value
+        # strings are nearly every attribute: read them without the generic dispatch
+        if value.WhichOneof("value") == "string_value":
+            out[pair.key] = value.string_value
+        else:
+            out[pair.key] = any_value(value)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import gzip
 import uuid
 import zlib
@@ -12,7 +13,7 @@ from otlp_helpers import SPAN_ID, TRACE_ID, any_value, audit_logs, log_request
 
 from otel_audit import AuditTrail
 from otel_audit.mapping import JSON_TOO_DEEP
-from otel_audit.record import NORMALISATION_KEY
+from otel_audit.record import NORMALISATION_KEY, AuditRecord
 from otel_audit.server import ingest, otlp
 from otel_audit.server.ingest import deliver, records_from_request, stable_record_id
 
@@ -61,6 +62,27 @@ def test_record_id_attribute_is_kept(ingest_trail: AuditTrail) -> None:
     request = log_request([{"attributes": {"audit.action": "X", "audit.record_id": "abc123"}}])
     (record,) = records_from_request(ingest_trail, request).records
     assert record.id == "abc123"
+
+
+def test_stable_ids_replace_only_the_id_and_without_a_trace_the_correlation_id(
+        ingest_trail: AuditTrail) -> None:
+    # the converter swaps the IDs in by position: every other field stays build_record's
+    request = log_request([
+        {"event_name": "audit", "trace_id": TRACE_ID, "span_id": SPAN_ID,
+         "attributes": {"audit.action": "EXPORT", "user.id": "u1", "audit.success": "false",
+                        "audit.old_values": '{"a": 1}', "audit.request_id": "req-9"}},
+        {"attributes": {"audit.action": "LOGIN", "user.email": "a@example.com"}},
+    ])
+    traced, untraced = records_from_request(ingest_trail, request).records
+    assert (traced.action, traced.user_id, traced.success, traced.old_values,
+            traced.request_id) == ("EXPORT", "u1", False, {"a": 1}, "req-9")
+    assert (traced.trace_id, traced.span_id, traced.correlation_id) == (TRACE_ID, SPAN_ID,
+                                                                        TRACE_ID)
+    assert traced.service_name == "billing" and traced.id != TRACE_ID
+    assert untraced.trace_id is None and untraced.correlation_id == untraced.id
+    assert (untraced.action, untraced.user_email) == ("LOGIN", "a@example.com")
+    assert untraced.timestamp == dt.datetime(2023, 11, 14, 22, 13, 20, 1, tzinfo=dt.UTC)
+    assert type(untraced) is AuditRecord and untraced._fields[0] == "id"
 
 
 def test_decompress_gzip_deflate_identity_and_limits() -> None:
