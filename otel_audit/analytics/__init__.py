@@ -8,7 +8,8 @@ retention's Parquet archives) and exposes the typed view ``audit_trails``;
 from __future__ import annotations
 
 from .catalog import Report, ReportParam, get_report, list_reports
-from .core import AuditAnalytics
+from .core import AnalyticsScope, AuditAnalytics
 from .links import trace_link
 
-__all__ = ["AuditAnalytics", "Report", "ReportParam", "get_report", "list_reports", "trace_link"]
+__all__ = ["AnalyticsScope", "AuditAnalytics", "Report", "ReportParam", "get_report",
+           "list_reports", "trace_link"]

@@ -29,7 +29,7 @@ import duckdb
 
 from ..errors import QueryError, QueryRefusedError
 
-__all__ = ["READABLE_TABLE_FUNCTIONS", "checked_query", "lock_down"]
+__all__ = ["FILE_TABLE_FUNCTIONS", "READABLE_TABLE_FUNCTIONS", "checked_query", "lock_down"]
 
 #: Table functions a query may call: generators, JSON/metadata helpers, and the Parquet
 #: readers (whose paths DuckDB itself confines to the archive directory).
@@ -43,6 +43,15 @@ READABLE_TABLE_FUNCTIONS = frozenset({
     "duckdb_types", "duckdb_views", "pragma_table_info", "pragma_show", "pragma_version",
     "pg_timezone_names", "icu_calendar_names",
 })
+
+#: The allow-listed table functions that read files: a scoped analytics refuses them, as
+#: the archives hold every team's records (its view applies the scope to them instead).
+FILE_TABLE_FUNCTIONS = frozenset({
+    "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema",
+    "parquet_file_metadata", "parquet_kv_metadata",
+})
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # EXPLAIN is not serialisable by DuckDB's parser API, so its prefix is read here and the
 # statement behind it is checked like any other; comments may precede either keyword.
@@ -76,12 +85,14 @@ def lock_down(con: duckdb.DuckDBPyConnection, *, readable: Sequence[Path],
     con.execute("SET lock_configuration = true")  # last: every SET after this one fails
 
 
-def checked_query(con: duckdb.DuckDBPyConnection, query: str) -> str:
+def checked_query(con: duckdb.DuckDBPyConnection, query: str, *, scoped: bool = False) -> str:
     """Return the statement to run for ``query`` if it is a plain read, else raise.
 
     Raises :class:`QueryRefusedError` naming what is refused (a statement type, a
     second statement, a table function) and :class:`QueryError` for SQL DuckDB
-    cannot parse.
+    cannot parse. ``scoped``: the query may read only the (scoped) view by its plain
+    name: no qualified table (``live.audit_trails`` is the unscoped store) and no
+    file-reading table function (the archives are unscoped).
     """
     statements = _parse(con, query)
     if len(statements) != 1:
@@ -89,7 +100,7 @@ def checked_query(con: duckdb.DuckDBPyConnection, query: str) -> str:
             f"analytics runs exactly one statement per query, got {len(statements)}")
     statement = statements[0]
     if statement.type == duckdb.StatementType.SELECT:
-        _check_tree(con, query)
+        _check_tree(con, query, scoped)
         return query
     if statement.type == duckdb.StatementType.EXPLAIN:
         match = _EXPLAIN.match(query)
@@ -103,7 +114,7 @@ def checked_query(con: duckdb.DuckDBPyConnection, query: str) -> str:
             raise QueryRefusedError(
                 "the audit trail is read-only: EXPLAIN [ANALYZE] is allowed only of a "
                 "single SELECT (no EXPLAIN options)")
-        _check_tree(con, inner)
+        _check_tree(con, inner, scoped)
         analyze = "ANALYZE " if match and match.group(1) else ""
         return f"EXPLAIN {analyze}{inner}"
     raise QueryRefusedError(
@@ -120,7 +131,7 @@ def _parse(con: duckdb.DuckDBPyConnection, query: str) -> list[Any]:
         raise QueryError(f"invalid SQL: {exc}") from exc
 
 
-def _check_tree(con: duckdb.DuckDBPyConnection, select: str) -> None:
+def _check_tree(con: duckdb.DuckDBPyConnection, select: str, scoped: bool = False) -> None:
     """Refuse ``select`` if its syntax tree calls a table function off the allow-list."""
     row = con.execute("SELECT json_serialize_sql(?)", [select]).fetchone()
     tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
@@ -128,14 +139,39 @@ def _check_tree(con: duckdb.DuckDBPyConnection, select: str) -> None:
     if tree.get("error") or not isinstance(statements, list) or len(statements) != 1:
         message = tree.get("error_message") or "it is not exactly one SELECT"
         raise QueryRefusedError(f"the query cannot be checked as a plain read: {message}")
-    refused = sorted({name for name in _table_functions(tree)
-                      if name not in READABLE_TABLE_FUNCTIONS})
+    allowed = READABLE_TABLE_FUNCTIONS - (FILE_TABLE_FUNCTIONS if scoped else frozenset())
+    if scoped:
+        outside = sorted(set(_off_scope_tables(tree)))
+        if outside:
+            raise QueryRefusedError(
+                "a scoped analytics reads only the view audit_trails (and CTEs) by a plain "
+                f"name, not {outside[0]}")
+    refused = sorted({name for name in _table_functions(tree) if name not in allowed})
     if refused:
         which = (f"table function {refused[0]} is" if len(refused) == 1
                  else f"table functions {', '.join(refused)} are")
         raise QueryRefusedError(
             f"{which} not allowed in analytics: only the trail, its Parquet archives and "
             "DuckDB's generators and metadata functions can be read")
+
+
+def _off_scope_tables(node: Any) -> Iterator[str]:
+    """Every table reference a scoped query may not make: qualified by a catalog or schema
+    (the attached store is ``live``) or not a plain identifier (``FROM 'x.parquet'`` is
+    DuckDB's replacement scan of a file). A plain name resolves to a CTE or to the
+    in-memory database, which holds only the scoped views."""
+    if isinstance(node, dict):
+        if node.get("type") == "BASE_TABLE":
+            parts = (node.get("catalog_name"), node.get("schema_name"), node.get("table_name"))
+            name = node.get("table_name")
+            if (parts[0] or parts[1] or not isinstance(name, str)
+                    or not _PLAIN_NAME.fullmatch(name)):
+                yield ".".join(str(p) for p in parts if p) or "<unnamed>"
+        for value in node.values():
+            yield from _off_scope_tables(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _off_scope_tables(value)
 
 
 def _table_functions(node: Any) -> Iterator[str]:

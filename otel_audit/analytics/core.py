@@ -21,6 +21,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -31,19 +32,45 @@ from .._internal import log_internal_error
 from ..config import normalise_database_url, resolve_config
 from ..errors import AuditError, QueryError, QueryRefusedError
 from ._guard import checked_query, lock_down
-from .duck import attach_store, create_view, export_relation, snapshot
+from .duck import attach_store, create_view, export_relation, snapshot, sql_literal
 
 if TYPE_CHECKING:
     from ..trail import AuditTrail
 
-__all__ = ["AuditAnalytics"]
+__all__ = ["AnalyticsScope", "AuditAnalytics"]
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsScope:
+    """What a scoped :class:`AuditAnalytics` may see: ``teams`` (``"*"``: every team) and
+    whether ``restricted`` records are included.
+
+    The scope is a fixed predicate of the view ``audit_trails`` itself, and a scoped
+    instance's queries may read nothing but that view (see :func:`._guard.checked_query`).
+    """
+
+    teams: tuple[str, ...]
+    restricted: bool = False
+
+    def predicate(self) -> str:
+        """The view's WHERE clause (values quoted as literals: a view binds no parameters)."""
+        clauses = []
+        if "*" not in self.teams:
+            if not self.teams:
+                return "false"
+            teams = ", ".join(sql_literal(team) for team in sorted(set(self.teams)))
+            clauses.append(f"team_id IN ({teams})")
+        if not self.restricted:
+            clauses.append("(data_classification IS NULL OR data_classification <> 'restricted')")
+        return " AND ".join(clauses) or "true"
 
 
 class AuditAnalytics:
     """DuckDB over one audit trail, read-only.
 
     ``AuditAnalytics(url_or_trail=None, *, archive_dir=None, audit_reads=False,
-    reader=None, snapshot=False)``: ``url_or_trail`` is a SQLAlchemy URL or an :class:`AuditTrail`
+    reader=None, snapshot=False, scope=None)``: ``url_or_trail`` is a SQLAlchemy URL or
+    an :class:`AuditTrail`
     (default: ``OTEL_AUDIT_DATABASE_URL``). ``archive_dir`` (default
     ``OTEL_AUDIT_ARCHIVE_DIR``) adds the retention's Parquet archives to the view.
     With ``audit_reads=True`` every query and report is itself recorded in the trail
@@ -54,6 +81,10 @@ class AuditAnalytics:
     into DuckDB's own columnar memory (``refresh()`` reloads it): the scanners read a
     SQLite or PostgreSQL table row by row, so for many queries over millions of records
     one load plus columnar queries is much faster than repeated live scans.
+
+    ``scope`` (an :class:`AnalyticsScope`) limits the view to some teams and hides
+    restricted records; its queries may then name no other table (not the attached
+    store, not a Parquet file), so no query or report parameter reaches unscoped rows.
     """
 
     def __init__(
@@ -64,6 +95,7 @@ class AuditAnalytics:
         audit_reads: bool = False,
         reader: str | None = None,
         snapshot: bool = False,
+        scope: AnalyticsScope | None = None,
     ) -> None:
         from ..trail import AuditTrail
 
@@ -80,6 +112,7 @@ class AuditAnalytics:
         self.archive_dir: Path | None = Path(archive) if archive else None
         self.audit_reads = audit_reads
         self.reader = reader or _os_user()
+        self.scope = scope
         # replacement scans off from the start: a name DuckDB does not know must never
         # resolve to a variable of the caller's (or this library's) Python frames
         self.con = duckdb.connect(":memory:", config={"python_enable_replacements": False})
@@ -95,7 +128,9 @@ class AuditAnalytics:
             archive_glob = self._archive_glob()
             self.snapshot = snapshot
             view = "audit_trails_source" if snapshot else "audit_trails"
-            create_view(self.con, "live", archive_glob, name=view, store=store)
+            # with snapshot=True both the source view and its loaded table are scoped
+            create_view(self.con, "live", archive_glob, name=view, store=store,
+                        where=scope.predicate() if scope is not None else None)
             readable = [self.archive_dir] if archive_glob and self.archive_dir else []
             lock_down(self.con, readable=readable, spill_dir=self._spill_dir)
             # one DuckDB connection is not safe to share between threads: each thread
@@ -111,7 +146,8 @@ class AuditAnalytics:
 
     def __repr__(self) -> str:
         url = self.url.render_as_string(hide_password=True)
-        return f"AuditAnalytics(url={url!r}, archive_dir={self.archive_dir!r})"
+        scope = f", scope={self.scope!r}" if self.scope is not None else ""
+        return f"AuditAnalytics(url={url!r}, archive_dir={self.archive_dir!r}{scope})"
 
     def _archive_glob(self) -> str | None:
         if self.archive_dir is None or not self.archive_dir.is_dir():
@@ -141,7 +177,7 @@ class AuditAnalytics:
         DuckDB's generators, and :class:`QueryError` for other DuckDB errors.
         """
         cursor = self._cursor()
-        statement = checked_query(cursor, query)
+        statement = checked_query(cursor, query, scoped=self.scope is not None)
         self._audit_read(query, report, params)
         try:
             return cursor.sql(statement, params=_bindable(params))

@@ -110,12 +110,14 @@ def _columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
 
 
 def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | None,
-                name: str = "audit_trails", *, store: str = "the store") -> None:
+                name: str = "audit_trails", *, store: str = "the store",
+                where: str | None = None) -> None:
     """Create the view ``name`` over the live store and any Parquet archives.
 
     The view lives in the in-memory database itself (not a connection's temp schema),
     so every cursor of the connection sees it. ``store`` names the store in errors (a
-    URL without its password).
+    URL without its password). ``where`` is a fixed predicate over the view's typed
+    columns (a scope, see ``AuditAnalytics(scope=...)``) applied to every source.
     """
     table = f"{live}.audit_trails"
     try:
@@ -134,6 +136,8 @@ def create_view(con: duckdb.DuckDBPyConnection, live: str, archive_glob: str | N
         except duckdb.Error as exc:
             raise QueryError(f"cannot read the Parquet archives: {exc}") from exc
         select += f" UNION ALL BY NAME SELECT {_typed_columns(archived)} FROM {source}"
+    if where is not None:
+        select = f"SELECT * FROM ({select}) AS scoped WHERE {where}"
     con.execute(f"CREATE OR REPLACE VIEW main.{name} AS {select}")
 
 

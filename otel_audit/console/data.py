@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from ..trail import AuditTrail
 
 __all__ = ["ConsoleData", "Review", "ReviewError", "utcnow"]
+
+#: How many team-scoped analytics (one DuckDB connection each) the console keeps open.
+_SCOPED_KEPT = 16
 
 #: The service name of the console's own records.
 CONSOLE_SERVICE = "otel-audit-console"
@@ -96,6 +100,9 @@ class ConsoleData:
         self._owns_trail = trail is None
         self._lock = threading.Lock()
         self._analytics: AuditAnalytics | None = None
+        # one scoped analytics per (teams) of the auditors: each holds a DuckDB connection,
+        # so only the most recently used few are kept
+        self._scoped: OrderedDict[tuple[str, ...], AuditAnalytics] = OrderedDict()
         self._chain_source: StoreSource | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,14 +116,32 @@ class ConsoleData:
                 self._trail = AuditTrail(self.url, service_name=CONSOLE_SERVICE)
             return self._trail
 
-    def analytics(self) -> AuditAnalytics:
-        """The read-only analytics over the store (reports)."""
-        with self._lock:
-            if self._analytics is None:
-                from ..analytics import AuditAnalytics
+    def analytics(self, viewer: Viewer | None = None) -> AuditAnalytics:
+        """The read-only analytics over the store (reports) that ``viewer`` may use.
 
-                self._analytics = AuditAnalytics(self.url, archive_dir=self.archive_dir)
-            return self._analytics
+        Admins (and ``None``: the console itself) get the whole trail; anyone else an
+        analytics whose view holds only their teams' non-restricted records and whose
+        queries can name nothing else (see ``AnalyticsScope``).
+        """
+        from ..analytics import AnalyticsScope, AuditAnalytics
+
+        with self._lock:
+            if viewer is None or viewer.is_admin:
+                if self._analytics is None:
+                    self._analytics = AuditAnalytics(self.url, archive_dir=self.archive_dir)
+                return self._analytics
+            teams = ("*",) if "*" in viewer.teams else tuple(sorted(set(viewer.teams)))
+            found = self._scoped.get(teams)
+            if found is None:
+                found = AuditAnalytics(self.url, archive_dir=self.archive_dir,
+                                       scope=AnalyticsScope(teams=teams))
+                self._scoped[teams] = found
+                while len(self._scoped) > _SCOPED_KEPT:
+                    # not closed here: a report of another request may still be running
+                    # on it; DuckDB closes it (and its spill directory goes) when collected
+                    self._scoped.popitem(last=False)
+            self._scoped.move_to_end(teams)
+            return found
 
     def chain_source(self) -> StoreSource:
         """The integrity reader of the store's chain rows (kept: it caches the schema)."""
@@ -132,6 +157,9 @@ class ConsoleData:
             if self._analytics is not None:
                 self._analytics.close()
                 self._analytics = None
+            for scoped in self._scoped.values():
+                scoped.close()
+            self._scoped.clear()
             if self._trail is not None and self._owns_trail:
                 self._trail.shutdown()
                 self._trail = None

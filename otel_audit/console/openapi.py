@@ -60,7 +60,7 @@ OPENAPI: dict[str, Any] = {
         "/api/reports": {"get": {"summary": "The report pack",
                                  "responses": {"200": {"description": "`{reports: [...]}`"}}}},
         "/api/reports/{name}": {"get": {
-            "summary": "Run one report (admin); parameters as query parameters",
+            "summary": "Run one report over the viewer's scope; parameters as query parameters",
             "parameters": [{"name": "name", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "`{columns, rows}`"}, "403": _ERROR,

@@ -53,7 +53,6 @@ def test_no_token_wrong_token(console: Console) -> None:
 
 def test_wrong_role(console: Console) -> None:
     client, _ = console
-    assert client.get("/api/reports/failure_spikes", headers=bearer("alice")).status_code == 403
     assert client.get("/integrity/checkpoints.json", headers=bearer("alice")).status_code == 403
     assert client.post("/integrity/verify", headers=bearer("alice")).status_code == 403
     ok = client.get("/api/reports/failure_spikes", headers=bearer("carol"))
@@ -366,6 +365,27 @@ def test_review_queue_filters_and_order(console: Console) -> None:
     assert seeded.ids["review_alice"] in filtered and seeded.ids["review_bob"] not in filtered
     scoped = client.get("/review", headers=bearer("alice")).text
     assert seeded.ids["restricted"] not in scoped and seeded.ids["review_bob"] in scoped
+
+
+def test_auditors_reports_cover_their_teams_without_restricted(console: Console) -> None:
+    client, _ = console
+    by_team = client.get("/api/reports/activity_by_team", headers=bearer("alice")).json()
+    assert [row[0] for row in by_team["rows"]] == ["payments"]
+    other = client.get("/api/reports/activity_by_team", headers=bearer("dave")).json()
+    assert [row[0] for row in other["rows"]] == ["search"]
+    everyone = client.get("/api/reports/activity_by_team", headers=bearer("carol")).json()
+    assert {"payments", "search"} <= {row[0] for row in everyone["rows"]}
+    # the seeded restricted read is the only confidential/restricted record
+    hidden = client.get("/api/reports/confidential_access", headers=bearer("alice")).json()
+    assert hidden["rows"] == []
+    shown = client.get("/api/reports/confidential_access", headers=bearer("carol")).json()
+    assert [(row[0], row[1]) for row in shown["rows"]] == [("bob", "payments")]
+    # a parameter naming another team finds nothing outside the scope
+    history = client.get("/api/reports/resource_history?resource_type=index&resource_id=ix",
+                         headers=bearer("alice"))
+    assert history.status_code == 200 and history.json()["rows"] == []
+    page = client.get("/reports/activity_by_team?run=1", headers=bearer("dave")).text
+    assert "search" in page and "payments" not in page
 
 
 def test_report_parameters_and_unknown_reports(console: Console) -> None:
