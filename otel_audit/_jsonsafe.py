@@ -18,7 +18,6 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
 __all__ = ["json_safe"]
@@ -311,24 +310,21 @@ def _reject(value: object) -> Any:
 # non-finite float, is rebuilt through json_safe (string keys first).
 _NUMERIC_KEY = re.compile(r'[{,]"(?:-?[0-9]|(?:true|false|null|NaN|-?Infinity)")')
 
-if c_make_encoder is not None:
-    # one C encoder for the process: JSONEncoder.encode() builds a new one per call
-    _c_encoder = c_make_encoder(None, _reject, c_encode_basestring, None, ":", ",",
-                                True, False, False)
+# One encoder for the process, through the public json API (json.dumps builds a new one
+# per call with these options): compact, UTF-8, keys sorted, no NaN, no circular check
+# (json_safe has already cut cycles, and a cycle in plain data fails the fast path with
+# RecursionError either way). The hash format never depends on a private encoder.
+_ENCODER = json.JSONEncoder(skipkeys=False, ensure_ascii=False, check_circular=False,
+                            allow_nan=False, sort_keys=True, separators=(",", ":"),
+                            default=_reject)
 
-    _encode = _c_encoder
+#: The canonical JSON text of a plain value.
+_dumps = _ENCODER.encode
 
-    def _dumps(value: Any) -> str:
-        return "".join(_c_encoder(value, 0))
-else:  # pragma: no cover - CPython always ships the C accelerator
-    _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                                sort_keys=True)
 
-    def _dumps(value: Any) -> str:
-        return _ENCODER.encode(value)
-
-    def _encode(value: Any, _level: int) -> tuple[str]:
-        return (_ENCODER.encode(value),)
+def _encode(value: Any, _level: int) -> tuple[str]:
+    """The canonical JSON text as chunks (the compiled ``plain_texts``'s encoder argument)."""
+    return (_ENCODER.encode(value),)
 
 
 def _json_text(value: Any, notes: _Notes, field: str) -> tuple[Any, str]:
@@ -351,3 +347,60 @@ def _utf8_ok(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# the record's timestamp: what normalise() and the snapshot store
+_DATETIME_PARTS = tuple(
+    (dt.date if name in ("year", "month", "day") else dt.datetime).__dict__[name].__get__
+    for name in ("year", "month", "day", "hour", "minute", "second", "microsecond"))
+_TZINFO_OF = dt.datetime.__dict__["tzinfo"].__get__
+_UTC_MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+_UTC_MAX = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _utc_timestamp(value: Any, notes: _Notes) -> dt.datetime:
+    """The record's timestamp as an aware UTC ``datetime`` (total).
+
+    A naive one is taken as UTC (``assumed_utc``); another offset is converted, and one
+    that leaves the years 1-9999 on conversion is clamped to the nearest end
+    (``out_of_range``, with the original); anything else is the time of normalisation
+    (``invalid``)."""
+    if type(value) is dt.datetime and _TZINFO_OF(value) is dt.UTC:
+        return value
+    try:
+        if not isinstance(value, dt.datetime):
+            raise TypeError
+        exact = value
+        if type(value) is not dt.datetime:  # a subclass's overrides are never called
+            year, month, day, hour, minute, second, micro = (
+                part(value) for part in _DATETIME_PARTS)
+            exact = dt.datetime(year, month, day, hour, minute, second, micro,
+                                _TZINFO_OF(value))
+    except Exception:
+        notes.add("timestamp", "invalid", type=_type_name(value))
+        return dt.datetime.now(dt.UTC)
+    naive = exact.replace(tzinfo=None)
+    try:
+        offset = dt.datetime.utcoffset(exact)
+    except Exception:  # a tzinfo whose utcoffset() raises or is out of range
+        notes.add("timestamp", "assumed_utc", reason="utcoffset() failed")
+        return naive.replace(tzinfo=dt.UTC)
+    if offset is None:
+        notes.add("timestamp", "assumed_utc")
+        return naive.replace(tzinfo=dt.UTC)
+    if not offset:
+        return exact if exact is value else naive.replace(tzinfo=dt.UTC)
+    try:
+        return (naive - offset).replace(tzinfo=dt.UTC)
+    except OverflowError:  # datetime(1, 1, 1, tzinfo=+05:00) is in year 0 in UTC
+        stored = _UTC_MIN if offset > dt.timedelta(0) else _UTC_MAX
+        notes.add("timestamp", "out_of_range", original=_safe_isoformat(exact),
+                  stored=stored.isoformat())
+        return stored
+
+
+def _safe_isoformat(value: dt.datetime) -> str:
+    try:
+        return dt.datetime.isoformat(value)
+    except Exception:
+        return dt.datetime.isoformat(value.replace(tzinfo=None))

@@ -396,12 +396,12 @@ def test_notes_are_bounded() -> None:
 
 
 def test_a_failure_inside_normalise_still_keeps_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    from otel_audit import record as record_module
+    from otel_audit import normalisation
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(record_module, "_normalise", broken)
+    monkeypatch.setattr(normalisation, "_normalise", broken)
     stored, texts = normalise(make(resource_id="r\x00", new_values={"v": {1, 2}}))
     stored_ok(stored, texts)
     assert stored.resource_id == "r\ufffd"

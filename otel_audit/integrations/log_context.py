@@ -41,7 +41,7 @@ from uuid_utils import uuid7
 from .._internal import is_suppressed, log_internal_error
 from ..context import RequestContext, _correlation_id, _request_context
 from ..mapping import AUDIT_EVENT_NAME
-from ..record import _copy_plain
+from ..snapshot import copy_plain as _copy_plain
 
 __all__ = ["CALL_CONTEXT_ATTR", "AuditContextFilter", "CallContext", "call_context"]
 
