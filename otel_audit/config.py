@@ -10,7 +10,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -244,14 +244,14 @@ class AuditConfig:
 class TrailSettings(TypedDict, total=False):
     """The settings ``AuditTrail(...)`` and ``configure(...)`` take as keyword arguments.
 
-    One key per :data:`SETTINGS` entry (``tests/test_config.py`` keeps the two equal),
-    typed so a type checker catches a misspelt or mistyped setting; ``None`` leaves a
-    setting to the environment, then the default.
+    One key per :data:`SETTINGS` entry but ``url`` (the first positional argument;
+    ``tests/test_config.py`` keeps the two equal), typed so a type checker catches a
+    misspelt or mistyped setting; ``None`` leaves a setting to the environment, then
+    the default.
     """
 
-    url: str | None
     enabled: bool | None
-    mode: Literal["async", "durable", "sync"] | None
+    mode: str | None
     service_name: str | None
     batch_size: int | None
     flush_interval: float | None
@@ -263,17 +263,17 @@ class TrailSettings(TypedDict, total=False):
     auto_migrate: bool | None
     spool_dir: str | None
     spool_max_bytes: int | None
-    overflow_policy: Literal["block", "drop_newest", "drop_oldest"] | None
+    overflow_policy: str | None
     journal_dir: str | None
-    fsync: Literal["batch", "always", "never"] | None
+    fsync: str | None
     mode_by_classification: Mapping[str, str] | None
     mode_by_action: Mapping[str, str] | None
-    redact: Literal["mask", "hmac", "off"] | None
+    redact: str | None
     redact_keys: Sequence[str] | None
     redact_allow: Sequence[str] | None
     redact_hmac_key: str | None
     emit_otel_logs: bool | None
-    span_backlink: Literal["first", "event", "off"] | None
+    span_backlink: str | None
     archive_dir: str | None
     trace_url: str | None
     chain_stream: str | None

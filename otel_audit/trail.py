@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypedDict
+from typing import Any, TypedDict, Unpack
 
 from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider
@@ -29,11 +29,12 @@ from uuid_utils import uuid7
 
 from ._backlink import SpanLinker, linker
 from ._internal import log_internal_error
-from .config import AuditConfig, resolve_config
+from .config import AuditConfig, TrailSettings, resolve_config
 from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, StoreError
 from .exporters.adapter import ExporterWriter
 from .exporters.base import AuditExporter
+from .fields import CALLER_FIELDS
 from .integrity.install import install_chain
 from .integrity.seals import install_seals
 from .pipeline.batch import AuditStats, DeferredRecords
@@ -99,37 +100,24 @@ class AuditTrail:
     """An audit trail writing to one store.
 
     ``AuditTrail(url=None, *, service_name=None, mode="async", batch_size=...,
-    flush_interval=..., queue_size=...)``; any setting left ``None`` comes from the
-    ``OTEL_AUDIT_*`` environment, then the defaults (see :mod:`otel_audit.config`).
+    flush_interval=..., queue_size=..., **settings)``: every setting of
+    :mod:`otel_audit.config` is a typed keyword (:class:`~otel_audit.config.TrailSettings`);
+    any setting left ``None`` comes from the ``OTEL_AUDIT_*`` environment, then the
+    defaults.
     """
 
     def __init__(
         self,
         url: str | None = None,
         *,
-        service_name: str | None = None,
-        mode: str | None = None,
-        batch_size: int | None = None,
-        flush_interval: float | None = None,
-        queue_size: int | None = None,
-        enabled: bool | None = None,
         policy: AuditPolicy | None = None,
         logger_provider: LoggerProvider | None = None,
         exporter: AuditExporter | None = None,
-        **settings: Any,
+        **settings: Unpack[TrailSettings],
     ) -> None:
-        self.config: AuditConfig = resolve_config(
-            {
-                "url": url,
-                "service_name": service_name,
-                "mode": mode,
-                "batch_size": batch_size,
-                "flush_interval": flush_interval,
-                "queue_size": queue_size,
-                "enabled": enabled,
-                **settings,
-            }
-        )
+        # every setting is a typed keyword (config.TrailSettings, one per config.SETTINGS
+        # entry); an unknown name is still a ConfigError for untyped callers
+        self.config: AuditConfig = resolve_config({"url": url, **settings})
         storable = _storable_name(self.config.service_name)
         if storable != self.config.service_name:
             # the stream name and every record carry it: the store must take it
@@ -147,7 +135,7 @@ class AuditTrail:
         self.pipeline = build_pipeline(self.config, self.writer)
         if self.config.emit_otel_logs:
             # imported only when asked for; runs on the worker after normalisation
-            from .integrations.otel_logs import OtelLogEmitter
+            from .integrations.otel_emit import OtelLogEmitter
 
             self.pipeline.on_written.append(OtelLogEmitter(logger_provider))
         #: this writer's hash chain (see otel_audit.integrity)
@@ -547,14 +535,8 @@ class AuditTrail:
 class ActionScope:
     """The object bound by ``with trail.action(...) as a``; set fields on it to record them."""
 
-    _FIELDS = frozenset(
-        {
-            "user_id", "resource_type", "resource_id", "resource_name", "user_email",
-            "team_id", "client_ip", "user_agent", "request_path", "request_method",
-            "request_id", "old_values", "new_values", "changes", "data_classification",
-            "requires_review", "context", "acting_as", "success", "error_message",
-        }
-    )
+    #: the fields a caller sets (otel_audit.fields)
+    _FIELDS = CALLER_FIELDS
 
     def __init__(self, trail: AuditTrail, action: str, mode: str | None,
                  fields: Mapping[str, Any]) -> None:
@@ -607,10 +589,17 @@ _default_trail: AuditTrail | None = None
 _default_lock = threading.Lock()
 
 
-def configure(url: str | None = None, **settings: Any) -> AuditTrail:
-    """Create the process-wide default trail (replacing and shutting down any previous one)."""
+def configure(url: str | None = None, *, policy: AuditPolicy | None = None,
+              logger_provider: LoggerProvider | None = None,
+              exporter: AuditExporter | None = None,
+              **settings: Unpack[TrailSettings]) -> AuditTrail:
+    """Create the process-wide default trail (replacing and shutting down any previous one).
+
+    Takes :class:`AuditTrail`'s arguments (the settings as typed keywords).
+    """
     global _default_trail
-    trail = AuditTrail(url, **settings)
+    trail = AuditTrail(url, policy=policy, logger_provider=logger_provider, exporter=exporter,
+                       **settings)
     with _default_lock:
         previous, _default_trail = _default_trail, trail
     if previous is not None:
