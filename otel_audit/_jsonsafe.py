@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["json_safe"]
+__all__ = ["canonical_dumps", "json_safe"]
 
 _MAX_DEPTH = 32
 _REPLACEMENT = "\ufffd"
@@ -318,8 +318,9 @@ _ENCODER = json.JSONEncoder(skipkeys=False, ensure_ascii=False, check_circular=F
                             allow_nan=False, sort_keys=True, separators=(",", ":"),
                             default=_reject)
 
-#: The canonical JSON text of a plain value.
-_dumps = _ENCODER.encode
+#: The canonical JSON text of a plain value (the integrity chain's payloads use it too).
+canonical_dumps = _ENCODER.encode
+_dumps = canonical_dumps
 
 
 def _encode(value: Any, _level: int) -> tuple[str]:

@@ -3,9 +3,9 @@
 Format ``otel-audit/1`` compares numbers as doubles; ``otel-audit/2`` hashes every number
 by its exact value in one canonical spelling and refuses duplicate keys. Both write
 compact JSON with sorted keys and non-ASCII unescaped, through the public ``json`` API
-(one :class:`json.JSONEncoder` configured once) or orjson where it writes the same bytes:
-the format never depends on a private encoder. :mod:`otel_audit.integrity.canonical`
-builds the hashed payload from these texts.
+(one :class:`json.JSONEncoder`, shared with the stored texts: ``_jsonsafe``) or orjson
+where it writes the same bytes: the format never depends on a private encoder.
+:mod:`otel_audit.integrity.canonical` builds the hashed payload from these texts.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from .._jsonsafe import canonical_dumps
 
 __all__ = [
     "EXACT_VERSION",
@@ -40,19 +42,9 @@ __all__ = [
 EXACT_VERSION = 2
 
 
-def _reject(value: object) -> Any:
-    raise TypeError(type(value).__name__)
-
-
-# compact, UTF-8, sorted keys, no NaN: the one JSON dialect of every payload. One
-# encoder for the process (json.dumps builds a new one per call with these options);
-# no circular check: what is hashed comes from parsed texts or normalised records.
-_ENCODER = json.JSONEncoder(skipkeys=False, ensure_ascii=False, check_circular=False,
-                            allow_nan=False, sort_keys=True, separators=(",", ":"),
-                            default=_reject)
-
-#: Canonical JSON text of a value (compact, sorted keys, UTF-8, no NaN).
-sorted_dumps: Callable[[Any], str] = _ENCODER.encode
+# compact, UTF-8, sorted keys, no NaN: the one JSON dialect of every payload, the same
+# encoder (public json API) that writes the stored texts
+sorted_dumps: Callable[[Any], str] = canonical_dumps
 _dumps = sorted_dumps
 
 
