@@ -31,8 +31,8 @@ from typing import Any
 import duckdb
 
 from otel_audit.analytics import AuditAnalytics, list_reports
-from otel_audit.analytics.duck import load_extension
 from otel_audit.analytics._guard import checked_query
+from otel_audit.analytics.duck import load_extension
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.schema import RECORD_COLUMNS
 from otel_audit.store.writer import create_store_engine
