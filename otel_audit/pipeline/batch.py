@@ -109,6 +109,9 @@ _FIRST_CHUNK = 8
 #: while the application's threads leave it the GIL, instead of blocking until the
 #: store takes the next one (about 4% more records/s end to end on PostgreSQL than one)
 _STORE_DEPTH = 4
+#: the longest a caller waits for room in a full queue before its record is spilled to
+#: the spool (the caller's bound when the store is slower than the callers, not failing)
+_BACKPRESSURE_WAIT = 0.05
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 #: the range of the ``schema_version`` column (INTEGER, 32 bits, on every store)
 _VERSION_RANGE = (-(2**31), 2**31 - 1)
@@ -234,6 +237,9 @@ class BatchPipeline:
         self._waiting: list[_FlushMarker] = []  # flushes waiting for the spool to drain
         self._replay_at = 0.0
         self._replay_attempt = 0
+        #: the last write attempt failed for the store's state (cleared by the next commit):
+        #: a full queue then spills to the spool instead of holding the caller
+        self._store_failing = False
         self.spool: Spool | None = None
         if self._spool_dir is not None and self.config.spool_max_bytes > 0:
             self.spool = Spool(self._spool_dir, self.config.spool_max_bytes)
@@ -323,12 +329,21 @@ class BatchPipeline:
         self.write_now(prepared)
 
     def _overflow(self, record: _Item) -> bool:
-        """The queue is full: spill to the spool, else apply the overflow policy."""
+        """The queue is full. A store that is merely slower than the callers gets bounded
+        backpressure: the caller waits up to :data:`_BACKPRESSURE_WAIT` for room (the
+        worker frees a batch's worth at a time). A store that is failing — its last write
+        failed, or no room came within that wait — gets the spool:
+        the record is spilled to disk and replayed once the store answers. Without a
+        spool (or with it full), the overflow policy applies."""
         if self._closed:
             return self._drop(record, "closed")
         if self._worker is None:
             self._start_worker()
         spool = self.spool
+        if (spool is not None and not self._store_failing
+                and self._wait_for_room(_BACKPRESSURE_WAIT)):
+            self._queue.append(record)
+            return True
         if spool is not None:
             try:
                 prepared = self._prepare_batch([record])
@@ -360,15 +375,16 @@ class BatchPipeline:
                 return True
         return self._drop(record, reason)
 
-    def _wait_for_room(self) -> bool:
+    def _wait_for_room(self, timeout: float | None = None) -> bool:
         if self._closed:
             return False
         self._wake.set()
         if self._worker is None:
             self._start_worker()
         with self._space:
-            return self._space.wait_for(lambda: len(self._queue) < self._queue_size,
-                                        self.config.queue_full_timeout)
+            return self._space.wait_for(
+                lambda: len(self._queue) < self._queue_size,
+                self.config.queue_full_timeout if timeout is None else timeout)
 
     def _drop(self, item: _Item, reason: str) -> bool:
         if isinstance(item, DeferredRecords):
@@ -1021,6 +1037,7 @@ class BatchPipeline:
         delay = self._backoff(self._replay_attempt)
         self._replay_at = time.monotonic() + delay
         if exc is not None:
+            self._store_failing = True
             log_internal_error(
                 "store_down", logging.WARNING,
                 "audit store unavailable, spooling to %s (next attempt in %.2fs): %s",
@@ -1168,6 +1185,7 @@ class BatchPipeline:
     def _wrote(self, prepared: list[PreparedRecord], elapsed: float, *,
                replay: bool = False) -> None:
         """Count a committed batch, then tell the journal and the post-write hooks."""
+        self._store_failing = False
         with self._state_lock:
             self._written += len(prepared)
             if replay:
