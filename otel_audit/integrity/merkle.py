@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 
 __all__ = [
+    "MerkleAccumulator",
     "consistency_proof",
     "inclusion_proof",
     "inclusion_proof_and_root",
@@ -56,6 +57,37 @@ def merkle_root(record_hashes: Sequence[str]) -> str:
     if not record_hashes:
         return hashlib.sha256(b"").hexdigest()
     return _root([leaf_hash(h) for h in record_hashes]).hex()
+
+
+class MerkleAccumulator:
+    """The root of a growing list of leaves in O(log n) memory (a CT "compact range"):
+    the roots of the perfect subtrees the binary decomposition of ``size`` gives, left
+    to right. Its :meth:`root` equals :func:`merkle_root` of the same record hashes."""
+
+    __slots__ = ("_stack", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._stack: list[bytes] = []
+
+    def add(self, record_hash: str) -> None:
+        """Append one record hash (hex) as the next leaf."""
+        node = leaf_hash(record_hash)
+        size = self.size
+        while size & 1:  # merge the equal-sized perfect subtrees this leaf completes
+            node = node_hash(self._stack.pop(), node)
+            size >>= 1
+        self._stack.append(node)
+        self.size += 1
+
+    def root(self) -> str:
+        """The tree head of the leaves so far (hex)."""
+        if not self._stack:
+            return hashlib.sha256(b"").hexdigest()
+        node = self._stack[-1]
+        for left in reversed(self._stack[:-1]):
+            node = node_hash(left, node)
+        return node.hex()
 
 
 def _path(m: int, leaves: Sequence[bytes]) -> list[bytes]:

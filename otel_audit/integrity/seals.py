@@ -41,6 +41,7 @@ from ..store.schema import audit_seals, audit_trails
 from .canonical import FORMAT, GENESIS_HASH
 from .intervals import Interval, interval_roots
 from .keys import PublicKeys, public_key_hex, sign, signature_valid
+from .merkle import MerkleAccumulator
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -274,6 +275,12 @@ class PeriodicSeals:
     It runs on the store thread after a committed batch, so a seal only ever names a
     committed head. A seal that cannot be written is logged, never raised: sealing must
     not fail the write path.
+
+    On a chain of plain SHA-256 hashes (no HMAC key: hashes anyone can recompute, which
+    proofs need) each seal also names the Merkle root of the records since the previous
+    seal (:mod:`.intervals`), kept in O(log n) memory as the batches commit. An interval
+    whose records did not commit in ``seq`` order, or that follows a seal that could not
+    be written, gets none: its seal stays plain.
     """
 
     def __init__(self, writer: StoreWriter, chain: ChainSealer, interval: float,
@@ -286,6 +293,9 @@ class PeriodicSeals:
         self._head: tuple[str, int, str] | None = None  # last committed (stream, seq, hash)
         self._sealed: tuple[str, int, str] | None = None
         self._last = time.monotonic()
+        self._trees = getattr(chain, "hmac_key", None) is None
+        self._acc: MerkleAccumulator | None = MerkleAccumulator() if self._trees else None
+        self._acc_first = 1  # seq of the accumulator's first leaf
         ref = weakref.ref(self)  # the fork hook must not keep a closed trail's seals alive
 
         def _after_fork() -> None:
@@ -300,6 +310,21 @@ class PeriodicSeals:
         self._lock = threading.Lock()
         self._head = self._sealed = None
         self._last = time.monotonic()
+        self._acc = MerkleAccumulator() if self._trees else None
+        self._acc_first = 1
+
+    def _leaves(self, batch: Sequence[PreparedRecord], stream: str) -> None:
+        """Add the batch's records of ``stream`` to the interval's tree (under the lock)."""
+        acc = self._acc
+        if acc is None:
+            return
+        for prepared in batch:
+            if prepared.stream != stream or prepared.seq is None:
+                continue
+            if prepared.seq != self._acc_first + acc.size or not prepared.hash:
+                self._acc = None  # out of order (a retried batch): no tree this interval
+                return
+            acc.add(prepared.hash)
 
     def __call__(self, batch: Sequence[PreparedRecord]) -> None:
         """Note the batch's last record of this stream; seal when the interval is over."""
@@ -315,6 +340,11 @@ class PeriodicSeals:
             seq = top.seq or 0
             if self._head is None or self._head[0] != stream or seq > self._head[1]:
                 self._head = (stream, seq, top.hash or "")
+            if self._acc is not None:
+                try:
+                    self._leaves(batch, stream)
+                except ValueError:  # a hash that is not hex: no tree this interval
+                    self._acc = None
             due = self.interval > 0 and time.monotonic() - self._last >= self.interval
         if due:
             self.seal()
@@ -329,13 +359,22 @@ class PeriodicSeals:
             if head is None or head == self._sealed:
                 return None
             self._last = time.monotonic()
+            acc, first = self._acc, self._acc_first
+            tree: dict[str, Interval] | None = None
+            if acc is not None and acc.size and first + acc.size - 1 == head[1]:
+                tree = {head[0]: (first, head[1], acc.root())}
+            if self._trees:  # the next interval starts after this head
+                self._acc, self._acc_first = MerkleAccumulator(), head[1] + 1
         stream, seq, hash_ = head
         try:
             seal = write_seal(self.writer.engine, stream, {stream: (seq, hash_)}, self.key,
-                              timeout=self.LOCK_TIMEOUT)
+                              timeout=self.LOCK_TIMEOUT, intervals=tree)
         except Exception:  # an extra: never fail the write path or the shutdown over it
             log_internal_error("seal", logging.WARNING, "could not write an audit seal",
                                exc_info=True)
+            with self._lock:  # the next interval would not follow a written seal
+                if self._acc_first == head[1] + 1:
+                    self._acc = None
             return None
         with self._lock:
             self._sealed = head

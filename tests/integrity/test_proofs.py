@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integrity_support import execute, write_records
+from integrity_support import KEY, execute, write_records
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
@@ -20,6 +20,7 @@ from otel_audit.cli import app
 from otel_audit.integrity.intervals import seal_intervals
 from otel_audit.integrity.keys import generate_signing_key, load_public_key, load_signing_key
 from otel_audit.integrity.merkle import (
+    MerkleAccumulator,
     consistency_proof,
     inclusion_proof,
     inclusion_proof_and_root,
@@ -28,7 +29,7 @@ from otel_audit.integrity.merkle import (
     verify_inclusion,
 )
 from otel_audit.integrity.proofs import check_proof, consistency_document, proof_document
-from otel_audit.integrity.seals import seal_all
+from otel_audit.integrity.seals import all_seals, seal_all
 from otel_audit.integrity.verify import verify_trail
 
 Factory = Callable[..., AuditTrail]
@@ -220,3 +221,37 @@ def test_proof_and_root_together() -> None:
     for i in range(11):
         assert inclusion_proof_and_root(hashes, i) == (inclusion_proof(hashes, i),
                                                        merkle_root(hashes))
+
+
+def test_a_trails_own_seals_prove_its_records(make_trail: Factory, engine: Engine,
+                                              keys: tuple[str, str]) -> None:
+    trail = make_trail(mode="sync", seal_interval=1e-9, signing_key=keys[0])  # every batch
+    write_records(trail, 4)
+    trail.shutdown()
+    seals = all_seals(engine)
+    assert [seal_intervals(s.heads)[s.sealer][:2] for s in seals] == [
+        (1, 1), (2, 2), (3, 3), (4, 4)]
+    with engine.connect() as conn:
+        ids = list(conn.execute(text("SELECT id FROM audit_trails ORDER BY seq")).scalars())
+    public = load_public_key(keys[1])
+    docs = [proof_document(engine, record_id) for record_id in ids]
+    assert [len(d["chain"]) for d in docs] == [3, 2, 1, 0]
+    assert [check_proof(d, public) for d in docs] == [None] * 4
+    assert verify_trail(engine, key=None, public_key=public).ok
+
+
+def test_a_keyed_trail_seals_no_tree(make_trail: Factory, engine: Engine) -> None:
+    trail = make_trail(mode="sync", hmac_key=KEY)
+    write_records(trail, 3)
+    trail.shutdown()
+    (seal,) = all_seals(engine)
+    assert seal.head_map()[seal.sealer][0] == 3 and seal_intervals(seal.heads) == {}
+
+
+def test_the_accumulator_gives_the_tree_head() -> None:
+    acc = MerkleAccumulator()
+    assert acc.root() == merkle_root([])
+    hashes = _hashes(70)
+    for n, record_hash in enumerate(hashes, 1):
+        acc.add(record_hash)
+        assert acc.root() == merkle_root(hashes[:n])
