@@ -10,6 +10,7 @@ from __future__ import annotations
 from .catalog import Report, ReportParam, get_report, list_reports
 from .core import AnalyticsScope, AuditAnalytics
 from .links import trace_link
+from .relation import AuditRelation
 
-__all__ = ["AnalyticsScope", "AuditAnalytics", "Report", "ReportParam", "get_report",
-           "list_reports", "trace_link"]
+__all__ = ["AnalyticsScope", "AuditAnalytics", "AuditRelation", "Report", "ReportParam",
+           "get_report", "list_reports", "trace_link"]

@@ -33,6 +33,7 @@ from ..config import normalise_database_url, resolve_config
 from ..errors import AuditError, QueryError, QueryRefusedError
 from ._guard import checked_query, lock_down
 from .duck import attach_store, create_view, export_relation, snapshot, sql_literal
+from .relation import AuditRelation
 
 if TYPE_CHECKING:
     from ..trail import AuditTrail
@@ -168,10 +169,10 @@ class AuditAnalytics:
             raise QueryError(f"cannot load the snapshot: {exc}") from exc
 
     def sql(self, query: str, params: Mapping[str, Any] | list[Any] | None = None,
-            *, report: str | None = None) -> duckdb.DuckDBPyRelation:
+            *, report: str | None = None) -> AuditRelation:
         """Run one read-only query over the view ``audit_trails``; parameters are bound.
 
-        Returns a :class:`duckdb.DuckDBPyRelation` (``.df()``, ``.pl()``, ``.arrow()``,
+        Returns an :class:`AuditRelation`: DuckDB's relation (``.df()``, ``.pl()``, ``.arrow()``,
         ``.fetchall()``). Raises :class:`QueryRefusedError` for anything but one
         ``SELECT`` (or ``EXPLAIN [ANALYZE]`` of one) reading the trail, its archives or
         DuckDB's generators, and :class:`QueryError` for other DuckDB errors.
@@ -180,14 +181,14 @@ class AuditAnalytics:
         statement = checked_query(cursor, query, scoped=self.scope is not None)
         self._audit_read(query, report, params)
         try:
-            return cursor.sql(statement, params=_bindable(params))
+            return AuditRelation(cursor.sql(statement, params=_bindable(params)))
         except duckdb.PermissionException as exc:  # the locked connection said no
             raise QueryRefusedError(
                 f"analytics reads only the trail and its archive directory: {exc}") from exc
         except duckdb.Error as exc:
             raise QueryError(str(exc)) from exc
 
-    def report(self, name: str, **params: Any) -> duckdb.DuckDBPyRelation:
+    def report(self, name: str, **params: Any) -> AuditRelation:
         """Run the named compliance report (see :func:`otel_audit.analytics.list_reports`)."""
         from .catalog import get_report
 
@@ -209,7 +210,7 @@ class AuditAnalytics:
             raise QueryError(f"unknown export format {fmt!r}; expected {', '.join(options)}")
         relation = self.sql(query, params, report="export")  # validates (and audits) it
         try:
-            export_relation(relation, str(path), options[fmt])
+            export_relation(relation.relation, str(path), options[fmt])
         except duckdb.Error as exc:
             raise QueryError(f"export failed: {exc}") from exc
 

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ..analytics import AuditAnalytics, list_reports, trace_link
 from ..analytics.catalog import Report, get_report
+from ..analytics.relation import AuditRelation
 from ._app import CliError, DbOption, app, console, err_console, resolve_db
 from ._output import Column, output_format, print_rows
 from ._store import require_store
@@ -292,7 +293,7 @@ def _is_whole(name: str) -> bool:
             or name.endswith(("_id", "_at", "_ip")))
 
 
-def emit(relation: duckdb.DuckDBPyRelation, fmt: str, *, title: str | None,
+def emit(relation: duckdb.DuckDBPyRelation | AuditRelation, fmt: str, *, title: str | None,
          stream: TextIO | None = None, link: str | None = None) -> None:
     """Write ``relation`` as a Rich table, CSV or JSON (the CLI's table rule).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,7 +105,14 @@ def test_relation_converts_to_dataframes(make_trail: Callable[..., AuditTrail],
     _write(make_trail())
     with AuditAnalytics(store_url) as analytics:
         relation = analytics.sql("SELECT user_id, timestamp, success FROM audit_trails")
-        assert len(relation.df()) == 3
+        with warnings.catch_warnings():
+            # DuckDB's own TIMESTAMPTZ conversion calls DataFrame.drop(inplace=True)
+            warnings.simplefilter("error")
+            frame = relation.df()
+        assert len(frame) == 3
+        assert str(frame["timestamp"].dtype).endswith("UTC]")
+        assert frame["timestamp"].min() == WHEN
+        assert relation.fetchdf().shape == relation.to_df().shape == (3, 3)
         assert relation.arrow().read_all().num_rows == 3
         assert relation.pl().height == 3
         assert len(relation.fetchall()) == 3
