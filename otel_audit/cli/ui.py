@@ -20,6 +20,9 @@ def ui(
     users: Annotated[str | None, typer.Option(
         envvar="OTEL_AUDIT_CONSOLE_USERS", show_envvar=True,
         help="TOML or JSON file of users (name, role, teams, token_sha256).")] = None,
+    saved_searches: Annotated[str | None, typer.Option(
+        help="JSON file of the users' saved searches (default: saved-searches.json next "
+             "to the users file).")] = None,
     auth_header: Annotated[str | None, typer.Option(
         help="Header a reverse proxy sets to the signed-in user's name (e.g. "
              "X-Forwarded-User); honoured only from --trusted-proxy addresses.")] = None,
@@ -65,7 +68,7 @@ def ui(
     proxies = tuple(trusted_proxy) if trusted_proxy else ("127.0.0.1", "::1")
     application = create_app(resolve_db(db), users_file=users, archive_dir=archive,
                              auth_header=auth_header, trusted_proxies=proxies,
-                             export_max_rows=export_max_rows)
+                             export_max_rows=export_max_rows, saved_searches=saved_searches)
     scheme = "https" if tls_cert else "http"
     err_console().print(f"audit console at {scheme}://{host}:{port}/", highlight=False)
     uvicorn.run(application, host=host, port=port, ssl_certfile=tls_cert,

@@ -22,10 +22,11 @@ from starlette.templating import Jinja2Templates
 
 from .._internal import log_internal_error
 from ..errors import AuditError, ConfigError
-from . import api, pages
+from . import api, pages, searches
 from .auth import SessionCodec, User, UserDirectory, load_users
 from .data import ConsoleData
 from .query import FilterError
+from .searches import SavedSearches
 from .session import ConsoleSettings, ConsoleState, state_of
 
 __all__ = ["create_app"]
@@ -111,6 +112,7 @@ def create_app(
     export_max_rows: int | None = None,
     trail: Any = None,
     hmac_key: str | None = None,
+    saved_searches: str | os.PathLike[str] | None = None,
 ) -> Starlette:
     """The audit console for the store at ``url`` (mount it anywhere or serve it).
 
@@ -119,7 +121,9 @@ def create_app(
     random key: sessions then end with the process). ``export_max_rows`` caps one
     export (default ``OTEL_AUDIT_CONSOLE_EXPORT_MAX_ROWS``, 100,000). ``auth_header`` (e.g.
     ``X-Forwarded-User``) is honoured only from ``trusted_proxies``. ``trail`` receives
-    the console's own records (default: a trail on the same store).
+    the console's own records (default: a trail on the same store). ``saved_searches``
+    is the JSON file of the users' saved searches (default: ``saved-searches.json`` next
+    to the users file; none when the users are given as objects).
     """
     from ..config import resolve_config
 
@@ -127,6 +131,8 @@ def create_app(
     if users is None:
         source = users_file or config.console_users
         users = load_users(source) if source else []
+        if saved_searches is None and source:
+            saved_searches = Path(source).parent / "saved-searches.json"
     directory = UserDirectory(users)
     if export_max_rows is None:
         export_max_rows = config.console_export_max_rows
@@ -134,7 +140,8 @@ def create_app(
         raise ConfigError("export_max_rows must be at least 1")
     settings = ConsoleSettings(
         export_max_rows=export_max_rows, trace_url=trace_url or config.trace_url,
-        auth_header=auth_header, trusted_proxies=tuple(trusted_proxies))
+        auth_header=auth_header, trusted_proxies=tuple(trusted_proxies),
+        saved_searches=SavedSearches(saved_searches) if saved_searches is not None else None)
     data = ConsoleData(url, trail=trail, archive_dir=archive_dir or config.archive_dir,
                        hmac_key=hmac_key or config.hmac_key)
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
@@ -149,7 +156,7 @@ def create_app(
         data.close()
 
     app = Starlette(
-        routes=[*api.routes(), *pages.routes(),
+        routes=[*api.routes(), *pages.routes(), *searches.routes(),
                 Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")],
         exception_handlers={HTTPException: _http_error, FilterError: _filter_error,
                             AuditError: _audit_error, Exception: _any_error},

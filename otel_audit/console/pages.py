@@ -147,8 +147,11 @@ async def search_page(request: Request) -> Response:
     base = filters.to_params()
     nxt = (page_url("/", base, after=encode_cursor(records[-1].timestamp, records[-1].id))
            if more and records else None)
+    saved = state.settings.saved_searches
+    mine = await run_in_threadpool(saved.list, auth.user.name) if saved is not None else None
     return _render(request, auth, "search.html", {
         "records": records, "filters": filters, "params": base, "next_url": nxt,
+        "saved": mine, "query": page_url("", base).lstrip("?"),
         "first_url": page_url("/", base) if after else None, "title": "Search",
         "formats": list(EXPORT_FORMATS), "cap": state.settings.export_max_rows})
 

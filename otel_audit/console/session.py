@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,6 +19,9 @@ from starlette.templating import Jinja2Templates
 from .auth import SessionCodec, User, UserDirectory
 from .data import ConsoleData
 from .query import Viewer
+
+if TYPE_CHECKING:
+    from .searches import SavedSearches
 
 __all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "Auth", "ConsoleSettings", "ConsoleState",
            "authenticate", "check_csrf", "new_login_nonce", "set_session_cookie",
@@ -38,6 +41,7 @@ class ConsoleSettings:
     auth_header: str | None = None
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     session_max_age: int = 8 * 3600
+    saved_searches: SavedSearches | None = None  # None: not configured
 
 
 @dataclass(slots=True)

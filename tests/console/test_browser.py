@@ -1,7 +1,7 @@
 """The console in a real browser: Playwright driving the system's Chromium (no download).
 
-Sign in, search, filter, page, open a record, follow its trace, review it as a second
-user, export CSV, run a report and see its chart. Screenshots of the main pages go to
+Sign in, search, filter, save the search, page, open a record, follow its trace, review
+it as a second user, export CSV, run a report and see its chart. Screenshots of the main pages go to
 ``tests/console/artifacts/``. Skipped without Chromium locally; a failure under CI.
 """
 
@@ -42,7 +42,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Seed
     path = tmp_path_factory.mktemp("browser") / "audit.db"
     seeded = seed(f"sqlite:///{path}", extra=60)
     app = create_app(seeded.url, users=USERS, secret="browser-secret",
-                     trace_url="https://traces.example/trace/{trace_id}")
+                     trace_url="https://traces.example/trace/{trace_id}",
+                     saved_searches=path.parent / "saved-searches.json")
     # the socket listens before the server thread starts: the browser's first
     # connection waits in its backlog until uvicorn accepts it (no polling for "started")
     sock = socket.socket()
@@ -110,6 +111,17 @@ def test_auditor_journey(server: tuple[str, Seeded], browser: object,
     page.wait_for_url("**action=update**")
     assert rows.count() == 2  # the invoice update and the hostile page update
     assert page.locator("script:has-text('alert')").count() == 0  # hostile data inert
+    # save this search; after a reload it is listed (kept on the server) and opens it
+    page.fill("#save-search-name", "updates")
+    page.click("#save-search button[type=submit]")
+    page.wait_for_url("**action=update**")
+    page.reload()
+    saved = page.locator("#saved-searches a", has_text="updates")
+    assert saved.count() == 1
+    page.goto(base + "/")
+    page.locator("#saved-searches a", has_text="updates").click()
+    page.wait_for_url("**action=update**")
+    assert rows.count() == 2
     # open the invoice update, then follow its trace to the trace's other records
     page.goto(base + "/?range=all&resource_id=inv-1&action=update")
     page.click("table.records a.rec")

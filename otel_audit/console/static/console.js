@@ -48,34 +48,6 @@
     });
   }
 
-  // saved searches: kept per user in this browser (the console writes nothing but
-  // audit records to the store)
-  function savedSearches() {
-    var list = document.getElementById("saved-searches");
-    var button = document.getElementById("save-search");
-    var who = document.getElementById("whoami");
-    if (!list || !button || !who) return;
-    var key = "otel-audit-saved:" + who.getAttribute("data-user");
-    function load() { try { return JSON.parse(localStorage.getItem(key) || "[]"); } catch (e) { return []; } }
-    function show() {
-      list.textContent = "";
-      load().forEach(function (s) {
-        var a = document.createElement("a");
-        a.href = s.url; a.textContent = s.name;
-        list.appendChild(a);
-      });
-    }
-    button.addEventListener("click", function () {
-      var name = window.prompt("Name of this search");
-      if (!name) return;
-      var all = load().filter(function (s) { return s.name !== name; });
-      all.push({ name: name, url: location.pathname + location.search });
-      localStorage.setItem(key, JSON.stringify(all));
-      show();
-    });
-    show();
-  }
-
   function pollVerify() {
     var box = document.getElementById("verify-status");
     if (!box || box.getAttribute("data-poll") !== "yes") return;
@@ -90,6 +62,6 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    drawChart(); selectAll(); savedSearches(); pollVerify();
+    drawChart(); selectAll(); pollVerify();
   });
 })();
