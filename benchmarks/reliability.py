@@ -23,9 +23,13 @@ Printed, never asserted (the test-suite asserts the zeros; this reports the figu
    ``async`` (median microseconds, same run, alternating rounds; 4 threads for
    ``batch``'s group commit);
 3. peak memory (max RSS of a child process) during a burst of records with the store
-   down (default 1,000,000; ``--quick``: 20,000).
+   down (default 1,000,000; ``--quick``: 20,000);
+4. overload: 4 threads record as fast as they can into a store slower than them, with a
+   small queue (2,048) and with a queue that holds the whole load; records/s until
+   flushed for each, their ratio (target >= 0.8x), the callers' p99 time per
+   ``record()`` with the small queue (target <= 50 ms) and what was spooled or lost.
 
-Usage: ``python benchmarks/reliability.py [--pg postgresql://...] [--quick]``
+Usage: ``python benchmarks/reliability.py [--pg postgresql://...] [--quick] [--only overload]``
 """
 
 from __future__ import annotations
@@ -372,6 +376,61 @@ def burst_memory(tmp: Path, n: int) -> None:
           f"dropped={dropped} spool={spool_bytes / 2**20:.0f} MiB")
 
 
+def _overload_run(url: str, n: int, queue_size: int, spool: Path,
+                  ) -> tuple[float, float, float, int, int]:
+    """records/s until flushed, the callers' p99 and longest seconds per record(),
+    spooled, lost."""
+    trail = AuditTrail(url, auto_migrate=True, queue_size=queue_size, spool_dir=str(spool))
+    trail.writer.ensure_schema()  # the migration is not part of the load
+    threads, each = 4, n // 4
+    times: list[list[float]] = [[] for _ in range(threads)]
+    ids: list[str] = []
+    lock = threading.Lock()
+    clock = time.perf_counter
+
+    def work(k: int) -> None:
+        mine, spent = [], times[k]
+        for i in range(each):
+            t0 = clock()
+            record = trail.record("LOAD", user_id=f"t{k}", resource_id=str(i))
+            spent.append(clock() - t0)
+            if record is not None:
+                mine.append(record.id)
+        with lock:
+            ids.extend(mine)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    start = clock()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    trail.flush(600)
+    rate = len(ids) / (clock() - start)
+    stats = trail.stats()
+    trail.shutdown()
+    stored = set(_ids(url))
+    waits = sorted(t for per in times for t in per)
+    p99 = waits[int(len(waits) * 0.99)] if waits else 0.0
+    return rate, p99, waits[-1] if waits else 0.0, stats.spooled, len(set(ids) - stored)
+
+
+def overload(tmp: Path, n: int, pg: str | None) -> None:
+    """Small queue vs a queue holding the whole load, side by side (see the docstring)."""
+    stores = [("sqlite", lambda tag: f"sqlite:///{tmp}/overload-{tag}.db")]
+    if pg:
+        stores.append(("postgresql", lambda tag: _bench_database(pg, f"overload_{tag}")))
+    for name, url_for in stores:
+        small = _overload_run(url_for("small"), n, 2048, tmp / f"ov-{name}-small")
+        large = _overload_run(url_for("large"), n, n + 1024, tmp / f"ov-{name}-large")
+        ratio = small[0] / large[0]
+        print(f"overload {name:<10} queue 2,048: {small[0]:,.0f} rec/s | queue {n + 1024:,}: "
+              f"{large[0]:,.0f} rec/s | ratio {ratio:.2f}x (target >= 0.80) "
+              f"{'OK' if ratio >= 0.8 else 'MISS'} | caller p99 {small[1] * 1e3:.2f} ms "
+              f"(target <= 50), longest {small[2] * 1e3:.0f} ms | spooled {small[3]:,} / "
+              f"{large[3]:,} | lost {small[4]} / {large[4]}")
+
+
 def _bench_database(pg: str, suffix: str) -> str:
     """URL of an empty database for one scenario (created anew)."""
     url = make_url(pg).set(drivername="postgresql+psycopg")
@@ -388,6 +447,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pg", help="PostgreSQL admin URL for the outage scenario")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--only", choices=["overload"], help="run this part only")
     args = parser.parse_args()
     each = 500 if args.quick else 5000
     calls, rounds = (400, 2) if args.quick else (4000, 5)
@@ -395,6 +455,10 @@ def main() -> None:
     pg = args.pg or os.environ.get("OTEL_AUDIT_TEST_POSTGRES_URL")
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
+        if args.only == "overload":
+            print("== overload: a small queue vs one that holds the load")
+            overload(tmp, 20_000 if args.quick else 200_000, pg)
+            return
         print("== records lost / duplicated under faults")
         sqlite_locked(tmp, each)
         if pg:
@@ -412,6 +476,8 @@ def main() -> None:
         durable_cost(tmp, calls, rounds)
         print("== memory")
         burst_memory(tmp, burst)
+        print("== overload: a small queue vs one that holds the load")
+        overload(tmp, 20_000 if args.quick else 200_000, pg)
 
 
 if __name__ == "__main__":

@@ -109,8 +109,9 @@ _FIRST_CHUNK = 8
 #: while the application's threads leave it the GIL, instead of blocking until the
 #: store takes the next one (about 4% more records/s end to end on PostgreSQL than one)
 _STORE_DEPTH = 4
-#: the longest a caller waits for room in a full queue before its record is spilled to
-#: the spool (the caller's bound when the store is slower than the callers, not failing)
+#: how long a caller waits for the worker to take a batch off a full queue before its
+#: record is spilled to the spool: a worker that takes nothing for this long is stuck
+#: behind a failing or stalled store
 _BACKPRESSURE_WAIT = 0.05
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 #: the range of the ``schema_version`` column (INTEGER, 32 bits, on every store)
@@ -329,10 +330,11 @@ class BatchPipeline:
         self.write_now(prepared)
 
     def _overflow(self, record: _Item) -> bool:
-        """The queue is full. A store that is merely slower than the callers gets bounded
-        backpressure: the caller waits up to :data:`_BACKPRESSURE_WAIT` for room (the
-        worker frees a batch's worth at a time). A store that is failing — its last write
-        failed, or no room came within that wait — gets the spool:
+        """The queue is full. A store that is merely slower than the callers gets
+        backpressure: the caller waits for room as long as the worker keeps taking
+        batches (it frees a batch's worth at a time, at the store's pace). A store that
+        is failing — its last write failed, or the worker took nothing for
+        :data:`_BACKPRESSURE_WAIT` — gets the spool:
         the record is spilled to disk and replayed once the store answers. Without a
         spool (or with it full), the overflow policy applies."""
         if self._closed:
@@ -340,8 +342,7 @@ class BatchPipeline:
         if self._worker is None:
             self._start_worker()
         spool = self.spool
-        if (spool is not None and not self._store_failing
-                and self._wait_for_room(_BACKPRESSURE_WAIT)):
+        if spool is not None and self._backpressure():
             self._queue.append(record)
             return True
         if spool is not None:
@@ -374,6 +375,18 @@ class BatchPipeline:
                 self._drop(oldest, reason)
                 return True
         return self._drop(record, reason)
+
+    def _backpressure(self) -> bool:
+        """Wait for room while the worker keeps taking batches off the queue: True once
+        there is room; False (spill) when the store is failing, or when the worker took
+        nothing for :data:`_BACKPRESSURE_WAIT` (a store that stalls is failing too)."""
+        while not self._store_failing and not self._closed:
+            taken = self._drained
+            if self._wait_for_room(_BACKPRESSURE_WAIT):
+                return True
+            if self._drained == taken:
+                return False
+        return False
 
     def _wait_for_room(self, timeout: float | None = None) -> bool:
         if self._closed:
@@ -654,7 +667,12 @@ class BatchPipeline:
 
     def _drain(self) -> None:
         queue = self._queue
+        spool = self.spool
         while queue:
+            if spool is not None and not self._store_failing and spool.pending():
+                # spilled under overload while the store works: read it back now, or
+                # every batch behind it would go through the disk too (order is kept)
+                self._maybe_replay()
             batch: list[_Item] = []
             markers: list[_FlushMarker] = []
             with self._state_lock:
