@@ -15,7 +15,8 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
     archive: Annotated[str | None, typer.Option(
-        help="Directory of Parquet archives (reports read them with the live store) "
+        help="Directory of Parquet archives (searches, record pages and reports read them "
+             "with the live store) "
              "[env: OTEL_AUDIT_ARCHIVE_DIR].")] = None,
     users: Annotated[str | None, typer.Option(
         envvar="OTEL_AUDIT_CONSOLE_USERS", show_envvar=True,

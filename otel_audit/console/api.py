@@ -89,13 +89,13 @@ async def get_record(request: Request) -> Response:
     auth = require(request)
     state = state_of(request)
     record_id = request.path_params["record_id"]
-    record = await run_in_threadpool(state.data.record, auth.viewer, record_id)
+    record, archived = await run_in_threadpool(state.data.find_record, auth.viewer, record_id)
     if record is None:
         raise HTTPException(404, "no such record (or not visible to you)")
     reviews = await run_in_threadpool(state.data.reviews, [record_id])
     state.data.audit("audit.read", auth.viewer, resource_type="audit_record",
                      resource_id=record_id, context={"api": True}, **request_meta(request))
-    return _json({"record": record_dict(record),
+    return _json({"record": record_dict(record), "archived": archived,
                   "reviews": [{"reviewer": r.reviewer, "timestamp": r.timestamp.isoformat(),
                                "note": r.note, "review_id": r.review_id}
                               for r in reviews.get(record_id, [])]})

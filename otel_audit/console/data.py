@@ -26,6 +26,7 @@ from ..errors import AuditError, StoreError
 from ..record import AuditRecord
 from ..store.reader import row_to_record
 from ..store.schema import audit_trails
+from .archive import has_archives, read_archived
 from .query import (
     CONSOLE_ACTIONS,
     Cursor,
@@ -176,8 +177,22 @@ class ConsoleData:
     def search(self, viewer: Viewer, filters: Filters, *, after: Cursor | None = None,
                limit: int = 50) -> list[AuditRecord]:
         """One page of matching records the viewer may see, newest first."""
-        query = search_query(viewer, filters, now=utcnow(), after=after, limit=limit)
-        return [row_to_record(r) for r in self._rows(query)]
+        return self.search_page(viewer, filters, after=after, limit=limit)[0]
+
+    def search_page(self, viewer: Viewer, filters: Filters, *, after: Cursor | None = None,
+                    limit: int = 50, now: dt.datetime | None = None,
+                    ) -> tuple[list[AuditRecord], set[str]]:
+        """One page (live rows, then archived ones) and the IDs of its archived rows."""
+        now = now or utcnow()
+        query = search_query(viewer, filters, now=now, after=after, limit=limit)
+        records = [row_to_record(r) for r in self._rows(query)]
+        if len(records) >= limit or not has_archives(self.archive_dir):
+            return records, set()
+        # the live rows ran out: the rest of the page comes from the archives
+        cursor = Cursor(records[-1].timestamp, records[-1].id) if records else after
+        rest = search_query(viewer, filters, now=now, after=cursor, limit=limit - len(records))
+        archived = read_archived(self.analytics(viewer), rest)
+        return records + archived, {r.id for r in archived}
 
     def iter_search(self, viewer: Viewer, filters: Filters, *, cap: int,
                     page: int = 2000) -> Iterator[AuditRecord]:
@@ -187,8 +202,7 @@ class ConsoleData:
         left = cap
         while left > 0:
             want = min(page, left)
-            query = search_query(viewer, filters, now=now, after=after, limit=want)
-            rows = [row_to_record(r) for r in self._rows(query)]
+            rows = self.search_page(viewer, filters, after=after, limit=want, now=now)[0]
             yield from rows
             left -= len(rows)
             if len(rows) < want:
@@ -196,9 +210,18 @@ class ConsoleData:
             after = Cursor(rows[-1].timestamp, rows[-1].id)
 
     def record(self, viewer: Viewer, record_id: str) -> AuditRecord | None:
-        """The record ``record_id`` if the viewer may see it."""
+        """The record ``record_id`` if the viewer may see it (live or archived)."""
+        return self.find_record(viewer, record_id)[0]
+
+    def find_record(self, viewer: Viewer, record_id: str) -> tuple[AuditRecord | None, bool]:
+        """The record ``record_id`` if the viewer may see it, and whether it is archived."""
         rows = self._rows(record_query(viewer, record_id))
-        return row_to_record(rows[0]) if rows else None
+        if rows:
+            return row_to_record(rows[0]), False
+        if not has_archives(self.archive_dir):
+            return None, False
+        found = read_archived(self.analytics(viewer), record_query(viewer, record_id))
+        return (found[0], True) if found else (None, False)
 
     def related(self, viewer: Viewer, record: AuditRecord, *, limit: int = 20,
                 ) -> dict[str, list[AuditRecord]]:

@@ -137,8 +137,8 @@ async def search_page(request: Request) -> Response:
     filters = Filters.from_params(params)
     after = decode_cursor(params["after"]) if params.get("after") else None
     size = state.settings.page_size
-    records = await run_in_threadpool(state.data.search, auth.viewer, filters, after=after,
-                                      limit=size + 1)
+    records, archived = await run_in_threadpool(state.data.search_page, auth.viewer, filters,
+                                                after=after, limit=size + 1)
     more = len(records) > size
     records = records[:size]
     state.data.audit("audit.read", auth.viewer, resource_id="search",
@@ -151,7 +151,7 @@ async def search_page(request: Request) -> Response:
     mine = await run_in_threadpool(saved.list, auth.user.name) if saved is not None else None
     return _render(request, auth, "search.html", {
         "records": records, "filters": filters, "params": base, "next_url": nxt,
-        "saved": mine, "query": page_url("", base).lstrip("?"),
+        "saved": mine, "query": page_url("", base).lstrip("?"), "archived": archived,
         "first_url": page_url("/", base) if after else None, "title": "Search",
         "formats": list(EXPORT_FORMATS), "cap": state.settings.export_max_rows})
 
@@ -192,16 +192,19 @@ async def record_page(request: Request) -> Response:
         return auth
     state = state_of(request)
     record_id = request.path_params["record_id"]
-    record = await run_in_threadpool(state.data.record, auth.viewer, record_id)
+    record, archived = await run_in_threadpool(state.data.find_record, auth.viewer, record_id)
     if record is None:
         raise HTTPException(404, "no such record (or not visible to you)")
     state.data.audit("audit.read", auth.viewer, resource_type="audit_record",
-                     resource_id=record_id, context={"page": "record"},
+                     resource_id=record_id, context={"page": "record", "archived": archived},
                      **request_meta(request))
     related = await run_in_threadpool(state.data.related, auth.viewer, record)
     reviews = (await run_in_threadpool(state.data.reviews, [record_id])).get(record_id, [])
     try:
-        integrity = await run_in_threadpool(record_integrity, state.data, record)
+        integrity = ({"state": "archived", "problems": [
+            "read from the Parquet archive: its files are checked against the archive's "
+            "manifest by otel-audit verify --archive"]} if archived
+            else await run_in_threadpool(record_integrity, state.data, record))
     except Exception as exc:  # a store without chain tables still shows the record
         integrity = {"state": "unknown", "problems": [str(exc).split("\n", 1)[0][:200]]}
     from .export import record_dict
