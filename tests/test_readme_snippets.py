@@ -92,5 +92,5 @@ def test_readme_block_runs(code: str, skip: str | None, sandbox: Path,
     default = set_trail(None)
     if default is not None:
         default.shutdown()
-    if _WRITES.search(code):
+    if _WRITES.search(code) and "capture_audit" not in code:  # captured: in memory
         assert _audit_rows(sandbox) > _SEEDED, "the block recorded nothing"
