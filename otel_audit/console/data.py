@@ -2,7 +2,8 @@
 
 Search, record, review-queue and related-record pages read the store directly through
 SQLAlchemy Core: the store's indexes answer a first page in milliseconds, where DuckDB's
-SQLite scanner pushes no filter down and would scan millions of rows. Reports go
+SQLite scanner pushes no filter down and would scan millions of rows. With archives,
+they continue into them through the viewer's analytics (see ``_page``). Reports go
 through :class:`~otel_audit.analytics.AuditAnalytics` (locked down, one ``SELECT``).
 The connection is read-only (``PRAGMA query_only`` on SQLite, ``READ ONLY``
 transactions on PostgreSQL); the console writes only ``audit.read``, ``audit.review``
@@ -14,11 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import normalise_database_url
@@ -26,7 +27,7 @@ from ..errors import AuditError, StoreError
 from ..record import AuditRecord
 from ..store.reader import row_to_record
 from ..store.schema import audit_trails
-from .archive import has_archives, read_archived
+from .archive import archived_before, has_archives, read_archived, read_rows
 from .query import (
     CONSOLE_ACTIONS,
     Cursor,
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from ..trail import AuditTrail
 
 __all__ = ["ConsoleData", "Review", "ReviewError", "utcnow"]
+
+#: A keyset query of a page: ``(after, limit) -> SELECT``.
+_Build = Callable[[Cursor | None, int], Select[Any]]
 
 #: How many team-scoped analytics (one DuckDB connection each) the console keeps open.
 _SCOPED_KEPT = 16
@@ -184,15 +188,48 @@ class ConsoleData:
                     ) -> tuple[list[AuditRecord], set[str]]:
         """One page (live rows, then archived ones) and the IDs of its archived rows."""
         now = now or utcnow()
-        query = search_query(viewer, filters, now=now, after=after, limit=limit)
-        records = [row_to_record(r) for r in self._rows(query)]
-        if len(records) >= limit or not has_archives(self.archive_dir):
-            return records, set()
-        # the live rows ran out: the rest of the page comes from the archives
-        cursor = Cursor(records[-1].timestamp, records[-1].id) if records else after
-        rest = search_query(viewer, filters, now=now, after=cursor, limit=limit - len(records))
-        archived = read_archived(self.analytics(viewer), rest)
-        return records + archived, {r.id for r in archived}
+
+        def build(cursor: Cursor | None, size: int) -> Select[Any]:
+            return search_query(viewer, filters, now=now, after=cursor, limit=size)
+
+        return self._page(viewer, build, build, after=after, limit=limit)
+
+    def _page(self, viewer: Viewer, live: _Build, archive: _Build, *, after: Cursor | None,
+              limit: int, newest_first: bool = True,
+              keep: Callable[[list[AuditRecord]], list[AuditRecord]] | None = None,
+              ) -> tuple[list[AuditRecord], set[str]]:
+        """One keyset page of ``live``'s rows continued into the archives, and its archived IDs.
+
+        ``live(cursor, size)`` is the query of the store, ``archive(cursor, size)`` the
+        one run through the viewer's scoped analytics (the view of the store and its
+        archives); ``keep`` drops rows of the view the page must not show. Newest first,
+        the archives hold the oldest records: a short live page continues from its last
+        row's cursor (the live rows after it are all on the page already). Oldest first,
+        they lead, so until the cursor passes the archived days the page is read
+        through the view, and the rows that are not among the live ones are archived.
+        """
+        records = [row_to_record(r) for r in self._rows(live(after, limit))]
+        if newest_first:
+            if len(records) >= limit or not has_archives(self.archive_dir):
+                return records, set()
+        else:
+            until = archived_before(self.archive_dir)
+            if not has_archives(self.archive_dir) or (
+                    until is not None and after is not None and after.timestamp >= until):
+                return records, set()  # no archived record comes after this cursor
+        live_ids = {r.id for r in records}
+        out = records if newest_first else []
+        cursor = Cursor(records[-1].timestamp, records[-1].id) if out else after
+        analytics = self.analytics(viewer)
+        while len(out) < limit:
+            want = limit - len(out)
+            batch = read_archived(analytics, archive(cursor, want))
+            if batch:
+                cursor = Cursor(batch[-1].timestamp, batch[-1].id)
+            out += keep(batch) if keep is not None else batch
+            if len(batch) < want:
+                break
+        return out, {r.id for r in out if r.id not in live_ids}
 
     def iter_search(self, viewer: Viewer, filters: Filters, *, cap: int,
                     page: int = 2000) -> Iterator[AuditRecord]:
@@ -247,23 +284,45 @@ class ConsoleData:
         return out
 
     def reviews(self, record_ids: Sequence[str]) -> dict[str, list[Review]]:
-        """The reviews of each of ``record_ids`` (oldest first)."""
+        """The reviews of each of ``record_ids`` (oldest first; live or archived)."""
         if not record_ids:
             return {}
+        rows = self._rows(reviewed_ids_query(list(record_ids), self.dialect))
+        if has_archives(self.archive_dir):
+            # a review belongs to no team: looked up in the whole trail, for records the
+            # caller already knows the viewer may see; a live review is in the view too
+            rows = [dict(r) for r in self._read_view(reviewed_ids_query(list(record_ids)))]
         out: dict[str, list[Review]] = {}
-        for row in self._rows(reviewed_ids_query(list(record_ids), self.dialect)):
+        for row in rows:
             context = row["context"] if isinstance(row["context"], dict) else {}
             ts = row_to_time(row["timestamp"])
             out.setdefault(row["resource_id"], []).append(Review(
                 row["resource_id"], row["user_id"], ts, str(context.get("note", "")), row["id"]))
         return out
 
+    def _read_view(self, query: Select[Any]) -> list[dict[str, Any]]:
+        return read_rows(self.analytics(None), query)
+
     def review_queue(self, viewer: Viewer, filters: Filters | None, *, limit: int = 50,
                      after: Cursor | None = None) -> list[AuditRecord]:
-        """Records awaiting review, oldest first."""
-        query = review_queue_query(viewer, filters, now=utcnow(), limit=limit, after=after,
-                                   dialect=self.dialect)
-        return [row_to_record(r) for r in self._rows(query)]
+        """Records awaiting review, oldest first (live or archived)."""
+        return self.review_queue_page(viewer, filters, limit=limit, after=after)[0]
+
+    def review_queue_page(self, viewer: Viewer, filters: Filters | None, *, limit: int = 50,
+                          after: Cursor | None = None) -> tuple[list[AuditRecord], set[str]]:
+        """One page of the review queue, oldest first, and the IDs of its archived rows."""
+        now = utcnow()
+
+        def build(cursor: Cursor | None, size: int, *, unreviewed: bool = True) -> Select[Any]:
+            return review_queue_query(viewer, filters, now=now, limit=size, after=cursor,
+                                      dialect=self.dialect, unreviewed=unreviewed)
+
+        def unreviewed(batch: list[AuditRecord]) -> list[AuditRecord]:
+            done = self.reviews([r.id for r in batch])
+            return [r for r in batch if not done.get(r.id)]
+
+        return self._page(viewer, build, lambda c, n: build(c, n, unreviewed=False),
+                          after=after, limit=limit, newest_first=False, keep=unreviewed)
 
     def ping(self) -> bool:
         """Whether the store answers."""

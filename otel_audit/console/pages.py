@@ -231,8 +231,8 @@ async def review_page(request: Request) -> Response:
     filters = Filters.from_params(params)
     after = decode_cursor(params["after"]) if params.get("after") else None
     size = state.settings.page_size
-    records = await run_in_threadpool(state.data.review_queue, auth.viewer, filters,
-                                      limit=size + 1, after=after)
+    records, archived = await run_in_threadpool(state.data.review_queue_page, auth.viewer,
+                                                filters, limit=size + 1, after=after)
     more = len(records) > size
     records = records[:size]
     state.data.audit("audit.read", auth.viewer, resource_id="review_queue",
@@ -244,7 +244,8 @@ async def review_page(request: Request) -> Response:
            if more and records else None)
     return _render(request, auth, "review.html", {
         "records": records, "filters": filters, "params": base, "next_url": nxt,
-        "title": "Review queue", "message": request.query_params.get("message")})
+        "title": "Review queue", "message": request.query_params.get("message"),
+        "archived": archived})
 
 
 async def review_submit(request: Request) -> Response:
@@ -285,12 +286,14 @@ async def resource_page(request: Request) -> Response:
     state = state_of(request)
     rtype, rid = request.path_params["resource_type"], request.path_params["resource_id"]
     filters = Filters(range="all", resource_type=rtype, resource_id=rid)
-    records = await run_in_threadpool(state.data.search, auth.viewer, filters, limit=200)
+    records, archived = await run_in_threadpool(state.data.search_page, auth.viewer, filters,
+                                                limit=200)
     state.data.audit("audit.read", auth.viewer, resource_id="resource",
                      context={"resource_type": rtype, "resource_id": rid},
                      **request_meta(request))
     return _render(request, auth, "history.html", {
         "records": records, "title": f"Resource {rtype}/{rid}", "chart": None,
+        "archived": archived,
         "accessed": None, "search_url": page_url("/", filters.to_params())})
 
 
@@ -302,7 +305,8 @@ async def actor_page(request: Request) -> Response:
     state = state_of(request)
     actor = request.path_params["actor"]
     filters = Filters(range="30d", actor=actor)
-    records = await run_in_threadpool(state.data.search, auth.viewer, filters, limit=5000)
+    records, archived = await run_in_threadpool(state.data.search_page, auth.viewer, filters,
+                                                limit=5000)
     state.data.audit("audit.read", auth.viewer, resource_id="actor",
                      context={"actor": actor}, **request_meta(request))
     accessed: dict[tuple[str, str], int] = {}
@@ -313,6 +317,7 @@ async def actor_page(request: Request) -> Response:
     top = sorted(accessed.items(), key=lambda kv: -kv[1])[:50]
     return _render(request, auth, "history.html", {
         "records": records[:200], "title": f"Actor {actor}", "chart": timeline(records),
+        "archived": archived,
         "accessed": top, "search_url": page_url("/", filters.to_params())})
 
 

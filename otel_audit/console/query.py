@@ -280,19 +280,23 @@ def reviewed_ids_query(record_ids: list[str], dialect: str = "sqlite") -> Select
 
 def review_queue_query(viewer: Viewer, filters: Filters | None, *, now: dt.datetime,
                        limit: int = 50, after: Cursor | None = None,
-                       dialect: str = "sqlite") -> Select[Any]:
+                       dialect: str = "sqlite", unreviewed: bool = True) -> Select[Any]:
     """Records that require review and have none yet, oldest first.
 
-    The console's own records (reads, reviews, exports) are never work here.
+    The console's own records (reads, reviews, exports) are never work here. With
+    ``unreviewed=False`` the query leaves out its "no review yet" test: a team-scoped
+    view over the archives holds no reviews (they belong to no team), so the caller
+    looks the candidates' reviews up itself.
     """
     t = audit_trails.c
-    reviews = audit_trails.alias("reviews")
-    reviewed = exists(select(literal(1)).where(
-        reviews.c.resource_type == "audit_record", reviews.c.resource_id == t.id,
-        _is_review(reviews.c.action, dialect)))
     # ``= true`` (not ``IS``): the form the partial index ix_audit_trails_review names
-    query = select(*_columns()).where(t.requires_review == true(), not_(reviewed),
+    query = select(*_columns()).where(t.requires_review == true(),
                                       t.action.not_in(CONSOLE_ACTIONS), scope_clause(viewer))
+    if unreviewed:
+        reviews = audit_trails.alias("reviews")
+        query = query.where(not_(exists(select(literal(1)).where(
+            reviews.c.resource_type == "audit_record", reviews.c.resource_id == t.id,
+            _is_review(reviews.c.action, dialect)))))
     if filters is not None:
         query = query.where(*_filter_clauses(filters, now))
     if after is not None:
