@@ -118,7 +118,13 @@ class ConsoleData:
             if self._trail is None:
                 from ..trail import AuditTrail
 
-                self._trail = AuditTrail(self.url, service_name=CONSOLE_SERVICE)
+                # On SQLite the console's own records commit in the request (sync): its
+                # reports attach the same file through DuckDB's bundled SQLite, whose first
+                # open resets the WAL index another in-process connection has mapped, so
+                # no write may run on a background thread while a report attaches.
+                sqlite = self.url.startswith("sqlite")
+                self._trail = AuditTrail(self.url, service_name=CONSOLE_SERVICE,
+                                         mode="sync" if sqlite else "async")
             return self._trail
 
     def analytics(self, viewer: Viewer | None = None) -> AuditAnalytics:
