@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func, insert, select
@@ -23,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import IntegrityError, StoreError
 from ..store.schema import audit_checkpoints, audit_trails
 from .canonical import FORMAT
-from .keys import PublicKeys, public_key_hex, sign, signature_valid
+from .keys import PublicKeys, public_key_hex, sign, signature_valid, utc_text
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -60,16 +59,8 @@ class Checkpoint:
         return signature_valid(public, self.message(), self.signature, self.created_at)
 
 
-def _time_text(value: Any) -> str:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return str(value.astimezone(dt.UTC).isoformat(timespec="microseconds"))
-
-
 def _new(stream: str, seq: int, hash_: str, key: Ed25519PrivateKey | None) -> Checkpoint:
-    created = _time_text(dt.datetime.now(dt.UTC))
+    created = utc_text()
     unsigned = Checkpoint(stream, seq, hash_, created)
     if key is None:
         return unsigned
@@ -118,7 +109,7 @@ def latest_checkpoints(engine: Engine) -> list[Checkpoint]:
         raise StoreError(f"cannot read the checkpoints: {exc}") from exc
     latest: dict[str, Checkpoint] = {}
     for stream, seq, hash_, created, signature, public in rows:
-        latest[stream] = Checkpoint(stream, int(seq), hash_, _time_text(created), signature,
+        latest[stream] = Checkpoint(stream, int(seq), hash_, utc_text(created), signature,
                                     public)
     return list(latest.values())
 
@@ -132,14 +123,14 @@ def all_checkpoints(engine: Engine) -> list[Checkpoint]:
                                        c.public_key).order_by(c.stream, c.seq)).all()
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the checkpoints: {exc}") from exc
-    return [Checkpoint(s, int(q), h, _time_text(t), sig, pk) for s, q, h, t, sig, pk in rows]
+    return [Checkpoint(s, int(q), h, utc_text(t), sig, pk) for s, q, h, t, sig, pk in rows]
 
 
 def export_checkpoints(checkpoints: Iterable[Checkpoint], path: str | Path) -> int:
     """Write ``checkpoints`` to ``path`` (JSON, atomically). Returns how many."""
     items = [asdict(cp) for cp in checkpoints]
     doc = {"format": EXPORT_FORMAT,
-           "exported_at": _time_text(dt.datetime.now(dt.UTC)),
+           "exported_at": utc_text(),
            "checkpoints": items}
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")

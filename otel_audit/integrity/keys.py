@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -180,3 +181,15 @@ def signature_valid(public: PublicKeys, message: bytes, signature: str | None,
             continue
         return True
     return False
+
+
+def utc_text(value: Any = None) -> str:
+    """A time as the UTC ISO text (microseconds) that checkpoints and seals store and sign;
+    ``None`` is now, a naive time is taken as UTC, a string is parsed first."""
+    if value is None:
+        value = dt.datetime.now(dt.UTC)
+    elif isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return str(value.astimezone(dt.UTC).isoformat(timespec="microseconds"))

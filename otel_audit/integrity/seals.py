@@ -40,7 +40,7 @@ from ..errors import ConfigError, IntegrityError, StoreError
 from ..store.schema import audit_seals, audit_trails
 from .canonical import FORMAT, GENESIS_HASH
 from .intervals import Interval, interval_roots
-from .keys import PublicKeys, public_key_hex, sign, signature_valid
+from .keys import PublicKeys, public_key_hex, sign, signature_valid, utc_text
 from .merkle import MerkleAccumulator
 
 if TYPE_CHECKING:
@@ -116,18 +116,6 @@ class Seal:
         return out
 
 
-def _now_text() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-def _time_text(value: Any) -> str:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return str(value.astimezone(dt.UTC).isoformat(timespec="microseconds"))
-
-
 def heads_text(heads: dict[str, tuple[int, str]],
                intervals: dict[str, Interval] | None = None) -> str:
     """The canonical ``heads`` text: sorted keys, compact; a stream with an interval's
@@ -189,7 +177,7 @@ def _append(conn: Any, sealer: str, heads: dict[str, tuple[int, str]],
     """Read ``sealer``'s last seal and append the next one, on ``conn``'s transaction."""
     last = _last_seal(conn, sealer)
     seq, prev = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
-    draft = Seal(sealer, seq, prev, _now_text(), heads_text(heads, intervals), "")
+    draft = Seal(sealer, seq, prev, utc_text(), heads_text(heads, intervals), "")
     seal = Seal(draft.sealer, seq, prev, draft.created_at, draft.heads, draft.expected_hash(),
                 None if key is None else sign(key, draft.message()),
                 None if key is None else public_key_hex(key))
@@ -210,7 +198,7 @@ def all_seals(engine: Engine) -> list[Seal]:
                                 .order_by(s.sealer, s.seq)).all()
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the seals (run `otel-audit migrate`?): {exc}") from exc
-    return [Seal(str(r[0]), int(r[1]), str(r[2]), _time_text(r[3]), str(r[4]), str(r[5]),
+    return [Seal(str(r[0]), int(r[1]), str(r[2]), utc_text(r[3]), str(r[4]), str(r[5]),
                  r[6], r[7]) for r in rows]
 
 
