@@ -54,6 +54,11 @@ class RequestContext:
     team_id: str | None = None
     acting_as: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how the caller authenticated (``"oauth"``, ``"api_key"``, ``"mtls"``, ...)
+    auth_method: str | None = None
+    #: the principals the caller's authority was delegated through, in order:
+    #: ``[{"principal": ..., "via": ...}, ...]``
+    delegation_chain: list[dict[str, Any]] | None = None
 
 
 _request_context: ContextVar[RequestContext | None] = ContextVar(

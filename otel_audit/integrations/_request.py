@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +13,8 @@ from uuid_utils import uuid7
 from .._internal import log_internal_error
 from ..context import RequestContext, is_valid_correlation_id
 
-__all__ = ["DEFAULT_HEADER", "REPLACED_NOTE_KEY", "UserResolver", "correlation_for",
-           "request_context"]
+__all__ = ["DEFAULT_HEADER", "REPLACED_NOTE_KEY", "RequestIdentity", "UserResolver",
+           "as_identity", "correlation_for", "request_context"]
 
 #: Default name of the inbound/outbound correlation header.
 DEFAULT_HEADER = "X-Correlation-ID"
@@ -21,8 +22,64 @@ DEFAULT_HEADER = "X-Correlation-ID"
 REPLACED_NOTE_KEY = "_correlation_id_replaced"
 _RECEIVED_PREVIEW = 80
 
-#: Called with the ASGI scope or WSGI environ; returns the user ID (or ``None``).
+#: Called with the ASGI scope or WSGI environ; returns the user ID, a
+#: :class:`RequestIdentity` or a mapping of its fields (or ``None``: an unknown caller).
 UserResolver = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIdentity:
+    """Who is calling and how: what a user resolver may return instead of a user ID.
+
+    Each field given fills the record column of the same name when an audit call inside
+    the request does not pass it. ``auth_method`` says how the caller authenticated
+    (``"oauth"``, ``"api_key"``, ``"mtls"``, ...); ``acting_as`` is the user a service
+    acts for; ``delegation_chain`` the principals the caller's authority was delegated
+    through, in order, each ``{"principal": ..., "via": ...}`` (OAuth token exchange,
+    a service account acting for a user).
+    """
+
+    user_id: str | None = None
+    user_email: str | None = None
+    team_id: str | None = None
+    auth_method: str | None = None
+    acting_as: str | None = None
+    delegation_chain: list[dict[str, Any]] | None = None
+
+
+_IDENTITY_FIELDS = tuple(f.name for f in dataclasses.fields(RequestIdentity))
+_UNKNOWN = RequestIdentity()
+
+
+def as_identity(resolved: Any) -> RequestIdentity:
+    """What a resolver returned, as a :class:`RequestIdentity` (never raises).
+
+    ``None`` is an unknown caller; a :class:`RequestIdentity` is taken as it is; a mapping
+    gives the fields it names (other keys are ignored, and logged once); anything else is
+    the user ID (as a string).
+    """
+    if resolved is None:
+        return _UNKNOWN
+    if isinstance(resolved, RequestIdentity):
+        return resolved
+    try:
+        if isinstance(resolved, Mapping):
+            unknown = sorted(str(key) for key in resolved if key not in _IDENTITY_FIELDS)
+            if unknown:
+                log_internal_error("user_resolver_keys", logging.WARNING,
+                                   "audit user resolver returned unknown keys %s (ignored); "
+                                   "it may return %s", unknown, ", ".join(_IDENTITY_FIELDS))
+            identity = RequestIdentity(**{name: resolved[name] for name in _IDENTITY_FIELDS
+                                          if resolved.get(name) is not None})
+            user_id = identity.user_id
+            if user_id is not None and not isinstance(user_id, str):
+                identity = dataclasses.replace(identity, user_id=str(user_id))
+            return identity
+        return RequestIdentity(user_id=str(resolved))
+    except Exception:  # a mapping or value that fails to convert: an unknown caller
+        log_internal_error("user_resolver", logging.ERROR,
+                           "audit user resolver returned an unusable value", exc_info=True)
+        return _UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +118,7 @@ def request_context(
     user_agent: str | None,
     path: str | None,
     method: str | None,
-    user_id: Any,
+    identity: RequestIdentity,
     note: dict[str, Any] | None,
 ) -> RequestContext:
     """The :class:`RequestContext` records inside the request pick up."""
@@ -70,8 +127,13 @@ def request_context(
         user_agent=user_agent,
         request_path=path,
         request_method=method,
-        user_id=None if user_id is None else str(user_id),
+        user_id=identity.user_id,
+        user_email=identity.user_email,
+        team_id=identity.team_id,
+        acting_as=identity.acting_as,
         extra=note or {},
+        auth_method=identity.auth_method,
+        delegation_chain=identity.delegation_chain,
     )
 
 

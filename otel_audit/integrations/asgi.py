@@ -5,10 +5,12 @@
     app.add_middleware(AuditContextMiddleware, user_resolver=lambda scope: ...)
 
 Per HTTP or WebSocket connection it puts the client address, user agent, path, method
-and (optionally) the resolved user into context, so audit calls inside the request pick
-them up when they are not passed. The inbound correlation header is validated and used
-when no trace is active (a trace ID always wins); the response echoes the correlation
-ID in effect.
+and (optionally) the resolved caller into context, so audit calls inside the request pick
+them up when they are not passed. The resolver returns the user ID, or a
+:class:`RequestIdentity` (or a mapping of its fields) adding the email, team,
+``auth_method``, ``acting_as`` and ``delegation_chain``. The inbound correlation header
+is validated and used when no trace is active (a trace ID always wins); the response
+echoes the correlation ID in effect.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ from typing import Any
 
 from .._internal import log_internal_error
 from ..context import correlation_scope, current_correlation_id, request_scope
-from ._request import DEFAULT_HEADER, UserResolver, correlation_for, request_context, resolve_user
+from ._request import (
+    DEFAULT_HEADER,
+    RequestIdentity,
+    UserResolver,
+    as_identity,
+    correlation_for,
+    request_context,
+    resolve_user,
+)
 
-__all__ = ["AuditContextMiddleware"]
+__all__ = ["AuditContextMiddleware", "RequestIdentity"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,7 +46,8 @@ class AuditContextMiddleware:
 
     ``AuditContextMiddleware(app, *, header_name="X-Correlation-ID",
     user_resolver=None, echo_header=True)``. ``user_resolver(scope)`` may be a plain
-    function or a coroutine function returning the user ID or ``None``.
+    function or a coroutine function returning the user ID, a :class:`RequestIdentity`
+    or a mapping of its fields, or ``None``.
     """
 
     def __init__(
@@ -79,7 +90,7 @@ class AuditContextMiddleware:
             user_agent=user_agent,
             path=scope.get("path"),
             method=scope.get("method"),
-            user_id=user,
+            identity=as_identity(user),
             note=correlation.note,
         )
         header_key, fallback = self._header_key, correlation.value

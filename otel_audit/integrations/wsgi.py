@@ -17,9 +17,17 @@ from types import TracebackType
 from typing import Any
 
 from ..context import _correlation_id, _request_context, current_correlation_id
-from ._request import DEFAULT_HEADER, UserResolver, correlation_for, request_context, resolve_user
+from ._request import (
+    DEFAULT_HEADER,
+    RequestIdentity,
+    UserResolver,
+    as_identity,
+    correlation_for,
+    request_context,
+    resolve_user,
+)
 
-__all__ = ["AuditContextMiddleware"]
+__all__ = ["AuditContextMiddleware", "RequestIdentity"]
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -30,7 +38,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 class AuditContextMiddleware:
     """WSGI middleware: ``AuditContextMiddleware(app, *, header_name="X-Correlation-ID",
     user_resolver=None, echo_header=True)``; ``user_resolver(environ)`` returns the
-    user ID or ``None``."""
+    user ID, a :class:`RequestIdentity` or a mapping of its fields, or ``None``."""
 
     def __init__(
         self,
@@ -56,7 +64,7 @@ class AuditContextMiddleware:
             user_agent=environ.get("HTTP_USER_AGENT"),
             path=(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or None,
             method=environ.get("REQUEST_METHOD"),
-            user_id=ctx.run(resolve_user, self.user_resolver, environ),
+            identity=as_identity(ctx.run(resolve_user, self.user_resolver, environ)),
             note=correlation.note,
         )
         ctx.run(_request_context.set, request)
