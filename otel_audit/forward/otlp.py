@@ -188,12 +188,27 @@ class OtlpAuditExporter(AuditExporter):
         """
         self.post([item.record for item in items])
 
+    def prepare(self, items: Sequence[ForwardItem]) -> bytes:
+        """The request body of ``items`` (the forwarder encodes the next batch while
+        the one before is in flight, then hands it to :meth:`send_prepared`)."""
+        return self.encode([item.record for item in items])
+
+    def send_prepared(self, items: Sequence[ForwardItem], body: bytes) -> None:
+        """:meth:`send` of a body :meth:`prepare` made of ``items``."""
+        self._post_body(body)
+
+    def encode(self, records: Sequence[AuditRecord]) -> bytes:
+        """The request body of ``records``: serialized, gzipped unless disabled."""
+        body = bytes(encode_request(records).SerializeToString())
+        return gzip.compress(body, compresslevel=1) if self.compression else body
+
     def post(self, records: Sequence[AuditRecord]) -> None:
         """Post ``records`` once (see :meth:`send`)."""
-        body = encode_request(records).SerializeToString()
+        self._post_body(self.encode(records))
+
+    def _post_body(self, body: bytes) -> None:
         headers = {**self.headers, "content-type": "application/x-protobuf"}
         if self.compression:
-            body = gzip.compress(body, compresslevel=1)
             headers["content-encoding"] = "gzip"
         conn = self._connection()
         try:

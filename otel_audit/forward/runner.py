@@ -25,9 +25,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -78,6 +78,26 @@ def _meters() -> dict[str, Any]:
         return _instruments
 
 
+#: Groups of one stream a round forwards before the next stream gets its turn.
+_GROUPS_PER_ROUND = 64
+
+
+class _Prepared(NamedTuple):
+    """A batch as it is sent: the items after the field policy, and the destination's
+    encoding of them (``None`` when it encodes in ``send``)."""
+
+    items: Sequence[ForwardItem]
+    payload: object
+
+
+class _InFlight(NamedTuple):
+    """A group being sent: its batches and where its stream's cursor goes once acked."""
+
+    future: Future[list[Reject]]
+    chunks: list[list[ForwardItem]]
+    end: int
+
+
 class _Stopped(Exception):
     """Stop was asked while a batch waited to be retried: its cursor stays."""
 
@@ -120,6 +140,8 @@ class Forwarder:
         #: sends at once (OTLP), else 1 (each batch then arrives after the one before)
         self._width = parallel if getattr(destination, "concurrent", False) else 1
         self._pool: ThreadPoolExecutor | None = None
+        #: sends each group while the next one is read and encoded (see _forward_stream)
+        self._sender: ThreadPoolExecutor | None = None
         self._count_lock = threading.Lock()
         self.store = CursorStore(engine, destination.name, lease_seconds=lease_seconds)
         self.lag_records = 0
@@ -166,6 +188,7 @@ class Forwarder:
             self._acquire()
         except _Stopped:
             return self._summary
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="otel-audit-forward-send")
         if self._width > 1:
             self._pool = ThreadPoolExecutor(self._width, thread_name_prefix="otel-audit-forward")
         failures = 0
@@ -190,6 +213,8 @@ class Forwarder:
                     self._stop.wait(self.poll_interval)
                     self.store.renew()
         finally:
+            self._sender.shutdown(wait=True)
+            self._sender = None
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
@@ -222,29 +247,83 @@ class Forwarder:
             start = cursors.get(stream, 0)
             if head <= start:
                 continue
-            batches = self._read(stream, start)
-            chunks = [b.items for b in batches if b.items]
-            end, gap = batches[-1].end, batches[-1].gap
-            if chunks:
-                if len(chunks) == 1 or self._pool is None:
-                    rejects = [r for chunk in chunks for r in self._deliver(chunk)]
-                else:  # in flight at once; the cursor moves once all are acknowledged
-                    rejects = [r for result in self._pool.map(self._deliver, chunks)
-                               for r in result]
-                self.store.advance(stream, end, rejects)
-                count = sum(len(chunk) for chunk in chunks)
-                sent = count - len(rejects)
-                self._summary.sent += sent
-                self._summary.batches += len(chunks)
-                self._meters["sent"].add(sent, self._attrs)
-                self.lag_records = max(0, self.lag_records - count)
-                progressed = True
-            elif end > start:
-                self.store.advance(stream, end)  # past noted duplicates only
-                progressed = True
-            if gap is not None and not chunks:
-                progressed = self._at_gap(stream, gap) or progressed
+            progressed = self._forward_stream(stream, start) or progressed
         return progressed
+
+    def _forward_stream(self, stream: str, start: int) -> bool:
+        """Forward up to ``_GROUPS_PER_ROUND`` groups of ``stream`` after ``start``.
+
+        A group is one batch (``parallel`` batches with a concurrent destination). The
+        next group is read and encoded while the one before is in flight, and sent only
+        once that one is acknowledged and its cursor moved: still one group in flight,
+        in order, but the store read and the encoding no longer wait for the
+        destination's answer.
+        """
+        progressed = False
+        flight: _InFlight | None = None
+        position = start
+        try:
+            for _ in range(_GROUPS_PER_ROUND):
+                batches = self._read(stream, position)
+                chunks = [b.items for b in batches if b.items]
+                last = batches[-1]
+                prepared = [self._prepare(chunk) for chunk in chunks]
+                if flight is not None:
+                    previous = flight
+                    flight = None  # settled (or failed) here, never again below
+                    self._settle(stream, previous)
+                    progressed = True
+                if self._stop.is_set():
+                    break  # what was read stays for the next run (its cursor did not move)
+                if chunks:
+                    assert self._sender is not None
+                    flight = _InFlight(self._sender.submit(self._deliver_group, prepared),
+                                       chunks, last.end)
+                elif last.end > position:
+                    self.store.advance(stream, last.end)  # past noted duplicates only
+                    progressed = True
+                position = last.end
+                if last.gap is not None:
+                    if not chunks:
+                        progressed = self._at_gap(stream, last.gap) or progressed
+                    break
+                if len(last.items) < self.batch_size:
+                    break  # at the head
+            if flight is not None:
+                previous = flight
+                flight = None
+                self._settle(stream, previous)
+                progressed = True
+        except BaseException:
+            if flight is not None:
+                # the read of the next group failed (or stop was asked): the group in
+                # flight still finishes and moves its cursor when it can
+                try:
+                    self._settle(stream, flight)
+                except Exception:
+                    logger.warning("forwarding to %s: a batch in flight of stream %s was "
+                                   "not acknowledged; it is sent again",
+                                   self.destination.name, stream, exc_info=True)
+            raise
+        return progressed
+
+    def _settle(self, stream: str, flight: _InFlight) -> None:
+        """Wait for the group in flight to be acknowledged, then move its cursor."""
+        rejects = flight.future.result()
+        self.store.advance(stream, flight.end, rejects)
+        count = sum(len(chunk) for chunk in flight.chunks)
+        sent = count - len(rejects)
+        self._summary.sent += sent
+        self._summary.batches += len(flight.chunks)
+        self._meters["sent"].add(sent, self._attrs)
+        self.lag_records = max(0, self.lag_records - count)
+
+    def _deliver_group(self, group: Sequence[_Prepared]) -> list[Reject]:
+        """Deliver a group's batches (at once when the destination takes several)."""
+        if len(group) == 1 or self._pool is None:
+            return [r for prepared in group for r in self._deliver(prepared)]
+        # in flight at once; the cursor moves once all are acknowledged
+        return [r for result in self._pool.map(self._deliver, group) for r in result]
 
     def _read(self, stream: str, start: int) -> list[StreamBatch]:
         """The next batch of ``stream`` (``parallel`` batches with a concurrent
@@ -281,21 +360,33 @@ class Forwarder:
 
     # ---------------------------------------------------------------- delivery
 
-    def _deliver(self, items: Sequence[ForwardItem]) -> list[Reject]:
+    def _prepare(self, items: Sequence[ForwardItem]) -> _Prepared:
+        """The batch as sent: the policy applied, and encoded when the destination can
+        encode ahead of sending (``prepare``/``send_prepared``, e.g. OTLP)."""
         if not self.policy.is_empty:
             items = [item._replace(record=self.policy.apply(item.record)) for item in items]
-        rejects = self._send(items)
+        prepare = getattr(self.destination, "prepare", None)
+        return _Prepared(items, None if prepare is None else prepare(items))
+
+    def _deliver(self, prepared: _Prepared) -> list[Reject]:
+        rejects = self._send(prepared.items, prepared.payload)
         if self.on_batch is not None:
-            self.on_batch(items)
+            self.on_batch(prepared.items)
         return rejects
 
-    def _send(self, items: Sequence[ForwardItem]) -> list[Reject]:
-        """Send until acknowledged; narrow a permanent refusal down by halves."""
+    def _send(self, items: Sequence[ForwardItem], payload: object = None) -> list[Reject]:
+        """Send until acknowledged; narrow a permanent refusal down by halves.
+
+        ``payload``: ``items`` as the destination's ``prepare`` encoded them (sent as
+        is, retries included); the halves of a refused batch are encoded again."""
         attempt = 0
         failing_since: float | None = None
         while True:
             try:
-                self.destination.send(items)
+                if payload is None:
+                    self.destination.send(items)
+                else:
+                    self.destination.send_prepared(items, payload)  # type: ignore[attr-defined]
                 return []
             except PermanentError as exc:
                 if len(items) == 1:
