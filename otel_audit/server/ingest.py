@@ -98,7 +98,7 @@ def _to_record(trail: AuditTrail, entry: LogEntry, attrs: dict[str, Any]) -> Aud
     time_ns = log.time_unix_nano or log.observed_time_unix_nano
     record = trail.build_record(str(action), trace_id=trace_id, span_id=span_id,
                                 timestamp=_timestamp(time_ns) if time_ns else None, **fields)
-    return _with_stable_id(record, attrs, entry.digest, time_ns, trace_id is None)
+    return _with_stable_id(record, attrs, entry, time_ns, trace_id is None)
 
 
 def _log_fields(log: LogRecord) -> dict[str, Any]:
@@ -109,13 +109,13 @@ def _log_fields(log: LogRecord) -> dict[str, Any]:
             "timestamp": _timestamp(time_ns) if time_ns else None}
 
 
-def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], digest: bytes,
+def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], entry: LogEntry,
                     time_ns: int, no_trace: bool) -> AuditRecord:
     given_id = attrs.get(RECORD_ID_ATTRIBUTE)
     if isinstance(given_id, str) and 0 < len(given_id) <= _MAX_ID_CHARS:
         record_id = given_id
-    else:
-        record_id = stable_record_id(time_ns, digest)
+    else:  # the digest (a serialization and a hash) only when it is used
+        record_id = stable_record_id(time_ns, entry.digest)
     # slices rather than ``_replace`` (a Python-level call per field, paid per record)
     if no_trace:  # build_record made up a correlation ID; keep it stable too
         return _make_record((record_id, *record[1:_CORRELATION], record_id,
@@ -137,7 +137,7 @@ def _unconverted_record(trail: AuditTrail, entry: LogEntry, attrs: dict[str, Any
                                 else AUDIT_EVENT_NAME,
                                 context=context, apply_policy=False, **_log_fields(entry.log))
     log = entry.log
-    return _with_stable_id(record, attrs, entry.digest,
+    return _with_stable_id(record, attrs, entry,
                            log.time_unix_nano or log.observed_time_unix_nano,
                            trace_ids(log)[0] is None)
 

@@ -227,7 +227,16 @@ class LogEntry(NamedTuple):
 
     log: LogRecord
     resource: Mapping[str, Any]
-    digest: bytes
+    #: SHA-256 over the record's resource and scope, to be continued with the record
+    scope_hash: Any
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the record with its resource and scope (computed when asked: a
+        record carrying its own ID never needs it)."""
+        digest = self.scope_hash.copy()
+        digest.update(self.log.SerializeToString(deterministic=True))
+        return bytes(digest.digest())
 
 
 def _hex_id(raw: bytes) -> str | None:
@@ -251,9 +260,7 @@ def iter_log_entries(request: ExportLogsServiceRequest) -> Iterator[LogEntry]:
             prefix.update(scope_logs.scope.SerializeToString(deterministic=True))
             prefix.update(b"\x00")
             for log in scope_logs.log_records:
-                digest = prefix.copy()
-                digest.update(log.SerializeToString(deterministic=True))
-                yield LogEntry(log, resource, digest.digest())
+                yield LogEntry(log, resource, prefix)
 
 
 def trace_ids(log: LogRecord) -> tuple[str | None, str | None]:
