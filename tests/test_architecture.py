@@ -20,8 +20,6 @@ MAX_LINES = 500
 
 #: Modules over MAX_LINES, with why they still are.
 LONG_MODULES: dict[str, str] = {
-    "otel_audit.pipeline.batch": "being split by job (queue/worker, retry policy, store "
-                                 "stage) in the pipeline redesign",
     "otel_audit.trail": "to be split: settings and construction apart from the calls",
 }
 

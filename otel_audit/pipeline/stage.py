@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 from .._internal import log_internal_error, suppress_instrumentation
 
-__all__ = ["_StoreStage"]
+__all__ = ["StoreStage"]
 
 #: a worker that waited longer than this for the store's last job has time to spare
 _STORE_BOUND = 0.0002
 
 
-class _StoreStage:
+class StoreStage:
     """The second pipeline stage: batches written one at a time on their own thread.
 
     While it commits batch *n* (the driver lets go of the GIL for the database's own

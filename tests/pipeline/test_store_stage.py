@@ -11,8 +11,8 @@ from sqlalchemy import text
 
 from otel_audit import AuditTrail
 from otel_audit.integrity.verify import verify_trail
-from otel_audit.pipeline import batch as batch_module
-from otel_audit.pipeline.batch import _StoreStage
+from otel_audit.pipeline import stage as stage_module
+from otel_audit.pipeline.stage import StoreStage
 
 KEY = "store-stage-key"
 
@@ -28,7 +28,7 @@ def verify(trail: AuditTrail) -> bool:
 
 
 def test_jobs_run_one_at_a_time_in_order_on_the_store_thread() -> None:
-    stage = _StoreStage()
+    stage = StoreStage()
     done: list[int] = []
     threads: set[str] = set()
     running = threading.Semaphore(1)  # a second job running at once would find it taken
@@ -49,7 +49,7 @@ def test_jobs_run_one_at_a_time_in_order_on_the_store_thread() -> None:
 
 
 def test_run_blocks_while_a_job_waits_behind_the_running_one() -> None:
-    stage = _StoreStage()
+    stage = StoreStage()
     release = threading.Event()
     started = threading.Event()
 
@@ -75,7 +75,7 @@ def test_run_blocks_while_a_job_waits_behind_the_running_one() -> None:
 
 
 def test_after_stop_jobs_run_on_the_calling_thread() -> None:
-    stage = _StoreStage()
+    stage = StoreStage()
     ran: list[str] = []
     stage.run(lambda: ran.append(threading.current_thread().name))
     stage.stop()
@@ -84,7 +84,7 @@ def test_after_stop_jobs_run_on_the_calling_thread() -> None:
 
 
 def test_a_failing_job_does_not_stop_the_stage() -> None:
-    stage = _StoreStage()
+    stage = StoreStage()
     done: list[int] = []
 
     def boom() -> None:
@@ -102,7 +102,7 @@ def test_pause_lets_go_only_when_the_store_thread_wants_the_gil(
     """With the writer's busy byte, the worker pauses while a job runs only when that
     job is out of the driver (it holds or waits for the GIL), never while it is in it."""
     busy = bytearray(1)
-    stage = _StoreStage(busy)
+    stage = StoreStage(busy)
     release, started = threading.Event(), threading.Event()
 
     def job() -> None:
@@ -112,7 +112,7 @@ def test_pause_lets_go_only_when_the_store_thread_wants_the_gil(
     stage.run(job)
     assert started.wait(5)
     sleeps: list[float] = []
-    monkeypatch.setattr(batch_module.time, "sleep", sleeps.append)
+    monkeypatch.setattr(stage_module.time, "sleep", sleeps.append)
     busy[0] = 1  # in the driver without the GIL: no pause
     stage.pause()
     assert sleeps == []
@@ -126,7 +126,7 @@ def test_pause_lets_go_only_when_the_store_thread_wants_the_gil(
 
 
 def test_up_to_depth_jobs_wait_behind_the_running_one() -> None:
-    stage = _StoreStage(depth=3)
+    stage = StoreStage(depth=3)
     release, started = threading.Event(), threading.Event()
     done: list[int] = []
 

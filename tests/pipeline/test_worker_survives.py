@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from otel_audit import AuditTrail
 from otel_audit.errors import StoreError
 from otel_audit.integrity.verify import verify_trail
-from otel_audit.pipeline import batch as batch_module
+from otel_audit.pipeline import prepare as prepare_module
 from otel_audit.pipeline.quarantine import quarantine_dir_for
 from otel_audit.pipeline.segments import read_frames
 from otel_audit.pipeline.spool import Spool, decode_record
@@ -183,8 +183,8 @@ def test_a_value_normalisation_cannot_handle_is_stored_in_its_safe_form(
             raise OverflowError("a value normalise() did not expect")
         return normalise(record, **kwargs)
 
-    monkeypatch.setattr(batch_module, "normalise", broken)
-    monkeypatch.setattr(batch_module, "plain_texts", lambda *a, **k: None)
+    monkeypatch.setattr(prepare_module, "normalise", broken)
+    monkeypatch.setattr(prepare_module, "plain_texts", lambda *a, **k: None)
     trail = make_trail()
     _good(trail, 5)
     bad = trail.record("BAD", user_id="u", context={"secret_token": "s3cr3t", "k": [1, 2]})

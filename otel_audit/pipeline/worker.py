@@ -1,0 +1,175 @@
+"""The worker thread: drains the queue a batch at a time and hands each batch, prepared
+and sealed, to the store stage (:mod:`.stage`), so that while the database commits
+batch *n* the worker prepares batch *n + 1* (on PostgreSQL including its COPY text, so
+the store thread only sends it).
+
+Neither thread ever stops on an error: each catches anything, counts it
+(``worker_restarts``) and accounts for the records it held.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from itertools import pairwise
+
+from .._internal import suppress_instrumentation
+from ..prepared import PreparedRecord
+from ..record import AuditRecord
+from .items import FlushMarker, Item, resolve_items
+from .retry import RetryPolicy
+
+__all__ = ["PipelineWorker"]
+
+_CHUNK = 64  # records prepared between two pauses for the store stage (a fraction of a ms)
+_FIRST_CHUNK = 8
+_ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
+
+
+class PipelineWorker(RetryPolicy):
+    """The worker thread and the hand-over to the store stage (a layer of the pipeline)."""
+
+    def _start_worker(self) -> None:
+        with self._state_lock:
+            if self._worker is not None or self._closed:
+                return
+            worker = threading.Thread(target=self._run, name="otel-audit-writer", daemon=True)
+            self._worker = worker
+        worker.start()
+
+    def _run(self) -> None:
+        with suppress_instrumentation():
+            try:
+                while True:
+                    try:
+                        self._loop()
+                        return
+                    except BaseException as exc:  # the worker never dies (see _worker_failed)
+                        if self._abandoned:
+                            return
+                        self._worker_failed("worker", exc)
+                        # an error that recurs at once must not spin: a short pause
+                        self._stop.wait(0.05)
+            finally:
+                self._store.stop()
+
+    def _loop(self) -> None:
+        if self._durable and self.journal is None:
+            self.open_journal()
+        next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
+        while True:
+            wait = self.config.flush_interval
+            if self.spool is not None and self.spool.pending():
+                wait = max(0.0, min(wait, self._replay_at - time.monotonic()))
+            self._wake.wait(wait)
+            self._wake.clear()
+            self._drain()
+            if self.spool is not None and time.monotonic() >= next_scan:
+                # segments of processes that died since we started: adopt and replay
+                next_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL
+                self.spool.rescan()
+            self._maybe_replay()
+            if self._stop.is_set():
+                self._drain()
+                self._store.wait()
+                return
+
+    def _drain(self) -> None:
+        queue = self._queue
+        spool = self.spool
+        while queue:
+            if spool is not None and not self._store_failing and spool.pending():
+                # spilled under overload while the store works: read it back now, or
+                # every batch behind it would go through the disk too (order is kept)
+                self._maybe_replay()
+            batch: list[Item] = []
+            markers: list[FlushMarker] = []
+            with self._state_lock:
+                self._busy += 1  # before taking anything: flush() must see it in flight
+            while queue and len(batch) < self._batch_size:
+                item = queue.popleft()
+                if isinstance(item, FlushMarker):
+                    markers.append(item)
+                    break
+                batch.append(item)
+            with self._space:
+                self._space.notify_all()
+            try:
+                if batch:
+                    with self._state_lock:
+                        self._drained += len(batch)
+                        self._inflight[id(batch)] = batch
+                    self._hand_over(batch)
+                else:
+                    self._done_busy()
+            finally:  # a flush waiting here is never forgotten, whatever happened above
+                if markers:
+                    self._store.wait()  # a flush returns only after what precedes it committed
+                    self._waiting.extend(markers)
+                    self._maybe_replay()
+                    self._release_markers()
+            if self._stop.is_set() and self._closed and not batch and not markers:
+                return
+
+    def _hand_over(self, batch: list[Item]) -> None:
+        """Prepare and seal ``batch``, then queue its write on the store stage. Whatever
+        goes wrong on the way, its records are written, spooled or counted."""
+        key = id(batch)
+        try:
+            # prepared and sealed here while the store stage commits the previous
+            # batch, in chunks: between them a store thread back from the database
+            # gets the GIL (the first chunk is short: a write just handed over
+            # soon comes back from its first round trip)
+            prepared: list[PreparedRecord] = []
+            for start, end in _chunks(len(batch)):
+                part = self._prepare_batch(batch[start:end])
+                self._seal_ahead(part)
+                prepared += part
+                self._store.pause()
+            encoded = self._encode(prepared)  # the store thread only sends it
+        except BaseException as exc:  # record by record, unsealed: the store stage seals
+            self._worker_failed("worker", exc)
+            prepared = [self._salvage(item, exc) for item in resolve_items(batch)]
+            encoded = None
+        with self._state_lock:
+            if self._abandoned:  # shutdown spooled the batch already
+                self._inflight.pop(key, None)
+                self._busy -= 1
+                return
+            self._inflight.pop(key, None)
+            self._inflight[id(prepared)] = prepared
+        self._store.run(functools.partial(self._write_prepared, prepared, encoded))
+
+    def _salvage(self, item: AuditRecord | PreparedRecord, exc: BaseException) -> PreparedRecord:
+        """One record of a batch whose preparation failed: prepared on its own."""
+        if isinstance(item, PreparedRecord):  # journalled: prepared (and maybe sealed)
+            return item
+        try:
+            return self._prepare_one(item)
+        except BaseException:
+            return self._safe_prepared(item, f"worker error: {exc!r}")
+
+    def _write_prepared(self, prepared: list[PreparedRecord],
+                        encoded: bytes | None = None) -> None:
+        try:
+            if not self._abandoned:
+                self._write_batch(prepared, encoded)
+        except BaseException as exc:  # the store thread never drops a batch either
+            self._worker_failed("store", exc)
+            self._rescue(prepared, exc)
+        finally:
+            with self._state_lock:
+                self._inflight.pop(id(prepared), None)
+                self._busy -= 1
+
+    def _done_busy(self) -> None:
+        with self._state_lock:
+            self._busy -= 1
+
+
+@functools.lru_cache(maxsize=16)
+def _chunks(n: int) -> tuple[tuple[int, int], ...]:
+    """``(start, end)`` of the chunks a batch of ``n`` is prepared in."""
+    bounds = [0, *range(_FIRST_CHUNK, n, _CHUNK), n] if n > _FIRST_CHUNK else [0, n]
+    return tuple(pairwise(bounds))
