@@ -69,12 +69,14 @@ class PostgresExporter(StoreExporter):
                 raise
             except Exception as exc:  # psycopg errors raised inside COPY are not wrapped
                 if _is_unique_violation(exc):
-                    self._merge(dbapi, map(store_row, batch))
+                    self._stored(batch, self._merge(dbapi, map(store_row, batch)))
                     return
                 raise self._error(exc) from exc
+            self._stored(batch, len(batch))  # a COPY stores every row or none
 
-    def _merge(self, dbapi: Any, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Replay path: stage the batch, then insert only what is not stored yet."""
+    def _merge(self, dbapi: Any, rows: Iterable[tuple[Any, ...]]) -> int:
+        """Replay path: stage the batch, then insert only what is not stored yet;
+        returns how many rows went in."""
         try:
             with dbapi.transaction(), dbapi.cursor() as cursor:
                 cursor.execute(
@@ -88,8 +90,10 @@ class PostgresExporter(StoreExporter):
                     f"INSERT INTO audit_trails ({COLUMN_LIST}) "
                     f"SELECT {COLUMN_LIST} FROM _otel_audit_stage ON CONFLICT DO NOTHING"
                 )
+                inserted: int = cursor.rowcount
         except Exception as exc:
             raise self._error(exc) from exc
+        return inserted
 
     def _error(self, exc: Exception) -> StoreError:
         """Classify a psycopg error; a transient one may be the connection: drop it.

@@ -48,18 +48,22 @@ except ImportError:  # pragma: no cover - depends on the build
     _sqlite_params = python_sqlite_params
 
 
-def insert_rows(cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+def insert_rows(cursor: Any, rows: Sequence[tuple[Any, ...]]) -> int:
     """Multi-row VALUES straight through the driver: one statement step per chunk
     instead of one per row, and none of SQLAlchemy's per-row parameter handling.
+    Returns how many rows went in (``INSERT OR IGNORE`` skips an ``id`` stored before).
 
     Columns NULL in every row of a chunk are left out of its statement (they default
     to NULL): the driver binds a NULL parameter through its adapter lookup, which
     costs more than a string's, with the GIL held.
     """
+    inserted = 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = list(rows[start:start + ROWS_PER_STATEMENT])
         kept, params = _sqlite_params(chunk)
         cursor.execute(_sqlite_insert(kept, len(chunk)), params)
+        inserted += cursor.rowcount
+    return inserted
 
 
 class SQLiteExporter(StoreExporter):
@@ -72,28 +76,30 @@ class SQLiteExporter(StoreExporter):
             with self.engine.begin() as conn:
                 cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
                 try:
-                    insert_rows(cursor, rows)
+                    inserted = insert_rows(cursor, rows)
                 except Exception as exc:
                     raise wrap_dbapi_error(exc) from exc
                 finally:
                     cursor.close()
+            self._stored(batch, inserted)
             return
         with self._bulk_lock:
             try:
                 cursor = self.bulk_connection().cursor()
                 try:
                     if len(rows) <= ROWS_PER_STATEMENT:  # one statement, autocommitted
-                        insert_rows(cursor, rows)
+                        inserted = insert_rows(cursor, rows)
                     else:
                         cursor.execute("BEGIN")
                         try:
-                            insert_rows(cursor, rows)
+                            inserted = insert_rows(cursor, rows)
                         except BaseException:
                             cursor.execute("ROLLBACK")
                             raise
                         cursor.execute("COMMIT")
                 finally:
                     cursor.close()
+                self._stored(batch, inserted)
             except SQLAlchemyError:
                 self.drop_bulk()
                 raise

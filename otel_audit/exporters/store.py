@@ -5,6 +5,11 @@ A batch is written on the exporter's own connection, kept open between batches a
 autocommit mode: a batch that fits one statement (a multi-row INSERT on SQLite, one COPY
 on PostgreSQL) is its own transaction, so the driver makes one trip to the database per
 batch instead of checkout, BEGIN, write and COMMIT.
+
+An exporter also tells whether the batch it just wrote went in whole, no row skipped as
+a duplicate of one stored before (:meth:`StoreExporter.stored_all`): the driver says so
+at no cost (a COPY that succeeded; the rows an ``INSERT OR IGNORE`` changed), and the
+chain's duplicate check then needs no query of its own for that batch.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class StoreExporter(AuditExporter):
         self.engine = engine
         self._bulk: Connection | None = None  # see bulk_connection()
         self._bulk_lock = threading.Lock()
+        self._whole = threading.local()  # see stored_all()
 
     # ------------------------------------------------------------ the contract
 
@@ -106,6 +112,7 @@ class StoreExporter(AuditExporter):
         ``transient=False`` when the batch's content is what the store refused."""
         if not batch:
             return
+        self._whole.batch = None
         try:
             self._write(batch, encoded)
         except (DataError, SAIntegrityError) as exc:
@@ -123,7 +130,19 @@ class StoreExporter(AuditExporter):
 
     @abstractmethod
     def _write(self, batch: Sequence[PreparedRecord], encoded: bytes | None) -> None:
-        """Write ``batch``; raise the driver's or SQLAlchemy's error."""
+        """Write ``batch``; raise the driver's or SQLAlchemy's error. Call
+        :meth:`_stored` once it is committed, where the driver tells how many rows
+        went in."""
+
+    def _stored(self, batch: Sequence[PreparedRecord], rows: int) -> None:
+        """Note that the write of ``batch`` (this very object) stored ``rows`` rows."""
+        self._whole.batch = batch if rows == len(batch) else None
+
+    def stored_all(self, batch: Sequence[PreparedRecord]) -> bool:
+        """Whether the last :meth:`write` on this thread was of this very ``batch`` and
+        stored every row of it (none skipped as already stored). False whenever this
+        is not known: the caller then looks in the store."""
+        return getattr(self._whole, "batch", None) is batch
 
     def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
         """What :meth:`write` would send for ``batch``, made ahead on the worker; None
@@ -137,6 +156,7 @@ class StoreExporter(AuditExporter):
                          transient=False)
 
     def _outbox(self, connection: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._whole.batch = None  # committed or not with the caller's transaction
         try:
             connection.exec_driver_sql(sql, rows)
         except (DataError, SAIntegrityError) as exc:
