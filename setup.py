@@ -9,6 +9,7 @@ libssl-dev) the build goes on without it and the pure-Python paths run.
 from setuptools import Extension, setup
 
 setup(ext_modules=[
-    Extension("otel_audit._speedups", ["otel_audit/_speedups.c"],
+    Extension("otel_audit._speedups", ["otel_audit/_speedups.c",
+                                              "otel_audit/_speedups_otlp.c"],
               libraries=["crypto"], optional=True),
 ])

@@ -18,6 +18,7 @@ from types import ModuleType
 __all__ = [
     "PURE_PYTHON_ENV",
     "copy_text",
+    "otlp_encode_logs",
     "plain_texts",
     "pure_python",
     "seal_plain",
@@ -59,3 +60,8 @@ if speedups is not None:
         )
     except ImportError:  # pragma: no cover - a build older than this source
         speedups = None
+if speedups is not None:
+    try:  # the OTLP sender's (otel_audit/_speedups_otlp.c): a build without it keeps the rest
+        from ._speedups import otlp_encode_logs
+    except ImportError:  # pragma: no cover - a build older than this source
+        pass

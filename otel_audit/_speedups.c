@@ -1403,6 +1403,9 @@ untrack(PyObject *self, PyObject *obj)
     return Py_NewRef(obj);
 }
 
+/* otel_audit/_speedups_otlp.c */
+PyObject *otlp_encode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef methods[] = {
     {"texts_special", (PyCFunction)(void (*)(void))texts_special, METH_FASTCALL,
      "Whether a batch's texts need canonical numbers or hold a personal key."},
@@ -1418,6 +1421,8 @@ static PyMethodDef methods[] = {
      "The compiled form of record.plain_texts()."},
     {"snapshot", (PyCFunction)(void (*)(void))snapshot, METH_FASTCALL,
      "A record's values as at the call: plain containers copied, atoms shared."},
+    {"otlp_encode_logs", (PyCFunction)(void (*)(void))otlp_encode_logs, METH_FASTCALL,
+     "Audit records as OTLP ExportLogsServiceRequest bytes (otel_audit/_speedups_otlp.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,3 +39,11 @@ def snapshot(
 def sqlite_params(rows: list[tuple[Any, ...]]) -> tuple[tuple[int, ...], list[Any]]: ...
 
 def texts_special(texts: list[dict[str, str | None]], marks: tuple[str, ...]) -> bool: ...
+
+def otlp_encode_logs(
+    records: list[Any],
+    plan: tuple[tuple[int, str, int], ...],
+    positions: tuple[int, int, int, int, int, int],
+    scope_name: str,
+    dumps: Callable[[Any], str],
+) -> bytes: ...

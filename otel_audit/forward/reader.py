@@ -16,11 +16,13 @@ Rows without a stream (written before the integrity chain existed) are not forwa
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, func, select, text
 
-from ..store.reader import row_to_record
+from ..record import AuditRecord
 from ..store.schema import audit_duplicates, audit_trails
 from .items import ForwardItem
 
@@ -68,24 +70,46 @@ def _noted(conn: Connection, stream: str, first: int, last: int) -> set[int]:
     return {int(seq) for (seq,) in rows}
 
 
+_FIELDS = AuditRecord._fields
+_TIMESTAMP = _FIELDS.index("timestamp")
+_FLAGS = tuple(_FIELDS.index(name) for name in ("requires_review", "success"))
+_make_record = AuditRecord._make
+
+
+def _record(row: Sequence[Any]) -> AuditRecord:
+    """The record of a row selected as ``seq, *AuditRecord._fields`` (what
+    ``row_to_record`` does, by position: the forwarder reads every record it sends)."""
+    values = list(row[1:])
+    ts = values[_TIMESTAMP]
+    if isinstance(ts, str):
+        ts = dt.datetime.fromisoformat(ts)
+    if isinstance(ts, dt.datetime) and ts.tzinfo is None:
+        values[_TIMESTAMP] = ts.replace(tzinfo=dt.UTC)
+    else:
+        values[_TIMESTAMP] = ts
+    for index in _FLAGS:
+        values[index] = bool(values[index])
+    return _make_record(values)
+
+
 def read_after(conn: Connection, stream: str, after: int, limit: int) -> StreamBatch:
     """Up to ``limit`` records of ``stream`` after position ``after``, in order,
     stopping before the first missing position that is not a noted duplicate."""
+    t = audit_trails.c
     rows: list[Any] = list(conn.execute(
-        select(audit_trails).where(and_(audit_trails.c.stream == stream,
-                                        audit_trails.c.seq > after))
-        .order_by(audit_trails.c.seq).limit(limit)).mappings())
+        select(t.seq, *(t[name] for name in _FIELDS))
+        .where(and_(t.stream == stream, t.seq > after)).order_by(t.seq).limit(limit)))
     items: list[ForwardItem] = []
     end = after
     for row in rows:
-        seq = int(row["seq"])
+        seq = int(row[0])
         if seq != end + 1:
             noted = _noted(conn, stream, end + 1, seq - 1)
             while end + 1 in noted:
                 end += 1
             if seq != end + 1:
                 return StreamBatch(items, end, end + 1)
-        items.append(ForwardItem(stream, seq, row_to_record(row)))
+        items.append(ForwardItem(stream, seq, _record(row)))
         end = seq
     if len(rows) < limit:
         # past the last row: duplicates noted at the head (nothing stored after them)
