@@ -10,6 +10,7 @@ msgpack. The test suite runs both ways.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from types import ModuleType
 
@@ -18,6 +19,7 @@ from types import ModuleType
 __all__ = [
     "PURE_PYTHON_ENV",
     "copy_text",
+    "merkle_extend",
     "otlp_encode_logs",
     "plain_texts",
     "pure_python",
@@ -65,3 +67,7 @@ if speedups is not None:
         from ._speedups import otlp_encode_logs
     except ImportError:  # pragma: no cover - a build older than this source
         pass
+if speedups is not None:
+    # the store stage's (otel_audit/_speedups_store.c): a build without it keeps the rest
+    with contextlib.suppress(ImportError):
+        from ._speedups import merkle_extend

@@ -1406,6 +1406,9 @@ untrack(PyObject *self, PyObject *obj)
 /* otel_audit/_speedups_otlp.c */
 PyObject *otlp_encode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
+/* otel_audit/_speedups_store.c */
+PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef methods[] = {
     {"texts_special", (PyCFunction)(void (*)(void))texts_special, METH_FASTCALL,
      "Whether a batch's texts need canonical numbers or hold a personal key."},
@@ -1423,6 +1426,8 @@ static PyMethodDef methods[] = {
      "A record's values as at the call: plain containers copied, atoms shared."},
     {"otlp_encode_logs", (PyCFunction)(void (*)(void))otlp_encode_logs, METH_FASTCALL,
      "Audit records as OTLP ExportLogsServiceRequest bytes (otel_audit/_speedups_otlp.c)."},
+    {"merkle_extend", (PyCFunction)(void (*)(void))merkle_extend, METH_FASTCALL,
+     "Add leaves to a Merkle compact range (otel_audit/_speedups_store.c)."},
     {NULL, NULL, 0, NULL},
 };
 

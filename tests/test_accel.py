@@ -12,7 +12,7 @@ import pytest
 PROBE = """
 import json
 from otel_audit import _accel, record, trail
-from otel_audit.integrity import chain
+from otel_audit.integrity import chain, merkle
 from otel_audit.exporters import postgres, sqlite
 print(json.dumps({
     "pure": _accel.pure_python,
@@ -23,6 +23,7 @@ print(json.dumps({
     "texts_special": chain._texts_special is not None,
     "copy_text": postgres._copy_text is not None,
     "sqlite_params": sqlite._sqlite_params is not sqlite.python_sqlite_params,
+    "merkle_extend": merkle._merkle_extend is not None,
 }))
 """
 

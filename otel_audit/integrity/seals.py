@@ -306,13 +306,19 @@ class PeriodicSeals:
         acc = self._acc
         if acc is None:
             return
+        # this runs on the store thread between two batches: the hashes are gathered
+        # and the tree extended in one call (compiled where built)
+        expected = self._acc_first + acc.size
+        hashes: list[str] = []
         for prepared in batch:
             if prepared.stream != stream or prepared.seq is None:
                 continue
-            if prepared.seq != self._acc_first + acc.size or not prepared.hash:
+            if prepared.seq != expected or not prepared.hash:
                 self._acc = None  # out of order (a retried batch): no tree this interval
                 return
-            acc.add(prepared.hash)
+            hashes.append(prepared.hash)
+            expected += 1
+        acc.extend(hashes)
 
     def __call__(self, batch: Sequence[PreparedRecord]) -> None:
         """Note the batch's last record of this stream; seal when the interval is over."""
