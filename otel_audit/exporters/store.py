@@ -141,8 +141,12 @@ class StoreExporter(AuditExporter):
     def stored_all(self, batch: Sequence[PreparedRecord]) -> bool:
         """Whether the last :meth:`write` on this thread was of this very ``batch`` and
         stored every row of it (none skipped as already stored). False whenever this
-        is not known: the caller then looks in the store."""
-        return getattr(self._whole, "batch", None) is batch
+        is not known: the caller then looks in the store. Answers True once: the
+        exporter then lets go of the batch."""
+        if getattr(self._whole, "batch", None) is not batch:
+            return False
+        self._whole.batch = None
+        return True
 
     def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
         """What :meth:`write` would send for ``batch``, made ahead on the worker; None
