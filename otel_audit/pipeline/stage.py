@@ -1,6 +1,6 @@
 """The pipeline's second stage: sealed batches written one at a time on their own thread.
 
-Split from :mod:`.batch` (which drives it): the worker prepares and seals batch *n + 1*
+Driven by the worker (:mod:`.worker`): the worker prepares and seals batch *n + 1*
 while this thread commits batch *n*.
 """
 
@@ -16,7 +16,8 @@ from .._internal import log_internal_error, suppress_instrumentation
 
 __all__ = ["StoreStage"]
 
-#: a worker that waited longer than this for the store's last job has time to spare
+#: a wait for a free slot longer than this is more than taking the lock: the worker
+#: had to wait for the store, so the store is the slower stage
 _STORE_BOUND = 0.0002
 
 
@@ -31,24 +32,19 @@ class StoreStage:
     the order they were sealed.
 
     Two threads that both want the GIL hand it over slowly: a thread coming back from
-    the database waits for the other to be preempted (the 5 ms switch interval). So the
-    worker calls :meth:`pause` between chunks of a batch, which lets a store thread
-    back in. A pause costs tens of microseconds (the sleep's timer slack), but while the
+    the database waits for the other to be preempted (the interpreter's switch
+    interval). So the worker calls :meth:`pause` between chunks of a batch, which lets
+    a store thread back in. A pause is not free (the sleep's timer slack, and while the
     application's threads are busy in Python it hands them the GIL for their switch
-    interval too, so the worker pauses only when the store thread likely wants it.
-    Where the writer says when it is in the driver without the GIL (``busy``: the
-    compiled PostgreSQL COPY), that is exactly when the job is running and out of the
-    driver. Otherwise: while the store is the slower stage (the worker had to wait for
-    room: psycopg's own COPY comes back for the GIL between its steps), after every
-    chunk; else (SQLite: one call to the database per batch, quicker than the worker's
-    share) only once the job is likely back: no sooner after its start than the
-    quickest of the recent jobs took. A job whose batch went to the writer's copier
-    thread (``ahead``) needs no pauses: the server goes on with the queued batches
-    whatever this thread does, and the job only collects the outcome.
+    interval too), so the worker pauses only when the store thread likely wants the
+    GIL: while the store is the slower stage (the worker had to wait for a slot; a
+    driver such as psycopg's COPY comes back for the GIL between its steps), after
+    every chunk; otherwise (SQLite: one call to the database per batch, quicker than
+    the worker's share) only once the running job is likely back from the database —
+    no sooner after its start than the quickest of the recent jobs took.
     """
 
-    def __init__(self, busy: bytearray | None = None, depth: int = 1) -> None:
-        self._busy = busy  # the writer's "in the driver without the GIL" byte, if it has one
+    def __init__(self, depth: int = 1) -> None:
         self._depth = depth  # sealed jobs that may wait behind the running one
         self._cond = threading.Condition(threading.Lock())
         self._waiting: deque[Callable[[], None]] = deque()  # sealed, behind the running job
@@ -57,10 +53,7 @@ class StoreStage:
         self._stopped = False
         self._back_at = 0.0  # when the running job is likely back from the database
         self._recent: deque[float] = deque(maxlen=16)  # durations of recent jobs
-        self._eager = True  # the worker waited for room: pause after every chunk
-        #: the last job's batch went to the writer's copier thread: the server is busy
-        #: with it (or what precedes it) whatever this thread does, so no pauses
-        self.ahead = False
+        self._eager = True  # the worker waited for a slot: pause after every chunk
 
     def run(self, job: Callable[[], None]) -> None:
         """Queue ``job`` behind the running one (blocks while ``depth`` jobs are waiting)."""
@@ -87,17 +80,12 @@ class StoreStage:
     def pause(self) -> None:
         """Let the store thread have the GIL if it is likely waiting for it: a job about
         to start, or one probably back from the database."""
-        if self.ahead:
-            return
-        if self._waiting and not self._running:
+        if self._running:
+            wants = self._eager or time.perf_counter() >= self._back_at
+        else:
+            wants = bool(self._waiting)  # a job about to start
+        if wants:
             time.sleep(0)
-        elif self._running:
-            busy = self._busy
-            if busy is not None:
-                if not busy[0]:  # not in the driver: it has the GIL or waits for it
-                    time.sleep(0)
-            elif self._eager or time.perf_counter() >= self._back_at:
-                time.sleep(0)
 
     def _idle(self) -> bool:
         return not self._waiting and not self._running

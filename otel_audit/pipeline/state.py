@@ -108,7 +108,7 @@ class PipelineState:
         self._write_lock = threading.RLock()
         self._state_lock = threading.Lock()
         self._worker: threading.Thread | None = None
-        self._store = StoreStage(None, _STORE_DEPTH)
+        self._store = StoreStage(_STORE_DEPTH)
         self._busy = 0  # batches taken off the queue and not yet committed (or spooled)
         self._closed = False
         self._drained = 0

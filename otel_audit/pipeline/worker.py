@@ -22,7 +22,8 @@ from .retry import RetryPolicy
 
 __all__ = ["PipelineWorker"]
 
-_CHUNK = 64  # records prepared between two pauses for the store stage (a fraction of a ms)
+_CHUNK = 64  # records prepared between two pauses for the store stage: short, so a store
+#: thread back from the database soon gets the GIL
 _FIRST_CHUNK = 8
 _ORPHAN_SCAN_INTERVAL = 30.0  # seconds between looks for spool segments of dead processes
 

@@ -97,30 +97,46 @@ def test_a_failing_job_does_not_stop_the_stage() -> None:
     stage.stop()
 
 
-def test_pause_lets_go_only_when_the_store_thread_wants_the_gil(
+def test_pause_lets_go_only_when_the_store_thread_likely_wants_the_gil(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the writer's busy byte, the worker pauses while a job runs only when that
-    job is out of the driver (it holds or waits for the GIL), never while it is in it."""
-    busy = bytearray(1)
-    stage = StoreStage(busy)
-    release, started = threading.Event(), threading.Event()
+    """No pause while a job is likely still in the database (recent jobs took long);
+    a pause after every chunk once the worker had to wait for a slot (the store is the
+    slower stage)."""
+    stage = StoreStage()
+    stage._recent.append(60.0)  # recent jobs took a minute: a job just started is away
+    gates = [threading.Event() for _ in range(3)]
+    started = [threading.Event() for _ in range(3)]
 
-    def job() -> None:
-        started.set()
-        release.wait(5)
+    def job(n: int) -> None:
+        started[n].set()
+        gates[n].wait(5)
 
-    stage.run(job)
-    assert started.wait(5)
-    sleeps: list[float] = []
-    monkeypatch.setattr(stage_module.time, "sleep", sleeps.append)
-    busy[0] = 1  # in the driver without the GIL: no pause
+    stage.run(lambda: job(0))
+    assert started[0].wait(5)
+    me, real_sleep, sleeps = threading.current_thread(), time.sleep, []
+
+    def sleep(seconds: float) -> None:  # this thread's pauses only
+        if threading.current_thread() is me:
+            sleeps.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(stage_module.time, "sleep", sleep)
     stage.pause()
-    assert sleeps == []
-    busy[0] = 0  # back in Python: pause
+    assert sleeps == []  # the running job is likely in the database
+    stage.run(lambda: job(1))  # takes the free slot at once
+    third = threading.Thread(target=stage.run, args=(lambda: job(2),))
+    third.start()
+    third.join(0.2)
+    assert third.is_alive()  # the worker waits for a slot: the store is slower
+    gates[0].set()
+    third.join(5)
+    assert started[1].wait(5)
     stage.pause()
     assert sleeps == [0]
     monkeypatch.undo()
-    release.set()
+    gates[1].set()
+    gates[2].set()
     stage.wait()
     stage.stop()
 
