@@ -190,5 +190,6 @@ class Preparation(PipelineCounters):
 _SEQ = operator.itemgetter(3)  # PreparedRecord.seq
 _RECORD = operator.itemgetter(0)  # PreparedRecord.record
 _VERSION_OF = operator.itemgetter(AuditRecord._fields.index("schema_version"))
-#: The chain fields of an unsealed PreparedRecord, as columns for zip().
-_NO_CHAIN = (repeat(None),) * 7
+#: The fields after ``record`` and ``texts`` of an unsealed PreparedRecord (its chain
+#: position and row: all None), as columns for zip().
+_NO_CHAIN = (repeat(None),) * (len(PreparedRecord._fields) - 2)
