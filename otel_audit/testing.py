@@ -13,7 +13,17 @@ and logfire's ``capfire``).
 
 :class:`InMemoryAuditExporter` is the exporter behind it, usable on its own with
 ``AuditTrail(exporter=...)``; it can also be told to fail, to exercise what a trail
-does when its destination is down or refuses a record.
+does when its destination is down, stalls, refuses a record or breaks the exporter
+contract::
+
+    exporter = InMemoryAuditExporter()
+    exporter.fail_next(times=2)           # the next two exports: RETRYABLE
+    exporter.fail_next(RuntimeError())    # the one after: raises (a broken exporter)
+    exporter.fail_all()                   # an outage: every export RETRYABLE ...
+    exporter.recover()                    # ... until now
+    exporter.hold()                       # a destination that stalls: exports wait ...
+    exporter.held.wait(5)                 # (set once one waits)
+    exporter.release()                    # ... until now
 """
 
 from __future__ import annotations
@@ -37,7 +47,10 @@ class InMemoryAuditExporter(AuditExporter):
 
     ``reject``: a predicate naming records to refuse for their content (the batch is
     answered ``REJECTED`` with their positions, as a store refusing a value would).
-    :meth:`fail_next` queues answers given before anything is kept (an outage).
+    :meth:`fail_next` queues answers given before anything is kept (a failure, or an
+    exception raised), :meth:`fail_all` answers every export with a failure until
+    :meth:`recover` (an outage), :meth:`hold` makes exports wait until :meth:`release`
+    (a destination that stalls). ``calls`` lists every export's batch size and answer.
     """
 
     def __init__(self, *, reject: Callable[[PreparedRecord], bool] | None = None) -> None:
@@ -45,29 +58,70 @@ class InMemoryAuditExporter(AuditExporter):
         self._lock = threading.Lock()
         self._prepared: list[PreparedRecord] = []
         self._ids: set[str] = set()
-        self._scripted: deque[ExportResult] = deque()
+        self._scripted: deque[ExportResult | BaseException] = deque()
+        self._down: ExportResult | None = None
+        self._open = threading.Event()
+        self._open.set()
+        #: set while an export waits behind :meth:`hold` (cleared by :meth:`release`)
+        self.held = threading.Event()
         self._shutdown = False
-        #: every ``export`` call's batch size and result, in order
+        #: every ``export`` call's batch size and result, in order (a raised exception
+        #: is listed as the retryable result the trail takes it for)
         self.calls: list[tuple[int, ExportResult]] = []
 
-    def fail_next(self, result: ExportResult | None = None, *, times: int = 1) -> None:
-        """Answer the next ``times`` exports with ``result`` (default: retryable)."""
+    def fail_next(self, result: ExportResult | BaseException | None = None, *,
+                  times: int = 1) -> None:
+        """Answer the next ``times`` exports with ``result`` (default: retryable); an
+        exception is raised from ``export`` instead, as by an exporter that breaks the
+        contract (the trail counts it and keeps the batch)."""
         answer = result if result is not None else ExportResult.retryable("destination down")
         with self._lock:
             self._scripted.extend([answer] * times)
 
+    def fail_all(self, result: ExportResult | None = None) -> None:
+        """Answer every export with ``result`` (default: retryable) until :meth:`recover`."""
+        with self._lock:
+            self._down = result if result is not None else ExportResult.retryable(
+                "destination down")
+
+    def recover(self) -> None:
+        """End :meth:`fail_all` and forget the answers :meth:`fail_next` queued."""
+        with self._lock:
+            self._down = None
+            self._scripted.clear()
+
+    def hold(self) -> None:
+        """Make exports wait until :meth:`release` (:attr:`held` is set once one waits)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let held exports (and later ones) go on."""
+        self.held.clear()
+        self._open.set()
+
     def export(self, batch: Sequence[PreparedRecord]) -> ExportResult:
-        """Keep ``batch`` (or answer what :meth:`fail_next`/``reject`` say)."""
+        """Keep ``batch`` (or answer what :meth:`fail_next`/:meth:`fail_all`/``reject``
+        say), once :meth:`release` let it through if it was held."""
+        if not self._open.is_set():
+            self.held.set()
+            self._open.wait()
         with self._lock:
             result = self._export(batch)
-            self.calls.append((len(batch), result))
-            return result
+            if isinstance(result, BaseException):
+                self.calls.append((len(batch), ExportResult.retryable(repr(result))))
+            else:
+                self.calls.append((len(batch), result))
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-    def _export(self, batch: Sequence[PreparedRecord]) -> ExportResult:
+    def _export(self, batch: Sequence[PreparedRecord]) -> ExportResult | BaseException:
         if self._shutdown:
             return ExportResult.retryable("exporter is shut down")
         if self._scripted:
             return self._scripted.popleft()
+        if self._down is not None:
+            return self._down
         if self.reject is not None:
             refused = [i for i, prepared in enumerate(batch) if self.reject(prepared)]
             if refused:
@@ -80,8 +134,10 @@ class InMemoryAuditExporter(AuditExporter):
         return ExportResult.SUCCESS
 
     def shutdown(self, timeout_millis: int = 30_000) -> bool:
-        """Refuse later exports (retryable); what was kept stays readable."""
+        """Refuse later exports (retryable) and let held ones go; what was kept stays
+        readable."""
         self._shutdown = True
+        self._open.set()
         return True
 
     @property

@@ -97,3 +97,60 @@ def test_sync_mode_reports_a_rejection_to_the_caller() -> None:
         with pytest.raises(otel_audit.AuditWriteError):
             audit.trail.record("refused", user_id="u")
         assert audit.records == []
+
+
+@pytest.mark.parametrize(("exc", "retried", "restarts"), [
+    (LookupError("not the contract"), 2, 0),  # an exception: a retryable failure
+    (SystemExit(3), 0, 2),  # not an Exception: the trail's threads count and go on
+], ids=["Exception", "BaseException"])
+def test_fail_next_with_an_exception_raises_it_from_export(
+        exc: BaseException, retried: int, restarts: int) -> None:
+    exporter = InMemoryAuditExporter()
+    exporter.fail_next(exc, times=2)
+    with capture_audit(exporter, retry_max_backoff=0.05) as audit:
+        for i in range(3):
+            audit.trail.record("raised", user_id=f"u{i}")
+        assert audit.trail.flush(timeout=30)
+        assert sorted(r.user_id for r in audit.records) == ["u0", "u1", "u2"]
+        stats = audit.trail.stats()
+        assert (stats.failed, stats.retried, stats.worker_restarts) == (0, retried, restarts)
+    assert [r.status for _, r in exporter.calls[:2]] == [ExportStatus.RETRYABLE] * 2
+    assert type(exc).__name__ in (exporter.calls[0][1].error or "")
+
+
+def test_fail_all_is_an_outage_until_recover() -> None:
+    exporter = InMemoryAuditExporter()
+    exporter.fail_all()
+    with capture_audit(exporter, retry_max_backoff=0.05) as audit:
+        for i in range(20):
+            audit.trail.record("outage", user_id=f"u{i}")
+        assert not audit.trail.flush(timeout=0.3)  # nothing lands while it is down
+        assert exporter.get_finished_records() == []
+        assert audit.trail.stats().spooled == 20  # kept on disk meanwhile
+        exporter.recover()
+        assert audit.trail.flush(timeout=30)
+        assert len(audit.records) == 20
+        assert audit.trail.stats().failed == 0
+
+
+def test_hold_stalls_exports_until_release() -> None:
+    exporter = InMemoryAuditExporter()
+    exporter.hold()
+    with capture_audit(exporter) as audit:
+        audit.trail.record("stalled", user_id="u")
+        assert exporter.held.wait(30)  # the export waits at the gate
+        assert exporter.get_finished_records() == []  # readable meanwhile
+        assert not audit.trail.flush(timeout=0.1)
+        exporter.release()
+        assert not exporter.held.is_set()
+        assert [r.action for r in audit.records] == ["stalled"]
+
+
+def test_shutdown_lets_a_held_export_go() -> None:
+    exporter = InMemoryAuditExporter()
+    exporter.hold()
+    with capture_audit(exporter) as audit:
+        audit.trail.record("held", user_id="u")
+        assert exporter.held.wait(30)
+        assert exporter.shutdown()
+        assert not audit.trail.flush(timeout=0.2)  # refused once shut down: spooled
