@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 import otel_audit
 from otel_audit import AuditTrail, AuditWriteError, ConfigError, RequestContext
 from otel_audit.record import NORMALISATION_KEY, SCHEMA_VERSION
+from otel_audit.testing import InMemoryAuditExporter
 
 Factory = Callable[..., AuditTrail]
 
@@ -306,21 +307,13 @@ def test_records_keyset_pagination(trail: AuditTrail) -> None:
 
 def test_flush_waits_for_the_batch_being_committed(sqlite_url: str) -> None:
     # the worker hands batches to the store stage: a flush must see one in flight
-    trail = AuditTrail(sqlite_url, flush_interval=0.01)
-    release = threading.Event()
-    writing = threading.Event()
-    write = trail.writer.write
-
-    def slow_write(batch: object, **options: Any) -> None:
-        writing.set()
-        release.wait(10)
-        write(batch, **options)  # type: ignore[arg-type]
-
-    trail.writer.write = slow_write  # type: ignore[method-assign]
+    exporter = InMemoryAuditExporter()
+    trail = AuditTrail(sqlite_url, flush_interval=0.01, exporter=exporter)
+    exporter.hold()
     trail.record("READ", user_id="u")
-    assert writing.wait(5) and not trail.pipeline._queue  # taken off the queue, not written
+    assert exporter.held.wait(5) and not trail.pipeline._queue  # taken off, not written
     assert trail.flush(0.2) is False
-    release.set()
+    exporter.release()
     assert trail.flush(5) is True
     assert trail.stats().written == 1
     trail.shutdown()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -23,6 +21,7 @@ from otel_audit.pipeline.journal import Journal
 from otel_audit.pipeline.segments import encode_frame, read_frames
 from otel_audit.pipeline.spool import Spool, decode_record, encode_record
 from otel_audit.store.writer import PreparedRecord
+from otel_audit.testing import InMemoryAuditExporter
 
 Factory = Callable[..., AuditTrail]
 DEAD_PG = "postgresql://postgres@127.0.0.1:1/none"
@@ -107,15 +106,10 @@ def test_journal_group_commit_and_cleanup(tmp_path: Path) -> None:
 def test_store_outage_spools_then_replays_in_order_exactly_once(
     make_trail: Factory, tmp_path: Path
 ) -> None:
-    trail = make_trail(spool_dir=str(tmp_path / "spool"), retry_max_backoff=0.05)
-    writer = trail.writer
-    real_write = writer.write
-    from otel_audit.errors import StoreError
-
-    def down(batch: list[PreparedRecord], **options: Any) -> None:
-        raise StoreError("store is down")
-
-    writer.write = down  # type: ignore[method-assign]
+    exporter = InMemoryAuditExporter()
+    trail = make_trail(spool_dir=str(tmp_path / "spool"), retry_max_backoff=0.05,
+                       exporter=exporter)
+    exporter.fail_all()  # the destination is down
     ids = [trail.record("A", user_id="u", resource_id=str(i)).id  # type: ignore[union-attr]
            for i in range(300)]
     assert trail.flush(0.3) is False
@@ -124,12 +118,11 @@ def test_store_outage_spools_then_replays_in_order_exactly_once(
         trail.flush(0.1)  # the worker moves every failed batch to the spool
     stats = trail.stats()
     assert stats.spooled == 300 and stats.spool_records == 300 and stats.written == 0
-    writer.write = real_write  # type: ignore[method-assign]
+    exporter.recover()
     assert trail.flush(30)
     stats = trail.stats()
     assert (stats.written, stats.replayed, stats.spool_records, stats.failed) == (300, 300, 0, 0)
-    stored = trail.records(limit=1000)
-    assert sorted(r.id for r in stored) == sorted(ids)
+    assert [r.id for r in exporter.get_finished_records()] == ids  # in order, once each
     assert os.listdir(tmp_path / "spool") == []
 
 
@@ -150,22 +143,16 @@ def test_a_full_queue_with_a_working_store_holds_the_caller_briefly(
 
 def test_full_queue_spills_to_the_spool_when_the_store_stalls(make_trail: Factory,
                                                               tmp_path: Path) -> None:
+    exporter = InMemoryAuditExporter()
     trail = make_trail(spool_dir=str(tmp_path / "spool"), queue_size=5, flush_interval=60,
-                       batch_size=5)
-    gate = threading.Event()
-    real_write = trail.writer.write
-
-    def stalled(batch: Any, **options: Any) -> None:  # a store that does not answer
-        gate.wait(30)
-        real_write(batch, **options)
-
-    trail.writer.write = stalled  # type: ignore[method-assign]
+                       batch_size=5, exporter=exporter)
+    exporter.hold()  # a destination that does not answer
     for i in range(100):
         trail.record("A", user_id="u", resource_id=str(i))
     assert trail.stats().spooled > 0  # past the bounded wait the caller spilled to disk
-    gate.set()
+    exporter.release()
     assert trail.flush(30)
-    assert len(trail.records(limit=200)) == 100
+    assert len(exporter.get_finished_records()) == 100
     assert trail.stats().dropped == 0
 
 
