@@ -7,16 +7,13 @@ last archived record of each stream, and only then deletes the rows in batches. 
 continue across the boundary: ``verify --archive DIR`` reads archives and live rows as
 one trail, as ``AuditAnalytics`` does.
 
-``forget`` replaces one subject's personal values by ``[erased]`` in live rows and
-archives while keeping their salted digest (``pii`` column), so every hash still
-verifies; see ``docs/integrity.md``.
+``forget`` (:mod:`otel_audit.forgetting`) erases every personal reference to one subject
+in live rows and archives while every hash still verifies; see ``docs/integrity.md``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,29 +21,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .analytics.duck import attach_store, sql_literal
-from .errors import ConfigError, IntegrityError, StoreError
+from .errors import ConfigError, StoreError
+from .forgetting import ERASED, ForgetReport, forget
+from .forgetting import row_erasure as _erasure  # noqa: F401 - the erasure tests use it
 from .integrity.archives import (  # verify_archive_files: part of this module's API
     file_sha256,
     load_manifest,
     save_manifest,
     verify_archive_files,
 )
-from .integrity.canonical import (
-    CHAIN_ROW_COLUMNS,
-    PERSONAL_FIELDS,
-    personal_digest,
-    personal_json_values,
-    pii_info,
-    rewrite_json,
-    row_version,
-)
 from .integrity.checkpoints import write_checkpoint
-from .integrity.erasures import ERASED, Erasure, erasure_entry, new_erasure, store_erasure
-from .integrity.sources import chain_row_select
 from .record import JSON_FIELDS
 from .store.schema import audit_holds, audit_trails
 
@@ -294,205 +282,3 @@ def _delete(engine: Engine, ids: Sequence[str],
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot delete archived records ({deleted} done): {exc}") from exc
     return deleted
-
-
-# ---------------------------------------------------------------------- forget
-
-
-@dataclass(slots=True)
-class ForgetReport:
-    """What one erasure did."""
-
-    live: int = 0
-    archived: int = 0
-    files: list[str] = field(default_factory=list)
-    erasure_id: str | None = None
-
-
-_POS = {name: i for i, name in enumerate(CHAIN_ROW_COLUMNS)}
-
-
-def _erase_json(value: Any, keys: frozenset[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: (ERASED if k in keys else _erase_json(v, keys)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_erase_json(v, keys) for v in value]
-    return value
-
-
-def _erasure(row: Sequence[Any]) -> dict[str, Any] | None:
-    """New values of an erased chain row (``None``: already erased)."""
-    pii_text = row[_POS["pii"]]
-    keys: list[str] = []
-    if pii_text is not None:
-        parsed = pii_info(pii_text)
-        if parsed is None:
-            raise IntegrityError(f"record {row[_POS['id']]} has a malformed pii value; "
-                                 "run `otel-audit verify`")
-        if parsed[1] is not None:
-            return None  # erased already
-        keys = parsed[0] or []
-    texts = [row[_POS[name]] for name in JSON_FIELDS]
-    salt = row[_POS["pii_salt"]]
-    version = row_version(row)  # the rules the row was sealed under
-    digest = personal_digest("" if salt is None else salt,
-                             [row[_POS[name]] for name in PERSONAL_FIELDS],
-                             personal_json_values(texts, keys, version=version) if keys
-                             else [], version=version)
-    erased = {"k": keys, "d": digest} if keys else {"d": digest}
-    changes: dict[str, Any] = {"id": row[_POS["id"]], "pii_salt": None,
-                               "pii": json.dumps(erased)}
-    for name in PERSONAL_FIELDS:
-        changes[name] = ERASED if row[_POS[name]] is not None else None
-    frozen = frozenset(keys)
-    for name, text_value in zip(JSON_FIELDS, texts, strict=True):
-        if keys and text_value is not None:
-            changes[name] = rewrite_json(text_value, lambda v: _erase_json(v, frozen),
-                                         version=version)
-        else:
-            changes[name] = text_value
-    return changes
-
-
-def _live_changes(engine: Engine, user_id: str) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
-    """``(changes, chain row)`` of each of the subject's live records not yet erased."""
-    dialect = engine.dialect.name
-    mark = "?" if dialect == "sqlite" else "%s"
-    select_sql = (f"SELECT {chain_row_select(dialect)} FROM audit_trails "
-                  f"WHERE user_id = {mark} AND stream IS NOT NULL")
-    try:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql(select_sql, (user_id,)).all()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the subject's records: {exc}") from exc
-    return [(c, tuple(r)) for c, r in ((_erasure(tuple(r)), r) for r in rows) if c is not None]
-
-
-def _erase_live(engine: Engine, changes: list[dict[str, Any]], erasure: Erasure | None) -> int:
-    """Apply ``changes`` and store ``erasure`` in one transaction."""
-    dialect = engine.dialect.name
-    json_cast = "CAST({} AS JSONB)" if dialect == "postgresql" else "{}"
-    sets = ", ".join(
-        f"{name} = " + (json_cast.format(f":{name}") if name in JSON_FIELDS else f":{name}")
-        for name in (*PERSONAL_FIELDS, *JSON_FIELDS, "pii_salt", "pii"))
-    try:
-        with engine.begin() as conn:
-            if changes:
-                conn.execute(text(f"UPDATE audit_trails SET {sets} WHERE id = :id"), changes)
-            if erasure is not None:
-                store_erasure(conn, erasure)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot erase the subject's records: {exc}") from exc
-    return len(changes)
-
-
-def _entry(changes: dict[str, Any], row: Sequence[Any]) -> dict[str, Any]:
-    info = pii_info(changes["pii"])
-    keys = (info[0] or []) if info else []
-    return erasure_entry(changes, row[_POS["stream"]], row[_POS["seq"]], keys)
-
-
-def _archive_changes(archive_dir: Path, user_id: str,
-                     ) -> list[tuple[Path, list[tuple[dict[str, Any], tuple[Any, ...]]]]]:
-    """Per archive file, ``(changes, chain row)`` of the subject's records not yet erased."""
-    out = []
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    try:
-        for path in sorted(archive_dir.rglob("*.parquet")):
-            source = f"read_parquet({sql_literal(str(path))})"
-            rows = con.execute(f"SELECT {chain_row_select('duckdb')} FROM {source} "
-                               "WHERE user_id = ?", [user_id]).fetchall()
-            changes = [(c, tuple(r)) for c, r in ((_erasure(r), r) for r in rows)
-                       if c is not None]
-            if changes:
-                out.append((path, changes))
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot read the subject's archived records: {exc}") from exc
-    finally:
-        con.close()
-    return out
-
-
-def _erase_archives(archive_dir: Path, files: list[tuple[Path, list[dict[str, Any]]]],
-                    erasure_id: str | None,
-                    signing_key: Ed25519PrivateKey | None) -> tuple[int, list[str]]:
-    manifest = load_manifest(archive_dir)
-    total, rewritten = 0, []
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    try:
-        for path, changes in files:
-            source = f"read_parquet({sql_literal(str(path))})"
-            names = ["id", *PERSONAL_FIELDS, *JSON_FIELDS, "pii_salt", "pii"]
-            con.execute("CREATE OR REPLACE TEMP TABLE upd (" +
-                        ", ".join(f'"{n}" VARCHAR' for n in names) + ")")
-            con.executemany(f"INSERT INTO upd VALUES ({', '.join('?' * len(names))})",
-                            [[c[n] for n in names] for c in changes])
-            replace = ", ".join(
-                f"CASE WHEN u.id IS NULL THEN a.\"{n}\" ELSE "
-                f"CAST(u.\"{n}\" AS {'JSON' if n in JSON_FIELDS else 'VARCHAR'}) END AS \"{n}\""
-                for n in names[1:])
-            tmp = path.with_name(path.name + ".tmp")
-            con.execute(f"COPY (SELECT a.* REPLACE ({replace}) FROM {source} a "
-                        "LEFT JOIN upd u ON a.id = u.id ORDER BY a.stream, a.seq) "
-                        f"TO {sql_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
-            os.replace(tmp, path)
-            rel = str(path.relative_to(archive_dir))
-            for run in manifest.get("runs", []):
-                for item in run.get("files", []):
-                    if item["path"] == rel:
-                        item["sha256"] = file_sha256(path)
-            total += len(changes)
-            rewritten.append(rel)
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot erase the subject from the archives: {exc}") from exc
-    finally:
-        con.close()
-    if rewritten:
-        manifest.setdefault("erasures", []).append(
-            {"at": dt.datetime.now(dt.UTC).isoformat(), "erasure": erasure_id,
-             "records": total, "files": rewritten})
-        save_manifest(archive_dir, manifest, signing_key)
-    return total, rewritten
-
-
-def forget(engine: Engine, user_id: str, *, archive_dir: str | Path | None = None,
-           erased_by: str | None = None, trail: AuditTrail | None = None,
-           signing_key: Ed25519PrivateKey | None = None) -> ForgetReport:
-    """Erase ``user_id``'s personal values everywhere; ``verify`` still passes afterwards.
-
-    The erased rows (live and archived) are listed in an erasure document stored in
-    ``audit_erasures`` in the same transaction as the live rows' update, signed with
-    ``signing_key`` (``verify --public-key`` then authenticates it; an unsigned erasure
-    is reported as ``unauthenticated``). With ``trail``, an ``ERASE`` record (counts and
-    the erasure's ID, never the subject's ID) is appended to the trail in ``sync`` mode
-    first, and the document names it.
-    """
-    live = _live_changes(engine, user_id)
-    archive = Path(archive_dir) if archive_dir is not None else None
-    archived = _archive_changes(archive, user_id) if archive is not None and \
-        archive.is_dir() else []
-    entries = [_entry(c, r) for c, r in live]
-    entries += [_entry(c, r) for _, items in archived for c, r in items]
-    erasure_id = uuid.uuid4().hex if entries else None
-    record_id = None
-    if trail is not None:
-        written = trail.record(
-            "ERASE", user_id=erased_by or "otel-audit", resource_type="audit_subject",
-            resource_id=erasure_id, mode="sync",
-            context={"erasure": erasure_id, "records_erased": len(live),
-                     "archived_records_erased": sum(len(i) for _, i in archived),
-                     "archive_files_rewritten": len(archived)})
-        record_id = written.id if written is not None else None
-    erasure = None
-    if erasure_id is not None:
-        erasure = new_erasure(erasure_id, entries, erased_by=erased_by, record_id=record_id,
-                              key=signing_key)
-    report = ForgetReport(live=_erase_live(engine, [c for c, _ in live], erasure),
-                          erasure_id=erasure_id)
-    if archive is not None and archived:
-        report.archived, report.files = _erase_archives(
-            archive, [(p, [c for c, _ in items]) for p, items in archived], erasure_id,
-            signing_key)
-    return report

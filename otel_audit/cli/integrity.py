@@ -393,15 +393,47 @@ def forget(
     db: DbOption = None,
     archive: ArchiveOption = None,
     by: ByOption = None,
+    email: Annotated[list[str] | None, typer.Option(
+        "--email", help="An email of the subject besides those its own records hold "
+        "(repeatable).")] = None,
+    match_key: Annotated[list[str] | None, typer.Option(
+        "--match-key", help="A JSON key whose value may name the subject, added to the "
+        "defaults (repeatable; case-insensitive).")] = None,
+    matchers: Annotated[Path | None, typer.Option(
+        "--matchers", help="TOML or JSON file: keys = [...], resource_types = [...], "
+        "replace_defaults = false (docs/integrity.md).")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--format", help="table, csv or json (default: table on a terminal)")] = None,
 ) -> None:
-    """Erase one subject's personal values from live rows and archives (GDPR Art. 17)."""
+    """Erase every personal reference to one subject from live rows and archives (GDPR
+    Art. 17): its own records, and anyone's records naming it (acting_as, delegation
+    chain, user_email, subject keys in JSON); prints what was erased where."""
+    from ..forgetting import SubjectMatchers
     from ..retention import forget as run_forget
 
+    fmt = output_format(output)
     config = _config(db)
+    try:
+        chosen = SubjectMatchers.load(matchers) if matchers is not None else SubjectMatchers()
+    except AuditError as exc:
+        raise fail(str(exc)) from exc
+    chosen = chosen.with_keys(match_key or ())
     with _audited_store(config) as (engine, trail):
         report = run_forget(engine, user, archive_dir=_archive(archive, config),
                             erased_by=_operator(by), trail=trail,
-                            signing_key=load_signing_key(config.signing_key))
+                            signing_key=load_signing_key(config.signing_key),
+                            emails=email or (), matchers=chosen)
+    if fmt == "json":
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
     console().print(f"erased {report.live} live and {report.archived} archived records "
-                    f"({len(report.files)} archive files rewritten); chains still verify"
+                    f"({len(report.files)} archive files rewritten, {report.values} values); "
+                    "chains still verify"
                     + (f"; erasure {report.erasure_id}" if report.erasure_id else ""))
+    rows = [(kind, name, count) for kind, counts in (
+        ("column", report.by_column), ("action", report.by_action),
+        ("resource_type", report.by_resource_type)) for name, count in counts.items()]
+    if rows:
+        print_rows([Column("by", whole=True), Column("name", whole=True),
+                    Column("erased", justify="right")], rows, fmt=fmt,
+                   title="values per column, records per action and resource type")

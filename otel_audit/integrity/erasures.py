@@ -33,8 +33,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import StoreError
 from ..record import JSON_FIELDS
 from ..store.schema import PERSONAL_FIELDS, audit_erasures
-from .canonical import FORMAT, pii_info
+from .canonical import CHAIN_ROW_COLUMNS, FORMAT, pii_info
+from .erased_rows import (  # ERASED and the row helpers: part of this module's API
+    ERASED,
+    content_digest,
+    covered_columns,
+    location_text,
+    personal_leftovers,
+    pii_parts,
+    value_at,
+)
 from .keys import PublicKeys, public_key_hex, sign, signature_valid
+from .sources import chain_row_select
 from .walk import Finding
 
 if TYPE_CHECKING:
@@ -49,21 +59,23 @@ __all__ = [
     "Erasure",
     "all_erasures",
     "check_erasures",
+    "content_digest",
+    "covered_columns",
     "erasure_entry",
+    "latest_entries",
+    "location_text",
     "new_erasure",
+    "personal_leftovers",
     "store_erasure",
+    "value_at",
 ]
 
-#: What an erased personal value reads as.
-ERASED = "[erased]"
 #: ``format`` member of an erasure document (the signed bytes are the document's text).
 ERASURE_FORMAT = f"{FORMAT}/erasure"
 
-#: Columns read for each erased-looking row, in this order.
-_COLUMNS = ("stream", "seq", "id", *PERSONAL_FIELDS, "pii_salt", "pii", *JSON_FIELDS)
-_P0 = 3  # first personal field
-_SALT, _PII = 3 + len(PERSONAL_FIELDS), 4 + len(PERSONAL_FIELDS)
-_JSON0 = 5 + len(PERSONAL_FIELDS)
+_POS = {name: i for i, name in enumerate(CHAIN_ROW_COLUMNS)}
+_SALT, _PII, _HASH = _POS["pii_salt"], _POS["pii"], _POS["hash"]
+_ID, _STREAM, _SEQ = _POS["id"], _POS["stream"], _POS["seq"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +156,16 @@ def all_erasures(engine: Engine) -> list[Erasure]:
 # ---------------------------------------------------------------------- verification
 
 
+def _select(dialect: str) -> str:
+    return chain_row_select(dialect)
+
+
 def _erased_rows_sql(dialect: str) -> str:
     """Rows that look erased: a digest kept or an erased value (a row that lost its salt
     otherwise no longer verifies: its digest cannot be recomputed)."""
-    cols = ", ".join(f'CAST("{c}" AS TEXT)' if c in JSON_FIELDS and dialect == "postgresql"
-                     else f'"{c}"' for c in _COLUMNS)
-    marks = " OR ".join(f'"{c}" = \'{ERASED}\'' for c in PERSONAL_FIELDS)
-    return (f"SELECT {cols} FROM audit_trails WHERE stream IS NOT NULL AND "
+    marks = " OR ".join(f"\"{c}\" = '{ERASED}'" for c in PERSONAL_FIELDS
+                        if c not in JSON_FIELDS)
+    return (f"SELECT {_select(dialect)} FROM audit_trails WHERE stream IS NOT NULL AND "
             f"(pii LIKE '%\"d\"%' OR {marks})")
 
 
@@ -173,26 +188,25 @@ def _live_erased(engine: Engine) -> list[tuple[Any, ...]]:
 
 
 def _live_by_id(engine: Engine, ids: Sequence[str]) -> list[tuple[Any, ...]]:
-    """The live rows of ``ids`` (primary-key lookups, 500 at a time)."""
+    """The live chain rows of ``ids`` (primary-key lookups, 500 at a time)."""
     dialect = engine.dialect.name
     mark = "?" if dialect == "sqlite" else "%s"
-    cols = ", ".join(f'CAST("{c}" AS TEXT)' if c in JSON_FIELDS and dialect == "postgresql"
-                     else f'"{c}"' for c in _COLUMNS)
     out: list[tuple[Any, ...]] = []
     for start in range(0, len(ids), 500):
         chunk = list(ids[start:start + 500])
-        out += _fetch(engine, f"SELECT {cols} FROM audit_trails WHERE stream IS NOT NULL "
-                      f"AND id IN ({', '.join([mark] * len(chunk))})", chunk)
+        out += _fetch(engine, f"SELECT {_select(dialect)} FROM audit_trails WHERE stream IS "
+                      f"NOT NULL AND id IN ({', '.join([mark] * len(chunk))})", chunk)
     return out
 
 
 def _looks_erased(row: Sequence[Any]) -> bool:
     pii = row[_PII]
     return (isinstance(pii, str) and '"d"' in pii) or any(
-        row[_P0 + i] == ERASED for i in range(len(PERSONAL_FIELDS)))
+        row[_POS[name]] == ERASED for name in PERSONAL_FIELDS)
 
 
-def _archive_erased(archive_dir: Path) -> list[tuple[Any, ...]]:
+def _archive_rows(archive_dir: Path, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Archived chain rows that look erased or that an erasure lists."""
     import duckdb
 
     from .sources import parquet_files
@@ -202,57 +216,66 @@ def _archive_erased(archive_dir: Path) -> list[tuple[Any, ...]]:
         return []
     names = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
     relation = f"read_parquet([{names}], union_by_name = true, hive_partitioning = false)"
-    cols = ", ".join(f'CAST("{c}" AS VARCHAR)' if c in JSON_FIELDS else f'"{c}"'
-                     for c in _COLUMNS)
-    marks = " OR ".join(f'"{c}" = \'{ERASED}\'' for c in PERSONAL_FIELDS)
+    marks = " OR ".join(f"\"{c}\" = '{ERASED}'" for c in PERSONAL_FIELDS
+                        if c not in JSON_FIELDS)
     con = duckdb.connect()
     try:
+        con.execute("SET TimeZone = 'UTC'")
         return [tuple(r) for r in con.execute(
-            f"SELECT {cols} FROM {relation} WHERE stream IS NOT NULL AND "
-            f"(pii LIKE '%\"d\"%' OR {marks})").fetchall()]
+            f"SELECT {_select('duckdb')} FROM {relation} WHERE stream IS NOT NULL AND "
+            f"(pii LIKE '%\"d\"%' OR {marks} OR list_contains(?, id))", [list(ids)]
+        ).fetchall()]
     except duckdb.Error:
         return []  # unreadable archives are reported by the archive checks
     finally:
         con.close()
 
 
-def _json_leftovers(text: Any, keys: frozenset[str]) -> bool:
-    """Whether a JSON text holds anything but ``[erased]`` under one of ``keys``."""
-    if text is None or not keys:
-        return False
-    try:
-        stack = [json.loads(text)]
-    except (TypeError, ValueError):
-        return True
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for k, v in item.items():
-                if k in keys and v != ERASED:
-                    return True
-                stack.append(v)
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-def _row_problem(row: Sequence[Any], entry: dict[str, Any] | None) -> str | None:
-    """Why an erased-looking row is not a valid erasure (``None``: it is)."""
+def _classic_problem(row: Sequence[Any], entry: dict[str, Any]) -> str | None:
+    """Why a row an erasure of all its personal values lists is not so erased."""
+    if not _looks_erased(row):
+        return ("an erasure lists this record, but it holds personal values (restored "
+                "after the erasure?)")
     info = pii_info(row[_PII]) if isinstance(row[_PII], str) else None
     if info is None or info[1] is None:
         return "personal values erased without an erasure's digest"
-    if entry is None:
-        return "erased, but no erasure lists this record (forged, or its erasure deleted)"
     if entry.get("d") != info[1]:
         return "its digest is not the one its erasure recorded"
     if row[_SALT] is not None:
         return "an erased record still holds a salt"
-    for i, name in enumerate(PERSONAL_FIELDS):
-        if row[_P0 + i] not in (ERASED, None):
+    for location in entry.get("at", []):
+        if value_at(row, location) != ERASED:
+            return (f"an erased record holds a value at {location_text(location)} "
+                    "(rewritten after the erasure)")
+    leftovers = personal_leftovers(row)
+    for name in leftovers:
+        if name != "key":
             return f"an erased record holds a value in {name} (rewritten after the erasure)"
-    keys = frozenset(info[0] or [])
-    if any(_json_leftovers(row[_JSON0 + i], keys) for i in range(len(JSON_FIELDS))):
+    if leftovers:
         return "an erased record holds a value under a personal JSON key"
+    return None
+
+
+def _row_problem(row: Sequence[Any], entry: dict[str, Any] | None) -> str | None:
+    """Why a row that looks erased or that an erasure lists is not a valid erasure."""
+    if entry is None:
+        info = pii_info(row[_PII]) if isinstance(row[_PII], str) else None
+        if info is None or info[1] is None:
+            return "personal values erased without an erasure's digest"
+        return "erased, but no erasure lists this record (forged, or its erasure deleted)"
+    if "h" not in entry:
+        return _classic_problem(row, entry)
+    kept = pii_parts(row)[1]
+    if entry.get("d") != kept:
+        return "its digest is not the one its erasure recorded"
+    for location in entry.get("at", []):
+        if value_at(row, location) != ERASED:
+            return (f"an erasure lists this record, but it holds a value at "
+                    f"{location_text(location)} (restored or rewritten after the erasure)")
+    if row[_HASH] != entry.get("hash"):
+        return "its hash is not the one its erasure recorded"
+    if content_digest(row) != entry["h"]:
+        return "its content is not the one its erasure recorded (rewritten after the erasure)"
     return None
 
 
@@ -269,19 +292,38 @@ def _present_ids(engine: Engine, ids: list[str]) -> set[str]:
     return found
 
 
+def latest_entries(erasures: Iterable[Erasure]) -> dict[str, dict[str, Any]]:
+    """``record ID -> its entry in the newest erasure listing it`` (malformed skipped)."""
+    out: dict[str, dict[str, Any]] = {}
+    for erasure in erasures:
+        try:
+            entries = erasure.rows()
+        except (ValueError, TypeError, AttributeError):
+            continue
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                out[entry["id"]] = entry
+    return out
+
+
 def check_erasures(engine: Engine, *, archive_dir: str | Path | None = None,
                    public_key: PublicKeys | None = None,
                    erasures: Iterable[Erasure] | None = None,
-                   erased_ids: Sequence[str] | None = None) -> list[Finding]:
+                   erased_ids: Sequence[str] | None = None,
+                   rewritten: set[str] | None = None) -> list[Finding]:
     """Findings about erased rows and erasures (see the module docstring).
 
     ``erased_ids`` are the live records with a kept digest that the chain walk met: only
     those and the rows the erasures list are then read (by primary key), instead of a
     scan of the table. A record that looks erased without a digest fails the chain
     check on its own (its digest can no longer be recomputed).
+
+    ``rewritten`` receives the IDs of the records whose content an erasure rewrote
+    (``h``: no longer matching their chain hash) and that match it, when that erasure's
+    signature verifies with ``public_key``: their ``modified`` finding is the erasure's.
     """
     findings: list[Finding] = []
-    listed: dict[str, dict[str, Any]] = {}
+    listed: dict[str, tuple[dict[str, Any], bool]] = {}
     stored = list(all_erasures(engine) if erasures is None else erasures)
     record_ids: dict[str, str] = {}
     for erasure in stored:
@@ -292,6 +334,7 @@ def check_erasures(engine: Engine, *, archive_dir: str | Path | None = None,
             findings.append(Finding("erasure", None, None, None,
                                     f"erasure {erasure.id} is malformed"))
             continue
+        authentic = False
         if public_key is None:
             findings.append(Finding("unauthenticated", None, None, None,
                                     f"erasure {erasure.id} ({len(entries)} records) cannot be "
@@ -303,33 +346,36 @@ def check_erasures(engine: Engine, *, archive_dir: str | Path | None = None,
         elif not erasure.signature_ok(public_key):
             findings.append(Finding("bad_signature", None, None, None,
                                     f"erasure {erasure.id} signature does not verify"))
+        else:
+            authentic = True
         if record is not None:
             record_ids[record] = erasure.id
         for entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                listed[entry["id"]] = entry
+                listed[entry["id"]] = (entry, authentic)
     if erased_ids is None:
         rows = _live_erased(engine)
-        seen = {row[2] for row in rows}
+        seen = {row[_ID] for row in rows}
         rows += _live_by_id(engine, [i for i in listed if i not in seen])
     else:
         rows = _live_by_id(engine, sorted(set(erased_ids) | set(listed)))
     if archive_dir is not None and Path(archive_dir).is_dir():
-        rows += _archive_erased(Path(archive_dir))
+        rows += _archive_rows(Path(archive_dir), sorted(listed))
     judged: set[str] = set()
     for row in rows:
-        if row[2] in judged:
+        if row[_ID] in judged:
             continue
-        judged.add(row[2])
-        if _looks_erased(row):
-            problem = _row_problem(row, listed.get(row[2]))
-        elif row[2] in listed:
-            problem = ("an erasure lists this record, but it holds personal values (restored "
-                       "after the erasure?)")
-        else:
-            problem = None
+        judged.add(row[_ID])
+        found = listed.get(row[_ID])
+        if found is None and not _looks_erased(row):
+            continue
+        row_entry, authentic = found if found is not None else (None, False)
+        problem = _row_problem(row, row_entry)
         if problem is not None:
-            findings.append(Finding("erasure", row[0], row[1], row[2], problem))
+            findings.append(Finding("erasure", row[_STREAM], row[_SEQ], row[_ID], problem))
+        elif row_entry is not None and "h" in row_entry and authentic \
+                and rewritten is not None:
+            rewritten.add(row[_ID])
     if record_ids:
         present = _present_ids(engine, list(record_ids))
         if archive_dir is not None and Path(archive_dir).is_dir():

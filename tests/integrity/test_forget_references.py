@@ -1,0 +1,290 @@
+"""``forget`` erases every personal reference to a subject, and verify still passes.
+
+One subject is named in every place a record can name a person: its own records, as
+``acting_as`` in another's record, in a delegation chain, by its email as another
+record's ``user_email``, under subject keys in another's ``new_values`` and ``context``,
+and as the ``resource_id`` of a record about a user. After ``forget`` none of its
+identifiers is left in any table or archive, the report's counts are exact, verify with
+the public key passes, and rewriting an erased location is found.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from integrity_support import BASE, KEY, execute, verify
+from sqlalchemy import Engine, text
+from typer.testing import CliRunner
+
+from otel_audit import AuditTrail
+from otel_audit.cli import app
+from otel_audit.fields import FIELD_NAMES
+from otel_audit.forgetting import ForgetReport, SubjectMatchers
+from otel_audit.integrity.keys import generate_signing_key, load_public_key, load_signing_key
+from otel_audit.retention import ERASED, forget, prune
+from otel_audit.store.schema import metadata
+
+Factory = Callable[..., AuditTrail]
+SUBJECT = "subj-7f3a"
+EMAIL = "Subj.7F3A@Example.org"
+#: the subject's identifiers, not as a prefix of another ID ("subj-7f3ab")
+LEFT = re.compile(r"subj[-.]7f3a(?![0-9a-z])", re.IGNORECASE)
+MATCHERS = SubjectMatchers().with_keys(["reviewers"])
+
+#: seq -> what the record is (the order write() writes them)
+OWN_1, OWN_2, ACTING, DELEGATED, EMAIL_ROW, KEYS_ROW, ABOUT, DECOY = range(1, 9)
+
+#: stores before layout 3 have no delegation chain: that record names no one
+CHAINS = "delegation_chain" in FIELD_NAMES
+BY_COLUMN = {"acting_as": 1, "client_ip": 2, "context": 2, "delegation_chain": 1,
+             "new_values": 3, "old_values": 1, "resource_id": 1, "user_agent": 1,
+             "user_email": 3, "user_id": 2}
+BY_ACTION = {"ASSIGN": 1, "LOGIN": 2, "READ": 1, "UPDATE": 2, "USER_UPDATE": 1}
+BY_RESOURCE_TYPE = {"doc": 3, "session": 2, "ticket": 1, "user": 1}
+if not CHAINS:
+    del BY_COLUMN["delegation_chain"], BY_ACTION["READ"]
+    BY_RESOURCE_TYPE["doc"] = 2
+RECORDS = sum(BY_ACTION.values())
+
+
+@pytest.fixture
+def keys() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
+    pem, public = generate_signing_key()
+    private = load_signing_key(pem)
+    assert private is not None
+    return private, load_public_key(public)
+
+
+def write(trail: AuditTrail) -> None:
+    """The subject in every place (seqs as the constants above), one day apart."""
+    def at(seq: int) -> dt.datetime:
+        return BASE + dt.timedelta(days=seq)
+
+    rec = trail.record
+    rec("LOGIN", user_id=SUBJECT, user_email=EMAIL, client_ip="10.1.1.1", user_agent="ua/1",
+        resource_type="session", resource_id="s-1", context={"phone": "+33 1", "n": 1},
+        timestamp=at(OWN_1))
+    rec("UPDATE", user_id=SUBJECT, user_email=EMAIL, client_ip="10.1.1.1",
+        resource_type="doc", resource_id="d-1", timestamp=at(OWN_2),
+        old_values={"email": "subj.7f3a@example.org", "title": "a"},
+        new_values={"owner": SUBJECT, "title": "b", "big": 12345678901234567})
+    rec("UPDATE", user_id="alice", user_email="alice@example.org", acting_as=SUBJECT,
+        resource_type="doc", resource_id="d-2", new_values={"title": "c"},
+        timestamp=at(ACTING))
+    chain = {"delegation_chain": [{"principal": SUBJECT, "via": "token_exchange"},
+                                  {"principal": "svc-sync", "via": "service_account"}]}
+    rec("READ", user_id="carol", resource_type="doc", resource_id="d-3", timestamp=at(DELEGATED),
+        **(chain if CHAINS else {}))  # type: ignore[arg-type]
+    rec("LOGIN", user_id="dave", user_email="SUBJ.7f3a@example.org", client_ip="10.2.2.2",
+        resource_type="session", resource_id="s-2", timestamp=at(EMAIL_ROW))
+    rec("ASSIGN", user_id="erin", user_email="erin@example.org", resource_type="ticket",
+        resource_id="t-1", timestamp=at(KEYS_ROW),
+        new_values={"assignee": SUBJECT, "reviewers": ["frank", SUBJECT], "ratio": 0.1},
+        context={"requested_by": {"email": EMAIL.upper(), "team": "ops"}, "ticket": "t-1"})
+    rec("USER_UPDATE", user_id="admin", resource_type="user", resource_id=SUBJECT,
+        new_values={"role": "viewer"}, timestamp=at(ABOUT))
+    rec("UPDATE", user_id="subj-7f3ab", user_email="other@example.org", acting_as="subj-7f3ab",
+        resource_type="doc", resource_id="d-9", new_values={"owner": "subj-7f3ab"},
+        timestamp=at(DECOY))
+
+
+@pytest.fixture
+def written(make_trail: Factory) -> AuditTrail:
+    trail = make_trail(hmac_key=KEY, mode="sync")
+    write(trail)
+    return trail
+
+
+def _tables(engine: Engine) -> list[tuple[str, str]]:
+    """Every cell of every table as text: ``(table, cell)``."""
+    out = []
+    with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(table.select()):
+                out += [(table.name, str(v)) for v in row if v is not None]
+    return out
+
+
+def _archived(archive: Path) -> list[str]:
+    con = duckdb.connect()
+    try:
+        rows = con.execute(f"SELECT * FROM read_parquet('{archive}/**/*.parquet', "
+                           "union_by_name = true)").fetchall()
+    finally:
+        con.close()
+    return [str(v) for row in rows for v in row if v is not None]
+
+
+def _row(engine: Engine, seq: int, *columns: str) -> tuple[Any, ...]:
+    cols = ", ".join(f"CAST({c} AS TEXT)" if c in ("new_values", "context", "old_values",
+                                                   "delegation_chain") else c
+                     for c in columns)
+    with engine.connect() as conn:
+        return tuple(conn.execute(text(f"SELECT {cols} FROM audit_trails WHERE seq = :s "
+                                       "AND user_id != 'dpo' AND action != 'ERASE'"),
+                                  {"s": seq}).one())
+
+
+def _assert_counts(report: ForgetReport) -> None:
+    assert report.by_column == BY_COLUMN
+    assert report.values == sum(BY_COLUMN.values())
+    assert report.by_action == BY_ACTION
+    assert report.by_resource_type == BY_RESOURCE_TYPE
+    assert report.emails == 1  # learned from its own rows, compared case-insensitively
+
+
+def test_every_reference_is_erased_and_verify_passes(
+        written: AuditTrail, engine: Engine,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    assert sum(bool(LEFT.search(cell)) for _, cell in _tables(engine)) > 10
+    report = forget(engine, SUBJECT, erased_by="dpo", trail=written, signing_key=keys[0],
+                    matchers=MATCHERS)
+    assert report.live == RECORDS and report.archived == 0 and report.erasure_id
+    _assert_counts(report)
+    left = [(table, cell) for table, cell in _tables(engine) if LEFT.search(cell)]
+    assert left == []
+    result = verify(engine, public_key=keys[1])
+    assert result.ok, result.findings
+    # what the others' records keep
+    assert _row(engine, EMAIL_ROW, "user_id", "user_email", "client_ip") == (
+        "dave", ERASED, "10.2.2.2")
+    assert _row(engine, ACTING, "user_id", "acting_as") == ("alice", ERASED)
+    if CHAINS:
+        chain = json.loads(_row(engine, DELEGATED, "delegation_chain")[0])
+        assert chain == [{"principal": ERASED, "via": "token_exchange"},
+                         {"principal": "svc-sync", "via": "service_account"}]
+    values, context = _row(engine, KEYS_ROW, "new_values", "context")
+    assert json.loads(values) == {"assignee": ERASED, "reviewers": ["frank", ERASED],
+                                  "ratio": 0.1}
+    assert json.loads(context) == {"requested_by": {"email": ERASED, "team": "ops"},
+                                   "ticket": "t-1"}
+    assert _row(engine, ABOUT, "user_id", "resource_id") == ("admin", ERASED)
+    assert _row(engine, DECOY, "user_id", "acting_as") == ("subj-7f3ab", "subj-7f3ab")
+    assert '"big":12345678901234567' in _row(engine, OWN_2, "new_values")[0].replace(" ", "")
+    # the ERASE record holds counts, never the subject
+    with engine.connect() as conn:
+        erase = json.loads(conn.execute(text(
+            "SELECT CAST(context AS TEXT) FROM audit_trails WHERE action = 'ERASE'")).scalar_one())
+    assert erase["values_by_column"] == BY_COLUMN and erase["records_erased"] == RECORDS
+    # a second run finds nothing left; verify still passes
+    again = forget(engine, SUBJECT, emails=[EMAIL], signing_key=keys[0], matchers=MATCHERS)
+    assert (again.live, again.values, again.erasure_id) == (0, 0, None)
+    assert verify(engine, public_key=keys[1]).ok
+
+
+def test_the_erasure_lists_every_location(
+        written: AuditTrail, engine: Engine,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    forget(engine, SUBJECT, signing_key=keys[0], matchers=MATCHERS)
+    with engine.connect() as conn:
+        document = json.loads(conn.execute(text("SELECT document FROM audit_erasures"))
+                              .scalar_one())
+    at = {row["seq"]: sorted(".".join(map(str, loc)) for loc in row["at"])
+          for row in document["rows"]}
+    expected = {
+        OWN_1: ["client_ip", "context.phone", "user_agent", "user_email", "user_id"],
+        OWN_2: ["client_ip", "new_values.owner", "old_values.email", "user_email", "user_id"],
+        ACTING: ["acting_as"], DELEGATED: ["delegation_chain.0.principal"],
+        EMAIL_ROW: ["user_email"],
+        KEYS_ROW: ["context.requested_by.email", "new_values.assignee",
+                   "new_values.reviewers.1"],
+        ABOUT: ["resource_id"]}
+    if not CHAINS:
+        del expected[DELEGATED]
+    assert at == expected
+
+
+@pytest.mark.parametrize(("seq", "column", "value"), [
+    (ACTING, "acting_as", SUBJECT),            # an erased location written back
+    (EMAIL_ROW, "user_email", EMAIL),
+    (EMAIL_ROW, "user_id", "mallory"),         # a kept value of a partly erased record
+    (ABOUT, "resource_id", SUBJECT),
+    (KEYS_ROW, "new_values", '{"assignee":"subj-7f3a","reviewers":["frank","[erased]"],'
+                             '"ratio":0.1}'),
+    pytest.param(DELEGATED, "delegation_chain",
+                 '[{"principal":"subj-7f3a","via":"token_exchange"},'
+                 '{"principal":"svc-sync","via":"service_account"}]',
+                 marks=pytest.mark.skipif(not CHAINS, reason="no delegation chains")),
+    (KEYS_ROW, "user_id", "mallory"),
+])
+def test_rewriting_an_erased_record_is_found(
+        written: AuditTrail, engine: Engine, store_url: str,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey], seq: int, column: str,
+        value: str) -> None:
+    forget(engine, SUBJECT, signing_key=keys[0], matchers=MATCHERS)
+    assert verify(engine, public_key=keys[1]).ok
+    json_column = column in ("new_values", "delegation_chain")
+    cast = "CAST(:v AS JSONB)" if json_column and store_url.startswith("postgresql") else ":v"
+    execute(engine, f"UPDATE audit_trails SET {column} = {cast} WHERE seq = :s", v=value,
+            s=seq)
+    found = {(f.kind, f.seq) for f in verify(engine, public_key=keys[1]).findings}
+    assert ("erasure", seq) in found
+
+
+def test_a_deleted_erasure_leaves_its_rewritten_records_unproven(
+        written: AuditTrail, engine: Engine,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    forget(engine, SUBJECT, signing_key=keys[0], matchers=MATCHERS)
+    execute(engine, "DELETE FROM audit_erasures")
+    found = {(f.kind, f.seq) for f in verify(engine, public_key=keys[1]).findings}
+    # the direct rewrites no longer match their chain hash; erased rows are unlisted
+    assert {("modified", KEYS_ROW), ("modified", ABOUT), ("erasure", OWN_1),
+            ("erasure", EMAIL_ROW)} <= found
+
+
+def test_an_unsigned_erasure_does_not_vouch_for_rewritten_records(
+        written: AuditTrail, engine: Engine,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    forget(engine, SUBJECT, matchers=MATCHERS)  # no signing key
+    kinds = {f.kind for f in verify(engine, public_key=keys[1]).findings}
+    assert kinds == {"unauthenticated", "modified"}
+
+
+def test_archives_are_covered_the_same_way(
+        written: AuditTrail, engine: Engine, tmp_path: Path,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    prune(engine, BASE + dt.timedelta(days=EMAIL_ROW, hours=1), tmp_path,
+          signing_key=keys[0])
+    assert any(LEFT.search(cell) for cell in _archived(tmp_path))
+    report = forget(engine, SUBJECT, archive_dir=tmp_path, erased_by="dpo", trail=written,
+                    signing_key=keys[0], matchers=MATCHERS)
+    assert (report.live, report.archived) == (2, RECORDS - 2) and report.files
+    _assert_counts(report)
+    assert not [c for c in _archived(tmp_path) if LEFT.search(c)]
+    assert not [c for _, c in _tables(engine) if LEFT.search(c)]
+    result = verify(engine, archive_dir=tmp_path, public_key=keys[1])
+    assert result.ok, result.findings
+
+
+def test_matchers_file_and_cli(written: AuditTrail, store_url: str, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch,
+                               keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    pem, public = generate_signing_key()
+    monkeypatch.setenv("OTEL_AUDIT_SIGNING_KEY", pem)
+    monkeypatch.setenv("OTEL_AUDIT_HMAC_KEY", KEY)
+    matchers = tmp_path / "matchers.toml"
+    matchers.write_text('keys = ["reviewers"]\nresource_types = ["account"]\n')
+    loaded = SubjectMatchers.load(matchers)
+    assert "reviewers" in loaded.keys and {"user", "account"} == loaded.resource_types
+    runner = CliRunner()
+    result = runner.invoke(app, ["forget", "--db", store_url, "--user", SUBJECT,
+                                 "--matchers", str(matchers), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["by_column"] == BY_COLUMN and report["live"] == RECORDS
+    assert report["by_action"] == BY_ACTION
+    result = runner.invoke(app, ["verify", "--db", store_url, "--public-key", public])
+    assert result.exit_code == 0, result.output
+    # the table (CSV when piped): nothing left to erase, with an explicit email
+    result = runner.invoke(app, ["forget", "--db", store_url, "--user", SUBJECT,
+                                 "--email", EMAIL, "--match-key", "reviewers"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("erased 0 live and 0 archived records")
