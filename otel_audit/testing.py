@@ -24,6 +24,7 @@ contract::
     exporter.hold()                       # a destination that stalls: exports wait ...
     exporter.held.wait(5)                 # (set once one waits)
     exporter.release()                    # ... until now
+    exporter.wait_for_calls(3, timeout=5) # three exports answered (exporter.calls)
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ class InMemoryAuditExporter(AuditExporter):
     :meth:`fail_next` queues answers given before anything is kept (a failure, or an
     exception raised), :meth:`fail_all` answers every export with a failure until
     :meth:`recover` (an outage), :meth:`hold` makes exports wait until :meth:`release`
-    (a destination that stalls). ``calls`` lists every export's batch size and answer.
+    (a destination that stalls). ``calls`` lists every export's batch size and answer
+    (:meth:`wait_for_calls` waits for them).
     """
 
     def __init__(self, *, reject: Callable[[PreparedRecord], bool] | None = None) -> None:
         self.reject = reject
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
         self._prepared: list[PreparedRecord] = []
         self._ids: set[str] = set()
         self._scripted: deque[ExportResult | BaseException] = deque()
@@ -99,6 +102,11 @@ class InMemoryAuditExporter(AuditExporter):
         self.held.clear()
         self._open.set()
 
+    def wait_for_calls(self, n: int = 1, timeout: float | None = None) -> bool:
+        """Wait until ``n`` exports were answered (:attr:`calls`); False after ``timeout``."""
+        with self._answered:
+            return self._answered.wait_for(lambda: len(self.calls) >= n, timeout)
+
     def export(self, batch: Sequence[PreparedRecord]) -> ExportResult:
         """Keep ``batch`` (or answer what :meth:`fail_next`/:meth:`fail_all`/``reject``
         say), once :meth:`release` let it through if it was held."""
@@ -111,6 +119,7 @@ class InMemoryAuditExporter(AuditExporter):
                 self.calls.append((len(batch), ExportResult.retryable(repr(result))))
             else:
                 self.calls.append((len(batch), result))
+            self._answered.notify_all()
         if isinstance(result, BaseException):
             raise result
         return result

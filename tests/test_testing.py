@@ -154,3 +154,14 @@ def test_shutdown_lets_a_held_export_go() -> None:
         assert exporter.held.wait(30)
         assert exporter.shutdown()
         assert not audit.trail.flush(timeout=0.2)  # refused once shut down: spooled
+
+
+def test_wait_for_calls_returns_once_exports_were_answered() -> None:
+    exporter = InMemoryAuditExporter()
+    assert not exporter.wait_for_calls(1, timeout=0.05)
+    exporter.fail_next()
+    with capture_audit(exporter, retry_max_backoff=0.05) as audit:
+        audit.trail.record("answered", user_id="u")
+        assert exporter.wait_for_calls(2, timeout=30)  # the failure, then the retry
+        assert [r.status for _, r in exporter.calls[:2]] == [ExportStatus.RETRYABLE,
+                                                            ExportStatus.SUCCESS]

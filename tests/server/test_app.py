@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,8 +24,8 @@ from otlp_helpers import (
 )
 
 from otel_audit import AuditTrail
-from otel_audit.errors import StoreError
 from otel_audit.server import IngestApp, default_ack_mode
+from otel_audit.testing import InMemoryAuditExporter
 
 
 def _response(body: bytes) -> ExportLogsServiceResponse:
@@ -202,55 +201,39 @@ def test_healthz_reports_counters(client: httpx.Client) -> None:
 
 
 def test_store_outage_is_503_with_retry_after_then_recovers(
-        make_app: Callable[..., IngestApp], ingest_trail: AuditTrail,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = ingest_trail.writer.write
-    down = threading.Event()
-    down.set()
-
-    def flaky_write(batch: object, **options: Any) -> None:
-        if down.is_set():
-            raise StoreError("connection refused")
-        real_write(batch, **options)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ingest_trail.writer, "write", flaky_write)
+        make_trail: Callable[..., AuditTrail]) -> None:
+    exporter = InMemoryAuditExporter()
+    trail = make_trail(service_name="ingest", exporter=exporter)
+    exporter.fail_all()  # the destination is down
     body = protobuf_body(log_request(audit_logs(4)))
-    with running(make_app(retry_after=7)) as c:
+    with running(IngestApp(trail, ack_mode="sync", retry_after=7)) as c:
         r = c.post("/v1/logs", content=body, headers=PROTOBUF_GZIP)
         assert r.status_code == 503
         assert r.headers["retry-after"] == "7"
         assert _status(r).code == 14  # UNAVAILABLE
-        down.clear()
+        exporter.recover()
         assert c.post("/v1/logs", content=body, headers=PROTOBUF_GZIP).status_code == 200
-    assert len(ingest_trail.records()) == 4
+    assert len(exporter.get_finished_records()) == 4
 
 
-def test_too_many_requests_in_flight_is_503(make_app: Callable[..., IngestApp],
-                                            ingest_trail: AuditTrail,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = ingest_trail.writer.write
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_write(batch: object, **options: Any) -> None:
-        entered.set()
-        release.wait(30)
-        real_write(batch, **options)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ingest_trail.writer, "write", slow_write)
+def test_too_many_requests_in_flight_is_503(make_trail: Callable[..., AuditTrail]) -> None:
+    exporter = InMemoryAuditExporter()
+    trail = make_trail(service_name="ingest", exporter=exporter)
+    exporter.hold()  # the first request's write waits
     body = protobuf_body(log_request(audit_logs(1)))
-    with running(make_app(max_inflight=1)) as c:
+    with running(IngestApp(trail, ack_mode="sync", max_inflight=1)) as c:
         first: dict[str, int] = {}
         t = threading.Thread(target=lambda: first.setdefault(
             "status", c.post("/v1/logs", content=body, headers=PROTOBUF_GZIP).status_code))
         t.start()
-        assert entered.wait(30)
+        assert exporter.held.wait(30)
         r = c.post("/v1/logs", content=body, headers=PROTOBUF_GZIP)
         assert r.status_code == 503
         assert "retry-after" in r.headers
-        release.set()
+        exporter.release()
         t.join(30)
     assert first["status"] == 200
-    assert len(ingest_trail.records()) == 1
+    assert len(exporter.get_finished_records()) == 1
 
 
 def test_default_ack_mode_follows_available_modes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,28 +263,19 @@ def test_default_ack_mode_stores_everything(make_app: Callable[..., IngestApp],
 
 
 def test_durable_ack_survives_a_store_outage(make_trail: Callable[..., AuditTrail],
-                                             tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                             tmp_path: Path) -> None:
+    exporter = InMemoryAuditExporter()
     trail = make_trail(mode="durable", journal_dir=str(tmp_path / "journal"),
-                       retry_max_backoff=0.1)
-    real_write = trail.writer.write
-    down = threading.Event()
-    down.set()
-
-    def write_during_outage(batch: object, **options: Any) -> None:
-        if down.is_set():
-            raise StoreError("connection refused")
-        real_write(batch, **options)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(trail.writer, "write", write_during_outage)
+                       retry_max_backoff=0.1, exporter=exporter)
+    exporter.fail_all()  # the destination is down
     with running(IngestApp(trail, ack_mode="durable")) as c:
         r = c.post("/v1/logs", content=protobuf_body(log_request(audit_logs(5))),
                    headers=PROTOBUF_GZIP)
-        # acknowledged from the journal although the store is down
+        # acknowledged from the journal although the destination is down
         assert r.status_code == 200
-        down.clear()
+        exporter.recover()
     assert trail.flush(30)
-    assert len(trail.records(trace_id=TRACE_ID)) == 5
+    assert [r.trace_id for r in exporter.get_finished_records()] == [TRACE_ID] * 5
 
 
 def test_concatenated_gzip_members_are_all_stored(client: httpx.Client,

@@ -9,7 +9,6 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,9 +16,9 @@ from otlp_client import emit
 from sqlalchemy import func, select
 
 from otel_audit import AuditTrail
-from otel_audit.errors import StoreError
 from otel_audit.server import IngestApp, serve_in_thread
 from otel_audit.store.schema import audit_trails
+from otel_audit.testing import InMemoryAuditExporter
 
 CLIENT = Path(__file__).with_name("otlp_client.py")
 
@@ -76,33 +75,26 @@ def test_four_client_processes_at_once(make_app: Callable[..., IngestApp],
 
 
 def test_store_outage_clients_retry_and_nothing_is_lost(
-        make_app: Callable[..., IngestApp], ingest_trail: AuditTrail,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = ingest_trail.writer.write
-    down, refused = threading.Event(), threading.Event()
-    down.set()
-
-    def write_during_outage(batch: object, **options: Any) -> None:
-        if down.is_set():
-            refused.set()
-            raise StoreError("could not connect to server: Connection refused")
-        real_write(batch, **options)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ingest_trail.writer, "write", write_during_outage)
-    app = make_app(retry_after=1)
+        make_trail: Callable[..., AuditTrail]) -> None:
+    exporter = InMemoryAuditExporter()
+    exporter.fail_all()  # the destination is down
+    app = IngestApp(make_trail(service_name="ingest", exporter=exporter), ack_mode="sync",
+                    retry_after=1)
     result: dict[str, object] = {}
     with serve_in_thread(app) as base_url:
         client = threading.Thread(target=lambda: result.update(
             zip(("ids", "flushed"),
                 emit(f"{base_url}/v1/logs", "ledger", 40, batch_size=10), strict=True)))
         client.start()
-        assert refused.wait(60)  # the clients have been told 503
-        down.clear()  # the store comes back; the exporters retry after Retry-After
+        assert exporter.wait_for_calls(1, timeout=60)  # the clients have been told 503
+        exporter.recover()  # the destination comes back; the clients retry after Retry-After
         client.join(120)
     assert result["flushed"] is True
     assert app.stats.as_dict()["unavailable"] >= 1
-    assert _stored(ingest_trail) == {"ledger": result["ids"]}
-    assert _count(ingest_trail) == 40
+    records = exporter.get_finished_records()
+    assert {r.service_name for r in records} == {"ledger"}
+    assert {r.trace_id for r in records} == result["ids"]
+    assert len(records) == 40
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
