@@ -12,8 +12,8 @@ import pytest
 from otel_capture_helpers import SAMPLERS, Tracing, hex_ids
 
 import otel_audit
-from otel_audit import AuditLogHandler, AuditTrail, StoreError
-from otel_audit.store.writer import StoreWriter
+from otel_audit import AuditLogHandler, AuditTrail
+from otel_audit.testing import InMemoryAuditExporter
 
 
 @pytest.fixture
@@ -167,16 +167,12 @@ def test_library_logs_are_never_captured(trail: AuditTrail) -> None:
     assert trail.records() == []
 
 
-class _FailingWriter(StoreWriter):
-    def write(self, batch: object) -> None:  # type: ignore[override]
-        raise StoreError("store is down")
-
-
 def test_failing_store_with_handler_on_root_does_not_loop(
     make_trail: Callable[..., AuditTrail], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    trail = make_trail(mode="sync")
-    trail.pipeline.writer = _FailingWriter(trail.writer.url, auto_migrate=False)
+    exporter = InMemoryAuditExporter()
+    exporter.fail_all()  # the destination is down
+    trail = make_trail(mode="sync", exporter=exporter)
     handler = AuditLogHandler(trail=trail)
     calls = 0
     original = handler.emit
