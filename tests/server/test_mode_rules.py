@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,47 +14,29 @@ from typer.testing import CliRunner
 
 from otel_audit import AuditTrail
 from otel_audit.cli import app as cli_app
-from otel_audit.errors import StoreError
 from otel_audit.pipeline.delivery import ModeChooser
 from otel_audit.server import IngestApp
 from otel_audit.server.ingest import split_by_mode
 from otel_audit.server.runner import TOKEN_ENV
-from otel_audit.store.reader import query_records
-from otel_audit.store.writer import PreparedRecord
-
-
-@dataclass
-class Store:
-    """The trail's store behind a switch; remembers which record IDs it committed."""
-
-    down: threading.Event = field(default_factory=threading.Event)
-    committed: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+from otel_audit.testing import InMemoryAuditExporter
 
 
 @pytest.fixture
-def store() -> Store:
-    """A store that is up until the test takes it down."""
-    return Store()
+def exporter() -> InMemoryAuditExporter:
+    """The trail's destination: up until the test takes it down."""
+    return InMemoryAuditExporter()
+
+
+RULES: dict[str, Any] = {"mode_by_classification": {"restricted": "sync"},
+                         "retry_max_backoff": 0.05}
 
 
 @pytest.fixture
-def ruled_trail(make_trail: Callable[..., AuditTrail], tmp_path: Path, store: Store,
-                monkeypatch: pytest.MonkeyPatch) -> AuditTrail:
-    """A trail (both stores) where restricted records are ``sync``, behind ``store``."""
-    trail = make_trail(mode_by_classification={"restricted": "sync"},
-                       journal_dir=str(tmp_path / "journal"), retry_max_backoff=0.05)
-    real_write = trail.writer.write
-
-    def write(batch: list[PreparedRecord], **options: Any) -> None:
-        if store.down.is_set():
-            raise StoreError("connection refused")
-        real_write(batch, **options)
-        with store.lock:
-            store.committed.extend(p.record.id for p in batch)
-
-    monkeypatch.setattr(trail.writer, "write", write)
-    return trail
+def ruled_trail(make_trail: Callable[..., AuditTrail], tmp_path: Path,
+                exporter: InMemoryAuditExporter) -> AuditTrail:
+    """A trail (both stores) where restricted records are ``sync``, sending to
+    ``exporter``."""
+    return make_trail(journal_dir=str(tmp_path / "journal"), exporter=exporter, **RULES)
 
 
 def _mixed_request(n_plain: int = 3) -> bytes:
@@ -67,37 +47,29 @@ def _mixed_request(n_plain: int = 3) -> bytes:
     return protobuf_body(log_request(logs))
 
 
-def _stored_without_flush(trail: AuditTrail) -> list[Any]:
-    """What the store holds now (``trail.records()`` would flush the queue first)."""
-    trail.writer.ensure_schema()
-    return query_records(trail.writer.engine, limit=1000)
-
-
-def test_sync_record_is_committed_before_the_answer(ruled_trail: AuditTrail,
-                                                    store: Store) -> None:
+def test_sync_record_is_committed_before_the_answer(
+        ruled_trail: AuditTrail, exporter: InMemoryAuditExporter) -> None:
     app = IngestApp(ruled_trail, ack_mode="durable")
     with running(app) as c:
         r = c.post("/v1/logs", content=_mixed_request(), headers=PROTOBUF_GZIP)
         assert r.status_code == 200
-        # at the answer: the restricted record is in the store, committed on its own
-        with store.lock:
-            first_commit = list(store.committed)
-        (restricted,) = [rec for rec in _stored_without_flush(ruled_trail)
-                         if rec.user_id == "restricted-user"]
-        assert first_commit[0] == restricted.id
+        # at the answer: the restricted record is exported, on its own and first
+        restricted = exporter.get_finished_records()[0]
+        assert restricted.user_id == "restricted-user"
+        assert exporter.calls[0][0] == 1
         assert restricted.data_classification == "restricted"
         health = c.get("/healthz").json()
         assert health["committed_records"] == 1
         assert health["accepted_records"] == 4
         assert health["mode_by_classification"] == {"restricted": "sync"}
     assert ruled_trail.flush(30)
-    records = ruled_trail.records()
+    records = exporter.get_finished_records()
     assert len(records) == 4 and len({r.id for r in records}) == 4
 
 
 def test_store_down_is_503_and_nothing_unsafe_is_acknowledged(
-        ruled_trail: AuditTrail, store: Store) -> None:
-    store.down.set()
+        ruled_trail: AuditTrail, exporter: InMemoryAuditExporter) -> None:
+    exporter.fail_all()
     body = _mixed_request()
     with running(IngestApp(ruled_trail, ack_mode="durable", retry_after=3)) as c:
         r = c.post("/v1/logs", content=body, headers=PROTOBUF_GZIP)
@@ -111,47 +83,46 @@ def test_store_down_is_503_and_nothing_unsafe_is_acknowledged(
         # a request without a restricted record is journalled and acknowledged meanwhile
         plain = protobuf_body(log_request(audit_logs(2, action="READ")))
         assert c.post("/v1/logs", content=plain, headers=PROTOBUF_GZIP).status_code == 200
-        store.down.clear()
+        exporter.recover()
         # the sender retries the whole request: same record IDs
         assert c.post("/v1/logs", content=body, headers=PROTOBUF_GZIP).status_code == 200
     assert ruled_trail.flush(30)
-    records = ruled_trail.records()
+    records = exporter.get_finished_records()
     assert len(records) == 6
     assert len({r.id for r in records}) == 6
     assert sum(r.user_id == "restricted-user" for r in records) == 1
 
 
-def test_retry_after_a_lost_answer_stores_everything_once(ruled_trail: AuditTrail) -> None:
+def test_retry_after_a_lost_answer_stores_everything_once(
+        make_trail: Callable[..., AuditTrail], tmp_path: Path) -> None:
+    # the real store: its writes are what must be idempotent on the record's id
+    trail = make_trail(journal_dir=str(tmp_path / "journal"), **RULES)
     body = _mixed_request(5)
-    with running(IngestApp(ruled_trail, ack_mode="durable")) as c:
+    with running(IngestApp(trail, ack_mode="durable")) as c:
         for _ in range(2):  # the answer was lost: the sender sends it again
             assert c.post("/v1/logs", content=body, headers=PROTOBUF_GZIP).status_code == 200
-    assert ruled_trail.flush(30)
-    records = ruled_trail.records()
+    assert trail.flush(30)
+    records = trail.records()
     assert len(records) == 6 and len({r.id for r in records}) == 6
 
 
 def test_action_rule_applies_per_record(make_trail: Callable[..., AuditTrail],
-                                        tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        tmp_path: Path) -> None:
+    exporter = InMemoryAuditExporter()
     trail = make_trail(mode_by_action={"DELETE": "sync"},
-                       journal_dir=str(tmp_path / "journal"))
-    real_write = trail.writer.write
-
-    def refuse_deletes(batch: list[PreparedRecord], **options: Any) -> None:
-        if any(p.record.action == "DELETE" for p in batch):
-            raise StoreError("connection refused")
-        real_write(batch, **options)
-
-    monkeypatch.setattr(trail.writer, "write", refuse_deletes)
+                       journal_dir=str(tmp_path / "journal"), exporter=exporter)
+    exporter.fail_all()  # the destination is down
     with running(IngestApp(trail, ack_mode="durable")) as c:
         deletes = protobuf_body(log_request(audit_logs(1, action="DELETE")
                                             + audit_logs(2, action="UPDATE")))
+        # the DELETE is sync: not acknowledged, nothing of the request taken
         assert c.post("/v1/logs", content=deletes, headers=PROTOBUF_GZIP).status_code == 503
         updates = protobuf_body(log_request(audit_logs(2, action="UPDATE")))
+        # durable: acknowledged from the journal while the destination is down
         assert c.post("/v1/logs", content=updates, headers=PROTOBUF_GZIP).status_code == 200
+        exporter.recover()
     assert trail.flush(30)
-    assert sorted(r.action for r in trail.records()) == ["UPDATE", "UPDATE"]
+    assert sorted(r.action for r in exporter.get_finished_records()) == ["UPDATE", "UPDATE"]
 
 
 def test_split_by_mode_never_lowers_the_floor(make_trail: Callable[..., AuditTrail]) -> None:
