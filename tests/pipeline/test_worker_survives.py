@@ -27,6 +27,7 @@ from otel_audit.record import NORMALISATION_KEY, SCHEMA_VERSION, AuditRecord, no
 from otel_audit.store.reader import row_to_record
 from otel_audit.store.schema import RECORD_COLUMNS, audit_trails
 from otel_audit.store.writer import PreparedRecord
+from otel_audit.testing import InMemoryAuditExporter
 
 Factory = Callable[..., AuditTrail]
 
@@ -103,23 +104,32 @@ def test_an_unexpected_error_in_the_worker_loop_is_counted_and_it_goes_on(
     assert verify_trail(trail.writer.engine).ok
 
 
-@pytest.mark.parametrize("exc", [KeyError("an error the writer never raises"),
-                                 SystemExit(3)], ids=["KeyError", "SystemExit"])
-def test_a_writer_failing_once_unexpectedly_loses_no_record(
+def _one_chain(exporter: InMemoryAuditExporter) -> None:
+    """Every exported record sealed once: consecutive positions, linked hashes."""
+    kept = exporter.prepared
+    assert [p.seq for p in kept] == list(range(1, len(kept) + 1))
+    assert [p.prev_hash for p in kept[1:]] == [p.hash for p in kept[:-1]]
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()],
+                         ids=["SystemExit", "KeyboardInterrupt"])
+def test_an_export_failing_once_unexpectedly_loses_no_record(
         make_trail: Factory, tmp_path: Path, exc: BaseException) -> None:
+    # not an Exception, so not taken for a retryable failure: the store thread's last
+    # resort counts it and accounts for the batch
     for spool in (str(tmp_path / "spool"), None):  # spooled and replayed; isolated in place
-        trail = make_trail(spool_dir=spool, spool_max_bytes=0 if spool is None else 1 << 20)
-        trail.writer.ensure_schema()
-        before = _count(trail)
-        trail.writer.write = _Once(exc, trail.writer.write)  # type: ignore[method-assign]
+        exporter = InMemoryAuditExporter()
+        exporter.fail_next(exc)
+        trail = make_trail(spool_dir=spool, spool_max_bytes=0 if spool is None else 1 << 20,
+                           exporter=exporter)
         _good(trail, 40)
         assert trail.flush(10)
         stats = trail.stats()
         assert stats.worker_restarts == 1
         assert stats.written == 40 and stats.failed == 0
-        assert _count(trail) == before + 40
+        assert len(exporter.get_finished_records()) == 40
+        _one_chain(exporter)
         trail.shutdown(5)
-    assert verify_trail(trail.writer.engine).ok
 
 
 def test_a_sealer_failing_once_still_seals_every_record(make_trail: Factory) -> None:
@@ -396,23 +406,15 @@ def test_a_copied_batch_keeps_its_good_records_around_a_refused_one(
         trail.shutdown(5)
 
 
-def test_a_writer_failing_unexpectedly_several_times_is_replayed_with_back_off(
+def test_an_export_failing_unexpectedly_several_times_is_replayed_with_back_off(
         make_trail: Factory, tmp_path: Path) -> None:
-    trail = make_trail(spool_dir=str(tmp_path / "spool"), retry_max_backoff=0.2)
-    trail.writer.ensure_schema()
-    write = trail.writer.write
-    calls: list[int] = []
-
-    def flaky(batch: Sequence[PreparedRecord], **kwargs: Any) -> None:
-        calls.append(len(batch))
-        if len(calls) <= 3:  # the live write, then two replays
-            raise LookupError("not a store error")
-        write(batch, **kwargs)
-
-    trail.writer.write = flaky  # type: ignore[method-assign]
+    exporter = InMemoryAuditExporter()
+    exporter.fail_next(SystemExit(3), times=3)  # the live write, then two replays
+    trail = make_trail(spool_dir=str(tmp_path / "spool"), retry_max_backoff=0.2,
+                       exporter=exporter)
     _good(trail, 15)
     assert trail.flush(20)
     stats = trail.stats()
     assert (stats.written, stats.failed, stats.spool_records) == (15, 0, 0)
     assert stats.worker_restarts == 3  # each failure counted once, none retried in a spin
-    assert len(calls) == 4
+    assert len(exporter.calls) == 4
