@@ -20,6 +20,7 @@ __all__ = [
     "PURE_PYTHON_ENV",
     "copy_text",
     "merkle_extend",
+    "otlp_decode_logs",
     "otlp_encode_logs",
     "plain_texts",
     "pure_python",
@@ -64,7 +65,7 @@ if speedups is not None:
         speedups = None
 if speedups is not None:
     try:  # the OTLP sender's (otel_audit/_speedups_otlp.c): a build without it keeps the rest
-        from ._speedups import otlp_encode_logs
+        from ._speedups import otlp_decode_logs, otlp_encode_logs
     except ImportError:  # pragma: no cover - a build older than this source
         pass
 if speedups is not None:

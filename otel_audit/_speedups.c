@@ -1405,6 +1405,7 @@ untrack(PyObject *self, PyObject *obj)
 
 /* otel_audit/_speedups_otlp.c */
 PyObject *otlp_encode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *otlp_decode_logs(PyObject *self, PyObject *payload);
 
 /* otel_audit/_speedups_store.c */
 PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
@@ -1426,6 +1427,8 @@ static PyMethodDef methods[] = {
      "A record's values as at the call: plain containers copied, atoms shared."},
     {"otlp_encode_logs", (PyCFunction)(void (*)(void))otlp_encode_logs, METH_FASTCALL,
      "Audit records as OTLP ExportLogsServiceRequest bytes (otel_audit/_speedups_otlp.c)."},
+    {"otlp_decode_logs", (PyCFunction)otlp_decode_logs, METH_O,
+     "The values of an OTLP logs request's records (otel_audit/_speedups_otlp.c)."},
     {"merkle_extend", (PyCFunction)(void (*)(void))merkle_extend, METH_FASTCALL,
      "Add leaves to a Merkle compact range (otel_audit/_speedups_store.c)."},
     {NULL, NULL, 0, NULL},

@@ -512,3 +512,546 @@ done:
     Py_XDECREF(groups);
     return result;
 }
+
+/* ------------------------------------------------------------------ decoding
+ *
+ * otlp_decode_logs() is the counterpart of otel_audit.server.otlp.python_log_fields():
+ * from the bytes of an ExportLogsServiceRequest the protobuf runtime has already parsed
+ * (so validated: UTF-8 strings, well-formed lengths), one tuple per log record with the
+ * values the receiver's conversion reads -- attributes as a dict (AnyValue as
+ * server/otlp.py's any_value() converts it), event name, body, times, trace and span
+ * IDs -- without a Python object per KeyValue and AnyValue. Anything it does not
+ * expect (a known field with another wire type, a singular message field given twice,
+ * which the runtime would merge) makes it return None, and the caller reads the parsed
+ * message instead. tests/server/test_otlp_decode.py holds both equal.
+ */
+
+typedef struct {
+    const unsigned char *p;
+    const unsigned char *end;
+} rd;
+
+/* 0 ok, -1 malformed (no Python error set) */
+static int
+rd_varint(rd *r, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (r->p >= r->end) {
+            return -1;
+        }
+        unsigned char c = *r->p++;
+        v |= (uint64_t)(c & 0x7F) << shift;
+        if (!(c & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int
+rd_fixed64(rd *r, uint64_t *out)
+{
+    if (r->end - r->p < 8) {
+        return -1;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v |= (uint64_t)r->p[i] << (8 * i);
+    }
+    r->p += 8;
+    *out = v;
+    return 0;
+}
+
+/* the bytes of a length-delimited field */
+static int
+rd_len(rd *r, rd *sub)
+{
+    uint64_t n;
+    if (rd_varint(r, &n) < 0 || n > (uint64_t)(r->end - r->p)) {
+        return -1;
+    }
+    sub->p = r->p;
+    sub->end = r->p + n;
+    r->p += n;
+    return 0;
+}
+
+/* skip a field of wire type ``wt`` */
+static int
+rd_skip(rd *r, unsigned wt)
+{
+    uint64_t v;
+    rd sub;
+    switch (wt) {
+    case 0:
+        return rd_varint(r, &v);
+    case 1:
+        return rd_fixed64(r, &v);
+    case 2:
+        return rd_len(r, &sub);
+    case 5:
+        if (r->end - r->p < 4) {
+            return -1;
+        }
+        r->p += 4;
+        return 0;
+    default:  /* groups and anything else: let the runtime's view decide */
+        return -1;
+    }
+}
+
+/* return codes of the decoders: 0 ok, -1 Python error, -2 not handled here (fallback) */
+#define FALLBACK (-2)
+
+static int decode_kvlist(rd *r, PyObject *dict);
+
+static PyObject *
+text_of(rd *s)
+{
+    return PyUnicode_DecodeUTF8((const char *)s->p, s->end - s->p, "strict");
+}
+
+/* AnyValue -> Python value (None when empty), as server/otlp.py's any_value() */
+static int
+decode_any(rd *r, PyObject **out)
+{
+    PyObject *value = NULL;
+    int seen = 0;
+    *out = NULL;
+    while (r->p < r->end) {
+        uint64_t key;
+        if (rd_varint(r, &key) < 0) {
+            goto fallback;
+        }
+        unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
+        if (field >= 1 && field <= 7) {
+            if (seen) {  /* two members of the oneof: the runtime keeps/merges; not here */
+                goto fallback;
+            }
+            seen = 1;
+        }
+        uint64_t v;
+        rd sub;
+        switch (field) {
+        case 1:  /* string_value */
+            if (wt != 2 || rd_len(r, &sub) < 0) {
+                goto fallback;
+            }
+            value = text_of(&sub);
+            break;
+        case 2:  /* bool_value */
+            if (wt != 0 || rd_varint(r, &v) < 0) {
+                goto fallback;
+            }
+            value = Py_NewRef(v ? Py_True : Py_False);
+            break;
+        case 3:  /* int_value */
+            if (wt != 0 || rd_varint(r, &v) < 0) {
+                goto fallback;
+            }
+            value = PyLong_FromLongLong((long long)v);
+            break;
+        case 4: {  /* double_value */
+            if (wt != 1 || rd_fixed64(r, &v) < 0) {
+                goto fallback;
+            }
+            double d;
+            memcpy(&d, &v, 8);
+            value = PyFloat_FromDouble(d);
+            break;
+        }
+        case 5: {  /* array_value: ArrayValue{repeated AnyValue values = 1} */
+            if (wt != 2 || rd_len(r, &sub) < 0) {
+                goto fallback;
+            }
+            value = PyList_New(0);
+            if (value == NULL) {
+                return -1;
+            }
+            while (sub.p < sub.end) {
+                uint64_t k;
+                rd item;
+                if (rd_varint(&sub, &k) < 0) {
+                    goto fallback;
+                }
+                if ((k >> 3) != 1) {
+                    if (rd_skip(&sub, (unsigned)(k & 7)) < 0) {
+                        goto fallback;
+                    }
+                    continue;
+                }
+                if ((k & 7) != 2 || rd_len(&sub, &item) < 0) {
+                    goto fallback;
+                }
+                PyObject *element;
+                int rc = decode_any(&item, &element);
+                if (rc < 0) {
+                    Py_DECREF(value);
+                    return rc;
+                }
+                rc = PyList_Append(value, element);
+                Py_DECREF(element);
+                if (rc < 0) {
+                    Py_DECREF(value);
+                    return -1;
+                }
+            }
+            break;
+        }
+        case 6: {  /* kvlist_value: KeyValueList{repeated KeyValue values = 1} */
+            if (wt != 2 || rd_len(r, &sub) < 0) {
+                goto fallback;
+            }
+            value = PyDict_New();
+            if (value == NULL) {
+                return -1;
+            }
+            int rc = decode_kvlist(&sub, value);
+            if (rc < 0) {
+                Py_DECREF(value);
+                return rc;
+            }
+            break;
+        }
+        case 7: {  /* bytes_value: stored as base64 text, as OTLP/JSON spells bytes */
+            if (wt != 2 || rd_len(r, &sub) < 0) {
+                goto fallback;
+            }
+            static PyObject *b64encode = NULL;
+            if (b64encode == NULL) {
+                PyObject *module = PyImport_ImportModule("base64");
+                if (module == NULL) {
+                    return -1;
+                }
+                b64encode = PyObject_GetAttrString(module, "b64encode");
+                Py_DECREF(module);
+                if (b64encode == NULL) {
+                    return -1;
+                }
+            }
+            PyObject *raw = PyBytes_FromStringAndSize((const char *)sub.p, sub.end - sub.p);
+            if (raw == NULL) {
+                return -1;
+            }
+            PyObject *encoded = PyObject_CallOneArg(b64encode, raw);
+            Py_DECREF(raw);
+            if (encoded == NULL || !PyBytes_Check(encoded)) {
+                Py_XDECREF(encoded);
+                return -1;
+            }
+            value = PyUnicode_DecodeASCII(PyBytes_AS_STRING(encoded),
+                                          PyBytes_GET_SIZE(encoded), "strict");
+            Py_DECREF(encoded);
+            break;
+        }
+        default:
+            if (rd_skip(r, wt) < 0) {
+                goto fallback;
+            }
+            continue;
+        }
+        if (value == NULL) {
+            return -1;
+        }
+    }
+    *out = value != NULL ? value : Py_NewRef(Py_None);
+    return 0;
+fallback:
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(value);
+    return FALLBACK;
+}
+
+/* KeyValue{key = 1, value = 2} into ``dict`` (a later duplicate key wins) */
+static int
+decode_keyvalue(rd *r, PyObject *dict)
+{
+    PyObject *key = NULL, *value = NULL;
+    int rc = FALLBACK;
+    while (r->p < r->end) {
+        uint64_t k;
+        rd sub;
+        if (rd_varint(r, &k) < 0) {
+            goto done;
+        }
+        unsigned field = (unsigned)(k >> 3), wt = (unsigned)(k & 7);
+        if (field == 1) {
+            if (wt != 2 || key != NULL || rd_len(r, &sub) < 0) {
+                goto done;
+            }
+            key = text_of(&sub);
+            if (key == NULL) {
+                rc = -1;
+                goto done;
+            }
+        }
+        else if (field == 2) {
+            if (wt != 2 || value != NULL || rd_len(r, &sub) < 0) {
+                goto done;
+            }
+            int got = decode_any(&sub, &value);
+            if (got < 0) {
+                rc = got;
+                goto done;
+            }
+        }
+        else if (rd_skip(r, wt) < 0) {
+            goto done;
+        }
+    }
+    if (key == NULL) {
+        key = PyUnicode_FromStringAndSize("", 0);
+        if (key == NULL) {
+            rc = -1;
+            goto done;
+        }
+    }
+    rc = PyDict_SetItem(dict, key, value != NULL ? value : Py_None) < 0 ? -1 : 0;
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    return rc;
+}
+
+/* repeated KeyValue (field 1 of KeyValueList, Resource) into ``dict`` */
+static int
+decode_kvlist(rd *r, PyObject *dict)
+{
+    while (r->p < r->end) {
+        uint64_t k;
+        rd sub;
+        if (rd_varint(r, &k) < 0) {
+            return FALLBACK;
+        }
+        if ((k >> 3) == 1) {
+            if ((k & 7) != 2 || rd_len(r, &sub) < 0) {
+                return FALLBACK;
+            }
+            int rc = decode_keyvalue(&sub, dict);
+            if (rc < 0) {
+                return rc;
+            }
+        }
+        else if (rd_skip(r, (unsigned)(k & 7)) < 0) {
+            return FALLBACK;
+        }
+    }
+    return 0;
+}
+
+/* One LogRecord: (resource, (r, s, l), attributes, event_name, body, time_unix_nano,
+ * observed_time_unix_nano, trace_id, span_id) appended to ``out`` */
+static int
+decode_log_record(rd *r, PyObject *resource, Py_ssize_t ri, Py_ssize_t si, Py_ssize_t li,
+                  PyObject *out)
+{
+    uint64_t time_ns = 0, observed_ns = 0;
+    rd trace = {NULL, NULL}, span = {NULL, NULL}, event = {NULL, NULL}, body = {NULL, NULL};
+    int has_body = 0;
+    PyObject *attrs = PyDict_New();
+    if (attrs == NULL) {
+        return -1;
+    }
+    int rc = FALLBACK;
+    while (r->p < r->end) {
+        uint64_t k;
+        rd sub;
+        if (rd_varint(r, &k) < 0) {
+            goto done;
+        }
+        unsigned field = (unsigned)(k >> 3), wt = (unsigned)(k & 7);
+        switch (field) {
+        case 1:
+        case 11:
+            if (wt != 1 || rd_fixed64(r, field == 1 ? &time_ns : &observed_ns) < 0) {
+                goto done;
+            }
+            break;
+        case 5:
+            if (wt != 2 || has_body || rd_len(r, &body) < 0) {
+                goto done;
+            }
+            has_body = 1;
+            break;
+        case 6: {
+            if (wt != 2 || rd_len(r, &sub) < 0) {
+                goto done;
+            }
+            int got = decode_keyvalue(&sub, attrs);
+            if (got < 0) {
+                rc = got;
+                goto done;
+            }
+            break;
+        }
+        case 9:
+        case 10:
+        case 12:
+            if (wt != 2 || rd_len(r, field == 9 ? &trace : field == 10 ? &span : &event) < 0) {
+                goto done;
+            }
+            break;
+        default:
+            if (rd_skip(r, wt) < 0) {
+                goto done;
+            }
+        }
+    }
+    PyObject *body_value = NULL;
+    if (has_body) {
+        int got = decode_any(&body, &body_value);
+        if (got < 0) {
+            rc = got;
+            goto done;
+        }
+    }
+    else {
+        body_value = Py_NewRef(Py_None);
+    }
+    PyObject *item = Py_BuildValue(
+        "(O(nnn)ONNKKy#y#)", resource, ri, si, li, attrs,
+        event.p ? PyUnicode_DecodeUTF8((const char *)event.p, event.end - event.p, "strict")
+                : PyUnicode_FromStringAndSize("", 0),
+        body_value, (unsigned long long)time_ns, (unsigned long long)observed_ns,
+        trace.p ? (const char *)trace.p : "", (Py_ssize_t)(trace.p ? trace.end - trace.p : 0),
+        span.p ? (const char *)span.p : "", (Py_ssize_t)(span.p ? span.end - span.p : 0));
+    if (item == NULL) {
+        rc = -1;
+        goto done;
+    }
+    rc = PyList_Append(out, item) < 0 ? -1 : 0;
+    Py_DECREF(item);
+done:
+    Py_DECREF(attrs);
+    return rc;
+}
+
+static int
+decode_scope_logs(rd *r, PyObject *resource, Py_ssize_t ri, Py_ssize_t si, PyObject *out)
+{
+    Py_ssize_t li = 0;
+    while (r->p < r->end) {
+        uint64_t k;
+        rd sub;
+        if (rd_varint(r, &k) < 0) {
+            return FALLBACK;
+        }
+        if ((k >> 3) == 2) {
+            if ((k & 7) != 2 || rd_len(r, &sub) < 0) {
+                return FALLBACK;
+            }
+            int rc = decode_log_record(&sub, resource, ri, si, li++, out);
+            if (rc < 0) {
+                return rc;
+            }
+        }
+        else if (rd_skip(r, (unsigned)(k & 7)) < 0) {
+            return FALLBACK;
+        }
+    }
+    return 0;
+}
+
+/* ResourceLogs: the resource's attributes first (wherever the field is), then scopes */
+static int
+decode_resource_logs(rd r, Py_ssize_t ri, PyObject *out)
+{
+    rd scan = r, resource_bytes = {NULL, NULL};
+    while (scan.p < scan.end) {
+        uint64_t k;
+        rd sub;
+        if (rd_varint(&scan, &k) < 0) {
+            return FALLBACK;
+        }
+        if ((k >> 3) == 1) {
+            if ((k & 7) != 2 || resource_bytes.p != NULL || rd_len(&scan, &sub) < 0) {
+                return FALLBACK;  /* a resource given twice is merged by the runtime */
+            }
+            resource_bytes = sub;
+        }
+        else if (rd_skip(&scan, (unsigned)(k & 7)) < 0) {
+            return FALLBACK;
+        }
+    }
+    PyObject *resource = PyDict_New();
+    if (resource == NULL) {
+        return -1;
+    }
+    int rc = 0;
+    if (resource_bytes.p != NULL) {
+        rc = decode_kvlist(&resource_bytes, resource);  /* Resource.attributes = 1 */
+    }
+    Py_ssize_t si = 0;
+    while (rc == 0 && r.p < r.end) {
+        uint64_t k;
+        rd sub;
+        if (rd_varint(&r, &k) < 0) {
+            rc = FALLBACK;
+            break;
+        }
+        if ((k >> 3) == 2) {
+            if ((k & 7) != 2 || rd_len(&r, &sub) < 0) {
+                rc = FALLBACK;
+                break;
+            }
+            rc = decode_scope_logs(&sub, resource, ri, si++, out);
+        }
+        else if (rd_skip(&r, (unsigned)(k & 7)) < 0) {
+            rc = FALLBACK;
+        }
+    }
+    Py_DECREF(resource);
+    return rc;
+}
+
+/* otlp_decode_logs(payload: bytes) -> list[tuple] | None */
+PyObject *
+otlp_decode_logs(PyObject *Py_UNUSED(module), PyObject *payload)
+{
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "otlp_decode_logs(payload: bytes)");
+        return NULL;
+    }
+    rd r = {(const unsigned char *)PyBytes_AS_STRING(payload),
+            (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload)};
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t ri = 0;
+    int rc = 0;
+    while (rc == 0 && r.p < r.end) {
+        uint64_t k;
+        rd sub;
+        if (rd_varint(&r, &k) < 0) {
+            rc = FALLBACK;
+            break;
+        }
+        if ((k >> 3) == 1) {
+            if ((k & 7) != 2 || rd_len(&r, &sub) < 0) {
+                rc = FALLBACK;
+                break;
+            }
+            rc = decode_resource_logs(sub, ri++, out);
+        }
+        else if (rd_skip(&r, (unsigned)(k & 7)) < 0) {
+            rc = FALLBACK;
+        }
+    }
+    if (rc == 0) {
+        return out;
+    }
+    Py_DECREF(out);
+    if (rc == FALLBACK) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}

@@ -313,7 +313,9 @@ class IngestApp:
                  ) -> tuple[IngestBatch, int]:
         payload = otlp.decompress(body, encoding, self.max_body_bytes)
         message = otlp.decode_request(payload, media)
-        batch = records_from_request(self.trail, message)
+        # the protobuf bytes are read again by the compiled decoder where it is built
+        batch = records_from_request(self.trail, message,
+                                     payload if media == otlp.PROTOBUF else None)
         return batch, deliver(self.trail, batch.records, self.ack_mode, self.mode_rules)
 
     # ------------------------------------------------------------------ helpers

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from google.protobuf import json_format
@@ -38,7 +38,8 @@ from ..mapping import AUDIT_EVENT_NAME, attributes_to_fields, is_audit
 from ..pipeline.delivery import ModeChooser
 from ..record import NORMALISATION_KEY, AuditRecord
 from ..trail import AuditTrail
-from .otlp import LogEntry, any_value, attributes, iter_log_entries, trace_ids
+from . import otlp
+from .otlp import LogEntry, hex_id, trace_ids
 
 __all__ = ["RECORD_ID_ATTRIBUTE", "IngestBatch", "deliver", "records_from_request",
            "split_by_mode"]
@@ -81,24 +82,38 @@ def _timestamp(time_ns: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)
 
 
-def _to_record(trail: AuditTrail, entry: LogEntry, attrs: dict[str, Any]) -> AuditRecord:
-    """The audit record of ``entry``, an audit log record whose attributes are ``attrs``.
+class _Entries:
+    """The parsed request's log records, looked up by position only when needed (the
+    content digest of a record without its own ID, a record the mapping failed on)."""
+
+    def __init__(self, request: ExportLogsServiceRequest) -> None:
+        self.request = request
+
+    def entry(self, values: otlp.LogFields) -> LogEntry:
+        return otlp.log_entry(self.request, values[1], values[0])
+
+    def digest(self, values: otlp.LogFields) -> bytes:
+        return self.entry(values).digest
+
+
+def _to_record(trail: AuditTrail, values: otlp.LogFields, entries: _Entries) -> AuditRecord:
+    """The audit record of an audit log record (``values``: :func:`otlp.log_fields`).
 
     The trace IDs and the timestamp are read once from the log record; the stable ID
     (and, without a trace, the correlation ID) replace the ones ``build_record`` made.
     """
-    log = entry.log
-    fields = attributes_to_fields(attrs, entry.resource)
+    resource, _, attrs, _, body, time_ns, observed_ns, trace, span = values
+    fields = attributes_to_fields(attrs, resource)
     action = fields.pop("action", None)
     if action is None:
         # an ``audit`` event without audit.action: the body names the action, if a string
-        body = any_value(log.body)
         action = body if isinstance(body, str) and body else AUDIT_EVENT_NAME
-    trace_id, span_id = trace_ids(log)
-    time_ns = log.time_unix_nano or log.observed_time_unix_nano
+    trace_id, span_id = hex_id(trace), hex_id(span)
+    time_ns = time_ns or observed_ns
     record = trail.build_record(str(action), trace_id=trace_id, span_id=span_id,
                                 timestamp=_timestamp(time_ns) if time_ns else None, **fields)
-    return _with_stable_id(record, attrs, entry, time_ns, trace_id is None)
+    return _with_stable_id(record, attrs, lambda: entries.digest(values), time_ns,
+                           trace_id is None)
 
 
 def _log_fields(log: LogRecord) -> dict[str, Any]:
@@ -109,13 +124,13 @@ def _log_fields(log: LogRecord) -> dict[str, Any]:
             "timestamp": _timestamp(time_ns) if time_ns else None}
 
 
-def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], entry: LogEntry,
+def _with_stable_id(record: AuditRecord, attrs: dict[str, Any], digest: Callable[[], bytes],
                     time_ns: int, no_trace: bool) -> AuditRecord:
     given_id = attrs.get(RECORD_ID_ATTRIBUTE)
     if isinstance(given_id, str) and 0 < len(given_id) <= _MAX_ID_CHARS:
         record_id = given_id
     else:  # the digest (a serialization and a hash) only when it is used
-        record_id = stable_record_id(time_ns, entry.digest)
+        record_id = stable_record_id(time_ns, digest())
     # slices rather than ``_replace`` (a Python-level call per field, paid per record)
     if no_trace:  # build_record made up a correlation ID; keep it stable too
         return _make_record((record_id, *record[1:_CORRELATION], record_id,
@@ -137,34 +152,37 @@ def _unconverted_record(trail: AuditTrail, entry: LogEntry, attrs: dict[str, Any
                                 else AUDIT_EVENT_NAME,
                                 context=context, apply_policy=False, **_log_fields(entry.log))
     log = entry.log
-    return _with_stable_id(record, attrs, entry,
+    return _with_stable_id(record, attrs, lambda: entry.digest,
                            log.time_unix_nano or log.observed_time_unix_nano,
                            trace_ids(log)[0] is None)
 
 
-def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest) -> IngestBatch:
+def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest,
+                         payload: bytes | None = None) -> IngestBatch:
     """Turn the audit log records of ``request`` into audit records (nothing is written).
 
+    ``payload``: the protobuf bytes ``request`` was parsed from, read again by the
+    compiled decoder when it is built (:func:`otlp.log_fields`: the same values, faster).
     Log records that are not audit entries are counted in ``rejected`` and explained in
     ``message``; audit log records the mapping failed on are kept as received (see the
     module docstring), counted in ``unconverted`` and mentioned in ``message``.
     """
     records: dict[str, AuditRecord] = {}
     not_audit = converted_raw = 0
-    for entry in iter_log_entries(request):
-        log = entry.log
-        attrs = attributes(log.attributes)
-        if not is_audit(attrs, log.event_name or None):
+    entries = _Entries(request)
+    for values in otlp.log_fields(request, payload):
+        attrs = values[2]
+        if not is_audit(attrs, values[3] or None):
             not_audit += 1
             continue
         try:
-            record = _to_record(trail, entry, attrs)
+            record = _to_record(trail, values, entries)
         except Exception as exc:  # one odd record must neither sink the batch nor be lost
             log_internal_error("ingest_record", logging.ERROR,
                                "could not convert an OTLP audit log record; storing it "
                                "as received with a conversion_failed note", exc_info=True)
             # if even this fails, the request answers 503 and the sender keeps the batch
-            record = _unconverted_record(trail, entry, attrs, exc)
+            record = _unconverted_record(trail, entries.entry(values), attrs, exc)
             converted_raw += 1
         # identical bytes in one request are one record (its ID is the same)
         records.setdefault(record.id, record)

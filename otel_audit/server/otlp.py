@@ -17,8 +17,8 @@ import binascii
 import hashlib
 import json
 import zlib
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple, cast
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
@@ -29,6 +29,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+_decode_logs: Callable[[bytes], Any] | None
+try:
+    from .._accel import otlp_decode_logs as _decode_logs
+except ImportError:  # not built, or the pure-Python path forced
+    _decode_logs = None
 
 __all__ = [
     "JSON",
@@ -42,8 +48,12 @@ __all__ = [
     "decode_request",
     "encode_response",
     "encode_status",
+    "hex_id",
     "iter_log_entries",
+    "log_entry",
+    "log_fields",
     "media_type",
+    "python_log_fields",
     "trace_ids",
 ]
 
@@ -239,10 +249,14 @@ class LogEntry(NamedTuple):
         return bytes(digest.digest())
 
 
-def _hex_id(raw: bytes) -> str | None:
+def hex_id(raw: bytes) -> str | None:
+    """A trace or span ID as lowercase hex, ``None`` when unset (empty or all zeros)."""
     if not raw or not any(raw):
         return None
     return binascii.hexlify(raw).decode("ascii")
+
+
+_hex_id = hex_id
 
 
 def iter_log_entries(request: ExportLogsServiceRequest) -> Iterator[LogEntry]:
@@ -266,3 +280,57 @@ def iter_log_entries(request: ExportLogsServiceRequest) -> Iterator[LogEntry]:
 def trace_ids(log: LogRecord) -> tuple[str | None, str | None]:
     """Return the log record's (trace ID, span ID) as lowercase hex, ``None`` when unset."""
     return _hex_id(log.trace_id), _hex_id(log.span_id)
+
+
+# ------------------------------------------------------------ the records' values
+
+#: A log record's values (:func:`log_fields`): resource attributes, (resource, scope,
+#: record) position, attributes, event name, body, time, observed time, trace ID, span ID
+LogFields = tuple[dict[str, Any], tuple[int, int, int], dict[str, Any], str, Any, int, int,
+                  bytes, bytes]
+
+
+def python_log_fields(request: ExportLogsServiceRequest) -> list[LogFields]:
+    """Every log record of ``request`` as the values the receiver converts: ``(resource
+    attributes, (resource, scope, record) position, attributes, event name, body, time,
+    observed time, trace ID, span ID)``, attribute values and the body as
+    :func:`any_value` converts them (the pure-Python twin of the compiled
+    ``otlp_decode_logs``)."""
+    out: list[LogFields] = []
+    for ri, resource_logs in enumerate(request.resource_logs):
+        resource = attributes(resource_logs.resource.attributes)
+        for si, scope_logs in enumerate(resource_logs.scope_logs):
+            for li, log in enumerate(scope_logs.log_records):
+                out.append((resource, (ri, si, li), attributes(log.attributes),
+                            log.event_name, any_value(log.body), log.time_unix_nano,
+                            log.observed_time_unix_nano, log.trace_id, log.span_id))
+    return out
+
+
+def log_fields(request: ExportLogsServiceRequest, payload: bytes | None = None
+               ) -> list[LogFields]:
+    """:func:`python_log_fields` of ``request``, read from ``payload`` (the bytes
+    ``request`` was parsed from) by the compiled decoder when it is built: the same
+    values without a Python object per attribute. A payload it does not handle (a
+    field given twice, which the protobuf runtime merges) is read from ``request``."""
+    if payload is not None and _decode_logs is not None:
+        try:
+            fields = _decode_logs(payload)
+        except Exception:  # never worse than the parsed message: read that instead
+            fields = None
+        if fields is not None:
+            return cast(list[LogFields], fields)
+    return python_log_fields(request)
+
+
+def log_entry(request: ExportLogsServiceRequest, position: tuple[int, int, int],
+              resource: Mapping[str, Any]) -> LogEntry:
+    """The :class:`LogEntry` (record, resource, digest) at ``position`` of ``request``."""
+    ri, si, li = position
+    resource_logs = request.resource_logs[ri]
+    scope_logs = resource_logs.scope_logs[si]
+    prefix = hashlib.sha256(resource_logs.resource.SerializeToString(deterministic=True))
+    prefix.update(b"\x00")
+    prefix.update(scope_logs.scope.SerializeToString(deterministic=True))
+    prefix.update(b"\x00")
+    return LogEntry(scope_logs.log_records[li], resource, prefix)
