@@ -19,6 +19,7 @@ from ..store.schema import PERSONAL_FIELDS
 from .canonical import (
     CHAIN_ROW_COLUMNS,
     FORMAT,
+    INVALID,
     canonical_json,
     chain_hash,
     personal_digest,
@@ -98,8 +99,13 @@ def covered_columns(row: Sequence[Any]) -> list[str]:
     """The personal columns a chain row's hash covers only through the personal digest.
 
     The row's format decides (``acting_as`` and ``delegation_chain`` from layout 3 on):
-    found by changing each column of the row with its digest kept and comparing hashes.
+    found by changing each column of the row with its digest kept and comparing hashes,
+    once per format (``schema_version`` rules) a readable row shows it.
     """
+    version = row_version(row)
+    known = _COVERED.get(version)
+    if known is not None:
+        return list(known)
     keys, kept = pii_parts(row)
     digest = kept if kept is not None else seal_digest(row)
     if digest is None:
@@ -107,12 +113,19 @@ def covered_columns(row: Sequence[Any]) -> list[str]:
     pii = json.dumps({"k": keys, "d": digest} if keys else {"d": digest})
     base = _with(row, {"pii": pii})
     reference = chain_hash(base, None, canonicalise=True)
+    if reference == INVALID:
+        return []
     out = []
     for name in PERSONAL_FIELDS:
         probe = '"~probe~"' if name in JSON_FIELDS else "~probe~"
         if chain_hash(_with(base, {name: probe}), None, canonicalise=True) == reference:
             out.append(name)
+    _COVERED[version] = tuple(out)
     return out
+
+
+#: ``row_version -> covered personal columns`` (the format's, the same for every row).
+_COVERED: dict[int, tuple[str, ...]] = {}
 
 
 def _under(value: Any, keys: frozenset[str], out: list[Any]) -> None:
