@@ -18,9 +18,8 @@ import enum
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, TypedDict, Unpack
 
 from opentelemetry import trace
@@ -29,12 +28,12 @@ from uuid_utils import uuid7
 
 from ._backlink import SpanLinker, linker
 from ._internal import log_internal_error
+from .action import ActionScope
 from .config import AuditConfig, TrailSettings, resolve_config
 from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, StoreError
 from .exporters.adapter import ExporterWriter
 from .exporters.base import AuditExporter
-from .fields import CALLER_FIELDS
 from .integrity.install import install_chain
 from .integrity.seals import install_seals
 from .pipeline.batch import AuditStats, DeferredRecords
@@ -530,57 +529,6 @@ class AuditTrail:
         self.flush(self.config.shutdown_timeout)
         self.writer.ensure_schema()
         return query_records(self.writer.engine, **filters)
-
-
-class ActionScope:
-    """The object bound by ``with trail.action(...) as a``; set fields on it to record them."""
-
-    #: the fields a caller sets (otel_audit.fields)
-    _FIELDS = CALLER_FIELDS
-
-    def __init__(self, trail: AuditTrail, action: str, mode: str | None,
-                 fields: Mapping[str, Any]) -> None:
-        unknown = set(fields) - self._FIELDS
-        if unknown:
-            raise TypeError(f"unknown audit field(s): {', '.join(sorted(unknown))}")
-        object.__setattr__(self, "_trail", trail)
-        object.__setattr__(self, "_action", action)
-        object.__setattr__(self, "_mode", mode)
-        object.__setattr__(self, "_fields", dict(fields))
-        object.__setattr__(self, "record", None)
-
-    def __getattr__(self, name: str) -> Any:
-        fields = object.__getattribute__(self, "_fields")
-        if name in ActionScope._FIELDS:
-            return fields.get(name)
-        raise AttributeError(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name not in self._FIELDS:
-            raise AttributeError(f"{name!r} is not an audit field")
-        self._fields[name] = value
-
-    def __enter__(self) -> ActionScope:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        fields = dict(self._fields)
-        if exc is not None:
-            fields["success"] = False
-            if fields.get("error_message") is None:
-                fields["error_message"] = f"{type(exc).__name__}: {exc}"
-        try:
-            rec = self._trail.record(self._action, mode=self._mode, **fields)
-        except AuditWriteError:
-            if exc is None:
-                raise
-            rec = None  # never mask the block's own exception
-        object.__setattr__(self, "record", rec)
 
 
 # ---------------------------------------------------------------------- default trail
