@@ -288,3 +288,28 @@ def test_matchers_file_and_cli(written: AuditTrail, store_url: str, tmp_path: Pa
                                  "--email", EMAIL, "--match-key", "reviewers"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("erased 0 live and 0 archived records")
+
+
+def test_the_others_can_be_forgotten_after(
+        written: AuditTrail, engine: Engine,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    """A partly erased record (the subject's email erased from dave's) is erased further
+    when dave is forgotten; each erasure's newest entry is the one checked."""
+    forget(engine, SUBJECT, signing_key=keys[0], matchers=MATCHERS)
+    for other in ("dave", "alice", "erin", "carol", "admin"):
+        report = forget(engine, other, signing_key=keys[0])
+        assert report.live == 1, other
+        result = verify(engine, public_key=keys[1])
+        assert result.ok, (other, result.findings)
+    assert _row(engine, EMAIL_ROW, "user_id", "user_email", "client_ip") == (ERASED,) * 3
+    with engine.connect() as conn:
+        salts = conn.execute(text("SELECT count(*) FROM audit_trails WHERE seq < :s "
+                                  "AND pii_salt IS NOT NULL"), {"s": DECOY}).scalar_one()
+    assert salts == 0  # nothing personal left: no salt either
+    left = [cell for _, cell in _tables(engine)
+            if re.search(r"\b(dave|alice|erin|carol)\b", cell)]
+    assert left == []
+    # the erased values written back are still found
+    execute(engine, "UPDATE audit_trails SET user_id = 'dave' WHERE seq = :s", s=EMAIL_ROW)
+    assert ("erasure", EMAIL_ROW) in {(f.kind, f.seq)
+                                      for f in verify(engine, public_key=keys[1]).findings}
