@@ -221,8 +221,13 @@ def _archive_rows(archive_dir: Path, ids: Sequence[str]) -> list[tuple[Any, ...]
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        # files written before a column existed read it as NULL
+        own = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
+        extra = "".join(f', CAST(NULL AS VARCHAR) AS "{c}"' for c in CHAIN_ROW_COLUMNS
+                        if c not in own)
+        con.execute(f"CREATE TEMP VIEW archived AS SELECT *{extra} FROM {relation}")
         return [tuple(r) for r in con.execute(
-            f"SELECT {_select('duckdb')} FROM {relation} WHERE stream IS NOT NULL AND "
+            f"SELECT {_select('duckdb')} FROM archived WHERE stream IS NOT NULL AND "
             f"(pii LIKE '%\"d\"%' OR {marks} OR list_contains(?, id))", [list(ids)]
         ).fetchall()]
     except duckdb.Error:
