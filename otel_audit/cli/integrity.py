@@ -140,6 +140,11 @@ def verify(
     workers: Annotated[int, typer.Option(
         min=0, help="Processes sharing the live chains (0: one per CPU from 200,000 "
         "records on; helps only on idle cores).")] = 1,
+    stream_grace: Annotated[float, typer.Option(
+        "--stream-grace", help="Seconds a record may commit after its timestamp: a stream "
+        "an all-streams seal does not name whose first record is dated earlier than the "
+        "seal by more is `inserted` (negative: off, for records dated in the past on "
+        "purpose).")] = 3600.0,
 ) -> None:
     """Verify chains, checkpoints, seals, erasures and archives.
 
@@ -171,7 +176,8 @@ def verify(
                 archive_dir=_archive(archive, config), checkpoints=extra, public_key=public,
                 progress=lambda n: bar.advance(task, n),
                 on_total=lambda n: bar.update(task, total=n), workers=workers,
-                seals=exported, require_signed=require_signed)
+                seals=exported, require_signed=require_signed,
+                stream_grace=stream_grace if stream_grace >= 0 else None)
     except AuditError as exc:
         raise fail(str(exc)) from exc
     finally:

@@ -475,3 +475,104 @@ def check_seals(stored: Sequence[Seal], exported: Sequence[Seal] = (), *,
                 "the seal is not signed" if len(unsigned) == 1
                 else f"{len(unsigned)} seals of this sealer are not signed"))
     return findings, warnings, heads
+
+
+#: Default of :func:`check_stream_births`' ``grace``: how long a record may wait between
+#: its timestamp and its commit (queue, batch, retries, a spool replayed after a short
+#: outage) and how far the sealer's and the writers' clocks may differ.
+STREAM_GRACE = 3600.0
+
+
+def all_streams_seal(seal: Seal, heads: dict[str, tuple[int, str]]) -> bool:
+    """Whether ``seal`` claims to name every stream (``otel-audit seal``): a trail's own
+    seal names its stream alone, under the stream's name."""
+    return set(heads) != {seal.sealer}
+
+
+def stream_firsts(engine: Engine) -> dict[str, tuple[int, str | None, dt.datetime | None]]:
+    """``stream -> (first seq, its record's id, its timestamp)`` of every stream in the
+    live store (the timestamp ``None`` where it cannot be read)."""
+    sql = ("SELECT t.stream, t.seq, t.id, t.timestamp FROM audit_trails t JOIN "
+           "(SELECT stream, MIN(seq) AS seq FROM audit_trails WHERE stream IS NOT NULL "
+           "GROUP BY stream) f ON t.stream = f.stream AND t.seq = f.seq")
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(sql).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the first record of each stream: {exc}") from exc
+    out: dict[str, tuple[int, str | None, dt.datetime | None]] = {}
+    for stream, seq, row_id, stamp in rows:
+        if not isinstance(stream, str) or type(seq) is not int:
+            continue  # a malformed row: reported by the walk
+        out[stream] = (seq, row_id if isinstance(row_id, str) else None, _utc_time(stamp))
+    return out
+
+
+def _utc_time(value: Any) -> dt.datetime | None:
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def check_stream_births(seals: Sequence[Seal],
+                        firsts: dict[str, tuple[int, str | None, dt.datetime | None]], *,
+                        grace: float | None = STREAM_GRACE,
+                        stream: str | None = None) -> list[Finding]:
+    """Streams that a seal should have named but did not: ``inserted`` findings.
+
+    ``seals`` are the seals to judge by (stored and exported: each one whose content
+    matches its hash), ``firsts`` what :func:`stream_firsts` returns. Two rules:
+
+    * a stream named by a seal but absent from a later seal of the same sealer, while the
+      store still holds its records up to the head the earlier seal named: it was hidden
+      while the later seal was made (no time involved: records that were in the store
+      at the first seal cannot honestly vanish and come back);
+    * a stream absent from an all-streams seal (:func:`all_streams_seal`) whose first
+      record is dated more than ``grace`` seconds before the seal: it was added after
+      the seal with records dated before it (a backdated forgery), or hidden while the
+      seal was made. ``grace`` bounds how late a record may honestly commit after its
+      timestamp, and the sealer's clock's difference; ``None`` turns this rule off
+      (records whose timestamps the caller sets in the past: imports, replays).
+    """
+    from .walk import Finding
+
+    found: dict[str, Finding] = {}
+
+    def add(name: str, detail: str) -> None:
+        if name not in found and (stream is None or name == stream):
+            seq, row_id, _ = firsts[name]
+            found[name] = Finding("inserted", name, seq, row_id, detail)
+
+    for sealer, chain in seals_by_sealer(s for s in seals
+                                         if s.hash == s.expected_hash()).items():
+        seen: dict[str, tuple[int, int]] = {}  # stream -> (sealed seq, seal naming it)
+        for seal in chain:
+            try:
+                heads = seal.head_map()
+            except (ValueError, TypeError):
+                continue  # reported by check_seals
+            for name, (seq, number) in sorted(seen.items()):
+                if name not in heads and name in firsts and firsts[name][0] <= seq:
+                    add(name, f"seal {number} of {sealer} names the stream, its seal "
+                        f"{seal.seq} does not, yet records up to seq {seq} are in the "
+                        "store: the stream was hidden while that seal was made")
+            for name, (seq, _) in heads.items():
+                seen[name] = (seq, seal.seq)
+            if grace is None or not all_streams_seal(seal, heads):
+                continue
+            made = _utc_time(seal.created_at)
+            if made is None:
+                continue
+            limit = made - dt.timedelta(seconds=grace)
+            for name, (_, _, stamp) in sorted(firsts.items()):
+                if name not in heads and stamp is not None and stamp < limit:
+                    add(name, f"seal {seal.seq} of {sealer} ({seal.created_at}) does not "
+                        f"name the stream, yet its first record is dated {utc_text(stamp)}, "
+                        f"more than {grace:g} s before: added after the seal with older "
+                        "dates, or hidden while it was made")
+    return sorted(found.values(), key=lambda f: f.stream or "")

@@ -80,6 +80,7 @@ def verify_trail(
     workers: int = 1,
     seals: Iterable[Seal] = (),
     require_signed: bool = False,
+    stream_grace: float | None = 3600.0,
 ) -> VerifyReport:
     """Verify the live store behind ``engine`` and the archives in ``archive_dir``.
 
@@ -92,11 +93,15 @@ def verify_trail(
     :data:`PARALLEL_FROM` records on); archives, ``since`` and ``stream`` use one. The
     workers are started with ``spawn``, so a script calling this with ``workers != 1``
     needs the ``if __name__ == "__main__":`` guard; if they cannot start, the
-    verification runs in this process.
+    verification runs in this process. A stream that a seal should have named is
+    ``inserted`` (:func:`.seals.check_stream_births`): one a seal named and a later seal
+    of the same sealer did not while its records stayed, and one an all-streams seal
+    does not name whose first record is dated more than ``stream_grace`` seconds before
+    it (``None``: that rule off, for records dated in the past on purpose).
     """
     from .checkpoints import all_checkpoints
     from .erasures import all_erasures, check_erasures
-    from .seals import all_seals, check_seals
+    from .seals import all_seals, check_seals, check_stream_births, stream_firsts
     from .sources import ArchiveSource, StoreSource
 
     report = VerifyReport()
@@ -120,7 +125,12 @@ def verify_trail(
                                        "the record belongs to no chain"))
     stored_seals = all_seals(engine)
     report.seals = len(stored_seals)
-    found, warned, heads = check_seals(stored_seals, list(seals), public_key=public_key,
+    exported = list(seals)
+    # a stream a seal should have named (backdated, or hidden while it was made)
+    report.findings.extend(check_stream_births([*stored_seals, *exported],
+                                               stream_firsts(engine), grace=stream_grace,
+                                               stream=stream))
+    found, warned, heads = check_seals(stored_seals, exported, public_key=public_key,
                                        require_signed=require_signed)
     report.findings.extend(found)
     report.warnings.extend(warned)
