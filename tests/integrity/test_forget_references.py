@@ -313,3 +313,19 @@ def test_the_others_can_be_forgotten_after(
     execute(engine, "UPDATE audit_trails SET user_id = 'dave' WHERE seq = :s", s=EMAIL_ROW)
     assert ("erasure", EMAIL_ROW) in {(f.kind, f.seq)
                                       for f in verify(engine, public_key=keys[1]).findings}
+
+
+def test_cli_prints_the_counts(written: AuditTrail, store_url: str,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_AUDIT_SIGNING_KEY", generate_signing_key()[0])
+    result = CliRunner().invoke(app, ["forget", "--db", store_url, "--user", SUBJECT,
+                                      "--match-key", "Reviewers", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"erased {RECORDS} live and 0 archived records (0 archive "
+                               f"files rewritten, {sum(BY_COLUMN.values())} values)")
+    rows = {tuple(line.split(",")) for line in lines[2:]}
+    assert lines[1] == "by,name,erased"
+    assert rows == {("column", k, str(v)) for k, v in BY_COLUMN.items()} | {
+        ("action", k, str(v)) for k, v in BY_ACTION.items()} | {
+        ("resource_type", k, str(v)) for k, v in BY_RESOURCE_TYPE.items()}
