@@ -24,12 +24,17 @@ enum {
     R_CLIENT_IP, R_USER_AGENT, R_REQUEST_PATH, R_REQUEST_METHOD, R_REQUEST_ID,
     R_OLD_VALUES, R_NEW_VALUES, R_CHANGES, R_DATA_CLASSIFICATION, R_REQUIRES_REVIEW,
     R_SUCCESS, R_ERROR_MESSAGE, R_CONTEXT, R_SERVICE_NAME, R_ACTING_AS,
-    R_SCHEMA_VERSION, R_FIELDS
+    R_SCHEMA_VERSION, R_AUTH_METHOD, R_DELEGATION_CHAIN, R_FIELDS
 };
 
-#define N_BODY 24
-#define N_ROW 34
-#define N_PREPARED 9
+#define N_BODY 24     /* hashed fields: HASHED_FIELDS (format 3) and the row's first ones */
+#define N_JSON 5      /* JSON_FIELDS: old_values, new_values, changes, context, delegation */
+#define N_ROW 37      /* ROW_COLUMNS */
+#define ROW_HASH 33   /* where ROW_COLUMNS has hash, auth_method, delegation_chain, mac */
+#define ROW_AUTH 34
+#define ROW_DELEGATION 35
+#define ROW_MAC 36
+#define N_PREPARED 10
 
 /* ``value`` in ``width`` decimal digits, zero-padded, at ``out`` (0 <= value < 10^width) */
 static void
@@ -145,6 +150,7 @@ typedef struct {
     size_t payload, payload_len;    /* payload JSON, placeholders for prev and digest */
     size_t prev_at;                 /* where the previous hash goes in the payload */
     char hash[64];                  /* the record's hash, hex */
+    char mac[64];                   /* HMAC-SHA256 of the hash with the key, hex */
 } sealing;
 
 /* A growing buffer of the batch's texts. The JSON is copied in as soon as it is made
@@ -209,8 +215,9 @@ digest(EVP_MD_CTX *ctx, const EVP_MD_CTX *from, const void *data, size_t len,
 /*
  * The hash chain of a batch (it touches no Python object). For each record in order:
  * the personal digest (sha256 of its salted personal JSON, hex) and the previous
- * record's hash go into their places in the payload, which is then hashed: SHA-256, or
- * HMAC-SHA256 (RFC 2104) when pads (the key's inner and outer pad states) are given.
+ * record's hash go into their places in the payload, which is then hashed with SHA-256
+ * (format otel-audit/3: the chain is public). With pads (the key's inner and outer pad
+ * states), each record's mac is HMAC-SHA256 (RFC 2104) of its hash's 64 hex characters.
  */
 static int
 chain_hashes(sealing *s, Py_ssize_t n, const char *prev, EVP_MD_CTX *const *pads,
@@ -231,14 +238,12 @@ chain_hashes(sealing *s, Py_ssize_t n, const char *prev, EVP_MD_CTX *const *pads
         }
         to_hex(md, payload + len - 66);  /* ...,"<digest>"] */
         memcpy(payload + s[i].prev_at, prev, 64);
-        if (pads == NULL) {
-            ok = digest(ctx, NULL, payload, len, md);
-        }
-        else {
-            ok = digest(ctx, pads[0], payload, len, md)
-                 && digest(ctx, pads[1], md, 32, md);
-        }
+        ok = digest(ctx, NULL, payload, len, md);
         to_hex(md, s[i].hash);
+        if (ok && pads != NULL) {
+            ok = digest(ctx, pads[0], s[i].hash, 64, md) && digest(ctx, pads[1], md, 32, md);
+            to_hex(md, s[i].mac);
+        }
         prev = s[i].hash;
     }
     EVP_MD_CTX_free(ctx);
@@ -325,7 +330,7 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *fmt = args[9], *json_keys = args[10], *prepared_type = args[11];
 
     if (!PyList_Check(records) || !PyList_Check(texts) || !PyList_Check(salts)
-            || !PyTuple_Check(json_keys) || PyTuple_GET_SIZE(json_keys) != 4
+            || !PyTuple_Check(json_keys) || PyTuple_GET_SIZE(json_keys) != N_JSON
             || !PyType_Check(prepared_type) || (key != Py_None && !PyBytes_Check(key))) {
         PyErr_SetString(PyExc_TypeError, "seal_plain: bad argument types");
         return NULL;
@@ -389,14 +394,14 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_TypeError, "seal_plain: not an AuditRecord and its texts");
             goto fail;
         }
-        PyObject *doc[4];
-        for (int k = 0; k < 4; k++) {
+        PyObject *doc[N_JSON];
+        for (int k = 0; k < N_JSON; k++) {
             doc[k] = PyDict_GetItemWithError(t, PyTuple_GET_ITEM(json_keys, k));
             if (doc[k] == NULL) {
-                if (!PyErr_Occurred()) {
-                    PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(json_keys, k));
+                if (PyErr_Occurred()) {
+                    goto fail;
                 }
-                goto fail;
+                doc[k] = Py_None;  /* texts prepared by an older release: no such field */
             }
         }
         int review = PyObject_IsTrue(PyTuple_GET_ITEM(r, R_REQUIRES_REVIEW));
@@ -422,7 +427,8 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(flags[1]);
             goto fail;
         }
-        /* the hashed fields, in HASHED_FIELDS order, are the row's items 3..26 */
+        /* the hashed fields of format 3, in HASHED_FIELDS order; the row (ROW_COLUMNS)
+         * holds the same first 22, then acting_as and schema_version (items 3..26) */
         PyObject *fields[N_BODY] = {
             PyTuple_GET_ITEM(r, R_ID), ts, PyTuple_GET_ITEM(r, R_CORRELATION_ID),
             PyTuple_GET_ITEM(r, R_REQUEST_ID), PyTuple_GET_ITEM(r, R_TRACE_ID),
@@ -432,25 +438,35 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyTuple_GET_ITEM(r, R_REQUEST_PATH), PyTuple_GET_ITEM(r, R_REQUEST_METHOD),
             doc[0], doc[1], doc[2], PyTuple_GET_ITEM(r, R_DATA_CLASSIFICATION),
             flags[0], flags[1], PyTuple_GET_ITEM(r, R_ERROR_MESSAGE), doc[3],
-            PyTuple_GET_ITEM(r, R_SERVICE_NAME), PyTuple_GET_ITEM(r, R_ACTING_AS),
-            PyTuple_GET_ITEM(r, R_SCHEMA_VERSION),
+            PyTuple_GET_ITEM(r, R_SERVICE_NAME), PyTuple_GET_ITEM(r, R_SCHEMA_VERSION),
+            PyTuple_GET_ITEM(r, R_AUTH_METHOD),
         };
-        PyObject *tail[5] = {PyTuple_GET_ITEM(r, R_USER_ID), PyTuple_GET_ITEM(r, R_USER_EMAIL),
+        /* the personal fields (PERSONAL_FIELDS), then the salt */
+        PyObject *tail[7] = {PyTuple_GET_ITEM(r, R_USER_ID), PyTuple_GET_ITEM(r, R_USER_EMAIL),
                              PyTuple_GET_ITEM(r, R_CLIENT_IP), PyTuple_GET_ITEM(r, R_USER_AGENT),
-                             salt};
+                             PyTuple_GET_ITEM(r, R_ACTING_AS), doc[4], salt};
         Py_SETREF(((PyTupleObject *)row)->ob_item[0], Py_NewRef(stream));
         Py_SETREF(((PyTupleObject *)row)->ob_item[1], seq);
-        for (int k = 0; k < N_BODY; k++) {
-            PyObject *v = fields[k];  /* 1, 17 and 18: new references, the row takes them */
-            Py_SETREF(((PyTupleObject *)row)->ob_item[3 + k],
-                      k == 1 || k == 17 || k == 18 ? v : Py_NewRef(v));
+        for (int k = 0; k < N_BODY - 2; k++) {
+            Py_SETREF(((PyTupleObject *)row)->ob_item[3 + k], Py_NewRef(fields[k]));
         }
-        for (int k = 0; k < 5; k++) {
+        Py_SETREF(((PyTupleObject *)row)->ob_item[3 + N_BODY - 2], Py_NewRef(tail[4]));
+        Py_SETREF(((PyTupleObject *)row)->ob_item[3 + N_BODY - 1], Py_NewRef(fields[N_BODY - 2]));
+        for (int k = 0; k < 4; k++) {  /* user_id, email, ip, agent */
             Py_SETREF(((PyTupleObject *)row)->ob_item[3 + N_BODY + k], Py_NewRef(tail[k]));
         }
+        Py_SETREF(((PyTupleObject *)row)->ob_item[3 + N_BODY + 4], Py_NewRef(salt));
+        Py_SETREF(((PyTupleObject *)row)->ob_item[ROW_AUTH], Py_NewRef(fields[N_BODY - 1]));
+        Py_SETREF(((PyTupleObject *)row)->ob_item[ROW_DELEGATION], Py_NewRef(doc[4]));
+        /* the row holds them now: the payload below takes them from fields[] */
+        Py_DECREF(ts);
+        Py_DECREF(flags[0]);
+        Py_DECREF(flags[1]);
 
-        /* personal JSON: salt "\0" dumps([user_id, email, ip, agent, []]) */
-        personal = Py_BuildValue("[OOOO[]]", tail[0], tail[1], tail[2], tail[3]);
+        /* personal JSON: salt "\0" dumps([user_id, email, ip, agent, acting_as,
+         * delegation_chain text, []]) */
+        personal = Py_BuildValue("[OOOOOO[]]", tail[0], tail[1], tail[2], tail[3], tail[4],
+                                 tail[5]);
         if (personal == NULL || (dumped = call_dumps(dumps, option, personal)) == NULL) {
             goto fail;
         }
@@ -478,7 +494,7 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyList_SET_ITEM(payload, 2, Py_NewRef(seq));
         PyList_SET_ITEM(payload, 3, Py_NewRef(placeholder));
         for (int k = 0; k < N_BODY; k++) {
-            PyList_SET_ITEM(payload, 4 + k, Py_NewRef(PyTuple_GET_ITEM(row, 3 + k)));
+            PyList_SET_ITEM(payload, 4 + k, Py_NewRef(fields[k]));
         }
         PyList_SET_ITEM(payload, 4 + N_BODY, Py_NewRef(Py_None));
         PyList_SET_ITEM(payload, 4 + N_BODY + 1, Py_NewRef(placeholder));
@@ -515,24 +531,30 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto fail;
     }
 
-    /* the hashes into the rows; PreparedRecord(record, texts, stream, seq, prev_hash,
-     * hash, salt, None, row) */
+    /* the hashes (and macs) into the rows; PreparedRecord(record, texts, stream, seq,
+     * prev_hash, hash, salt, None, mac, row) */
     PyObject *previous = Py_NewRef(prev);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = rows[i];
         PyObject *hash = PyUnicode_FromStringAndSize(s[i].hash, 64);
-        PyObject *prepared = hash == NULL ? NULL : ptype->tp_alloc(ptype, N_PREPARED);
+        PyObject *mac = key == Py_None ? Py_NewRef(Py_None)
+                                       : PyUnicode_FromStringAndSize(s[i].mac, 64);
+        PyObject *prepared = hash == NULL || mac == NULL ? NULL
+                             : ptype->tp_alloc(ptype, N_PREPARED);
         if (prepared == NULL) {
             Py_XDECREF(hash);
+            Py_XDECREF(mac);
             Py_DECREF(previous);
             goto fail;
         }
         Py_SETREF(((PyTupleObject *)row)->ob_item[2], Py_NewRef(previous));
-        Py_SETREF(((PyTupleObject *)row)->ob_item[N_ROW - 1], Py_NewRef(hash));
+        Py_SETREF(((PyTupleObject *)row)->ob_item[ROW_HASH], Py_NewRef(hash));
+        Py_SETREF(((PyTupleObject *)row)->ob_item[ROW_MAC], mac);  /* the row takes it */
         maybe_untrack(row);
         PyObject *items[N_PREPARED] = {
             PyList_GET_ITEM(records, i), PyList_GET_ITEM(texts, i), stream,
-            PyTuple_GET_ITEM(row, 1), previous, hash, PyList_GET_ITEM(salts, i), Py_None, row,
+            PyTuple_GET_ITEM(row, 1), previous, hash, PyList_GET_ITEM(salts, i), Py_None,
+            mac, row,
         };
         for (int k = 0; k < N_PREPARED; k++) {
             PyTuple_SET_ITEM(prepared, k, Py_NewRef(items[k]));
@@ -1319,8 +1341,9 @@ snapshot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             || type->tp_basicsize != PyTuple_Type.tp_basicsize) {
         return PyObject_CallOneArg(fallback, record);
     }
-    static const int json_pos[4] = {R_OLD_VALUES, R_NEW_VALUES, R_CHANGES, R_CONTEXT};
-    PyObject *copies[4] = {NULL, NULL, NULL, NULL};
+    static const int json_pos[N_JSON] = {R_OLD_VALUES, R_NEW_VALUES, R_CHANGES, R_CONTEXT,
+                                         R_DELEGATION_CHAIN};
+    PyObject *copies[N_JSON] = {NULL, NULL, NULL, NULL, NULL};
     int changed = 0;
     for (int k = 0; k < R_FIELDS; k++) {
         PyObject *v = PyTuple_GET_ITEM(record, k);
@@ -1333,10 +1356,10 @@ snapshot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         int j = 0;
-        while (j < 4 && json_pos[j] != k) {
+        while (j < N_JSON && json_pos[j] != k) {
             j++;
         }
-        if (j == 4) {
+        if (j == N_JSON) {
             goto slow;  /* an odd value in a column: converted now, in Python */
         }
         copies[j] = copy_plain(v, 0, atoms, enum_meta);
@@ -1356,7 +1379,7 @@ snapshot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         /* only the call holds it (build_record passes the tuple it has just made):
          * nobody can see it change, so the copies go in place of the originals */
         out = Py_NewRef(record);
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < N_JSON; j++) {
             if (copies[j] != NULL) {
                 Py_SETREF(((PyTupleObject *)out)->ob_item[json_pos[j]], Py_NewRef(copies[j]));
             }
@@ -1370,26 +1393,26 @@ snapshot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         for (int k = 0; k < R_FIELDS; k++) {
             PyTuple_SET_ITEM(out, k, Py_NewRef(PyTuple_GET_ITEM(record, k)));
         }
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < N_JSON; j++) {
             if (copies[j] != NULL) {
                 Py_SETREF(((PyTupleObject *)out)->ob_item[json_pos[j]], Py_NewRef(copies[j]));
             }
         }
     }
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < N_JSON; j++) {
         Py_XDECREF(copies[j]);
     }
     maybe_untrack(out);
     return out;
 
 slow:
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < N_JSON; j++) {
         Py_XDECREF(copies[j]);
     }
     return PyObject_CallOneArg(fallback, record);
 
 fail:
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < N_JSON; j++) {
         Py_XDECREF(copies[j]);
     }
     return NULL;

@@ -16,10 +16,12 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 __all__ = [
+    "ADDED_FIELDS",
     "CALLER_FIELDS",
     "FIELDS",
     "FIELD_NAMES",
     "JSON_FIELDS",
+    "LEGACY_PERSONAL_FIELDS",
     "PERSONAL_FIELDS",
     "TEXT_FIELDS",
     "FieldSpec",
@@ -50,9 +52,18 @@ class FieldSpec(NamedTuple):
     caller: bool = True
     #: OpenTelemetry attribute names, in order of preference (first: the one written)
     attributes: tuple[str, ...] = ()
+    #: the record layout (``schema_version``) that added the field: its column follows
+    #: the integrity columns (a migration appends it), and rows of older layouts are
+    #: hashed without it
+    since: int = 1
+    #: the first ``schema_version`` whose hash covers the field only through the personal
+    #: digest (``personal`` fields): before it, the field was hashed as stored
+    personal_since: int = 1
 
 
-#: Every field, in the store's column order (the row layout the chain hashes).
+#: Every field, in record order (``AuditRecord``'s). The store's columns follow it, except
+#: that the fields of a later layout (``since``) come after the integrity columns, where
+#: their migration appended them.
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("id", "string", 36, nullable=False, caller=False),
     FieldSpec("timestamp", "timestamp", nullable=False, caller=False),
@@ -84,8 +95,15 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("error_message", "text", attributes=("audit.error_message",)),
     FieldSpec("context", "json", attributes=("audit.context",)),
     FieldSpec("service_name", "string", 255, caller=False),
-    FieldSpec("acting_as", "string", 255, attributes=("audit.acting_as",)),
+    FieldSpec("acting_as", "string", 255, personal=True, personal_since=3,
+              attributes=("audit.acting_as",)),
     FieldSpec("schema_version", "int", nullable=False, caller=False),
+    # layout 3 (migration 0008): how the caller authenticated, and the principals a
+    # token was delegated through (OAuth token exchange, service accounts acting for
+    # users), a JSON list of {"principal": ..., "via": ...}
+    FieldSpec("auth_method", "string", 100, since=3, attributes=("audit.auth.method",)),
+    FieldSpec("delegation_chain", "json", personal=True, since=3,
+              attributes=("audit.delegation_chain",)),
 )
 
 #: Field names in column order.
@@ -100,8 +118,17 @@ JSON_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.kind == "json")
 #: Unbounded text columns (only the record cap applies).
 TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.kind == "text")
 
-#: Fields holding personal data, in column order.
+#: Fields holding personal data, in column order (hashed through the salted digest by
+#: rows of the newest layout; see :data:`LEGACY_PERSONAL_FIELDS` for older rows).
 PERSONAL_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.personal)
+
+#: Personal fields hashed through the digest by rows of ``schema_version`` 1 and 2
+#: (``acting_as`` was hashed as stored until layout 3).
+LEGACY_PERSONAL_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in FIELDS if f.personal and f.personal_since <= 2 and f.since <= 2)
+
+#: Fields added by layout 3 (after the integrity columns in the store).
+ADDED_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.since > 2)
 
 
 def column_limits() -> dict[str, int]:

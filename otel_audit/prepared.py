@@ -33,6 +33,9 @@ class PreparedRecord(NamedTuple):
     hash: str | None = None
     pii_salt: str | None = None
     pii: str | None = None
+    #: HMAC-SHA256 of ``hash`` with the chain's key (rows of ``otel-audit/3`` sealed
+    #: with a key; ``docs/integrity.md``)
+    mac: str | None = None
     row: tuple[Any, ...] | None = None
 
 
@@ -42,7 +45,8 @@ assert AuditRecord._fields == (
     "resource_type", "resource_id", "resource_name", "user_email", "team_id", "client_ip",
     "user_agent", "request_path", "request_method", "request_id", "old_values", "new_values",
     "changes", "data_classification", "requires_review", "success", "error_message",
-    "context", "service_name", "acting_as", "schema_version",
+    "context", "service_name", "acting_as", "schema_version", "auth_method",
+    "delegation_chain",
 )
 
 
@@ -55,17 +59,19 @@ def chain_row(
     hash: str | None = None,
     pii_salt: str | None = None,
     pii: str | None = None,
+    mac: str | None = None,
 ) -> tuple[Any, ...]:
     """The store row of a normalised record (``ROW_COLUMNS`` order).
 
     The timestamp is UTC text with microseconds, booleans are 0/1 and JSON documents
-    their texts: the form the chain hashes and SQLite stores.
+    their texts: the form the chain hashes and SQLite stores. (A record prepared by an
+    older release has no text of the later layouts' JSON fields: ``None``.)
     """
     (rid, ts, action, user_id, correlation_id, trace_id, span_id, resource_type,
      resource_id, resource_name, user_email, team_id, client_ip, user_agent, request_path,
      request_method, request_id, _old, _new, _changes, data_classification,
      requires_review, success, error_message, _context, service_name, acting_as,
-     schema_version) = record
+     schema_version, auth_method, _delegation) = record
     return (
         stream, seq, prev_hash, rid, ts.isoformat(" ", "microseconds")[:26], correlation_id,
         request_id, trace_id, span_id, action, resource_type, resource_id, resource_name,
@@ -73,6 +79,7 @@ def chain_row(
         texts["changes"], data_classification, 1 if requires_review else 0,
         1 if success else 0, error_message, texts["context"], service_name, acting_as,
         schema_version, user_id, user_email, client_ip, user_agent, pii_salt, pii, hash,
+        auth_method, texts.get("delegation_chain"), mac,
     )
 
 
@@ -80,5 +87,5 @@ def store_row(prepared: PreparedRecord) -> tuple[Any, ...]:
     """``prepared.row``, or the same row built from the record."""
     row = prepared.row
     if row is None:
-        row = chain_row(*prepared[:8])
+        row = chain_row(*prepared[:9])
     return row

@@ -26,10 +26,12 @@ __all__ = [
     "DataClassification",
 ]
 
-#: Version of the record layout written by this release (stored with every row). 2: JSON
-#: numbers are kept exactly and the row is hashed under ``otel-audit/2``
-#: (``docs/integrity.md``); rows of version 1 keep verifying under ``otel-audit/1``.
-SCHEMA_VERSION = 2
+#: Version of the record layout written by this release (stored with every row). 3: the
+#: fields ``auth_method`` and ``delegation_chain``, and the row hashed under
+#: ``otel-audit/3`` (a public SHA-256 chain, the HMAC apart in ``mac``; ``acting_as`` and
+#: ``delegation_chain`` through the personal digest); rows of versions 1 and 2 keep
+#: verifying under ``otel-audit/1`` and ``otel-audit/2`` (``docs/integrity.md``).
+SCHEMA_VERSION = 3
 
 #: Key under ``context`` where normalisations of a record are listed.
 NORMALISATION_KEY = "_normalised"
@@ -99,6 +101,8 @@ class AuditRecord(NamedTuple):
     service_name: str | None = None
     acting_as: str | None = None
     schema_version: int = SCHEMA_VERSION
+    auth_method: str | None = None
+    delegation_chain: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as a plain ``dict`` (field name to value)."""

@@ -92,6 +92,8 @@ class RecordFields(TypedDict, total=False):
     error_message: str | None
     context: Any
     acting_as: str | None
+    auth_method: str | None
+    delegation_chain: Any
     timestamp: dt.datetime | None
 
 
@@ -187,6 +189,8 @@ class AuditTrail:
         error_message: str | None = None,
         context: Any = None,
         acting_as: str | None = None,
+        auth_method: str | None = None,
+        delegation_chain: Any = None,
         timestamp: dt.datetime | None = None,
         trace_id: str | None = None,
         span_id: str | None = None,
@@ -206,7 +210,7 @@ class AuditTrail:
             client_ip, user_agent, request_path, request_method, request_id, old_values,
             new_values, changes, data_classification, requires_review, success,
             error_message, context, acting_as, timestamp, trace_id, span_id, service_name,
-            apply_policy)
+            apply_policy, auth_method, delegation_chain)
 
     def _build(
         self,
@@ -236,6 +240,8 @@ class AuditTrail:
         span_id: str | None,
         service_name: str | None,
         apply_policy: bool,
+        auth_method: str | None = None,
+        delegation_chain: Any = None,
     ) -> AuditRecord:
         """:meth:`build_record` with every field positional (no keyword matching on the
         hot path: :meth:`record` calls it directly)."""
@@ -283,7 +289,7 @@ class AuditTrail:
         if type(requires_review) is not bool:  # a non-bool is converted and noted
             requires_review = False if requires_review is None else requires_review
         # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
-        # call with 28 defaults, measurable on the caller's hot path. Then the snapshot:
+        # call with 30 defaults, measurable on the caller's hot path. Then the snapshot:
         # the record holds the values as they are now, not the caller's dicts (see
         # record.snapshot); it leaves the cycle collector when it holds only atoms, so
         # such queued records cost no collection anything (thousands may wait).
@@ -316,6 +322,8 @@ class AuditTrail:
             service_name if service_name is not None else self.service_name,
             acting_as,
             SCHEMA_VERSION,
+            auth_method,
+            delegation_chain,
         )), SNAPSHOT_ATOMS, _EnumType, snapshot)
 
     def record(
@@ -344,6 +352,8 @@ class AuditTrail:
         error_message: str | None = None,
         context: Any = None,
         acting_as: str | None = None,
+        auth_method: str | None = None,
+        delegation_chain: Any = None,
         timestamp: dt.datetime | None = None,
         trace_id: str | None = None,
         span_id: str | None = None,
@@ -374,7 +384,7 @@ class AuditTrail:
                 team_id, client_ip, user_agent, request_path, request_method, request_id,
                 old_values, new_values, changes, data_classification, requires_review, success,
                 error_message, context, acting_as, timestamp, trace_id, span_id, service_name,
-                apply_policy)
+                apply_policy, auth_method, delegation_chain)
         except Exception:  # never break the caller in async mode
             if mode == "sync" or (mode is None and self._sync):
                 raise

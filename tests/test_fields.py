@@ -22,7 +22,12 @@ def test_the_record_type_has_exactly_the_fields() -> None:
 def test_the_store_columns_derive_from_the_fields() -> None:
     columns = schema.audit_trails.columns
     assert schema.RECORD_COLUMNS == fields.FIELD_NAMES
-    assert [c.name for c in columns] == [*fields.FIELD_NAMES, *schema.CHAIN_COLUMNS]
+    # the fields of a later layout follow the integrity columns (their migration
+    # appended them), then the mac: a new store has a migrated store's column order
+    first = [f for f in fields.FIELD_NAMES if f not in fields.ADDED_FIELDS]
+    assert [c.name for c in columns] == [*first, *schema.CHAIN_COLUMNS[:-1],
+                                         *fields.ADDED_FIELDS, "mac"]
+    assert fields.ADDED_FIELDS == ("auth_method", "delegation_chain")
     kinds = {"string": String, "text": Text, "timestamp": DateTime, "bool": Boolean,
              "int": Integer}
     for spec in fields.FIELDS:
@@ -34,6 +39,14 @@ def test_the_store_columns_derive_from_the_fields() -> None:
             assert isinstance(column.type, kinds[spec.kind]), spec.name
     assert schema.PERSONAL_FIELDS == fields.PERSONAL_FIELDS
     assert set(schema.HASHED_FIELDS) | set(schema.PERSONAL_FIELDS) == set(fields.FIELD_NAMES)
+    assert not set(schema.HASHED_FIELDS) & set(schema.PERSONAL_FIELDS)
+    # formats 1 and 2 hash the first layout's fields, acting_as as stored
+    assert set(schema.LEGACY_HASHED_FIELDS) | set(schema.LEGACY_PERSONAL_FIELDS) == (
+        set(first))
+    assert schema.LEGACY_PERSONAL_FIELDS == ("user_id", "user_email", "client_ip",
+                                             "user_agent")
+    personal = (*schema.LEGACY_PERSONAL_FIELDS, "acting_as", "delegation_chain")
+    assert personal == schema.PERSONAL_FIELDS
 
 
 def test_normalisation_caps_and_json_fields_are_the_fields() -> None:
@@ -64,5 +77,6 @@ def test_the_seed_compatible_parameters_map_to_fields() -> None:
     params = set(inspect.signature(AuditTrailService.log_action).parameters)
     mapped = params - {"self", "db", "kwargs", "details", "metadata"}
     assert mapped <= fields.CALLER_FIELDS | {"action"}
-    # the two fields the seed's signature never had arrive through **kwargs
-    assert fields.CALLER_FIELDS - mapped == {"acting_as", "request_id"}
+    # the fields the seed's signature never had arrive through **kwargs
+    assert fields.CALLER_FIELDS - mapped <= {"acting_as", "request_id", "auth_method",
+                                             "delegation_chain"}

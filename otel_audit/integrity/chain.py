@@ -5,9 +5,10 @@ right before the store write, so records are chained in the order they are commi
 The pipeline seals in place and only records without a ``seq``: a retried batch, a
 spooled or journalled record keeps the seal it got the first time.
 
-Every record is sealed under format ``otel-audit/2`` (exact numbers): a record of an
-older ``schema_version`` is raised to :data:`~.canonical.EXACT_VERSION` first, and JSON
-texts are stored in the canonical spelling they are hashed in.
+Every record is sealed under format ``otel-audit/3`` (exact numbers, a public SHA-256
+chain; with an HMAC key each record's ``mac`` besides): a record of an older
+``schema_version`` is raised to :data:`~.canonical.PUBLIC_VERSION` first, and JSON texts
+are stored in the canonical spelling they are hashed in.
 
 A sealed record that is never committed leaves a gap that ``verify`` reports as
 missing records (see ``docs/integrity.md``: a failed ``sync`` write, an outbox
@@ -34,15 +35,17 @@ from typing import Any
 import orjson
 
 from ..prepared import PreparedRecord, chain_row
-from ..record import JSON_FIELDS
+from ..record import JSON_FIELDS, AuditRecord
 from .canonical import (
-    EXACT_FORMAT,
-    EXACT_VERSION,
     GENESIS_HASH,
     PAYLOAD_OPTIONS,
+    PERSONAL_FIELDS,
+    PUBLIC_FORMAT,
+    PUBLIC_VERSION,
     canonical_stored_json,
     chain_hash,
     plain_chain_hashes,
+    row_mac,
 )
 
 _seal_plain: Callable[..., list[PreparedRecord]] | None
@@ -118,7 +121,7 @@ class ChainSealer:
 
     def __call__(self, batch: list[PreparedRecord]) -> list[PreparedRecord]:
         """Seal ``batch`` (the :data:`~otel_audit.pipeline.batch.BatchSealer` contract)."""
-        batch = _exact_versions(batch)
+        batch = _current_versions(batch)
         with self._lock:
             salts = self._salts(len(batch))
             if not self._resumed:
@@ -200,35 +203,42 @@ class ChainSealer:
             sealed: list[PreparedRecord] = _seal_plain(
                 records, texts, self.stream, self._seq + 1, self._head,
                 [salts[i:i + 32] for i in range(0, 32 * n, 32)], orjson.dumps,
-                PAYLOAD_OPTIONS, self.hmac_key, EXACT_FORMAT, JSON_FIELDS, PreparedRecord)
+                PAYLOAD_OPTIONS, self.hmac_key, PUBLIC_FORMAT, JSON_FIELDS, PreparedRecord)
             self._seq += n
             self._head = sealed[-1].hash or GENESIS_HASH
             return sealed
         (ids, timestamps, actions, user_ids, correlation_ids, trace_ids, span_ids,
          resource_types, resource_ids, resource_names, emails, team_ids, ips, agents, paths,
          methods, request_ids, _old, _new, _changes, classifications, reviews, successes,
-         errors, _context, services, acting, versions) = zip(*records, strict=True)
-        bodies = list(zip(
+         errors, _context, services, acting, versions, auth_methods,
+         _delegation) = zip(*records, strict=True)
+        delegations = list(map(_DELEGATION, texts))
+        # format 3: the body (HASHED_FIELDS), then the personal fields (PERSONAL_FIELDS)
+        common = list(zip(
             ids, map(_TS_TEXT, map(_ISOFORMAT, timestamps)), correlation_ids, request_ids,
             trace_ids, span_ids, actions, resource_types, resource_ids, resource_names,
             team_ids, paths, methods, map(_OLD, texts), map(_NEW, texts), map(_CHANGES, texts),
             classifications, map(int, reviews), map(int, successes), errors,
-            map(_CONTEXT, texts), services, acting, versions, strict=True))
-        personals = list(zip(user_ids, emails, ips, agents, strict=True))
+            map(_CONTEXT, texts), services, strict=True))
+        bodies = list(map(tuple.__add__, common, zip(versions, auth_methods, strict=True)))
+        personals = list(zip(user_ids, emails, ips, agents, acting, delegations, strict=True))
         salt_list = [salts[i:i + 32] for i in range(0, 32 * n, 32)]
         seqs = range(self._seq + 1, self._seq + 1 + n)
-        hashes = plain_chain_hashes(self.stream, seqs, self._head, bodies, personals, salt_list,
-                                    self.hmac_key)
+        hashes, macs = plain_chain_hashes(self.stream, seqs, self._head, bodies, personals,
+                                          salt_list, self.hmac_key)
+        mac_list: Any = macs if macs else repeat(None)
         prevs = [self._head, *hashes[:-1]]
+        # the store row (ROW_COLUMNS): position, the first layout's hashed fields and
+        # personal fields, salt, pii, hash, the fields of layout 3, mac
         heads = zip(repeat(self.stream), seqs, prevs, strict=False)
-        ends = zip(salt_list, repeat(None), hashes, strict=False)
-        rows = map(tuple.__add__, map(tuple.__add__, heads, bodies),
-                   map(tuple.__add__, personals, ends))
+        middles = zip(acting, versions, user_ids, emails, ips, agents, salt_list, repeat(None),
+                      hashes, auth_methods, delegations, mac_list, strict=False)
+        rows = map(tuple.__add__, map(tuple.__add__, heads, common), middles)
         # tuple.__new__ directly: the NamedTuple's __new__ is a Python-level call
         sealed = list(map(
             tuple.__new__, repeat(PreparedRecord), zip(
                 records, texts, repeat(self.stream), seqs, prevs, hashes, salt_list,
-                repeat(None), rows, strict=False)))
+                repeat(None), mac_list if macs else repeat(None), rows, strict=False)))
         self._seq += n
         self._head = hashes[-1]
         return sealed
@@ -243,10 +253,12 @@ class ChainSealer:
         self._seq += 1
         seq, prev = self._seq, self._head
         row = chain_row(prepared.record, texts, self.stream, seq, prev, None, salt, pii)
-        digest = chain_hash(row, self.hmac_key, canonicalise=False)
+        digest = chain_hash(row, None, canonicalise=False)
+        mac = row_mac(digest, self.hmac_key) if self.hmac_key is not None else None
         self._head = digest
         return PreparedRecord(prepared.record, texts, self.stream, seq, prev, digest, salt, pii,
-                              (*row[:-1], digest))
+                              mac, chain_row(prepared.record, texts, self.stream, seq, prev,
+                                             digest, salt, pii, mac))
 
     def _canonical_texts(self, texts: dict[str, str | None]) -> tuple[
             dict[str, str | None], str | None]:
@@ -254,12 +266,12 @@ class ChainSealer:
         texts = dict(texts)
         keys_found: set[str] = set()
         for name in JSON_FIELDS:
-            text = texts[name]
+            text = texts.get(name)
             if text is None:
                 continue
             try:
                 texts[name] = text = canonical_stored_json(text)
-                if self.personal_keys:
+                if self.personal_keys and name not in PERSONAL_FIELDS:
                     keys_found.update(_keys_in(json.loads(text), self.personal_keys))
             except (ValueError, RecursionError):  # normalise() makes this unreachable;
                 pass  # should it happen, the text is hashed as stored rather than lost
@@ -269,31 +281,32 @@ class ChainSealer:
 _RECORD, _TEXTS, _SEQ = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(3)
 _OLD, _NEW = operator.itemgetter("old_values"), operator.itemgetter("new_values")
 _CHANGES, _CONTEXT = operator.itemgetter("changes"), operator.itemgetter("context")
+_DELEGATION = operator.methodcaller("get", "delegation_chain")
 _ISOFORMAT = operator.methodcaller("isoformat", " ", "microseconds")
 _TS_TEXT = operator.itemgetter(slice(0, 26))  # chain_row()'s timestamp text
 #: A digit followed by an exponent mark: maybe a number to write without exponent.
 _EXPONENT = re.compile(r"[0-9][eE]")
-_VERSION = operator.itemgetter(-1)  # AuditRecord.schema_version
+_VERSION = operator.itemgetter(AuditRecord._fields.index("schema_version"))
 
 
-def _exact_versions(batch: list[PreparedRecord]) -> list[PreparedRecord]:
-    """``batch`` with every unsealed record at schema_version >= EXACT_VERSION.
+def _current_versions(batch: list[PreparedRecord]) -> list[PreparedRecord]:
+    """``batch`` with every unsealed record at schema_version >= PUBLIC_VERSION.
 
-    Every row this sealer seals is hashed under the exact-number rules, which the row
-    says through its ``schema_version`` (``docs/integrity.md``): a record built with an
-    older version (an application's own AuditRecord, a journal written by an older
-    release) is raised to it. Records the trail builds already carry it.
+    Every row this sealer seals is hashed under format 3, which the row says through
+    its ``schema_version`` (``docs/integrity.md``): a record built with an older version
+    (an application's own AuditRecord, a journal written by an older release) is raised
+    to it. Records the trail builds already carry it.
     """
     try:
-        if min(map(_VERSION, map(_RECORD, batch)), default=EXACT_VERSION) >= EXACT_VERSION:
+        if min(map(_VERSION, map(_RECORD, batch)), default=PUBLIC_VERSION) >= PUBLIC_VERSION:
             return batch
     except TypeError:
         pass
     out = []
     for p in batch:
         version = p.record.schema_version
-        if p.seq is None and not (type(version) is int and version >= EXACT_VERSION):
-            p = p._replace(record=p.record._replace(schema_version=EXACT_VERSION), row=None)
+        if p.seq is None and not (type(version) is int and version >= PUBLIC_VERSION):
+            p = p._replace(record=p.record._replace(schema_version=PUBLIC_VERSION), row=None)
         out.append(p)
     return out
 

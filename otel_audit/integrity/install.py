@@ -179,7 +179,7 @@ class DuplicateSeals:
                 rows.append({"stream": stream, "seq": p.seq, "id": p.record.id,
                              "prev_hash": p.prev_hash, "hash": p.hash,
                              "schema_version": p.record.schema_version, "pii": pii,
-                             "created_at": now})
+                             "mac": p.mac, "created_at": now})
             if rows:
                 conn.execute(audit_duplicates.insert(), rows)
         with self._lock:

@@ -12,8 +12,10 @@ sealer's seals from A to B: each links to the previous, is signed, never moves a
 stream's head back or drops a stream, and each interval starts right after the head
 the previous seal named.
 
-The record's hash must be plain SHA-256 (a chain keyed with an HMAC key cannot be
-recomputed with public material; ``docs/integrity.md``).
+The record's hash must be plain SHA-256: every record of format ``otel-audit/3`` (its
+chain's HMAC, if any, is kept apart in ``mac``), and records of older formats sealed
+without an HMAC key (a keyed hash cannot be recomputed with public material;
+``docs/integrity.md``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,17 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import IntegrityError, StoreError
-from ..store.schema import HASHED_FIELDS
-from .canonical import EXACT_FORMAT, FORMAT, _payload_parts, hash_payload
+from .canonical import (
+    EXACT_FORMAT,
+    EXACT_VERSION,
+    FORMAT,
+    PUBLIC_FORMAT,
+    PUBLIC_VERSION,
+    hash_payload,
+    hashed_fields,
+    payload_parts,
+    stored_hash,
+)
 from .canonical_json import plain_bytes
 from .intervals import seal_intervals
 from .keys import PublicKeys
@@ -58,11 +69,17 @@ def _fetch(engine: Engine, sql: str, params: dict[str, Any]) -> list[Any]:
         raise StoreError(f"cannot read the store: {exc}") from exc
 
 
+#: The hashed fields of each record format, by format tag.
+_FIELDS_OF = {FORMAT: hashed_fields(1), EXACT_FORMAT: hashed_fields(EXACT_VERSION),
+              PUBLIC_FORMAT: hashed_fields(PUBLIC_VERSION)}
+
+
 def _record(parts: list[Any], record_hash: str) -> dict[str, Any]:
     """The proof's record: payload parts by name (see :func:`_parts_of`)."""
-    body = parts[4:4 + len(HASHED_FIELDS)]
+    names = _FIELDS_OF[parts[0]]
+    body = parts[4:4 + len(names)]
     return {"format": parts[0], "stream": parts[1], "seq": parts[2], "prev_hash": parts[3],
-            "fields": dict(zip(HASHED_FIELDS, body, strict=True)),
+            "fields": dict(zip(names, body, strict=True)),
             "personal_json_keys": parts[-2], "personal_digest": parts[-1],
             "hash": record_hash}
 
@@ -70,10 +87,11 @@ def _record(parts: list[Any], record_hash: str) -> dict[str, Any]:
 def _parts_of(record: dict[str, Any]) -> list[Any]:
     """The chain payload a proof's record stands for (raises on a malformed record)."""
     fields = record["fields"]
-    if not isinstance(fields, dict) or set(fields) != set(HASHED_FIELDS):
-        raise ValueError("the record's fields are not the hashed fields")
+    names = _FIELDS_OF[record["format"]]
+    if not isinstance(fields, dict) or set(fields) != set(names):
+        raise ValueError("the record's fields are not the hashed fields of its format")
     return [record["format"], record["stream"], record["seq"], record["prev_hash"],
-            *(fields[name] for name in HASHED_FIELDS), record["personal_json_keys"],
+            *(fields[name] for name in names), record["personal_json_keys"],
             record["personal_digest"]]
 
 
@@ -87,10 +105,10 @@ def proof_document(engine: Engine, record_id: str, *, sealer: str | None = None,
     if not rows:
         raise IntegrityError(f"no record {record_id!r} in the store")
     row = tuple(rows[0])
-    stream, seq, record_hash = row[0], row[1], row[-1]
+    stream, seq, record_hash = row[0], row[1], stored_hash(row)
     if stream is None or type(seq) is not int:
         raise IntegrityError(f"record {record_id!r} is not chained")
-    parts = _payload_parts(row, True, dialect == "postgresql")
+    parts = payload_parts(row, True, dialect == "postgresql")
     if parts is None or hash_payload(plain_bytes(parts), None) != record_hash:
         raise IntegrityError(
             f"record {record_id!r} does not match its plain SHA-256 hash (modified, or a "
@@ -205,7 +223,7 @@ def check_proof(doc: Any, public: PublicKeys) -> str | None:
 
 def _inclusion_problem(doc: dict[str, Any], public: PublicKeys) -> str | None:
     record = doc["record"]
-    if record["format"] not in (FORMAT, EXACT_FORMAT):
+    if record["format"] not in _FIELDS_OF:
         return f"unknown record format {record['format']!r}"
     record_hash = record["hash"]
     if hash_payload(plain_bytes(_parts_of(record)), None) != record_hash:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -19,15 +19,21 @@ import duckdb
 from sqlalchemy import Engine
 
 from ..errors import IntegrityError
+from ..fields import JSON_FIELDS
 from .canonical import (
     CHAIN_ROW_COLUMNS,
     EXACT_FORMAT,
     EXACT_VERSION,
     FORMAT,
     HASHED_FIELDS,
+    LEGACY_HASHED_FIELDS,
+    LEGACY_PERSONAL_FIELDS,
     PERSONAL_FIELDS,
+    PUBLIC_FORMAT,
+    PUBLIC_VERSION,
     chain_hash,
     hash_payload,
+    mac_ok,
     v1_float_spellings,
 )
 
@@ -35,17 +41,36 @@ __all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
 
 _BATCH = 20_000
 _BOOLS = ("requires_review", "success")
-_JSON = ("old_values", "new_values", "changes", "context")
+_JSON = JSON_FIELDS
 
 
-#: The payload's format tag of a row, chosen by its schema_version (canonical.row_version).
+#: The payload's format tag of a row of format 1 or 2, chosen by its schema_version
+#: (canonical.row_version).
 _FORMAT_SQL = (f"CASE WHEN schema_version >= {EXACT_VERSION} THEN '{EXACT_FORMAT}' "
                f"ELSE '{FORMAT}' END")
 
+
+def _columns_sql(names: tuple[str, ...]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+#: SQLite: the personal JSON (no personal JSON keys) and the payload without its last
+#: two elements of a row, by format (format 3: schema_version >= 3; canonical.row_version)
+_PAYLOAD_SQL = (
+    f"CASE WHEN schema_version >= {PUBLIC_VERSION} "
+    f"THEN json_array({_columns_sql(PERSONAL_FIELDS)}, json('[]')) "
+    f"ELSE json_array({_columns_sql(LEGACY_PERSONAL_FIELDS)}, json('[]')) END, "
+    f"CASE WHEN schema_version >= {PUBLIC_VERSION} "
+    f"THEN json_array('{PUBLIC_FORMAT}', stream, seq, prev_hash, {_columns_sql(HASHED_FIELDS)}) "
+    f"ELSE json_array({_FORMAT_SQL}, stream, seq, prev_hash, "
+    f"{_columns_sql(LEGACY_HASHED_FIELDS)}) END")
+#: the start of a format-3 payload (hashed with SHA-256 whatever the key)
+_PUBLIC_START = f'["{PUBLIC_FORMAT}",'
+
 def _duplicate_column(name: str) -> str:
-    if name in ("stream", "seq", "prev_hash", "hash", "pii", "schema_version"):
+    if name in ("stream", "seq", "prev_hash", "hash", "pii", "schema_version", "mac"):
         return f'd."{name}"'
-    if name in PERSONAL_FIELDS or name == "pii_salt":
+    if name in LEGACY_PERSONAL_FIELDS or name == "pii_salt":
         return f'CAST(NULL AS TEXT) AS "{name}"'  # the digest stands for them (erased form)
     return f't."{name}"'
 
@@ -80,12 +105,18 @@ HEADER = ("stream", "seq", "prev_hash", "hash", "id", "pii")
 _HEADER_SQL = ", ".join(f'"{name}"' for name in HEADER)
 
 
-def chain_row_select(dialect: str) -> str:
-    """The SELECT list producing chain rows on ``dialect`` (sqlite, postgresql, duckdb)."""
+def chain_row_select(dialect: str, present: Collection[str] | None = None) -> str:
+    """The SELECT list producing chain rows on ``dialect`` (sqlite, postgresql, duckdb).
+
+    ``present`` names the source's columns when it may lack the later layouts' (Parquet
+    files archived before migration 0008): a missing one reads as NULL.
+    """
     out = []
     for name in CHAIN_ROW_COLUMNS:
         col = f'"{name}"'
-        if name == "timestamp":
+        if present is not None and name not in present:
+            out.append(f'CAST(NULL AS VARCHAR) AS "{name}"')
+        elif name == "timestamp":
             if dialect == "postgresql":
                 out.append(f"to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
             elif dialect == "duckdb":
@@ -165,29 +196,33 @@ class StoreSource:
         return found[0] if found else ()
 
     def content_ok(self, row: tuple[Any, ...], key: bytes | None) -> bool:
-        """Whether a source row's content matches its hash."""
+        """Whether a source row's content matches its hash (and, verified with the
+        chain's key, a format-3 row's ``mac`` its hash: :func:`~.canonical.mac_ok`)."""
         if self.dialect == "sqlite":
             if row[5] is None:  # no JSON personal keys, not erased: the fast payload holds
                 salt = row[6]
                 # row[7] is SQLite's json_array of the personal fields and [] (no JSON keys)
                 digest = sha256(f"{'' if salt is None else salt}\x00{row[7]}".encode())
-                payload = f'{row[8][:-1]},null,"{digest.hexdigest()}"]'.encode()
-                if hash_payload(payload, key) == row[3]:
+                payload = f'{row[8][:-1]},null,"{digest.hexdigest()}"]'
+                public = payload.startswith(_PUBLIC_START)
+                if hash_payload(payload.encode(), None if public else key) == row[3] and (
+                        key is None or not public):  # a mac to check: the full row below
                     return True
             elif row[9] is not None:  # the whole chain row came along as a JSON array
                 chain = tuple(json.loads(row[9]))
                 if chain_hash(chain, key, canonicalise=False) == row[3]:
-                    return True
+                    return mac_ok(chain, key)
             full = self.chain_row(row)
             if not full:
                 return False
             if chain_hash(full, key, canonicalise=True) == row[3]:
-                return True
+                return mac_ok(full, key)
             # a format-1 number the pre-0004 schema stored as an INTEGER (0 for 0.0)
             return any(chain_hash(v, key, canonicalise=True) == row[3]
                        for v in v1_float_spellings(full))
-        return chain_hash(row[len(HEADER):], key, canonicalise=True,
-                          unique_keys=self._jsonb()) == str(row[3])
+        chain = row[len(HEADER):]
+        return chain_hash(chain, key, canonicalise=True,
+                          unique_keys=self._jsonb()) == str(row[3]) and mac_ok(chain, key)
 
     def _jsonb(self) -> bool:
         """Whether every JSON column is PostgreSQL ``JSONB`` (which cannot hold a duplicate
@@ -196,7 +231,7 @@ class StoreSource:
             found = self._scalar(
                 "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = "
                 "'audit_trails' AND table_schema = current_schema() AND data_type = 'jsonb' "
-                "AND column_name IN ('old_values', 'new_values', 'changes', 'context')", [])
+                f"AND column_name IN ({', '.join(repr(name) for name in _JSON)})", [])
             self._jsonb_columns = found == len(_JSON)
         return self._jsonb_columns
 
@@ -229,10 +264,8 @@ class StoreSource:
             where += f" AND id NOT IN ({', '.join([ph] * len(self.exclude))})"
             params += list(self.exclude)
         if self.dialect == "sqlite":
-            body = ", ".join(f'"{n}"' for n in HASHED_FIELDS)
             every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)
-            cols = ("pii_salt, json_array(user_id, user_email, client_ip, user_agent, "
-                    f"json('[]')), json_array({_FORMAT_SQL}, stream, seq, prev_hash, {body}), "
+            cols = (f"pii_salt, {_PAYLOAD_SQL}, "
                     f"CASE WHEN pii IS NULL THEN NULL ELSE json_array({every}) END")
         else:
             cols = chain_row_select(self.dialect)
@@ -310,6 +343,12 @@ class ArchiveSource:
         files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.files)
         return f"read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
 
+    def _columns(self) -> set[str]:
+        """The columns the archive files hold (files from before migration 0008 lack
+        the later layouts' columns)."""
+        described = self._query(f"DESCRIBE SELECT * FROM {self._relation()}", []).fetchall()
+        return {str(row[0]) for row in described}
+
     def _query(self, sql: str, params: list[Any]) -> duckdb.DuckDBPyConnection:
         con = _duckdb()
         try:
@@ -351,8 +390,8 @@ class ArchiveSource:
         """Whether an archived row's content matches its hash."""
         chain = row[len(HEADER):]
         if chain_hash(chain, key, canonicalise=False) == row[3]:
-            return True
-        return chain_hash(chain, key, canonicalise=True) == str(row[3])
+            return mac_ok(chain, key)
+        return chain_hash(chain, key, canonicalise=True) == str(row[3]) and mac_ok(chain, key)
 
     def rows(self, stream: str | None = None) -> Iterator[tuple[Any, ...]]:
         """Archived source rows (``HEADER`` first) ordered by ``(stream, seq)``."""
@@ -360,8 +399,8 @@ class ArchiveSource:
             return
         where, params = _where(stream, "?")
         cursor = self._query(
-            f"SELECT {_HEADER_SQL}, {chain_row_select('duckdb')} FROM {self._relation()} "
-            f"{where} ORDER BY stream, seq", params)
+            f"SELECT {_HEADER_SQL}, {chain_row_select('duckdb', self._columns())} "
+            f"FROM {self._relation()} {where} ORDER BY stream, seq", params)
         while True:
             batch = cursor.fetchmany(_BATCH)
             if not batch:

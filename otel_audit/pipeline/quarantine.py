@@ -204,7 +204,7 @@ def _payload(item: PreparedRecord | AuditRecord, reason: str) -> bytes:
         pass
     try:
         safe = safe_texts(safe_record(item, reason))
-        chain = list(item[2:8]) if isinstance(item, PreparedRecord) else [None] * 6
+        chain = list(item[2:9]) if isinstance(item, PreparedRecord) else [None] * 7
         doc = json.loads(encode_record(safe))
         doc["c"] = [_plain(value, 0, set()) for value in chain]
         doc["q"] = reason

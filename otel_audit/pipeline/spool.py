@@ -32,8 +32,9 @@ def encode_record(prepared: PreparedRecord) -> bytes:
     """Serialise a prepared record (JSON fields as their stored texts)."""
     fields = [None if i in _JSON_POS else value for i, value in enumerate(prepared.record)]
     fields[_TS_POS] = prepared.record.timestamp.isoformat()
-    # the chain fields (stream .. pii); the store row is derived and not kept
-    doc = {"r": fields, "t": prepared.texts, "c": list(prepared[2:8])}
+    # the chain fields (stream .. mac; an older release's spool: .. pii); the store row
+    # is derived and not kept
+    doc = {"r": fields, "t": prepared.texts, "c": list(prepared[2:9])}
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

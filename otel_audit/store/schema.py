@@ -28,12 +28,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
-from ..fields import FIELD_NAMES, FIELDS, JSON_FIELDS, FieldSpec, column_limits
+from ..fields import (
+    ADDED_FIELDS,
+    FIELD_NAMES,
+    FIELDS,
+    JSON_FIELDS,
+    LEGACY_PERSONAL_FIELDS,
+    FieldSpec,
+    column_limits,
+)
 from ..fields import PERSONAL_FIELDS as _PERSONAL_FIELDS
 
 __all__ = [
     "CHAIN_COLUMNS",
     "HASHED_FIELDS",
+    "LEGACY_HASHED_FIELDS",
+    "LEGACY_PERSONAL_FIELDS",
     "PERSONAL_FIELDS",
     "RECORD_COLUMNS",
     "ROW_COLUMNS",
@@ -113,14 +123,15 @@ def _column(spec: FieldSpec) -> Column[Any]:
                   **extra)
 
 
-def _record_columns() -> list[Column[Any]]:
-    return [_column(spec) for spec in FIELDS]
+def _record_columns(added: bool) -> list[Column[Any]]:
+    """The columns of the first layout's fields, or of the fields added later."""
+    return [_column(spec) for spec in FIELDS if (spec.name in ADDED_FIELDS) is added]
 
 
 audit_trails = Table(
     "audit_trails",
     metadata,
-    *_record_columns(),
+    *_record_columns(False),
     # integrity chain (see otel_audit.integrity): one chain per writer stream
     Column("stream", String(128)),
     Column("seq", BigInteger),
@@ -129,6 +140,10 @@ audit_trails = Table(
     # personal-data digest inputs (see docs/integrity.md): erasure keeps the chain valid
     Column("pii_salt", String(32)),
     Column("pii", Text),
+    # layout 3 (migration 0008 appended them, so a new store has the migrated order)
+    *_record_columns(True),
+    # HMAC-SHA256 of ``hash`` with the chain's key (otel-audit/3 rows of a keyed chain)
+    Column("mac", String(64)),
     # time-range scans: exports, retention, reports bounded by date
     Index("ix_audit_trails_timestamp", "timestamp"),
     # history of one resource, newest first (get_audit_trail, resource_history)
@@ -151,19 +166,29 @@ audit_trails = Table(
 RECORD_COLUMNS: tuple[str, ...] = FIELD_NAMES
 
 #: Columns filled by the integrity chain.
-CHAIN_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", "hash", "pii_salt", "pii")
+CHAIN_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", "hash", "pii_salt", "pii",
+                                  "mac")
 
-#: Record fields holding personal data: the chain hashes them only through a salted digest.
+#: Record fields holding personal data: rows of the newest layout (``otel-audit/3``) hash
+#: them only through a salted digest.
 PERSONAL_FIELDS: tuple[str, ...] = _PERSONAL_FIELDS
 
-#: Record fields the chain hashes as they are stored, in payload order.
+#: Record fields ``otel-audit/3`` hashes as they are stored, in payload order.
 HASHED_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if not f.personal)
 
+#: Record fields ``otel-audit/1`` and ``/2`` hash as stored, in payload order (the first
+#: layout's fields but its personal ones: ``acting_as`` among them).
+LEGACY_HASHED_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in FIELDS if f.since <= 2 and f.name not in LEGACY_PERSONAL_FIELDS)
+
 #: The row layout the writer inserts and the chain hashes (``docs/integrity.md``): chain
-#: position, hashed fields, personal fields, then salt, personal-key list and hash.
-#: Timestamps are UTC text with microseconds, booleans 0/1, JSON documents text.
-ROW_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", *HASHED_FIELDS,
-                                *PERSONAL_FIELDS, "pii_salt", "pii", "hash")
+#: position, the fields ``otel-audit/1`` and ``/2`` hash as stored, their personal fields,
+#: salt, personal-key list and hash (the layout of rows sealed before layout 3), then the
+#: fields added since and the ``mac``. Timestamps are UTC text with microseconds,
+#: booleans 0/1, JSON documents text.
+ROW_COLUMNS: tuple[str, ...] = ("stream", "seq", "prev_hash", *LEGACY_HASHED_FIELDS,
+                                *LEGACY_PERSONAL_FIELDS, "pii_salt", "pii", "hash",
+                                *ADDED_FIELDS, "mac")
 
 #: Signed chain heads (one row per checkpoint of one stream).
 audit_checkpoints = Table(
@@ -237,6 +262,8 @@ audit_duplicates = Table(
     Column("schema_version", Integer, nullable=False),
     Column("pii", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the seal's mac (otel-audit/3 with an HMAC key; migration 0008)
+    Column("mac", String(64)),
 )
 
 #: Forwarding (``otel_audit.forward``, migration 0007): per destination and stream, the

@@ -17,6 +17,7 @@ from otel_audit.integrity.canonical import FORMAT, GENESIS_HASH, chain_hash
 from otel_audit.integrity.canonical_json import v1_stored_json
 from otel_audit.record import AuditRecord, normalise
 from otel_audit.store.migrate import upgrade
+from otel_audit.store.schema import ROW_COLUMNS
 from otel_audit.store.writer import chain_row
 
 #: Every kind of JSON scalar a caller can pass, and strings that look like numbers.
@@ -203,6 +204,10 @@ def test_postgres_json_column_holding_a_duplicate_key_is_reported(pg_url: str) -
 # ---------------------------------------------------------------- rows of the first format
 
 
+#: The row layout before migration 0008: up to and including ``hash``.
+_OLD_LAYOUT = ROW_COLUMNS.index("hash") + 1
+
+
 def _v1_rows(count: int, values: list[Any]) -> list[tuple[Any, ...]]:
     """Chain rows exactly as the format-1 sealer made them (schema_version 1)."""
     rows: list[tuple[Any, ...]] = []
@@ -215,7 +220,7 @@ def _v1_rows(count: int, values: list[Any]) -> list[tuple[Any, ...]]:
         texts = {k: None if v is None else v1_stored_json(v) for k, v in texts.items()}
         row = chain_row(record, texts, "old-stream", seq, prev, None, "ab" * 16, None)
         digest = chain_hash(row, KEY.encode(), canonicalise=False)
-        rows.append((*row[:-1], digest))
+        rows.append((*row[:_OLD_LAYOUT - 1], digest))  # the columns of a store of then
         prev = digest
     return rows
 
@@ -225,16 +230,15 @@ _OLD_VALUES: list[Any] = [12, 1.5, -0.0, 1e16, 12345678901234567, 2**63, 10**40,
 
 
 def _insert(path: str, rows: list[tuple[Any, ...]]) -> None:
-    from otel_audit.store.schema import ROW_COLUMNS
-
+    names = ROW_COLUMNS[:_OLD_LAYOUT]
     with sqlite3.connect(path) as conn:
-        conn.executemany(f"INSERT INTO audit_trails ({', '.join(ROW_COLUMNS)}) VALUES "
-                         f"({', '.join('?' * len(ROW_COLUMNS))})", rows)
+        conn.executemany(f"INSERT INTO audit_trails ({', '.join(names)}) VALUES "
+                         f"({', '.join('?' * len(names))})", rows)
 
 
 def test_format_1_rows_keep_verifying_after_the_sqlite_migration(tmp_path: Path) -> None:
     """Rows sealed before exact numbers, in a store whose JSON columns had NUMERIC
-    affinity, verify after migration 0004 — and new rows follow under format 2."""
+    affinity, verify after migration 0004 — and new rows follow under format 3."""
     path = str(tmp_path / "old.db")
     engine = create_engine(f"sqlite:///{path}")
     upgrade(engine, "0003_seals")
@@ -258,7 +262,7 @@ def test_format_1_rows_keep_verifying_after_the_sqlite_migration(tmp_path: Path)
     with engine.connect() as conn:
         versions = conn.execute(text("SELECT seq, schema_version FROM audit_trails "
                                      "ORDER BY seq")).all()
-    assert [v for _, v in versions] == [1] * len(_OLD_VALUES) + [2] * 4
+    assert [v for _, v in versions] == [1] * len(_OLD_VALUES) + [3] * 4
     # an old row is still protected: its value changed is reported
     execute(engine, "UPDATE audit_trails SET context = :v WHERE seq = 2",
             v='{"big":12345678901234568,"r":0.7}')
@@ -275,20 +279,19 @@ def test_format_1_rows_keep_verifying_after_the_sqlite_migration(tmp_path: Path)
 def test_format_1_rows_keep_verifying_on_postgres(pg_url: str) -> None:
     engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
-        from otel_audit.store.schema import ROW_COLUMNS
-
+        names = ROW_COLUMNS[:_OLD_LAYOUT]
         rows = _v1_rows(len(_OLD_VALUES), _OLD_VALUES)
         casts = ["CAST(%s AS JSONB)" if n in ("old_values", "new_values", "changes", "context")
                  else "CAST(%s AS BOOLEAN)" if n in ("requires_review", "success")
                  else "CAST(%s AS TIMESTAMPTZ)" if n == "timestamp" else "%s"
-                 for n in ROW_COLUMNS]
-        typed = [tuple(bool(v) if ROW_COLUMNS[i] in ("requires_review", "success") else
-                       (v + "+00:00" if ROW_COLUMNS[i] == "timestamp" else v)
+                 for n in names]
+        typed = [tuple(bool(v) if names[i] in ("requires_review", "success") else
+                       (v + "+00:00" if names[i] == "timestamp" else v)
                        for i, v in enumerate(r)) for r in rows]
         raw = engine.raw_connection()
         try:
             with raw.cursor() as cur:
-                cur.executemany(f"INSERT INTO audit_trails ({', '.join(ROW_COLUMNS)}) "
+                cur.executemany(f"INSERT INTO audit_trails ({', '.join(names)}) "
                                 f"VALUES ({', '.join(casts)})", typed)
             raw.commit()
         finally:

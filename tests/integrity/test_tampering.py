@@ -120,21 +120,23 @@ def test_rolled_back_database_is_detected(make_trail: object, chained: AuditTrai
 
 
 def test_rebuilt_chain_differs_from_checkpoint(chained: AuditTrail, engine: Engine) -> None:
-    from otel_audit.integrity.canonical import chain_hash
+    from otel_audit.integrity.canonical import chain_hash, row_mac, stored_hash
     from otel_audit.integrity.sources import StoreSource
+    from otel_audit.store.schema import ROW_COLUMNS
 
     create_checkpoints(engine)
-    # without a key the chain is plain SHA-256: rebuild it from a modified record on
+    # a format-3 chain is plain SHA-256 (its MACs apart): rebuild it from a modified
+    # record on, with the MACs too (the attacker stole the key)
     source = StoreSource(engine)
-    rows = [source.chain_row(r) for r in source.rows()]
     execute(engine, "UPDATE audit_trails SET action = 'FORGED' WHERE seq = 18")
     rows = [source.chain_row(r) for r in source.rows()]
-    prev = rows[16][-1]
+    prev = stored_hash(rows[16])
+    at_hash, at_mac = ROW_COLUMNS.index("hash"), ROW_COLUMNS.index("mac")
     for row in rows[17:]:
-        fixed = (row[0], row[1], prev, *row[3:-1], None)
-        new = chain_hash(fixed, b"test-chain-key")  # the attacker stole the key
-        execute(engine, "UPDATE audit_trails SET prev_hash = :p, hash = :h WHERE seq = :s",
-                p=prev, h=new, s=row[1])
+        fixed = (row[0], row[1], prev, *row[3:at_hash], None, *row[at_hash + 1:at_mac], None)
+        new = chain_hash(fixed, None)
+        execute(engine, "UPDATE audit_trails SET prev_hash = :p, hash = :h, mac = :m "
+                "WHERE seq = :s", p=prev, h=new, m=row_mac(new, b"test-chain-key"), s=row[1])
         prev = new
     report = verify(engine)
     assert [(f.kind, f.seq) for f in report.findings] == [("modified", 20)]
@@ -156,9 +158,10 @@ def test_signed_checkpoints(chained: AuditTrail, engine: Engine) -> None:
 
 
 def test_wrong_key_reports_every_record(chained: AuditTrail, engine: Engine) -> None:
+    # a format-3 chain verifies without the key; each record's mac does not with another
     report = verify(engine, key=b"another key")
     assert len(report.findings) == 20
-    assert kinds(report) <= {"modified", "inserted"}
+    assert kinds(report) == {"modified"}
 
 
 def test_since_limits_the_walk(chained: AuditTrail, engine: Engine) -> None:
