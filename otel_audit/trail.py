@@ -14,23 +14,19 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import datetime as dt
-import enum
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypedDict, Unpack
+from typing import Any, Unpack
 
-from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider
-from uuid_utils import uuid7
 
 from ._backlink import SpanLinker, linker
 from ._internal import log_internal_error
 from .action import ActionScope
 from .config import AuditConfig, TrailSettings, resolve_config
-from .context import _correlation_id, _request_context
 from .errors import AuditWriteError, StoreError
 from .exporters.adapter import ExporterWriter
 from .exporters.base import AuditExporter
@@ -39,63 +35,12 @@ from .integrity.seals import install_seals
 from .pipeline.batch import AuditStats, DeferredRecords
 from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
 from .policy import AuditPolicy
-from .record import SCHEMA_VERSION, SNAPSHOT_ATOMS, AuditRecord, snapshot
+from .record import AuditRecord
+from .record_builder import RecordFields, build, storable_name
 from .store.reader import query_records
 from .store.writer import StoreWriter
 
 __all__ = ["ActionScope", "AuditTrail", "RecordFields", "configure", "get_trail", "set_trail"]
-
-_UTC = dt.UTC
-_AuditRecord = AuditRecord
-_new_record = tuple.__new__
-_now = dt.datetime.now
-_get_current_span = trace.get_current_span
-
-_EnumType = enum.EnumType
-
-_snapshot: Callable[[AuditRecord, frozenset[type], type, Callable[[AuditRecord], AuditRecord]],
-                    AuditRecord]
-try:  # compiled (optional): plain data copied in C, the rest handed to record.snapshot
-    from ._accel import snapshot as _snapshot
-except ImportError:  # pragma: no cover - depends on the build
-    def _snapshot(record: AuditRecord, atoms: frozenset[type], enum_meta: type,
-                  fallback: Callable[[AuditRecord], AuditRecord]) -> AuditRecord:
-        return fallback(record)
-
-
-def _storable_name(name: str) -> str:
-    """``name`` with NUL characters and lone surrogates as U+FFFD (stores refuse both)."""
-    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch
-                   for ch in name)
-
-
-class RecordFields(TypedDict, total=False):
-    """Keyword arguments of :meth:`AuditTrail.record` (every one optional)."""
-
-    user_id: str | None
-    resource_type: str | None
-    resource_id: str | None
-    resource_name: str | None
-    user_email: str | None
-    team_id: str | None
-    client_ip: str | None
-    user_agent: str | None
-    request_path: str | None
-    request_method: str | None
-    request_id: str | None
-    old_values: Any
-    new_values: Any
-    changes: Any
-    data_classification: str | None
-    requires_review: bool | None
-    success: bool
-    error_message: str | None
-    context: Any
-    acting_as: str | None
-    auth_method: str | None
-    delegation_chain: Any
-    timestamp: dt.datetime | None
-
 
 class AuditTrail:
     """An audit trail writing to one store.
@@ -119,7 +64,7 @@ class AuditTrail:
         # every setting is a typed keyword (config.TrailSettings, one per config.SETTINGS
         # entry); an unknown name is still a ConfigError for untyped callers
         self.config: AuditConfig = resolve_config({"url": url, **settings})
-        storable = _storable_name(self.config.service_name)
+        storable = storable_name(self.config.service_name)
         if storable != self.config.service_name:
             # the stream name and every record carry it: the store must take it
             log_internal_error("service_name", logging.WARNING,
@@ -212,119 +157,9 @@ class AuditTrail:
             error_message, context, acting_as, timestamp, trace_id, span_id, service_name,
             apply_policy, auth_method, delegation_chain)
 
-    def _build(
-        self,
-        action: str,
-        user_id: str | None,
-        resource_type: str | None,
-        resource_id: str | None,
-        resource_name: str | None,
-        user_email: str | None,
-        team_id: str | None,
-        client_ip: str | None,
-        user_agent: str | None,
-        request_path: str | None,
-        request_method: str | None,
-        request_id: str | None,
-        old_values: Any,
-        new_values: Any,
-        changes: Any,
-        data_classification: str | None,
-        requires_review: bool | None,
-        success: bool,
-        error_message: str | None,
-        context: Any,
-        acting_as: str | None,
-        timestamp: dt.datetime | None,
-        trace_id: str | None,
-        span_id: str | None,
-        service_name: str | None,
-        apply_policy: bool,
-        auth_method: str | None = None,
-        delegation_chain: Any = None,
-    ) -> AuditRecord:
-        """:meth:`build_record` with every field positional (no keyword matching on the
-        hot path: :meth:`record` calls it directly)."""
-        record_id = uuid7().hex
-        if trace_id is None:
-            ctx = _get_current_span().get_span_context()
-            if ctx.is_valid:
-                trace_id = format(ctx.trace_id, "032x")
-                span_id = format(ctx.span_id, "016x")
-                correlation_id = trace_id
-            else:
-                correlation_id = _correlation_id.get() or record_id
-        else:
-            correlation_id = trace_id
-        req = _request_context.get()
-        if req is not None:
-            client_ip = client_ip if client_ip is not None else req.client_ip
-            user_agent = user_agent if user_agent is not None else req.user_agent
-            request_path = request_path if request_path is not None else req.request_path
-            request_method = request_method if request_method is not None else req.request_method
-            request_id = request_id if request_id is not None else req.request_id
-            user_id = user_id if user_id is not None else req.user_id
-            user_email = user_email if user_email is not None else req.user_email
-            team_id = team_id if team_id is not None else req.team_id
-            acting_as = acting_as if acting_as is not None else req.acting_as
-            if req.extra and (context is None or issubclass(type(context), dict)):
-                try:
-                    merged = {**req.extra, **(context or {})}  # request notes, caller wins
-                except Exception:  # a dict subclass whose keys() raises: kept as it is
-                    merged = context
-                context = merged
-        if apply_policy:
-            policy = self.policy
-            try:
-                if data_classification is None and requires_review is None:
-                    data_classification, requires_review = policy.decide(action, resource_type)
-                else:
-                    if data_classification is None:
-                        data_classification = policy.classify(resource_type)
-                    requires_review = policy.requires_review(
-                        action, data_classification, resource_type, requires_review
-                    )
-            except Exception:  # unhashable or odd values: the snapshot and normaliser note them
-                pass
-        if type(requires_review) is not bool:  # a non-bool is converted and noted
-            requires_review = False if requires_review is None else requires_review
-        # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
-        # call with 30 defaults, measurable on the caller's hot path. Then the snapshot:
-        # the record holds the values as they are now, not the caller's dicts (see
-        # record.snapshot); it leaves the cycle collector when it holds only atoms, so
-        # such queued records cost no collection anything (thousands may wait).
-        return _snapshot(_new_record(_AuditRecord, (
-            record_id,
-            timestamp if timestamp is not None else _now(_UTC),
-            action,
-            user_id,
-            correlation_id,
-            trace_id,
-            span_id,
-            resource_type,
-            resource_id,
-            resource_name,
-            user_email,
-            team_id,
-            client_ip,
-            user_agent,
-            request_path,
-            request_method,
-            request_id,
-            old_values,
-            new_values,
-            changes,
-            data_classification,
-            requires_review,
-            success,
-            error_message,
-            context,
-            service_name if service_name is not None else self.service_name,
-            acting_as,
-            SCHEMA_VERSION,
-            auth_method,
-            delegation_chain,
-        )), SNAPSHOT_ATOMS, _EnumType, snapshot)
+    #: :meth:`build_record` with every field positional (no keyword matching on the hot
+    #: path: :meth:`record` calls it directly); see otel_audit.record_builder
+    _build = build
 
     def record(
         self,

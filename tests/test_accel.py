@@ -11,14 +11,15 @@ import pytest
 
 PROBE = """
 import json
-from otel_audit import _accel, record, trail
+from otel_audit import _accel, record, record_builder
 from otel_audit.integrity import chain, merkle
 from otel_audit.exporters import postgres, sqlite
 print(json.dumps({
     "pure": _accel.pure_python,
     "speedups": _accel.speedups is not None,
     "plain_texts": record._compiled_plain_texts is not None,
-    "snapshot": getattr(trail._snapshot, "__module__", None) != "otel_audit.trail",
+    "snapshot": getattr(record_builder._snapshot, "__module__", None)
+    != "otel_audit.record_builder",
     "seal_plain": chain._seal_plain is not None,
     "texts_special": chain._texts_special is not None,
     "copy_text": postgres._copy_text is not None,
