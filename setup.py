@@ -10,6 +10,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[
     Extension("otel_audit._speedups", ["otel_audit/_speedups.c",
+                                              "otel_audit/_speedups_verify.c",
                                               "otel_audit/_speedups_store.c",
                                               "otel_audit/_speedups_otlp.c"],
               libraries=["crypto"], optional=True),

@@ -30,6 +30,7 @@ __all__ = [
     "sqlite_params",
     "texts_special",
     "untrack",
+    "verify_flags",
 ]
 
 #: Environment variable that forces the pure-Python paths (``1``, ``true``, ``yes``, ``on``).
@@ -72,3 +73,7 @@ if speedups is not None:
     # the store stage's (otel_audit/_speedups_store.c): a build without it keeps the rest
     with contextlib.suppress(ImportError):
         from ._speedups import merkle_extend
+if speedups is not None:
+    # the verifier's (otel_audit/_speedups_verify.c): a build without it keeps the rest
+    with contextlib.suppress(ImportError):
+        from ._speedups import verify_flags

@@ -1433,6 +1433,9 @@ PyObject *otlp_decode_logs(PyObject *self, PyObject *payload);
 /* otel_audit/_speedups_store.c */
 PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
+/* otel_audit/_speedups_verify.c */
+PyObject *verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef methods[] = {
     {"texts_special", (PyCFunction)(void (*)(void))texts_special, METH_FASTCALL,
      "Whether a batch's texts need canonical numbers or hold a personal key."},
@@ -1454,6 +1457,8 @@ static PyMethodDef methods[] = {
      "The values of an OTLP logs request's records (otel_audit/_speedups_otlp.c)."},
     {"merkle_extend", (PyCFunction)(void (*)(void))merkle_extend, METH_FASTCALL,
      "Add leaves to a Merkle compact range (otel_audit/_speedups_store.c)."},
+    {"verify_flags", (PyCFunction)(void (*)(void))verify_flags, METH_FASTCALL,
+     "Which chain rows of a batch match their hash (otel_audit/integrity/fastwalk.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -51,3 +51,10 @@ def otlp_encode_logs(
 def merkle_extend(stack: list[bytes], size: int, hashes: list[str]) -> int: ...
 
 def otlp_decode_logs(payload: bytes) -> list[tuple[Any, ...]] | None: ...
+
+def verify_flags(
+    rows: list[tuple[Any, ...]],
+    layout: int,
+    plans: dict[str, tuple[bytes | None, bytes | None, tuple[int, ...], tuple[int, ...],
+                          tuple[int, ...], int, int, int]],
+) -> bytes: ...

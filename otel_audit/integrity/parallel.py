@@ -1,7 +1,8 @@
 """Verifying one large store on every core: chains cut into seq ranges, stitched back.
 
-Each worker process verifies a contiguous ``seq`` range of one stream exactly as the
-single-process walk does (content, links inside the range, checkpoints), and returns
+Each worker (a thread sharing the caller's engine, or a process with its own) verifies a
+contiguous ``seq`` range of one stream exactly as the single walk does (content, links
+inside the range, checkpoints), and returns
 its findings with the first and last record of its range; the parent then checks the
 links between consecutive ranges, the start of each chain and truncation.
 """
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Engine
+
 from ..store.writer import create_store_engine
 from .canonical import GENESIS_HASH
+from .fastwalk import VERIFIED, payload_plans, verify_flags
 from .sources import StoreSource
 from .walk import Finding, VerifyReport
 from .walk import Walker as _Walker
@@ -41,19 +45,26 @@ class _Chunk:
     deferred: tuple[Any, ...] | None = None  # the first row, if it does not verify
 
 
-def _verify_range(url: str, key: bytes | None, stream: str, lo: int, hi: int,
+def _verify_range(url: str | Engine, key: bytes | None, stream: str, lo: int, hi: int,
                   checkpoints: dict[int, str]) -> _Chunk:
-    engine = create_store_engine(url)
+    """One range of one stream: a process's (``url``: its own engine) or a thread's (the
+    shared ``Engine``: one pooled connection each)."""
+    engine = create_store_engine(url) if isinstance(url, str) else url
     try:
         source = StoreSource(engine)
         report = VerifyReport()
         walker = _Walker(key, report, {stream: checkpoints}, {stream: lo})
         walker.defer_first = True
         out = _Chunk()
-        for row in source.rows(stream, (lo, hi)):
-            walker.step(row, source)
-            if out.first is None:
-                out.first = (row[1], row[2], walker.prev_status)
+        plans = payload_plans(key, source.layout)
+        for batch in source.batches(stream, (lo, hi)):
+            flags = verify_flags(batch, source.layout, plans)
+            start = 0
+            if out.first is None and batch:
+                row = batch[0]
+                walker.step(row, source, True if flags[0] & VERIFIED else None)
+                out.first, start = (row[1], row[2], walker.prev_status), 1
+            walker.run(batch, flags, source, start)
         _resolve_candidates(walker, [source])
         if walker.prev is not None:
             out.last = (walker.prev[1], walker.prev[_HASH], walker.prev_status)
@@ -62,7 +73,8 @@ def _verify_range(url: str, key: bytes | None, stream: str, lo: int, hi: int,
         out.erased_ids = report.erased_ids
         return out
     finally:
-        engine.dispose()
+        if isinstance(url, str):
+            engine.dispose()
 
 
 def _ranges(source: StoreSource, workers: int) -> list[tuple[str, int, int]]:
@@ -81,18 +93,26 @@ def _ranges(source: StoreSource, workers: int) -> list[tuple[str, int, int]]:
 
 def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[int, str]],
                     workers: int, report: VerifyReport,
-                    progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Verify every chain of the store at ``url`` with ``workers`` processes.
+                    progress: Callable[[int], None] | None = None,
+                    engine: Engine | None = None) -> dict[str, int]:
+    """Verify every chain of the store at ``url`` with ``workers`` processes, or with
+    ``workers`` threads sharing ``engine`` when it is given.
 
     Fills ``report`` and returns the last ``seq`` of each stream (for truncation checks).
     """
-    source = StoreSource(create_store_engine(url))
+    source = StoreSource(engine if engine is not None else create_store_engine(url))
     ranges = _ranges(source, workers)
-    source.engine.dispose()
+    if engine is None:
+        source.engine.dispose()
     results: dict[int, _Chunk] = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = {pool.submit(_verify_range, url, key, stream, lo, hi,
+    pool: Executor
+    if engine is not None:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="otel-audit-verify")
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    target: str | Engine = url if engine is None else engine
+    with pool:
+        futures = {pool.submit(_verify_range, target, key, stream, lo, hi,
                                checkpoints.get(stream, {})): i
                    for i, (stream, lo, hi) in enumerate(ranges)}
         for future in as_completed(futures):

@@ -9,6 +9,7 @@ Python loop only hashes.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Collection, Iterator
 from hashlib import sha256
@@ -36,6 +37,7 @@ from .canonical import (
     mac_ok,
     v1_float_spellings,
 )
+from .fastwalk import FULL, SQLITE
 
 __all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
 
@@ -64,6 +66,10 @@ _PAYLOAD_SQL = (
     f"THEN json_array('{PUBLIC_FORMAT}', stream, seq, prev_hash, {_columns_sql(HASHED_FIELDS)}) "
     f"ELSE json_array({_FORMAT_SQL}, stream, seq, prev_hash, "
     f"{_columns_sql(LEGACY_HASHED_FIELDS)}) END")
+#: The format tag of a row (canonical.row_version, format_tag): the last value of a
+#: source row of the whole chain row (fastwalk.FULL).
+_TAG_SQL = (f"CASE WHEN schema_version = {PUBLIC_VERSION} THEN '{PUBLIC_FORMAT}' "
+            f"ELSE {_FORMAT_SQL} END")
 #: the start of a format-3 payload (hashed with SHA-256 whatever the key)
 _PUBLIC_START = f'["{PUBLIC_FORMAT}",'
 
@@ -102,6 +108,8 @@ def _with_duplicates(rows: Iterator[tuple[Any, ...]],
 
 #: Every source row starts with these, then the source's own columns.
 HEADER = ("stream", "seq", "prev_hash", "hash", "id", "pii")
+#: Where the chain row ends in a source row of the whole chain row.
+_CHAIN_END = len(HEADER) + len(CHAIN_ROW_COLUMNS)
 _HEADER_SQL = ", ".join(f'"{name}"' for name in HEADER)
 
 
@@ -190,7 +198,7 @@ class StoreSource:
     def chain_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """The full chain row of a source row (re-read by ``id`` in the SQLite fast path)."""
         if self.dialect != "sqlite":
-            return row[len(HEADER):]
+            return row[len(HEADER):_CHAIN_END]
         found = self._all(f"SELECT {chain_row_select('sqlite')} FROM audit_trails "
                           "WHERE id = ?", [row[4]])
         return found[0] if found else ()
@@ -220,7 +228,7 @@ class StoreSource:
             # a format-1 number the pre-0004 schema stored as an INTEGER (0 for 0.0)
             return any(chain_hash(v, key, canonicalise=True) == row[3]
                        for v in v1_float_spellings(full))
-        chain = row[len(HEADER):]
+        chain = row[len(HEADER):_CHAIN_END]
         return chain_hash(chain, key, canonicalise=True,
                           unique_keys=self._jsonb()) == str(row[3]) and mac_ok(chain, key)
 
@@ -252,9 +260,26 @@ class StoreSource:
         except Exception:
             return False
 
+    @property
+    def layout(self) -> int:
+        """The row layout (:mod:`.fastwalk`): SQLite's payload arrays, or whole chain rows
+        with the format tag."""
+        return SQLITE if self.dialect == "sqlite" else FULL
+
     def rows(self, stream: str | None = None, seq_range: tuple[int, int] | None = None,
              ) -> Iterator[tuple[Any, ...]]:
         """Source rows (``HEADER`` first) ordered by ``(stream, seq)``."""
+        for batch in self.batches(stream, seq_range):
+            yield from batch
+
+    def batches(self, stream: str | None = None, seq_range: tuple[int, int] | None = None,
+                ) -> Iterator[list[tuple[Any, ...]]]:
+        """:meth:`rows` as lists of up to 20,000 rows (what the driver fetches at once).
+
+        SQLite rows: ``HEADER``, ``pii_salt``, the personal JSON array, the payload array
+        without its last two elements, the whole chain row as a JSON array where ``pii``
+        is set, ``mac``. Elsewhere: ``HEADER``, the chain row, the format tag.
+        """
         ph = self._placeholder()
         where, params = _where(stream, ph)
         if seq_range is not None:
@@ -266,15 +291,23 @@ class StoreSource:
         if self.dialect == "sqlite":
             every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)
             cols = (f"pii_salt, {_PAYLOAD_SQL}, "
-                    f"CASE WHEN pii IS NULL THEN NULL ELSE json_array({every}) END")
+                    f"CASE WHEN pii IS NULL THEN NULL ELSE json_array({every}) END, mac")
         else:
-            cols = chain_row_select(self.dialect)
+            cols = f"{chain_row_select(self.dialect)}, {_TAG_SQL}"
         sql = (f"SELECT {_HEADER_SQL}, {cols} FROM audit_trails {where} "
                "ORDER BY stream, seq")
         duplicates = self._duplicate_rows(f"SELECT {_HEADER_SQL}, {cols} FROM "
                                           f"{_DUPLICATES} {where}", params)
-        rows = self._stored_rows(sql, params)
-        yield from _with_duplicates(rows, duplicates) if duplicates else rows
+        batches = self._stored_rows(sql, params)
+        if not duplicates:
+            yield from batches
+            return
+        merged = _with_duplicates((row for batch in batches for row in batch), duplicates)
+        while True:
+            batch = list(itertools.islice(merged, _BATCH))
+            if not batch:
+                break
+            yield batch
 
     def _duplicate_rows(self, sql: str, params: list[Any]) -> dict[str, list[tuple[Any, ...]]]:
         """Rows of ``audit_duplicates`` as chain rows of the stored record they repeat,
@@ -286,7 +319,7 @@ class StoreSource:
             out.setdefault(row[0], []).append(row)
         return out
 
-    def _stored_rows(self, sql: str, params: list[Any]) -> Iterator[tuple[Any, ...]]:
+    def _stored_rows(self, sql: str, params: list[Any]) -> Iterator[list[tuple[Any, ...]]]:
         raw = self.engine.raw_connection()
         try:
             if self.dialect == "postgresql":
@@ -299,7 +332,7 @@ class StoreSource:
                 batch = cursor.fetchmany(_BATCH)
                 if not batch:
                     break
-                yield from batch
+                yield batch
             cursor.close()
         finally:
             raw.close()

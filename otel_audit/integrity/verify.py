@@ -89,11 +89,11 @@ def verify_trail(
     rollback of the whole database. With ``public_key``, signatures must verify;
     unsigned checkpoints and seals are warnings unless ``require_signed``; erasures must
     always be signed (``unauthenticated`` otherwise, and without a public key).
-    ``workers`` processes share the chains of the live store (``0``: one per CPU from
-    :data:`PARALLEL_FROM` records on); archives, ``since`` and ``stream`` use one. The
-    workers are started with ``spawn``, so a script calling this with ``workers != 1``
-    needs the ``if __name__ == "__main__":`` guard; if they cannot start, the
-    verification runs in this process. A stream that a seal should have named is
+    ``workers`` threads share the chains of the live store (``0``: one per CPU from
+    :data:`PARALLEL_FROM` records on), each on its own pooled connection: the database
+    driver reads and the compiled check hashes without holding the GIL
+    (:mod:`.fastwalk`); archives, ``since`` and ``stream`` use one. If they cannot run,
+    the verification runs in this thread. A stream that a seal should have named is
     ``inserted`` (:func:`.seals.check_stream_births`): one a seal named and a later seal
     of the same sealer did not while its records stayed, and one an all-streams seal
     does not name whose first record is dated more than ``stream_grace`` seconds before
@@ -168,7 +168,7 @@ def verify_trail(
         try:
             last_seq = verify_parallel(engine.url.render_as_string(hide_password=False),
                                        key=key, checkpoints=by_stream, workers=workers,
-                                       report=shared, progress=progress)
+                                       report=shared, progress=progress, engine=engine)
         except Exception as exc:  # a worker that cannot start or read: one walk does it all
             log_internal_error("verify_parallel", logging.WARNING,
                                "parallel verification unavailable (%s); verifying in one "

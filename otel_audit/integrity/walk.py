@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .canonical import GENESIS_HASH, chain_hash
 from .checkpoints import Checkpoint
+from .fastwalk import LINKED, VERIFIED, payload_plans, verify_flags
 from .keys import PublicKeys
 
 if TYPE_CHECKING:
@@ -107,6 +109,9 @@ _HASH, _ID, _PII = 3, 4, 5
 #: SQLite's names of the Python types a malformed ``seq`` can come back as.
 _SQL_TYPES = {str: "text", float: "real", bytes: "blob"}
 
+#: A row of a run (fastwalk): verified and linked to the row before it.
+_RUN = VERIFIED | LINKED
+_RUNS = re.compile(bytes([ord("["), _RUN, ord("]"), ord("+")]))
 
 def _tagged(source: RowSource, stream: str | None) -> Iterator[tuple[Any, ...]]:
     for row in source.rows(stream):
@@ -141,7 +146,39 @@ class Walker:
         self.report.findings.append(Finding(kind, stream, seq,
                                             row[_ID] if row is not None else None, detail))
 
-    def step(self, row: tuple[Any, ...], source: RowSource) -> None:
+    def run(self, rows: list[tuple[Any, ...]], flags: bytes, source: RowSource,
+            start: int = 0) -> None:
+        """:meth:`step` over ``rows[start:]`` with their :func:`.fastwalk.verify_flags`:
+        a row verified there is not checked again, and a run of rows that verify and
+        link to each other (the walk's previous row being the one before the run) is
+        counted at once, as the steps would count it: no finding, no checkpoint inside.
+        """
+        step, n, i = self.step, len(rows), start
+        while i < n:
+            flag = flags[i]
+            if flag != _RUN or i == 0 or self.prev is not rows[i - 1]:
+                step(rows[i], source, True if flag & VERIFIED else None)
+                i += 1
+                continue
+            end = _RUNS.match(flags, i).end()  # type: ignore[union-attr]
+            cps = self.checkpoints.get(rows[i][0])
+            if cps:
+                lo, hi = rows[i][1], rows[end - 1][1]
+                inside = [seq for seq in cps if lo <= seq <= hi]
+                if inside:  # up to the first checkpointed record: it takes a step
+                    end = i + (min(inside) - lo)
+                    if end == i:
+                        step(rows[i], source, True)
+                        i += 1
+                        continue
+            last = rows[end - 1]
+            self.report.records += end - i
+            self.prev, self.prev_status = last, "ok"
+            self.last_seq[last[0]] = last[1]
+            i = end
+
+    def step(self, row: tuple[Any, ...], source: RowSource, ok: bool | None = None) -> None:
+        """One row of the walk; ``ok`` when its content is already known to match."""
         stream, seq, prev_hash = row[0], row[1], row[2]
         if type(seq) is not int:
             if seq is not None:  # NULL: reported with the unchained rows
@@ -160,7 +197,8 @@ class Walker:
         if isinstance(pii, str) and '"d"' in pii:
             self.report.erased += 1
             self.report.erased_ids.append(row[_ID])
-        ok = source.content_ok(row, self.key)
+        if ok is None:
+            ok = source.content_ok(row, self.key)
         prev = self.prev
         linked: bool | None
         if prev is None:
@@ -241,6 +279,11 @@ def verify_rows(
     merged: Iterable[tuple[Any, ...]]
     if len(sources) == 1:  # the common case skips the merge's per-row overhead
         only = sources[0]
+    if len(sources) == 1 and hasattr(sources[0], "batches"):  # the common case: batches
+        walk_batches(walker, sources[0], stream, starts, progress)
+        resolve_candidates(walker, sources)
+        find_truncations(report, by_stream, walker.last_seq)
+        return report
         merged = ((r[0], r[1], only, r) for r in only.rows(stream))
     else:
         merged = heapq.merge(*(_tagged(s, stream) for s in sources),
@@ -265,6 +308,26 @@ def verify_rows(
 def _order(seq: Any) -> tuple[int, int]:
     """Sort key of a ``seq`` of any type (a malformed one sorts first, like SQL NULLs)."""
     return (1, seq) if type(seq) is int else (0, 0)
+def walk_batches(walker: Walker, source: Any, stream: str | None,
+                 starts: dict[str, int] | None,
+                 progress: Callable[[int], None] | None) -> None:
+    """The walk over a source's batches (``source.batches``), each checked at once by
+    :func:`.fastwalk.verify_flags` before :meth:`Walker.run` (``since``: rows before a
+    stream's start are left out first)."""
+    plans = payload_plans(walker.key, source.layout)
+    for batch in source.batches(stream):
+        if starts is not None:
+            batch = [row for row in batch if _from_start(row, starts)]
+        walker.run(batch, verify_flags(batch, source.layout, plans), source)
+        if progress is not None:
+            progress(len(batch))
+
+
+def _from_start(row: tuple[Any, ...], starts: dict[str, int]) -> bool:
+    first = starts.get(row[0])
+    return first is not None and not (type(row[1]) is int and row[1] < first)
+
+
 
 
 def check_checkpoints(checkpoints: Iterable[Checkpoint], stream: str | None,

@@ -1,0 +1,1052 @@
+/* verify_flags(): the compiled form of otel_audit.integrity.fastwalk.python_verify_flags.
+ *
+ * For a batch of source rows (otel_audit/integrity/sources.py) it tells which rows'
+ * content matches their stored hash: bit 1 = verified, unset = not verified here (the
+ * row then takes the exact Python check, chain_hash, which decides); bit 2 = the row
+ * links to the row before it in the batch (same stream, next seq, prev_hash = its hash). A row gets 1 only when the
+ * payload built here is byte for byte the payload chain_hash builds; whatever this code
+ * does not handle exactly (a personal-key or erased row, a type other than str, int or
+ * None, a format tag without a key entry, a JSON text it does not read) gets 0.
+ *
+ * Two row layouts:
+ *  mode 0 (SQLite): stream, seq, prev_hash, hash, id, pii, salt, personal JSON array,
+ *         payload JSON array without its last two elements; SQLite built the arrays.
+ *  mode 1 (PostgreSQL, DuckDB): the header (6 values), the chain row, the format tag.
+ *         JSON documents are put in canonical form here (PostgreSQL prints JSONB with
+ *         spaces and its own key order): compact, keys sorted by code point, strings
+ *         escaped as json.dumps(ensure_ascii=False) escapes them, numbers as written
+ *         when they are in canonical spelling (else 0: the exact check refuses them).
+ *
+ * The values are read under the GIL; the payloads are built and hashed (OpenSSL) with
+ * the GIL released, so threads can share the work.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <limits.h>
+#include <string.h>
+
+PyObject *verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+enum { K_NULL, K_STR, K_INT, K_JSON };
+
+typedef struct {
+    int kind;
+    const char *p;
+    Py_ssize_t len;
+    long long n;
+} item;
+
+typedef struct {
+    char *d;
+    size_t len, cap;
+    int oom;
+} buf;
+
+static void
+put(buf *b, const char *s, size_t n)
+{
+    if (b->oom) {
+        return;
+    }
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n) {
+            cap *= 2;
+        }
+        char *g = PyMem_RawRealloc(b->d, cap);
+        if (g == NULL) {
+            b->oom = 1;
+            return;
+        }
+        b->d = g;
+        b->cap = cap;
+    }
+    memcpy(b->d + b->len, s, n);
+    b->len += n;
+}
+
+static void
+putc_(buf *b, char c)
+{
+    put(b, &c, 1);
+}
+
+static const char HEXD[] = "0123456789abcdef";
+
+/* A JSON string of UTF-8 text ``s``, escaped as json.dumps(ensure_ascii=False) does. */
+static void
+put_string(buf *b, const char *s, size_t n)
+{
+    putc_(b, '"');
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            continue;
+        }
+        put(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t len = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        default:
+            esc[1] = 'u'; esc[2] = '0'; esc[3] = '0';
+            esc[4] = HEXD[c >> 4]; esc[5] = HEXD[c & 15];
+            len = 6;
+        }
+        put(b, esc, len);
+    }
+    put(b, s + run, n - run);
+    putc_(b, '"');
+}
+
+/* ------------------------------------------------------------ canonical JSON (format 2+) */
+
+#define MAX_DEPTH 500
+#define MAX_INT_DIGITS 4300  /* Python's default int_max_str_digits */
+
+typedef struct {
+    const char *p, *end;
+} cursor;
+
+static void
+skip_ws(cursor *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) {
+        c->p++;
+    }
+}
+
+static int
+hex4(const char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char h = p[i];
+        v <<= 4;
+        if (h >= '0' && h <= '9') v |= (unsigned)(h - '0');
+        else if (h >= 'a' && h <= 'f') v |= (unsigned)(h - 'a' + 10);
+        else if (h >= 'A' && h <= 'F') v |= (unsigned)(h - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static void
+put_utf8(buf *b, unsigned cp)
+{
+    char u[4];
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        put(b, u, 1);
+    }
+    else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | (cp >> 6));
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        put(b, u, 2);
+    }
+    else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | (cp >> 12));
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        put(b, u, 3);
+    }
+    else {
+        u[0] = (char)(0xF0 | (cp >> 18));
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        put(b, u, 4);
+    }
+}
+
+/* Decode the JSON string at c->p (at its opening quote) into UTF-8 in ``out``. 0: not a
+ * string this code reads as Python does (a raw control character, a bad escape, a lone
+ * surrogate: Python could not encode the result either). */
+static int
+read_string(cursor *c, buf *out)
+{
+    c->p++;
+    const char *run = c->p;
+    while (c->p < c->end) {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            put(out, run, (size_t)(c->p - run));
+            c->p++;
+            return 1;
+        }
+        if (ch < 0x20) {
+            return 0;  /* json.loads (strict) refuses it */
+        }
+        if (ch != '\\') {
+            c->p++;
+            continue;
+        }
+        put(out, run, (size_t)(c->p - run));
+        if (c->end - c->p < 2) {
+            return 0;
+        }
+        char e = c->p[1];
+        c->p += 2;
+        switch (e) {
+        case '"': putc_(out, '"'); break;
+        case '\\': putc_(out, '\\'); break;
+        case '/': putc_(out, '/'); break;
+        case 'b': putc_(out, '\b'); break;
+        case 'f': putc_(out, '\f'); break;
+        case 'n': putc_(out, '\n'); break;
+        case 'r': putc_(out, '\r'); break;
+        case 't': putc_(out, '\t'); break;
+        case 'u': {
+            unsigned cp, lo;
+            if (c->end - c->p < 4 || !hex4(c->p, &cp)) {
+                return 0;
+            }
+            c->p += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                return 0;  /* a lone low surrogate */
+            }
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (c->end - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u'
+                        || !hex4(c->p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF) {
+                    return 0;
+                }
+                c->p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            put_utf8(out, cp);
+            break;
+        }
+        default:
+            return 0;
+        }
+        run = c->p;
+    }
+    return 0;
+}
+
+/* A number token in canonical spelling, copied; 0 for anything else (an exponent, a
+ * negative zero, a leading zero: the exact check refuses those). */
+static int
+copy_number(cursor *c, buf *out)
+{
+    const char *start = c->p, *p = c->p;
+    int nonzero = 0;
+    if (p < c->end && *p == '-') {
+        p++;
+    }
+    if (p >= c->end || *p < '0' || *p > '9') {
+        return 0;
+    }
+    if (*p == '0') {
+        p++;
+        if (p < c->end && *p >= '0' && *p <= '9') {
+            return 0;
+        }
+    }
+    else {
+        while (p < c->end && *p >= '0' && *p <= '9') {
+            p++;
+        }
+        nonzero = 1;
+    }
+    int fraction = 0;
+    if (p < c->end && *p == '.') {
+        p++;
+        const char *digits = p;
+        while (p < c->end && *p >= '0' && *p <= '9') {
+            nonzero |= *p != '0';
+            p++;
+        }
+        if (p == digits) {
+            return 0;
+        }
+        fraction = 1;
+    }
+    if (p < c->end && (*p == 'e' || *p == 'E')) {
+        return 0;
+    }
+    if (*start == '-' && !nonzero) {
+        return 0;
+    }
+    if (!fraction && p - start - (*start == '-') > MAX_INT_DIGITS) {
+        return 0;
+    }
+    put(out, start, (size_t)(p - start));
+    c->p = p;
+    return 1;
+}
+
+typedef struct {
+    size_t key, key_len;  /* decoded key in the scratch buffer */
+    size_t out, out_len;  /* "key":value in the output */
+} member;
+
+static int value(cursor *c, buf *out, buf *scratch, int depth);
+
+static int
+key_less(const buf *scratch, const member *a, const member *b)
+{
+    size_t n = a->key_len < b->key_len ? a->key_len : b->key_len;
+    int r = memcmp(scratch->d + a->key, scratch->d + b->key, n);
+    return r < 0 || (r == 0 && a->key_len < b->key_len);
+}
+
+static int
+object(cursor *c, buf *out, buf *scratch, int depth)
+{
+    c->p++;
+    size_t start = out->len, scratch_start = scratch->len;
+    member *m = NULL;
+    size_t count = 0, cap = 0;
+    int ok = 0;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+        putc_(out, '{');
+        putc_(out, '}');
+        return 1;
+    }
+    for (;;) {
+        skip_ws(c);
+        if (c->p >= c->end || *c->p != '"') {
+            goto done;
+        }
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            member *g = PyMem_RawRealloc(m, cap * sizeof(member));
+            if (g == NULL) {
+                goto done;
+            }
+            m = g;
+        }
+        member *it = &m[count++];
+        it->key = scratch->len;
+        if (!read_string(c, scratch)) {
+            goto done;
+        }
+        it->key_len = scratch->len - it->key;
+        it->out = out->len;
+        put_string(out, scratch->d + it->key, it->key_len);
+        skip_ws(c);
+        if (c->p >= c->end || *c->p != ':') {
+            goto done;
+        }
+        c->p++;
+        putc_(out, ':');
+        if (!value(c, out, scratch, depth + 1)) {
+            goto done;
+        }
+        it->out_len = out->len - it->out;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (c->p < c->end && *c->p == '}') {
+            c->p++;
+            break;
+        }
+        goto done;
+    }
+    if (scratch->oom || out->oom) {
+        goto done;
+    }
+    /* insertion sort by decoded key (code point order = UTF-8 byte order) */
+    for (size_t i = 1; i < count; i++) {
+        member x = m[i];
+        size_t j = i;
+        while (j > 0 && key_less(scratch, &x, &m[j - 1])) {
+            m[j] = m[j - 1];
+            j--;
+        }
+        m[j] = x;
+    }
+    for (size_t i = 1; i < count; i++) {
+        if (!key_less(scratch, &m[i - 1], &m[i])) {
+            goto done;  /* a duplicate key: the exact check decides */
+        }
+    }
+    {
+        size_t body = out->len - start;
+        char *copy = PyMem_RawMalloc(body ? body : 1);
+        if (copy == NULL) {
+            goto done;
+        }
+        memcpy(copy, out->d + start, body);
+        out->len = start;
+        putc_(out, '{');
+        for (size_t i = 0; i < count; i++) {
+            if (i) {
+                putc_(out, ',');
+            }
+            put(out, copy + (m[i].out - start), m[i].out_len);
+        }
+        putc_(out, '}');
+        PyMem_RawFree(copy);
+    }
+    ok = !out->oom;
+done:
+    PyMem_RawFree(m);
+    scratch->len = scratch_start;
+    return ok;
+}
+
+/* depth: how many containers enclose the value; a container inside more than
+ * MAX_DEPTH others is not read here (fastwalk.MAX_DEPTH) */
+static int
+value(cursor *c, buf *out, buf *scratch, int depth)
+{
+    skip_ws(c);
+    if (c->p >= c->end) {
+        return 0;
+    }
+    switch (*c->p) {
+    case '{':
+        return depth <= MAX_DEPTH && object(c, out, scratch, depth);
+    case '[': {
+        if (depth > MAX_DEPTH) {
+            return 0;
+        }
+        c->p++;
+        putc_(out, '[');
+        skip_ws(c);
+        if (c->p < c->end && *c->p == ']') {
+            c->p++;
+            putc_(out, ']');
+            return 1;
+        }
+        for (int first = 1;; first = 0) {
+            if (!first) {
+                putc_(out, ',');
+            }
+            if (!value(c, out, scratch, depth + 1)) {
+                return 0;
+            }
+            skip_ws(c);
+            if (c->p < c->end && *c->p == ',') {
+                c->p++;
+                continue;
+            }
+            if (c->p < c->end && *c->p == ']') {
+                c->p++;
+                putc_(out, ']');
+                return 1;
+            }
+            return 0;
+        }
+    }
+    case '"': {
+        size_t at = scratch->len;
+        if (!read_string(c, scratch)) {
+            return 0;
+        }
+        put_string(out, scratch->d + at, scratch->len - at);
+        scratch->len = at;
+        return !scratch->oom;
+    }
+    case 't':
+    case 'f':
+    case 'n': {
+        static const char *const words[] = {"true", "false", "null"};
+        for (int i = 0; i < 3; i++) {
+            size_t n = strlen(words[i]);
+            if ((size_t)(c->end - c->p) >= n && memcmp(c->p, words[i], n) == 0) {
+                put(out, c->p, n);
+                c->p += n;
+                return 1;
+            }
+        }
+        return 0;
+    }
+    default:
+        return copy_number(c, out);
+    }
+}
+
+/* The canonical text of the JSON document ``s`` appended to ``out``; 0 if not read. */
+static int
+canonical(const char *s, Py_ssize_t n, buf *out, buf *scratch)
+{
+    cursor c = {s, s + n};
+    size_t at = out->len;
+    if (!value(&c, out, scratch, 0)) {
+        out->len = at;
+        return 0;
+    }
+    skip_ws(&c);
+    if (c.p != c.end || out->oom || scratch->oom) {
+        out->len = at;
+        return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------ hashing */
+
+static const EVP_MD *md_sha256;
+
+static int
+sha(EVP_MD_CTX *ctx, const EVP_MD_CTX *from, const void *data, size_t len,
+    unsigned char *md)
+{
+    unsigned int md_len;
+    if (from != NULL ? !EVP_MD_CTX_copy_ex(ctx, from) : !EVP_DigestInit_ex(ctx, md_sha256, NULL)) {
+        return 0;
+    }
+    return EVP_DigestUpdate(ctx, data, len) && EVP_DigestFinal_ex(ctx, md, &md_len);
+}
+
+static void
+hexify(const unsigned char *md, char *out)
+{
+    for (int k = 0; k < 32; k++) {
+        out[2 * k] = HEXD[md[k] >> 4];
+        out[2 * k + 1] = HEXD[md[k] & 15];
+    }
+}
+
+/* A key's HMAC pad states (RFC 2104), or none (plain SHA-256) for key None. */
+typedef struct {
+    EVP_MD_CTX *pads[2];
+    int keyed;
+} keyinfo;
+
+static int
+key_setup(PyObject *key, keyinfo *k)
+{
+    k->keyed = 0;
+    k->pads[0] = k->pads[1] = NULL;
+    if (key == Py_None) {
+        return 1;
+    }
+    char *kp;
+    Py_ssize_t klen;
+    if (PyBytes_AsStringAndSize(key, &kp, &klen) < 0) {
+        return 0;
+    }
+    unsigned char block[64] = {0}, pad[64], md[EVP_MAX_MD_SIZE];
+    k->pads[0] = EVP_MD_CTX_new();
+    k->pads[1] = EVP_MD_CTX_new();
+    if (k->pads[0] == NULL || k->pads[1] == NULL) {
+        goto fail;
+    }
+    if (klen > 64) {
+        if (!sha(k->pads[0], NULL, kp, (size_t)klen, md)) {
+            goto fail;
+        }
+        memcpy(block, md, 32);
+    }
+    else {
+        memcpy(block, kp, (size_t)klen);
+    }
+    for (int j = 0; j < 2; j++) {
+        for (int b = 0; b < 64; b++) {
+            pad[b] = block[b] ^ (j == 0 ? 0x36 : 0x5C);
+        }
+        if (!EVP_DigestInit_ex(k->pads[j], md_sha256, NULL)
+                || !EVP_DigestUpdate(k->pads[j], pad, 64)) {
+            goto fail;
+        }
+    }
+    k->keyed = 1;
+    return 1;
+fail:
+    EVP_MD_CTX_free(k->pads[0]);
+    EVP_MD_CTX_free(k->pads[1]);
+    k->pads[0] = k->pads[1] = NULL;
+    PyErr_SetString(PyExc_RuntimeError, "verify_flags: OpenSSL could not set up HMAC");
+    return 0;
+}
+
+static int
+payload_hash(EVP_MD_CTX *ctx, const keyinfo *k, const char *data, size_t len, char *hex)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    int ok = k->keyed ? sha(ctx, k->pads[0], data, len, md) && sha(ctx, k->pads[1], md, 32, md)
+                      : sha(ctx, NULL, data, len, md);
+    if (ok) {
+        hexify(md, hex);
+    }
+    return ok;
+}
+
+/* ------------------------------------------------------------ the batch */
+
+/* a str's UTF-8, or NULL (no error left set) for a string UTF-8 cannot hold */
+static const char *
+utf8(PyObject *s, Py_ssize_t *len)
+{
+    const char *p = PyUnicode_AsUTF8AndSize(s, len);
+    if (p == NULL) {
+        PyErr_Clear();
+    }
+    return p;
+}
+
+/* one value as an item; 0 for a type the fast path does not take */
+static int
+take(PyObject *v, int json, item *it)
+{
+    if (v == Py_None) {
+        it->kind = K_NULL;
+        return 1;
+    }
+    if (PyUnicode_CheckExact(v)) {
+        it->p = utf8(v, &it->len);
+        it->kind = json ? K_JSON : K_STR;
+        return it->p != NULL;
+    }
+    if (PyLong_CheckExact(v) && !json) {
+        int overflow;
+        it->n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (it->n == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        it->kind = K_INT;
+        return 1;
+    }
+    return 0;
+}
+
+static void
+put_ll10(buf *b, long long x)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%lld", x);
+    put(b, tmp, (size_t)n);
+}
+
+/* How one format's payload is built from a source row (see fastwalk.payload_plans). */
+#define MAX_FIELDS 64
+#define MAX_PLANS 8
+
+typedef struct {
+    PyObject *tag;
+    keyinfo key, mac_key;
+    Py_ssize_t n_body, n_personal;
+    Py_ssize_t body[MAX_FIELDS], personal[MAX_FIELDS];
+    char body_json[MAX_FIELDS], personal_json[MAX_FIELDS];
+    Py_ssize_t salt, pii, mac;
+} plan;
+
+static int
+positions(PyObject *seq, Py_ssize_t *out, Py_ssize_t *n)
+{
+    if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) > MAX_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "verify_flags: bad plan");
+        return 0;
+    }
+    *n = PyTuple_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        out[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(seq, i));
+        if (out[i] < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "verify_flags: bad position");
+            }
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void
+free_plans(plan *plans, int n)
+{
+    for (int k = 0; k < n; k++) {
+        EVP_MD_CTX_free(plans[k].key.pads[0]);
+        EVP_MD_CTX_free(plans[k].key.pads[1]);
+        EVP_MD_CTX_free(plans[k].mac_key.pads[0]);
+        EVP_MD_CTX_free(plans[k].mac_key.pads[1]);
+        Py_XDECREF(plans[k].tag);
+    }
+}
+
+/* plans: dict tag -> (key, mac_key, body, personal, json, salt, pii, mac) */
+static int
+read_plans(PyObject *dict, plan *plans, int *count)
+{
+    Py_ssize_t at = 0;
+    PyObject *tag, *spec;
+    *count = 0;
+    while (PyDict_Next(dict, &at, &tag, &spec)) {
+        if (*count >= MAX_PLANS || !PyUnicode_CheckExact(tag) || !PyTuple_Check(spec)
+                || PyTuple_GET_SIZE(spec) != 8) {
+            PyErr_SetString(PyExc_TypeError, "verify_flags: bad plans");
+            return 0;
+        }
+        plan *pl = &plans[(*count)++];
+        memset(pl, 0, sizeof *pl);
+        pl->tag = Py_NewRef(tag);
+        PyObject *key = PyTuple_GET_ITEM(spec, 0), *mac_key = PyTuple_GET_ITEM(spec, 1);
+        if ((key != Py_None && !PyBytes_Check(key))
+                || (mac_key != Py_None && !PyBytes_Check(mac_key))) {
+            PyErr_SetString(PyExc_TypeError, "verify_flags: a key is not bytes");
+            return 0;
+        }
+        Py_ssize_t json[MAX_FIELDS], n_json;
+        if (!key_setup(key, &pl->key) || !key_setup(mac_key, &pl->mac_key)
+                || !positions(PyTuple_GET_ITEM(spec, 2), pl->body, &pl->n_body)
+                || !positions(PyTuple_GET_ITEM(spec, 3), pl->personal, &pl->n_personal)
+                || !positions(PyTuple_GET_ITEM(spec, 4), json, &n_json)) {
+            return 0;
+        }
+        for (Py_ssize_t j = 0; j < n_json; j++) {
+            for (Py_ssize_t f = 0; f < pl->n_body; f++) {
+                pl->body_json[f] |= pl->body[f] == json[j];
+            }
+            for (Py_ssize_t f = 0; f < pl->n_personal; f++) {
+                pl->personal_json[f] |= pl->personal[f] == json[j];
+            }
+        }
+        pl->salt = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 5));
+        pl->pii = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 6));
+        pl->mac = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 7));
+        if (PyErr_Occurred()) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* items of a row: 0 hash, 1 tag, 2 stream, 3 seq, 4 prev, 5 salt or personal JSON
+ * (SQLite), 6 mac, 7 SQLite payload prefix, then body, then personal */
+#define I_HASH 0
+#define I_TAG 1
+#define I_STREAM 2
+#define I_SEQ 3
+#define I_PREV 4
+#define I_SALT 5
+#define I_MAC 6
+#define I_PERSONAL_JSON 7
+#define I_PREFIX 8
+#define I_FIELDS 9
+
+/* verify_flags(rows, layout, plans) -> bytes
+ *
+ * layout 0 (SQLite): header, salt, personal JSON array, payload prefix, whole row as
+ * JSON (unused here), mac. layout 1: header, chain row, format tag. plans: format tag
+ * -> (key, mac_key, body positions, personal positions, JSON positions, salt position,
+ * pii position, mac position) with positions into the source row (layout 1; layout 0
+ * uses key, mac_key and the mac position only). key None: SHA-256, else HMAC-SHA256;
+ * mac_key: the row's mac must be HMAC-SHA256(mac_key, hash). */
+PyObject *
+verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "verify_flags takes 3 arguments");
+        return NULL;
+    }
+    PyObject *rows = args[0], *plans_arg = args[2];
+    long mode = PyLong_AsLong(args[1]);
+    if (mode == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_Check(rows) || !PyDict_Check(plans_arg) || (mode != 0 && mode != 1)) {
+        PyErr_SetString(PyExc_TypeError, "verify_flags: bad arguments");
+        return NULL;
+    }
+    if (md_sha256 == NULL) {
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+        md_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+        md_sha256 = EVP_sha256();
+#endif
+        if (md_sha256 == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no SHA-256");
+            return NULL;
+        }
+    }
+    plan plans[MAX_PLANS];
+    int n_plans = 0;
+    if (!read_plans(plans_arg, plans, &n_plans)) {
+        free_plans(plans, n_plans);
+        return NULL;
+    }
+    Py_ssize_t width = I_FIELDS;
+    for (int k = 0; k < n_plans; k++) {
+        Py_ssize_t w = I_FIELDS + plans[k].n_body + plans[k].n_personal;
+        width = w > width ? w : width;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    item *items = PyMem_RawCalloc((size_t)(n ? n : 1) * (size_t)width, sizeof(item));
+    int *plan_of = PyMem_RawCalloc((size_t)(n ? n : 1), sizeof(int));
+    if (out == NULL || items == NULL || plan_of == NULL) {
+        Py_XDECREF(out);
+        PyMem_RawFree(items);
+        PyMem_RawFree(plan_of);
+        free_plans(plans, n_plans);
+        return PyErr_NoMemory();
+    }
+    char *flags = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        flags[i] = 0;
+        plan_of[i] = -1;
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_CheckExact(row)) {
+            continue;
+        }
+        Py_ssize_t size = PyTuple_GET_SIZE(row);
+        item *it = items + i * width;
+        PyObject *tag = NULL;
+        int found = -1;
+        if (mode == 0) {
+            if (size < 11 || PyTuple_GET_ITEM(row, 5) != Py_None
+                    || !take(PyTuple_GET_ITEM(row, 3), 0, &it[I_HASH]) || it[I_HASH].kind != K_STR
+                    || !take(PyTuple_GET_ITEM(row, 6), 0, &it[I_SALT]) || it[I_SALT].kind == K_INT
+                    || !take(PyTuple_GET_ITEM(row, 7), 0, &it[I_PERSONAL_JSON])
+                    || it[I_PERSONAL_JSON].kind != K_STR
+                    || !take(PyTuple_GET_ITEM(row, 8), 0, &it[I_PREFIX])
+                    || it[I_PREFIX].kind != K_STR) {
+                continue;
+            }
+            /* the tag: ["<tag>",... */
+            const char *p = it[I_PREFIX].p;
+            Py_ssize_t len = it[I_PREFIX].len, e = 2;
+            if (len < 4 || p[0] != '[' || p[1] != '"' || p[len - 1] != ']') {
+                continue;
+            }
+            while (e < len && p[e] != '"' && p[e] != '\\') {
+                e++;
+            }
+            if (e >= len || p[e] != '"') {
+                continue;
+            }
+            for (int k = 0; k < n_plans; k++) {
+                Py_ssize_t tl;
+                const char *t = PyUnicode_AsUTF8AndSize(plans[k].tag, &tl);
+                if (t == NULL) {
+                    PyErr_Clear();
+                    continue;
+                }
+                if (tl == e - 2 && memcmp(t, p + 2, (size_t)tl) == 0) {
+                    found = k;
+                    break;
+                }
+            }
+            if (found < 0) {
+                continue;
+            }
+        }
+        else {
+            if (size < 10) {
+                continue;
+            }
+            tag = PyTuple_GET_ITEM(row, size - 1);
+            if (!PyUnicode_CheckExact(tag)) {
+                continue;
+            }
+            for (int k = 0; k < n_plans; k++) {
+                if (plans[k].tag == tag || PyUnicode_Compare(plans[k].tag, tag) == 0) {
+                    found = k;
+                    break;
+                }
+            }
+            if (PyErr_Occurred()) {
+                PyErr_Clear();
+            }
+            if (found < 0) {
+                continue;
+            }
+            plan *pl = &plans[found];
+            int good = pl->salt < size && pl->pii < size
+                       && PyTuple_GET_ITEM(row, pl->pii) == Py_None
+                       && take(PyTuple_GET_ITEM(row, 3), 0, &it[I_HASH]) && it[I_HASH].kind == K_STR
+                       && take(tag, 0, &it[I_TAG])
+                       && take(PyTuple_GET_ITEM(row, 6), 0, &it[I_STREAM]) && it[I_STREAM].kind == K_STR
+                       && take(PyTuple_GET_ITEM(row, 7), 0, &it[I_SEQ]) && it[I_SEQ].kind == K_INT
+                       && take(PyTuple_GET_ITEM(row, 8), 0, &it[I_PREV]) && it[I_PREV].kind == K_STR
+                       && take(PyTuple_GET_ITEM(row, pl->salt), 0, &it[I_SALT])
+                       && it[I_SALT].kind != K_INT;
+            for (Py_ssize_t f = 0; good && f < pl->n_body; f++) {
+                good = pl->body[f] < size
+                       && take(PyTuple_GET_ITEM(row, pl->body[f]), pl->body_json[f],
+                               &it[I_FIELDS + f]);
+            }
+            for (Py_ssize_t f = 0; good && f < pl->n_personal; f++) {
+                item *pv = &it[I_FIELDS + pl->n_body + f];
+                good = pl->personal[f] < size
+                       && take(PyTuple_GET_ITEM(row, pl->personal[f]), pl->personal_json[f], pv)
+                       && pv->kind != K_INT;
+            }
+            if (!good) {
+                continue;
+            }
+        }
+        plan *pl = &plans[found];
+        if (pl->mac_key.keyed) {
+            if (pl->mac >= size || !take(PyTuple_GET_ITEM(row, pl->mac), 0, &it[I_MAC])
+                    || it[I_MAC].kind != K_STR) {
+                continue;
+            }
+        }
+        plan_of[i] = found;
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    buf pay = {0}, per = {0}, text = {0}, scratch = {0};
+    char hex[64], mac[64];
+    unsigned char md[EVP_MAX_MD_SIZE];
+    failed = ctx == NULL;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        if (plan_of[i] < 0) {
+            continue;
+        }
+        item *it = items + i * width;
+        const plan *pl = &plans[plan_of[i]];
+        if (it[I_HASH].len != 64) {
+            continue;
+        }
+        pay.len = per.len = 0;
+        pay.oom = per.oom = 0;
+        if (it[I_SALT].kind == K_STR) {
+            put(&per, it[I_SALT].p, (size_t)it[I_SALT].len);
+        }
+        putc_(&per, '\0');
+        int good = 1;
+        if (mode == 0) {
+            /* sha256(salt "\0" personal), then prefix[:-1] + ',null,"<digest>"]' */
+            put(&per, it[I_PERSONAL_JSON].p, (size_t)it[I_PERSONAL_JSON].len);
+            put(&pay, it[I_PREFIX].p, (size_t)it[I_PREFIX].len - 1);
+        }
+        else {
+            putc_(&pay, '[');
+            put_string(&pay, it[I_TAG].p, (size_t)it[I_TAG].len);
+            putc_(&pay, ',');
+            put_string(&pay, it[I_STREAM].p, (size_t)it[I_STREAM].len);
+            putc_(&pay, ',');
+            put_ll10(&pay, it[I_SEQ].n);
+            putc_(&pay, ',');
+            put_string(&pay, it[I_PREV].p, (size_t)it[I_PREV].len);
+            Py_ssize_t total = pl->n_body + pl->n_personal;
+            putc_(&per, '[');
+            for (Py_ssize_t f = 0; f < total && good; f++) {
+                item *v = &it[I_FIELDS + f];
+                buf *to = f < pl->n_body ? &pay : &per;
+                if (f < pl->n_body) {
+                    putc_(&pay, ',');
+                }
+                if (v->kind == K_NULL) {
+                    put(to, "null", 4);
+                }
+                else if (v->kind == K_INT) {
+                    put_ll10(to, v->n);
+                }
+                else if (v->kind == K_STR) {
+                    put_string(to, v->p, (size_t)v->len);
+                }
+                else {
+                    text.len = 0;
+                    text.oom = 0;
+                    scratch.len = 0;
+                    scratch.oom = 0;
+                    good = canonical(v->p, v->len, &text, &scratch);
+                    if (good) {
+                        put_string(to, text.d, text.len);
+                    }
+                }
+                if (f >= pl->n_body) {
+                    putc_(&per, ',');
+                }
+            }
+            put(&per, "[]]", 3);
+        }
+        if (!good) {
+            continue;
+        }
+        if (pay.oom || per.oom) {
+            failed = 1;
+            break;
+        }
+        if (!sha(ctx, NULL, per.d, per.len, md)) {
+            failed = 1;
+            break;
+        }
+        put(&pay, ",null,\"", 7);
+        size_t at = pay.len;
+        put(&pay, "0000000000000000000000000000000000000000000000000000000000000000\"]", 66);
+        if (pay.oom) {
+            failed = 1;
+            break;
+        }
+        hexify(md, pay.d + at);
+        if (!payload_hash(ctx, &pl->key, pay.d, pay.len, hex)) {
+            failed = 1;
+            break;
+        }
+        if (memcmp(hex, it[I_HASH].p, 64) != 0) {
+            continue;
+        }
+        if (pl->mac_key.keyed) {
+            if (it[I_MAC].len != 64 || !payload_hash(ctx, &pl->mac_key, hex, 64, mac)) {
+                failed = it[I_MAC].len == 64;
+                continue;
+            }
+            if (memcmp(mac, it[I_MAC].p, 64) != 0) {
+                continue;
+            }
+        }
+        flags[i] = 1;
+    }
+    EVP_MD_CTX_free(ctx);
+    PyMem_RawFree(pay.d);
+    PyMem_RawFree(per.d);
+    PyMem_RawFree(text.d);
+    PyMem_RawFree(scratch.d);
+    Py_END_ALLOW_THREADS
+    /* 2: linked to the row before it in the batch (same stream, the next seq, its
+     * prev_hash the hash of that row) */
+    for (Py_ssize_t i = 1; i < n && !failed; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i), *before = PyList_GET_ITEM(rows, i - 1);
+        if (!PyTuple_CheckExact(row) || !PyTuple_CheckExact(before)
+                || PyTuple_GET_SIZE(row) < 4 || PyTuple_GET_SIZE(before) < 4) {
+            continue;
+        }
+        PyObject *seq = PyTuple_GET_ITEM(row, 1), *seq0 = PyTuple_GET_ITEM(before, 1);
+        PyObject *stream = PyTuple_GET_ITEM(row, 0), *stream0 = PyTuple_GET_ITEM(before, 0);
+        PyObject *prev = PyTuple_GET_ITEM(row, 2), *hash0 = PyTuple_GET_ITEM(before, 3);
+        if (!PyLong_CheckExact(seq) || !PyLong_CheckExact(seq0)
+                || !PyUnicode_CheckExact(stream) || !PyUnicode_CheckExact(stream0)
+                || !PyUnicode_CheckExact(prev) || !PyUnicode_CheckExact(hash0)) {
+            continue;
+        }
+        int o1, o2;
+        long long a = PyLong_AsLongLongAndOverflow(seq, &o1);
+        long long b = PyLong_AsLongLongAndOverflow(seq0, &o2);
+        if (o1 || o2 || b == LLONG_MAX || a != b + 1) {
+            continue;
+        }
+        int same = PyUnicode_Compare(stream, stream0);
+        int linked = same == 0 ? PyUnicode_Compare(prev, hash0) : -1;
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            continue;
+        }
+        if (linked == 0) {
+            flags[i] |= 2;
+        }
+    }
+    free_plans(plans, n_plans);
+    PyMem_RawFree(items);
+    PyMem_RawFree(plan_of);
+    if (failed) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "verify_flags: OpenSSL or memory failure");
+        return NULL;
+    }
+    return out;
+}
+
