@@ -26,11 +26,14 @@ from typer.testing import CliRunner
 
 from otel_audit import AuditTrail
 from otel_audit.cli import app
-from otel_audit.fields import FIELD_NAMES
 from otel_audit.forgetting import ForgetReport, SubjectMatchers
+from otel_audit.integrity.canonical import GENESIS_HASH, canonical_stored_json, chain_hash
 from otel_audit.integrity.keys import generate_signing_key, load_public_key, load_signing_key
+from otel_audit.record import AuditRecord, normalise
 from otel_audit.retention import ERASED, forget, prune
-from otel_audit.store.schema import metadata
+from otel_audit.store.migrate import upgrade
+from otel_audit.store.schema import ROW_COLUMNS, metadata
+from otel_audit.store.writer import chain_row
 
 Factory = Callable[..., AuditTrail]
 SUBJECT = "subj-7f3a"
@@ -42,16 +45,11 @@ MATCHERS = SubjectMatchers().with_keys(["reviewers"])
 #: seq -> what the record is (the order write() writes them)
 OWN_1, OWN_2, ACTING, DELEGATED, EMAIL_ROW, KEYS_ROW, ABOUT, DECOY = range(1, 9)
 
-#: stores before layout 3 have no delegation chain: that record names no one
-CHAINS = "delegation_chain" in FIELD_NAMES
 BY_COLUMN = {"acting_as": 1, "client_ip": 2, "context": 2, "delegation_chain": 1,
              "new_values": 3, "old_values": 1, "resource_id": 1, "user_agent": 1,
              "user_email": 3, "user_id": 2}
 BY_ACTION = {"ASSIGN": 1, "LOGIN": 2, "READ": 1, "UPDATE": 2, "USER_UPDATE": 1}
 BY_RESOURCE_TYPE = {"doc": 3, "session": 2, "ticket": 1, "user": 1}
-if not CHAINS:
-    del BY_COLUMN["delegation_chain"], BY_ACTION["READ"]
-    BY_RESOURCE_TYPE["doc"] = 2
 RECORDS = sum(BY_ACTION.values())
 
 
@@ -79,10 +77,9 @@ def write(trail: AuditTrail) -> None:
     rec("UPDATE", user_id="alice", user_email="alice@example.org", acting_as=SUBJECT,
         resource_type="doc", resource_id="d-2", new_values={"title": "c"},
         timestamp=at(ACTING))
-    chain = {"delegation_chain": [{"principal": SUBJECT, "via": "token_exchange"},
-                                  {"principal": "svc-sync", "via": "service_account"}]}
     rec("READ", user_id="carol", resource_type="doc", resource_id="d-3", timestamp=at(DELEGATED),
-        **(chain if CHAINS else {}))  # type: ignore[arg-type]
+        delegation_chain=[{"principal": SUBJECT, "via": "token_exchange"},
+                          {"principal": "svc-sync", "via": "service_account"}])
     rec("LOGIN", user_id="dave", user_email="SUBJ.7f3a@example.org", client_ip="10.2.2.2",
         resource_type="session", resource_id="s-2", timestamp=at(EMAIL_ROW))
     rec("ASSIGN", user_id="erin", user_email="erin@example.org", resource_type="ticket",
@@ -157,10 +154,9 @@ def test_every_reference_is_erased_and_verify_passes(
     assert _row(engine, EMAIL_ROW, "user_id", "user_email", "client_ip") == (
         "dave", ERASED, "10.2.2.2")
     assert _row(engine, ACTING, "user_id", "acting_as") == ("alice", ERASED)
-    if CHAINS:
-        chain = json.loads(_row(engine, DELEGATED, "delegation_chain")[0])
-        assert chain == [{"principal": ERASED, "via": "token_exchange"},
-                         {"principal": "svc-sync", "via": "service_account"}]
+    chain = json.loads(_row(engine, DELEGATED, "delegation_chain")[0])
+    assert chain == [{"principal": ERASED, "via": "token_exchange"},
+                     {"principal": "svc-sync", "via": "service_account"}]
     values, context = _row(engine, KEYS_ROW, "new_values", "context")
     assert json.loads(values) == {"assignee": ERASED, "reviewers": ["frank", ERASED],
                                   "ratio": 0.1}
@@ -197,8 +193,6 @@ def test_the_erasure_lists_every_location(
         KEYS_ROW: ["context.requested_by.email", "new_values.assignee",
                    "new_values.reviewers.1"],
         ABOUT: ["resource_id"]}
-    if not CHAINS:
-        del expected[DELEGATED]
     assert at == expected
 
 
@@ -209,10 +203,8 @@ def test_the_erasure_lists_every_location(
     (ABOUT, "resource_id", SUBJECT),
     (KEYS_ROW, "new_values", '{"assignee":"subj-7f3a","reviewers":["frank","[erased]"],'
                              '"ratio":0.1}'),
-    pytest.param(DELEGATED, "delegation_chain",
-                 '[{"principal":"subj-7f3a","via":"token_exchange"},'
-                 '{"principal":"svc-sync","via":"service_account"}]',
-                 marks=pytest.mark.skipif(not CHAINS, reason="no delegation chains")),
+    (DELEGATED, "delegation_chain", '[{"principal":"subj-7f3a","via":"token_exchange"},'
+                                    '{"principal":"svc-sync","via":"service_account"}]'),
     (KEYS_ROW, "user_id", "mallory"),
 ])
 def test_rewriting_an_erased_record_is_found(
@@ -329,3 +321,73 @@ def test_cli_prints_the_counts(written: AuditTrail, store_url: str,
     assert rows == {("column", k, str(v)) for k, v in BY_COLUMN.items()} | {
         ("action", k, str(v)) for k, v in BY_ACTION.items()} | {
         ("resource_type", k, str(v)) for k, v in BY_RESOURCE_TYPE.items()}
+
+
+# ------------------------------------------------------------ rows of an earlier format
+
+
+def _format2_rows(stream: str) -> list[tuple[Any, ...]]:
+    """Rows as a release before layout 3 sealed them (format 2, keyed): ``acting_as``
+    hashed as stored. Seq 1: alice acting as the subject; 2: the subject's own record
+    acting as alice; 3: bob, no reference."""
+    rows: list[tuple[Any, ...]] = []
+    prev = GENESIS_HASH
+    people = [("alice", SUBJECT), (SUBJECT, "alice"), ("bob", None)]
+    for seq, (user, acting) in enumerate(people, start=1):
+        record = AuditRecord(
+            id=f"0192d6a0-0000-7000-8000-00000000010{seq}",
+            timestamp=BASE + dt.timedelta(seconds=seq), action="UPDATE", user_id=user,
+            user_email=f"{user}@example.org", acting_as=acting, resource_type="invoice",
+            resource_id=str(seq), new_values={"amount": 12345678901234567, "owner": user},
+            schema_version=2)
+        record, texts = normalise(record)
+        texts = {k: None if v is None else canonical_stored_json(v) for k, v in texts.items()}
+        row = chain_row(record, texts, stream, seq, prev, None, f"{seq:02d}" * 16, None)
+        digest = chain_hash(row, KEY.encode())
+        rows.append((*row[:ROW_COLUMNS.index("hash")], digest))
+        prev = digest
+    return rows
+
+
+def _insert_old(engine: Engine, rows: list[tuple[Any, ...]]) -> None:
+    names = ROW_COLUMNS[:ROW_COLUMNS.index("hash") + 1]
+    with engine.begin() as conn:
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            if engine.dialect.name != "sqlite":
+                values["timestamp"] = dt.datetime.fromisoformat(values["timestamp"] + "+00:00")
+                values["requires_review"] = bool(values["requires_review"])
+                values["success"] = bool(values["success"])
+            conn.execute(text(f"INSERT INTO audit_trails ({', '.join(names)}) VALUES "
+                              f"({', '.join(':' + n for n in names)})"), values)
+
+
+def test_format_2_rows_hashing_acting_as_as_stored(
+        make_trail: Factory, engine: Engine,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    make_trail(hmac_key=KEY, mode="sync").record("READ", user_id="x")  # the schema
+    upgrade(engine)
+    _insert_old(engine, _format2_rows("old@host:1:a"))
+    assert verify(engine).ok
+    report = forget(engine, SUBJECT, signing_key=keys[0])
+    assert report.live == 2 and report.by_column == {
+        "acting_as": 1, "new_values": 1, "user_email": 1, "user_id": 1}
+    result = verify(engine, public_key=keys[1])
+    assert result.ok, result.findings
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT seq, user_id, acting_as, pii_salt FROM audit_trails "
+                                 "WHERE stream = 'old@host:1:a' ORDER BY seq")).all()
+    # alice keeps her name (under a fresh salt) and loses the subject; the subject's own
+    # record keeps alice, whom a format-2 row hashes as stored (not the subject's value)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (1, "alice", ERASED), (2, ERASED, "alice"), (3, "bob", None)]
+    assert rows[0][3] is not None and rows[1][3] is None
+    with engine.connect() as conn:
+        document = json.loads(conn.execute(text("SELECT document FROM audit_erasures"))
+                              .scalar_one())
+    assert {r["seq"]: ("h" in r) for r in document["rows"]} == {1: True, 2: True}
+    for column, value in (("acting_as", "eve"), ("user_id", "mallory")):
+        execute(engine, f"UPDATE audit_trails SET {column} = :v WHERE seq = 1 AND "
+                "stream = 'old@host:1:a'", v=value)
+        found = {(f.kind, f.seq) for f in verify(engine, public_key=keys[1]).findings}
+        assert ("erasure", 1) in found
