@@ -6,6 +6,10 @@ review rules; the UPDATE diff; classification by resource type; ``log_data_acces
 records ``READ`` by default; ``log_audit``'s description goes to
 ``context["description"]``.
 
+The upstream service's later columns ``auth_method``, ``acting_as`` and
+``delegation_chain`` are keyword parameters of the same names of :meth:`log_action`
+(the other methods pass them through ``**kwargs``, as the seed does).
+
 Defects fixed: every method returns the :class:`~otel_audit.record.AuditRecord` it
 recorded; the correlation ID is the trace ID when a trace is active; UPDATE diffs
 descend into nested mappings (``{"cfg.timeout": {"old": 1, "new": 2}}``);
@@ -102,11 +106,19 @@ class AuditTrailService:
         details: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         db: Any = None,
+        *,
+        auth_method: str | None = None,
+        acting_as: str | None = None,
+        delegation_chain: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> AuditRecord | None:
         """Log an audit trail entry; returns the record, or ``None`` when disabled.
 
-        Extra keyword arguments (``acting_as``, ``request_id``) are passed to the record.
+        ``auth_method``: how the caller authenticated; ``acting_as``: the user a service
+        acts for; ``delegation_chain``: the principals the caller's authority was
+        delegated through, ``[{"principal": ..., "via": ...}, ...]``. Inside a request
+        (the middleware's context) each one left out is taken from the request. Other
+        keyword arguments (``request_id``) are passed to the record.
         """
         trail = self.trail
         if not trail.enabled:
@@ -138,6 +150,9 @@ class AuditTrailService:
                 success=success,
                 error_message=error_message,
                 context=context_payload or None,
+                auth_method=auth_method,
+                acting_as=acting_as,
+                delegation_chain=delegation_chain,
                 apply_policy=False,
                 **kwargs,
             )

@@ -20,6 +20,8 @@ attribute                      record field
 ``audit.changes``              ``changes`` (a map or a JSON string)
 ``audit.context``              ``context`` (a map or a JSON string)
 ``audit.acting_as``            ``acting_as``
+``audit.auth.method``          ``auth_method``
+``audit.delegation_chain``     ``delegation_chain`` (a list of maps or a JSON string)
 ``audit.request_id``           ``request_id``
 ``audit.record_id``            ``id`` (when re-ingesting a record emitted elsewhere)
 ``user.id`` / ``enduser.id``   ``user_id`` (``user.id`` wins)

@@ -137,6 +137,9 @@ def build(
         user_email = user_email if user_email is not None else req.user_email
         team_id = team_id if team_id is not None else req.team_id
         acting_as = acting_as if acting_as is not None else req.acting_as
+        auth_method = auth_method if auth_method is not None else req.auth_method
+        if delegation_chain is None:
+            delegation_chain = req.delegation_chain
         if req.extra and (context is None or issubclass(type(context), dict)):
             try:
                 merged = {**req.extra, **(context or {})}  # request notes, caller wins

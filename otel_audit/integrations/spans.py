@@ -29,9 +29,11 @@ __all__ = ["AuditSampler", "AuditSpanProcessor"]
 
 _ACTION = "audit.action"
 _RECORD_ID = "audit.record_id"
-# identity and request attributes a span event inherits from its span
+# identity and request attributes a span event inherits from its span (who acted, how
+# they authenticated and on whose behalf, from where)
 _INHERITED = ("user.id", "enduser.id", "user.email", "client.address", "user_agent.original",
-              "http.request.method", "url.path", "http.route", "audit.team.id")
+              "http.request.method", "url.path", "http.route", "audit.team.id",
+              "audit.auth.method", "audit.acting_as", "audit.delegation_chain")
 
 
 class AuditSpanProcessor(SpanProcessor):
