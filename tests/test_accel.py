@@ -12,7 +12,7 @@ import pytest
 PROBE = """
 import json
 from otel_audit import _accel, record, record_builder
-from otel_audit.integrity import chain, merkle
+from otel_audit.integrity import chain, fastwalk, merkle
 from otel_audit.exporters import postgres, sqlite
 print(json.dumps({
     "pure": _accel.pure_python,
@@ -25,6 +25,7 @@ print(json.dumps({
     "copy_text": postgres._copy_text is not None,
     "sqlite_params": sqlite._sqlite_params is not sqlite.python_sqlite_params,
     "merkle_extend": merkle._merkle_extend is not None,
+    "verify_flags": fastwalk.verify_flags is not fastwalk.python_verify_flags,
 }))
 """
 
