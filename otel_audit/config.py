@@ -166,8 +166,10 @@ SETTINGS: tuple[Setting, ...] = (
             "stream per process. A named stream resumes after its last stored record "
             "(one writer per name)."),
     Setting("hmac_key", "OTEL_AUDIT_HMAC_KEY", None, str,
-            "Key of the chain's HMAC-SHA256 (unset: plain SHA-256); without it, anyone "
-            "who can write to the database can rebuild the chain."),
+            "Key of each record's `mac` (HMAC-SHA256 of its public SHA-256 hash; unset: "
+            "no `mac`). The chain verifies without it against the signed seals; with it "
+            "`verify` also checks every `mac`, which an attacker without the key cannot "
+            "forge, also after the newest seal. Rows sealed before format 3 hash with it."),
     Setting("signing_key", "OTEL_AUDIT_SIGNING_KEY", None, str,
             "Ed25519 private key signing checkpoints: a file path, PKCS#8 PEM, or a "
             "64-hex raw seed (`otel-audit checkpoint --new-key` makes one)."),

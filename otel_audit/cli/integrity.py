@@ -189,7 +189,9 @@ def verify(
         summary = (f"{report.records} records in {report.streams} streams, "
                    f"{report.checkpoints} checkpoints, {report.seals} seals, "
                    f"{report.archive_files} archive files"
-                   + (f", {report.erased} erased" if report.erased else ""))
+                   + (f", {report.erased} erased" if report.erased else "")
+                   + (f"; {report.macs_unchecked} MACs not checked (no HMAC key: the "
+                      "public hashes were)" if report.macs_unchecked else ""))
         for w in report.warnings:
             err_console().print(f"[yellow]warning:[/] {w.kind} {w.stream or ''} "
                                 f"{'' if w.seq is None else w.seq} {w.detail}",

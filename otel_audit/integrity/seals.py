@@ -264,11 +264,12 @@ class PeriodicSeals:
     committed head. A seal that cannot be written is logged, never raised: sealing must
     not fail the write path.
 
-    On a chain of plain SHA-256 hashes (no HMAC key: hashes anyone can recompute, which
-    proofs need) each seal also names the Merkle root of the records since the previous
-    seal (:mod:`.intervals`), kept in O(log n) memory as the batches commit. An interval
-    whose records did not commit in ``seq`` order, or that follows a seal that could not
-    be written, gets none: its seal stays plain.
+    Each seal also names the Merkle root of the records since the previous seal
+    (:mod:`.intervals`), kept in O(log n) memory as the batches commit: the sealer's
+    hashes are plain SHA-256 (format ``otel-audit/3``, an HMAC key or not: hashes anyone
+    can recompute, which proofs need). An interval whose records did not commit in
+    ``seq`` order, or that follows a seal that could not be written, gets none: its seal
+    stays plain.
     """
 
     def __init__(self, writer: StoreWriter, chain: ChainSealer, interval: float,
@@ -281,7 +282,7 @@ class PeriodicSeals:
         self._head: tuple[str, int, str] | None = None  # last committed (stream, seq, hash)
         self._sealed: tuple[str, int, str] | None = None
         self._last = time.monotonic()
-        self._trees = getattr(chain, "hmac_key", None) is None
+        self._trees = True  # format 3: public hashes, keyed chain or not
         self._acc: MerkleAccumulator | None = MerkleAccumulator() if self._trees else None
         self._acc_first = 1  # seq of the accumulator's first leaf
         ref = weakref.ref(self)  # the fork hook must not keep a closed trail's seals alive

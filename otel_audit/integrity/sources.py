@@ -376,6 +376,16 @@ class ArchiveSource:
         files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.files)
         return f"read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
 
+    def mac_count(self, stream: str | None = None) -> int:
+        """How many archived chained rows carry a ``mac`` (none in files from before
+        migration 0008)."""
+        if not self.files or "mac" not in self._columns():
+            return 0
+        where, params = _where(stream, "?")
+        row = self._query(f"SELECT COUNT(*) FROM {self._relation()} {where} AND mac IS NOT "
+                          "NULL", params).fetchone()
+        return int(row[0]) if row else 0
+
     def _columns(self) -> set[str]:
         """The columns the archive files hold (files from before migration 0008 lack
         the later layouts' columns)."""

@@ -5,7 +5,9 @@ merged by ``(stream, seq)``) once, recomputes each hash, checks each link, and r
 :class:`VerifyReport` whose findings each have a *kind*:
 
 ``modified``       a record's content no longer matches its hash, or its hash is not the
-                   one its successor (or a checkpoint) committed to
+                   one its successor (or a checkpoint) committed to; with the chain's
+                   HMAC key, a format-3 record whose ``mac`` is not the HMAC of its hash
+                   (or is missing)
 ``deleted``        sequence numbers missing inside a chain (a gap)
 ``inserted``       a row that belongs to no chain position (no chain, a duplicate seq, a
                    forged row linked to nothing)
@@ -31,6 +33,7 @@ merged by ``(stream, seq)``) once, recomputes each hash, checks each link, and r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._internal import log_internal_error
+from ..errors import IntegrityError
 from .checkpoints import Checkpoint
 from .keys import PublicKeys
 from .walk import (  # Finding, VerifyReport and verify_rows are part of this module's API
@@ -143,6 +147,8 @@ def verify_trail(
     eligible = archive_dir is None and since is None and stream is None
 
     def finish(done: VerifyReport) -> VerifyReport:
+        if key is None:  # the public hashes were checked, the MACs beside them not
+            done.macs_unchecked = _macs(engine, stream, archive_dir)
         # erasures are judged once the walk has met every erased record
         rewritten: set[str] = set()
         done.findings.extend(check_erasures(engine, archive_dir=archive_dir,
@@ -227,3 +233,27 @@ def malformed_rows(engine: Any, *, blobs: bool = False) -> list[Finding]:
                            seq if type(seq) is int else None,
                            row_id if isinstance(row_id, str) else None, detail))
     return out
+
+
+def _macs(engine: Any, stream: str | None, archive_dir: str | Path | None) -> int:
+    """How many chained records (of ``stream``) carry a ``mac``, live and archived: what a
+    verification without the HMAC key did not check (stores and archives from before
+    migration 0008 have none)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .sources import ArchiveSource
+
+    where = "mac IS NOT NULL AND stream IS NOT NULL" + ("" if stream is None else
+                                                        " AND stream = :stream")
+    count = 0
+    try:
+        with engine.connect() as conn:
+            count = int(conn.execute(text(f"SELECT COUNT(*) FROM audit_trails WHERE {where}"),
+                                     {"stream": stream}).scalar() or 0)
+    except SQLAlchemyError:
+        pass  # no mac column (a store before 0008): nothing unchecked
+    if archive_dir is not None:
+        with contextlib.suppress(IntegrityError):  # unreadable: the archive checks say so
+            count += ArchiveSource(archive_dir).mac_count(stream)
+    return count

@@ -69,6 +69,9 @@ class VerifyReport:
     erased: int = 0
     seals: int = 0
     erasures: int = 0
+    #: format-3 records carrying a ``mac`` that was not checked (verified without the
+    #: chain's HMAC key: their public hashes were)
+    macs_unchecked: int = 0
     findings: list[Finding] = field(default_factory=list)
     #: what does not fail the verification (``unsigned`` without ``require_signed``)
     warnings: list[Finding] = field(default_factory=list)
@@ -85,7 +88,7 @@ class VerifyReport:
         return {"ok": self.ok, "records": self.records, "streams": self.streams,
                 "checkpoints": self.checkpoints, "seals": self.seals,
                 "erasures": self.erasures, "archive_files": self.archive_files,
-                "erased_records": self.erased,
+                "erased_records": self.erased, "macs_unchecked": self.macs_unchecked,
                 "findings": [asdict(f) for f in self.findings],
                 "warnings": [asdict(f) for f in self.warnings]}
 

@@ -197,6 +197,10 @@ def test_format_2_rows_verify_next_to_format_3_rows(
     trail.flush()
     report = verify(engine)
     assert report.ok, report.findings
+    # without the key only the format-2 rows fail: their hashes are keyed, format 3's not
+    unkeyed = verify(engine, key=None)
+    assert {(f.kind, f.stream) for f in unkeyed.findings} == {("modified", "old@host:1:b")}
+    assert unkeyed.macs_unchecked == 3
     # lowering a format-3 row's schema_version to 2 changes the rules: no longer verifies
     execute(engine, "UPDATE audit_trails SET schema_version = 2 WHERE resource_id = 'r-1'")
     assert kinds(verify(engine)) == {"modified"}

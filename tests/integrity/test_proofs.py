@@ -243,12 +243,22 @@ def test_a_trails_own_seals_prove_its_records(make_trail: Factory, engine: Engin
     assert verify_trail(engine, key=None, public_key=public).ok
 
 
-def test_a_keyed_trail_seals_no_tree(make_trail: Factory, engine: Engine) -> None:
-    trail = make_trail(mode="sync", hmac_key=KEY)
+def test_a_keyed_trails_records_prove_with_public_keys_only(
+        make_trail: Factory, engine: Engine, keys: tuple[str, str]) -> None:
+    # format 3: the hashes are public whatever the HMAC key (the MACs are apart), so a
+    # keyed trail's seals carry the tree and its records prove without the key
+    trail = make_trail(mode="sync", hmac_key=KEY, signing_key=keys[0])
     write_records(trail, 3)
     trail.shutdown()
     (seal,) = all_seals(engine)
-    assert seal.head_map()[seal.sealer][0] == 3 and seal_intervals(seal.heads) == {}
+    assert seal.head_map()[seal.sealer][0] == 3
+    assert seal_intervals(seal.heads)[seal.sealer][:2] == (1, 3)
+    with engine.connect() as conn:
+        ids = list(conn.execute(text("SELECT id FROM audit_trails ORDER BY seq")).scalars())
+    public = load_public_key(keys[1])
+    assert [check_proof(proof_document(engine, i), public) for i in ids] == [None] * 3
+    report = verify_trail(engine, key=None, public_key=public)
+    assert report.ok and report.macs_unchecked == 3
 
 
 def test_the_accumulator_gives_the_tree_head() -> None:
