@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from sqlalchemy.engine import make_url
 
 from otel_audit.analytics import AuditAnalytics, list_reports
-from otel_audit.analytics._guard import checked_query
-from otel_audit.analytics.duck import load_extension
+from otel_audit.analytics._guard import checked_query, lock_down
+from otel_audit.analytics.duck import attach_store, create_view, load_extension
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.schema import RECORD_COLUMNS
 from otel_audit.store.writer import create_store_engine
@@ -179,6 +180,59 @@ def _params(name: str, trace_id: str) -> dict[str, Any]:
             "trace_timeline": {"trace_id": trace_id}}.get(name, {})
 
 
+def _child_rss(analytics: AuditAnalytics) -> float:
+    """Peak RSS (MB) of the analytics' child process (0 if there is none)."""
+    pid = analytics._isolated.pid if analytics._isolated is not None else None
+    if pid is None:
+        return 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _in_process(url: str) -> duckdb.DuckDBPyConnection:
+    """The previous path, for comparison: the locked DuckDB attaching the SQLite file in
+    this process (safe here only because nothing writes the file while it runs)."""
+    con = duckdb.connect(":memory:", config={"python_enable_replacements": False})
+    con.execute("SET TimeZone = 'UTC'")
+    attach_store(con, make_url(url))
+    create_view(con, "live", None)
+    lock_down(con, readable=[], spill_dir=Path(tempfile.mkdtemp(prefix="bench-spill-")))
+    return con
+
+
+def bench_isolation(url: str, repeat: int) -> None:
+    """What reading SQLite in a child process costs: its start, a round trip, a report
+    and a large result, next to the same locked DuckDB in this process."""
+    rounds = max(repeat, 3)
+    starts = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        with AuditAnalytics(url) as fresh:
+            fresh.sql("SELECT 1").fetchall()
+        starts.append(time.perf_counter() - started)
+    print(f"child start (AuditAnalytics() + first query + close): median "
+          f"{statistics.median(starts) * 1e3:.0f} ms")
+    child = AuditAnalytics(url)
+    inproc = _in_process(url)
+    team = next(r for r in list_reports() if r.name == "activity_by_team")
+    cases = [("round trip SELECT 1", "SELECT 1", None, 50),
+             ("report activity_by_team (live)", f"SELECT count(*) FROM ({team.sql})",
+              team.bind({}), rounds),
+             ("100,000 rows x all columns", "SELECT * FROM audit_trails LIMIT 100000", None,
+              rounds)]
+    print(f"{'isolation cost':<34} {'in-process':>11} {'child':>11} {'child/in':>9}")
+    for label, sql, params, times in cases:
+        here = median_seconds(lambda q=sql, p=params: inproc.cursor().sql(
+            checked_query(inproc, q), params=p).fetchall(), times)
+        there = median_seconds(lambda q=sql, p=params: child.sql(q, p).fetchall(), times)
+        print(f"{label:<34} {here * 1e3:>9.1f}ms {there * 1e3:>9.1f}ms {there / here:>8.2f}x",
+              flush=True)
+    child.close()
+    inproc.close()
+
+
 def bench_size(path: Path, n: int, repeat: int, sqlite_repeat: int, live: bool) -> None:
     """Build one trail and print every report's time, with SQLite side by side."""
     if path.exists():
@@ -192,11 +246,13 @@ def bench_size(path: Path, n: int, repeat: int, sqlite_repeat: int, live: bool) 
     started = time.perf_counter()
     snap = AuditAnalytics(url, snapshot=True)
     loaded = time.perf_counter() - started
+    trace = snap.sql("SELECT trace_id FROM audit_trails LIMIT 1").fetchone()  # loads it
+    loaded = time.perf_counter() - started
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"snapshot load (AuditAnalytics(snapshot=True)): {loaded:.1f} s; "
-          f"max RSS after load {rss_after_load:.0f} MB")
+    print(f"snapshot load (AuditAnalytics(snapshot=True), in its child process): "
+          f"{loaded:.1f} s; max RSS after load {rss_after_load:.0f} MB here, "
+          f"{_child_rss(snap):.0f} MB in the child")
     direct = AuditAnalytics(url) if live else None
-    trace = snap.sql("SELECT trace_id FROM audit_trails LIMIT 1").fetchone()
     trace_id = trace[0] if trace else ""
     lite = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     print(f"{'report':<24} {'snapshot':>9} {'live':>9} {'sqlite':>9} {'sqlite/snap':>11}  "
@@ -236,6 +292,7 @@ def bench_size(path: Path, n: int, repeat: int, sqlite_repeat: int, live: bool) 
     if direct is not None:
         direct.close()
     lite.close()
+    bench_isolation(url, repeat)
     if ratios:
         print(f"slowest report (snapshot) {worst:.3f} s (target <= {limit:g} s); aggregate "
               f"reports {min(ratios):.1f}x-{max(ratios):.1f}x faster than SQLite "

@@ -180,22 +180,65 @@ def _typed_columns() -> str:
     return ", ".join(out)
 
 
-def _connect(engine: Engine) -> duckdb.DuckDBPyConnection:
-    if engine.dialect.name == "sqlite":
-        # DuckDB reads the file with its own SQLite library in this process: two
-        # libraries sharing one WAL index (-shm) crashed the process (SIGBUS) when the
-        # WAL held recent writes. Fold the WAL into the database and close this engine's
-        # connections first (the deletions that follow open new ones).
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot checkpoint the SQLite WAL before archiving: {exc}") from exc
-        engine.dispose()
+def _connect(url: str) -> duckdb.DuckDBPyConnection:
+    from sqlalchemy.engine import make_url
+
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    attach_store(con, engine.url)
+    attach_store(con, make_url(url))
     return con
+
+
+def export_old_records(url: str, before: dt.datetime, out_dir: str, held: str,
+                       run: str) -> dict[str, Any]:
+    """Prune's export: the records older than ``before`` not matching ``held`` (a DuckDB
+    predicate), to ``out_dir/day=.../part-{run}.parquet``, read through DuckDB.
+
+    Returns ``held`` (count), ``files`` (path, day, rows, sha256), ``streams`` (the
+    per-stream summary) and ``ids``, all JSON values. On a SQLite store this runs in a
+    child process (:func:`otel_audit.analytics.isolated.call_in_child`): DuckDB's bundled
+    SQLite library never opens the file in a process that has it open through ``sqlite3``.
+    """
+    target_dir = Path(out_dir)
+    con = _connect(url)
+    try:
+        cols = _typed_columns()
+        # one scan of the store: every old record, flagged when a hold covers it
+        con.execute(
+            f"CREATE TEMP TABLE old AS SELECT *, coalesce({held}, FALSE) AS _held FROM "
+            f"(SELECT {cols} FROM live.audit_trails) WHERE timestamp < ?", [before])
+        held_row = con.execute("SELECT count(*) FROM old WHERE _held").fetchone()
+        held_count = int(held_row[0]) if held_row else 0
+        con.execute("CREATE TEMP TABLE sel AS SELECT * EXCLUDE (_held) FROM old WHERE NOT _held")
+        con.execute("DROP TABLE old")
+        days = [r[0] for r in con.execute(
+            "SELECT DISTINCT CAST(timestamp AS DATE) AS d FROM sel ORDER BY d").fetchall()]
+        files = []
+        for day in days:
+            target = target_dir / f"day={day.isoformat()}" / f"part-{run}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            con.execute(
+                f"COPY (SELECT * FROM sel WHERE CAST(timestamp AS DATE) = ? "
+                f"ORDER BY stream, seq) TO {sql_literal(str(target))} "
+                "(FORMAT parquet, COMPRESSION zstd)", [day])
+            rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(target))})"
+                               ).fetchone()
+            files.append({"path": str(target.relative_to(target_dir)), "day": day.isoformat(),
+                          "rows": int(rows[0]) if rows else 0, "sha256": file_sha256(target)})
+        streams = {}
+        for stream, count, first_seq, first_hash, last_seq, last_hash in con.execute(
+                "SELECT stream, count(*), min(seq), arg_min(hash, seq), max(seq), "
+                "arg_max(hash, seq) FROM sel WHERE stream IS NOT NULL GROUP BY stream "
+                "ORDER BY stream").fetchall():
+            streams[stream] = {"count": int(count), "first_seq": int(first_seq),
+                               "first_hash": first_hash, "last_seq": int(last_seq),
+                               "last_hash": last_hash}
+        ids = [r[0] for r in con.execute("SELECT id FROM sel").fetchall()]
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot export the records to archive: {exc}") from exc
+    finally:
+        con.close()
+    return {"held": held_count, "files": files, "streams": streams, "ids": ids}
 
 
 def prune(
@@ -213,46 +256,22 @@ def prune(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PruneReport()
     held = _held_sql(active_holds(engine))
-    con = _connect(engine)
-    try:
-        cols = _typed_columns()
-        # one scan of the store: every old record, flagged when a hold covers it
-        con.execute(
-            f"CREATE TEMP TABLE old AS SELECT *, coalesce({held}, FALSE) AS _held FROM "
-            f"(SELECT {cols} FROM live.audit_trails) WHERE timestamp < ?", [before])
-        held_row = con.execute("SELECT count(*) FROM old WHERE _held").fetchone()
-        report.held = int(held_row[0]) if held_row else 0
-        con.execute("CREATE TEMP TABLE sel AS SELECT * EXCLUDE (_held) FROM old WHERE NOT _held")
-        con.execute("DROP TABLE old")
-        days = [r[0] for r in con.execute(
-            "SELECT DISTINCT CAST(timestamp AS DATE) AS d FROM sel ORDER BY d").fetchall()]
-        run = uuid.uuid4().hex[:12]
-        files = []
-        for day in days:
-            target = out_dir / f"day={day.isoformat()}" / f"part-{run}.parquet"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            con.execute(
-                f"COPY (SELECT * FROM sel WHERE CAST(timestamp AS DATE) = ? "
-                f"ORDER BY stream, seq) TO {sql_literal(str(target))} "
-                "(FORMAT parquet, COMPRESSION zstd)", [day])
-            rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(target))})"
-                               ).fetchone()
-            files.append({"path": str(target.relative_to(out_dir)), "day": day.isoformat(),
-                          "rows": int(rows[0]) if rows else 0, "sha256": file_sha256(target)})
-            if progress is not None:
-                progress("archived", int(rows[0]) if rows else 0)
-        for stream, count, first_seq, first_hash, last_seq, last_hash in con.execute(
-                "SELECT stream, count(*), min(seq), arg_min(hash, seq), max(seq), "
-                "arg_max(hash, seq) FROM sel WHERE stream IS NOT NULL GROUP BY stream "
-                "ORDER BY stream").fetchall():
-            report.streams[stream] = {"count": int(count), "first_seq": int(first_seq),
-                                      "first_hash": first_hash, "last_seq": int(last_seq),
-                                      "last_hash": last_hash}
-        ids = [r[0] for r in con.execute("SELECT id FROM sel").fetchall()]
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot export the records to archive: {exc}") from exc
-    finally:
-        con.close()
+    run = uuid.uuid4().hex[:12]
+    url = engine.url.render_as_string(hide_password=False)
+    args = (url, before, str(out_dir.resolve()), held, run)
+    if engine.dialect.name == "sqlite":
+        from .analytics.isolated import call_in_child
+
+        exported = call_in_child("prune_export", *args)
+    else:
+        exported = export_old_records(*args)
+    report.held = int(exported["held"])
+    files: list[dict[str, Any]] = exported["files"]
+    report.streams = exported["streams"]
+    ids: list[str] = exported["ids"]
+    if progress is not None:
+        for found in files:
+            progress("archived", int(found["rows"]))
     report.archived = len(ids)
     report.files = [f["path"] for f in files]
     if not ids:

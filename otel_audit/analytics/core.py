@@ -32,7 +32,15 @@ from .._internal import log_internal_error
 from ..config import normalise_database_url, resolve_config
 from ..errors import AuditError, QueryError, QueryRefusedError
 from ._guard import checked_query, lock_down
-from .duck import attach_store, create_view, export_relation, snapshot, sql_literal
+from .duck import (
+    attach_store,
+    check_sqlite_store,
+    create_view,
+    export_relation,
+    snapshot,
+    sql_literal,
+)
+from .isolated import ChildSpec, IsolatedDuck, arrow_relation
 from .relation import AuditRelation
 
 if TYPE_CHECKING:
@@ -121,25 +129,43 @@ class AuditAnalytics:
         # this object is collected without one)
         self._spill_dir = Path(tempfile.mkdtemp(prefix="otel-audit-analytics-"))
         self._remove_spill_dir = weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
+        self._isolated: IsolatedDuck | None = None
         try:
             # UTC everywhere: SQLite stores naive UTC text, and reports bucket by UTC day/hour
             self.con.execute("SET TimeZone = 'UTC'")
-            self.backend = attach_store(self.con, self.url)
             store = self.url.render_as_string(hide_password=True)
             archive_glob = self._archive_glob()
             self.snapshot = snapshot
-            view = "audit_trails_source" if snapshot else "audit_trails"
-            # with snapshot=True both the source view and its loaded table are scoped
-            create_view(self.con, "live", archive_glob, name=view, store=store,
-                        where=scope.predicate() if scope is not None else None)
             readable = [self.archive_dir] if archive_glob and self.archive_dir else []
-            lock_down(self.con, readable=readable, spill_dir=self._spill_dir)
+            where = scope.predicate() if scope is not None else None
+            if self.url.get_backend_name() == "sqlite":
+                # DuckDB's SQLite is a second SQLite library: it reads the file in a child
+                # process (see .isolated), and this connection attaches nothing; it only
+                # holds the rows that come back
+                check_sqlite_store(self.url, store)
+                self.backend = "sqlite"
+                lock_down(self.con, readable=readable, spill_dir=self._spill_dir)
+                self._isolated = IsolatedDuck(ChildSpec(
+                    url=self.url.render_as_string(hide_password=False), store=store,
+                    archive_glob=archive_glob, where=where, snapshot=snapshot,
+                    readable=tuple(str(p) for p in readable),
+                    spill_dir=str(self._spill_dir), scoped=scope is not None))
+                # the child ends with this object even when it is never closed
+                self._end_child = weakref.finalize(self, self._isolated.close)
+            else:
+                self.backend = attach_store(self.con, self.url)
+                view = "audit_trails_source" if snapshot else "audit_trails"
+                # with snapshot=True both the source view and its loaded table are scoped
+                create_view(self.con, "live", archive_glob, name=view, store=store,
+                            where=where)
+                lock_down(self.con, readable=readable, spill_dir=self._spill_dir)
             # one DuckDB connection is not safe to share between threads: each thread
             # queries (and has its queries checked) on its own cursor of the locked database
             self._local = threading.local()
             self._cursors: list[duckdb.DuckDBPyConnection] = []
             self._cursors_lock = threading.Lock()
-            self.refresh()
+            if self._isolated is None:  # the child loads its snapshot when it starts
+                self.refresh()
         except BaseException:
             self.con.close()
             self._remove_spill_dir()
@@ -163,6 +189,9 @@ class AuditAnalytics:
         """Reload the snapshot from the store (``snapshot=True`` only; live reads need none)."""
         if not self.snapshot:
             return
+        if self._isolated is not None:
+            self._isolated.refresh()
+            return
         try:
             snapshot(self.con, "audit_trails_source")
         except duckdb.Error as exc:
@@ -180,6 +209,14 @@ class AuditAnalytics:
         cursor = self._cursor()
         statement = checked_query(cursor, query, scoped=self.scope is not None)
         self._audit_read(query, report, params)
+        if self._isolated is not None:
+            # the child checks the query again on its own locked connection and runs it;
+            # the rows come back as Arrow, into this thread's cursor (nothing attached)
+            columns, types, table = self._isolated.query(query, _bindable(params))
+            try:
+                return AuditRelation(arrow_relation(cursor, columns, types, table))
+            except duckdb.Error as exc:
+                raise QueryError(str(exc)) from exc
         try:
             return AuditRelation(cursor.sql(statement, params=_bindable(params)))
         except duckdb.PermissionException as exc:  # the locked connection said no
@@ -208,6 +245,12 @@ class AuditAnalytics:
                    "jsonl": "FORMAT json"}
         if fmt not in options:
             raise QueryError(f"unknown export format {fmt!r}; expected {', '.join(options)}")
+        if self._isolated is not None:  # the child writes the file
+            checked_query(self._cursor(), query, scoped=self.scope is not None)
+            self._audit_read(query, "export", params)
+            self._isolated.copy(query, _bindable(params), str(Path(path).absolute()),
+                                options[fmt])
+            return
         relation = self.sql(query, params, report="export")  # validates (and audits) it
         try:
             export_relation(relation.relation, str(path), options[fmt])
@@ -259,6 +302,8 @@ class AuditAnalytics:
         if self._owns_trail and self._trail is not None:
             self._trail.shutdown()
             self._trail = None
+        if self._isolated is not None:
+            self._end_child()
         with self._cursors_lock:
             for cursor in self._cursors:
                 cursor.close()

@@ -12,6 +12,8 @@ package, so we ``LOAD`` them by file path: no network, and nothing written to
 from __future__ import annotations
 
 import importlib.resources
+import sqlite3
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,8 @@ from sqlalchemy.engine import URL
 from ..errors import ConfigError, QueryError
 from ..store.schema import audit_trails
 
-__all__ = ["attach_store", "create_view", "export_relation", "load_extension", "snapshot",
-           "sql_literal"]
+__all__ = ["attach_store", "check_sqlite_store", "create_view", "export_relation",
+           "load_extension", "snapshot", "sql_literal", "sqlite_store_path"]
 
 _JSON_TYPES = {"JSON", "JSONB"}
 
@@ -54,18 +56,41 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
         ) from exc
 
 
+def sqlite_store_path(url: URL) -> Path:
+    """The resolved file of a SQLite store URL (a :class:`ConfigError` if there is none)."""
+    database = url.database
+    if not database or database == ":memory:":
+        raise ConfigError("AuditAnalytics needs a SQLite file, not an in-memory database")
+    path = Path(database).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"no SQLite audit trail at {path}")
+    return path.resolve()
+
+
+def check_sqlite_store(url: URL, store: str) -> None:
+    """Check, with this process's own ``sqlite3``, that ``url`` is a SQLite file holding
+    ``audit_trails`` (DuckDB's bundled SQLite opens it only in a child process)."""
+    path = sqlite_store_path(url)
+    try:
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)
+        try:
+            found = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_trails' "
+                                "AND type IN ('table', 'view')").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise QueryError(f"cannot read the audit_trails table in {store}: {exc}") from exc
+    if found is None:
+        raise QueryError(f"no audit_trails table in {store}: run otel-audit migrate")
+
+
 def attach_store(con: duckdb.DuckDBPyConnection, url: URL, alias: str = "live") -> str:
     """Attach the store at ``url`` read-only as ``alias``; return the backend name."""
     backend = url.get_backend_name()
     if backend == "sqlite":
-        database = url.database
-        if not database or database == ":memory:":
-            raise ConfigError("AuditAnalytics needs a SQLite file, not an in-memory database")
-        path = Path(database).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"no SQLite audit trail at {path}")
+        path = sqlite_store_path(url)
         load_extension(con, "sqlite_scanner")
-        target = str(path.resolve())
+        target = str(path)
         kind = "sqlite"
     elif backend == "postgresql":
         load_extension(con, "postgres_scanner")

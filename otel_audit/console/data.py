@@ -118,13 +118,9 @@ class ConsoleData:
             if self._trail is None:
                 from ..trail import AuditTrail
 
-                # On SQLite the console's own records commit in the request (sync): its
-                # reports attach the same file through DuckDB's bundled SQLite, whose first
-                # open resets the WAL index another in-process connection has mapped, so
-                # no write may run on a background thread while a report attaches.
-                sqlite = self.url.startswith("sqlite")
-                self._trail = AuditTrail(self.url, service_name=CONSOLE_SERVICE,
-                                         mode="sync" if sqlite else "async")
+                # async on every store: DuckDB's bundled SQLite never opens the file in
+                # this process (AuditAnalytics reads SQLite in a child process)
+                self._trail = AuditTrail(self.url, service_name=CONSOLE_SERVICE, mode="async")
             return self._trail
 
     def analytics(self, viewer: Viewer | None = None) -> AuditAnalytics:
