@@ -29,6 +29,7 @@ from ._jsonsafe import (
     _utc_timestamp,
     _utf8_ok,
 )
+from .delegation import as_delegation_chain, conforming_chain
 from .record_model import (
     _ACTION,
     _BOUNDED,
@@ -56,53 +57,6 @@ __all__ = ["normalise", "plain_texts"]
 
 _DELEGATION = _FIELD_POS["delegation_chain"]
 _DELEGATION_OF = operator.itemgetter(_DELEGATION)
-
-
-def _conforming_chain(value: Any) -> bool:
-    """Whether ``value`` is a delegation chain as stored: a list of
-    ``{"principal": str, "via": str}`` (exactly these two keys)."""
-    if type(value) is not list:
-        return False
-    for link in value:
-        if (type(link) is not dict or len(link) != 2 or type(link.get("principal")) is not str
-                or type(link.get("via")) is not str):
-            return False
-    return True
-
-
-def _link_text(value: Any) -> str:
-    """One member of a delegation link as a string (total): a JSON-safe value as its
-    JSON text, ``None`` as ``""``."""
-    if type(value) is str:
-        return value
-    if value is None:
-        return ""
-    try:
-        return _dumps(value)
-    except Exception:  # a JSON-safe value always serialises; guard against a bug
-        return _safe_repr(value)
-
-
-def _delegation_chain(value: Any, notes: _Notes) -> list[dict[str, str]]:
-    """A JSON-safe value that is not a delegation chain, made one (total), noted as
-    ``nonconforming`` with the original's JSON text (the first 1,024 characters): a
-    non-list is a chain of one link; a link that is not an object is its principal (via
-    ``""``); a link's ``principal`` and ``via`` become strings (``""`` if missing), and
-    its other keys are dropped (the note keeps them)."""
-    try:
-        original = _dumps(value)
-    except Exception:
-        original = _safe_repr(value)
-    notes.add("delegation_chain", "nonconforming", original=original[:_PREVIEW_CHARS])
-    links = value if type(value) is list else [value]
-    out: list[dict[str, str]] = []
-    for link in links:
-        if type(link) is dict:
-            out.append({"principal": _link_text(link.get("principal")),
-                        "via": _link_text(link.get("via"))})
-        else:
-            out.append({"principal": _link_text(link), "via": ""})
-    return out
 
 
 def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
@@ -136,7 +90,7 @@ def _fast_texts(record: AuditRecord, cap: int) -> dict[str, str | None] | None:
     if type(ts) is not dt.datetime or ts.tzinfo is not dt.UTC:
         return None
     delegation = record[_DELEGATION]
-    if delegation is not None and not _conforming_chain(delegation):
+    if delegation is not None and not conforming_chain(delegation):
         return None
     texts: dict[str, str | None] = {}
     for name, pos in _JSON_POS:
@@ -194,7 +148,7 @@ def plain_texts(records: list[AuditRecord], cap: int = 65536, *,
         return []
     delegations = list(map(_DELEGATION_OF, records))
     if any(map(operator.is_not, delegations, repeat(None))) and not all(
-            v is None or _conforming_chain(v) for v in delegations):
+            v is None or conforming_chain(v) for v in delegations):
         return None  # normalise() makes a delegation chain conform, with a note
     if compiled and _compiled_plain_texts is not None:
         try:
@@ -339,8 +293,8 @@ def _normalise(record: AuditRecord, cap: int) -> tuple[AuditRecord, dict[str, st
             values[field] = None
             continue
         safe, text = _json_text(value, notes, field)
-        if field == "delegation_chain" and not _conforming_chain(safe):
-            safe = _delegation_chain(safe, notes)
+        if field == "delegation_chain" and not conforming_chain(safe):
+            safe = as_delegation_chain(safe, notes)
             text = _dumps(safe)
         values[field] = safe
         texts[field] = text
