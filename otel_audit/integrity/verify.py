@@ -163,8 +163,10 @@ def verify_trail(
         return done
 
     # ranges of integer seqs cannot see a malformed one: such a store gets one walk
+    # an in-memory SQLite database is one connection's own: other threads see another
+    memory = engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
     if (workers > 1 and eligible and engine.dialect.name in ("sqlite", "postgresql")
-            and not malformed_rows(engine)):
+            and not memory and not malformed_rows(engine)):
         from .parallel import verify_parallel
 
         shared = VerifyReport(findings=list(report.findings), warnings=list(report.warnings),
