@@ -10,6 +10,11 @@ beyond the archive directory, no extension loading, configuration locked), and e
 query is checked by DuckDB's own parser (one ``SELECT``, or ``EXPLAIN [ANALYZE]`` of
 one, calling only allow-listed table functions). The read-only attachment is a further
 lock; on PostgreSQL, a role that may only SELECT is the last one.
+
+On a SQLite store the locked connection runs in a child process (see :mod:`.isolated`):
+DuckDB's scanner carries its own SQLite library, which must never open the file in a
+process that also has it open through ``sqlite3``. There ``con`` is a local connection,
+locked the same way, with nothing attached: it holds the rows that come back as Arrow.
 """
 
 from __future__ import annotations

@@ -386,12 +386,13 @@ class IsolatedDuck:
     # -------------------------------------------------------------- internals
 
     def _request(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        body = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)  # before any write
         with self._lock:
             if self._closed:
                 raise QueryError("this AuditAnalytics is closed")
             proc = self._running()
             try:
-                reply = self._exchange(proc, request)
+                reply = self._exchange(proc, body)
             except BaseException:
                 # an interrupted exchange leaves the pipe mid-frame: that child is done
                 self._proc = None
@@ -400,9 +401,8 @@ class IsolatedDuck:
         return _unwrap(reply)
 
     def _exchange(self, proc: subprocess.Popen[bytes],
-                  request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+                  body: bytes) -> tuple[dict[str, Any], bytes]:
         assert proc.stdin is not None and proc.stdout is not None
-        body = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             proc.stdin.write(struct.pack(">Q", len(body)) + body)
             proc.stdin.flush()
@@ -420,7 +420,8 @@ class IsolatedDuck:
         self._proc = None
         proc = self._start()
         try:
-            header, payload = self._exchange(proc, {"op": "open", "spec": self.spec})
+            header, payload = self._exchange(proc, pickle.dumps(
+                {"op": "open", "spec": self.spec}, protocol=pickle.HIGHEST_PROTOCOL))
             _unwrap((header, payload))
         except BaseException:
             _stop(proc)

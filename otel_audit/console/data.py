@@ -49,8 +49,10 @@ __all__ = ["ConsoleData", "Review", "ReviewError", "utcnow"]
 #: A keyset query of a page: ``(after, limit) -> SELECT``.
 _Build = Callable[[Cursor | None, int], Select[Any]]
 
-#: How many team-scoped analytics (one DuckDB connection each) the console keeps open.
+#: How many team-scoped analytics (one DuckDB connection each) the console keeps open;
+#: on SQLite each is a child process (about 80 MB of its own), so fewer are kept.
 _SCOPED_KEPT = 16
+_SCOPED_KEPT_SQLITE = 4
 
 #: The service name of the console's own records.
 CONSOLE_SERVICE = "otel-audit-console"
@@ -143,9 +145,11 @@ class ConsoleData:
                 found = AuditAnalytics(self.url, archive_dir=self.archive_dir,
                                        scope=AnalyticsScope(teams=teams))
                 self._scoped[teams] = found
-                while len(self._scoped) > _SCOPED_KEPT:
+                kept = _SCOPED_KEPT_SQLITE if self.dialect == "sqlite" else _SCOPED_KEPT
+                while len(self._scoped) > kept:
                     # not closed here: a report of another request may still be running
-                    # on it; DuckDB closes it (and its spill directory goes) when collected
+                    # on it; DuckDB (or its child process) closes and its spill directory
+                    # goes when it is collected
                     self._scoped.popitem(last=False)
             self._scoped.move_to_end(teams)
             return found
