@@ -13,11 +13,18 @@ from .record_model import _PREVIEW_CHARS
 __all__ = ["as_delegation_chain", "conforming_chain"]
 
 
+#: The keys of the marker the record cap leaves in place of a JSON value too large to keep.
+_CAP_MARKER_KEYS = frozenset({"_truncated", "original_bytes", "preview"})
+
+
 def conforming_chain(value: Any) -> bool:
     """Whether ``value`` is a delegation chain as stored: a list of
-    ``{"principal": str, "via": str}`` (exactly these two keys)."""
+    ``{"principal": str, "via": str}`` (exactly these two keys), or the marker the record
+    cap leaves in place of a chain too large to keep (``{"_truncated": true, ...}``, so
+    normalising a stored record again changes nothing)."""
     if type(value) is not list:
-        return False
+        return (type(value) is dict and value.keys() == _CAP_MARKER_KEYS
+                and value.get("_truncated") is True)
     for link in value:
         if (type(link) is not dict or len(link) != 2 or type(link.get("principal")) is not str
                 or type(link.get("via")) is not str):

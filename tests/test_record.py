@@ -291,7 +291,7 @@ def stored_ok(record: AuditRecord, texts: dict[str, str | None]) -> None:
     assert type(record.timestamp) is dt.datetime
     assert record.timestamp.utcoffset() == dt.timedelta(0)
     assert type(record.schema_version) is int and 0 <= record.schema_version < 2**31
-    for field in ("old_values", "new_values", "changes", "context"):
+    for field in ("old_values", "new_values", "changes", "context", "delegation_chain"):
         text = texts[field]
         value = getattr(record, field)
         if text is None:
@@ -300,6 +300,11 @@ def stored_ok(record: AuditRecord, texts: dict[str, str | None]) -> None:
         assert "\x00" not in text and "\\u0000" not in text
         text.encode("utf-8")
         assert json.loads(text) == json.loads(json.dumps(value, allow_nan=False))
+    chain = record.delegation_chain  # a list of {principal, via} (or the record cap's marker)
+    assert chain is None or (type(chain) is dict and chain.get("_truncated") is True) or (
+        type(chain) is list and all(type(link) is dict and set(link) == {"principal", "via"}
+                                    and all(type(v) is str for v in link.values())
+                                    for link in chain))
 
 
 @pytest.mark.parametrize("fields", [
@@ -326,6 +331,10 @@ def stored_ok(record: AuditRecord, texts: dict[str, str | None]) -> None:
     {"id": None},
     {"timestamp": Hostile()},
     {"context": {NORMALISATION_KEY: "not a list", "v": "\x00"}},
+    {"delegation_chain": [Hostile(), {"principal": Hostile(), "via": HostileStr("v")}]},
+    {"delegation_chain": BadMapping(principal="p"), "auth_method": Hostile(),
+     "acting_as": HostileStr("a")},
+    {"delegation_chain": [{"principal": "a\x00", "via": "\ud800"}, "b" * 70000]},
 ], ids=",".join)
 def test_normalise_is_total(fields: dict[str, Any]) -> None:
     record = make(**fields)
@@ -525,7 +534,9 @@ def test_normalise_never_raises_for_any_record() -> None:
         requires_review=st.one_of(st.booleans(), st.none(), _odd_values()),
         schema_version=st.one_of(st.integers(), _odd_values()),
         old_values=_trees(), new_values=_trees(), changes=st.none() | _trees(),
-        context=st.none() | _trees(),
+        context=st.none() | _trees(), auth_method=columns, acting_as=columns,
+        delegation_chain=st.one_of(st.none(), _trees(), columns, st.lists(st.fixed_dictionaries(
+            {"principal": st.text(max_size=20), "via": st.text(max_size=20)}), max_size=3)),
     )
 
     @settings(max_examples=300, deadline=None,

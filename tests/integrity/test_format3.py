@@ -204,3 +204,38 @@ def test_format_2_rows_verify_next_to_format_3_rows(
     # lowering a format-3 row's schema_version to 2 changes the rules: no longer verifies
     execute(engine, "UPDATE audit_trails SET schema_version = 2 WHERE resource_id = 'r-1'")
     assert kinds(verify(engine)) == {"modified"}
+
+
+@pytest.mark.parametrize("key", [None, KEY.encode()])
+def test_every_sealing_path_gives_the_same_rows_for_layout_3(key: bytes | None) -> None:
+    """Record by record, column by column, compiled (where built): equal rows, hashes and
+    macs for varied records with the identity fields."""
+    from otel_audit import _accel
+
+    records = [AuditRecord(
+        id=f"0192d6a0-0000-7000-8000-{i:012d}",
+        timestamp=dt.datetime(2026, 3, 4, 5, 6, 7, i, tzinfo=dt.UTC), action="EXPORT",
+        user_id=f"svc-{i}", acting_as=None if i % 3 == 0 else f"user-{i} é",
+        auth_method=None if i % 4 == 0 else "oauth2",
+        delegation_chain=None if i % 2 else [{"principal": f"p{i}", "via": "token-exchange"},
+                                              {"principal": "Zoë \u2028", "via": "session"}],
+        new_values={"n": i, "tags": ["a", None]}, requires_review=bool(i % 5 == 0))
+        for i in range(12)]
+    prepared = [PreparedRecord(*normalise(r)) for r in records]
+    salts = "ab" * 16 * len(prepared)
+
+    def sealer() -> ChainSealer:
+        made = ChainSealer(service_name="s", stream="s@h:1:a", hmac_key=key)
+        made._resumed = True
+        return made
+
+    assert sealer()._plain(prepared)
+    by_record = sealer()
+    one = [by_record._seal(p, salts[32 * i:32 * i + 32]) for i, p in enumerate(prepared)]
+    columns = sealer()._seal_columns(prepared, salts, compiled=False)
+    assert columns == one
+    if _accel.speedups is not None:
+        assert sealer()._seal_columns(prepared, salts, compiled=True) == one
+    for p in one:
+        assert p.row is not None and chain_hash(p.row, None) == p.hash
+        assert (p.mac is None) is (key is None)
