@@ -109,12 +109,12 @@ class RowSource(Protocol):
 
 
 _HASH, _ID, _PII = 3, 4, 5
-#: SQLite's names of the Python types a malformed ``seq`` can come back as.
-_SQL_TYPES = {str: "text", float: "real", bytes: "blob"}
-
 #: A row of a run (fastwalk): verified and linked to the row before it.
 _RUN = VERIFIED | LINKED
 _RUNS = re.compile(bytes([ord("["), _RUN, ord("]"), ord("+")]))
+#: SQLite's names of the Python types a malformed ``seq`` can come back as.
+_SQL_TYPES = {str: "text", float: "real", bytes: "blob"}
+
 
 def _tagged(source: RowSource, stream: str | None) -> Iterator[tuple[Any, ...]]:
     for row in source.rows(stream):
@@ -279,14 +279,14 @@ def verify_rows(
             top = max(seqs)
             starts[name] = min(top, starts.get(name, top))
     walker = Walker(key, report, by_stream, starts)
-    merged: Iterable[tuple[Any, ...]]
-    if len(sources) == 1:  # the common case skips the merge's per-row overhead
-        only = sources[0]
     if len(sources) == 1 and hasattr(sources[0], "batches"):  # the common case: batches
         walk_batches(walker, sources[0], stream, starts, progress)
         resolve_candidates(walker, sources)
         find_truncations(report, by_stream, walker.last_seq)
         return report
+    merged: Iterable[tuple[Any, ...]]
+    if len(sources) == 1:  # the common case skips the merge's per-row overhead
+        only = sources[0]
         merged = ((r[0], r[1], only, r) for r in only.rows(stream))
     else:
         merged = heapq.merge(*(_tagged(s, stream) for s in sources),
@@ -308,9 +308,6 @@ def verify_rows(
     return report
 
 
-def _order(seq: Any) -> tuple[int, int]:
-    """Sort key of a ``seq`` of any type (a malformed one sorts first, like SQL NULLs)."""
-    return (1, seq) if type(seq) is int else (0, 0)
 def walk_batches(walker: Walker, source: Any, stream: str | None,
                  starts: dict[str, int] | None,
                  progress: Callable[[int], None] | None) -> None:
@@ -331,6 +328,9 @@ def _from_start(row: tuple[Any, ...], starts: dict[str, int]) -> bool:
     return first is not None and not (type(row[1]) is int and row[1] < first)
 
 
+def _order(seq: Any) -> tuple[int, int]:
+    """Sort key of a ``seq`` of any type (a malformed one sorts first, like SQL NULLs)."""
+    return (1, seq) if type(seq) is int else (0, 0)
 
 
 def check_checkpoints(checkpoints: Iterable[Checkpoint], stream: str | None,
