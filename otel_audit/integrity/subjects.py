@@ -103,6 +103,8 @@ class SubjectMatchers:
             data = json.loads(raw) if source.suffix == ".json" else tomllib.loads(raw)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the matchers file {source}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a table of settings")
         unknown = set(data) - {"keys", "resource_types", "replace_defaults"}
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")

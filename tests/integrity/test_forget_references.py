@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from otel_audit import AuditTrail
 from otel_audit.cli import app
+from otel_audit.errors import ConfigError
 from otel_audit.forgetting import ForgetReport, SubjectMatchers
 from otel_audit.integrity.canonical import GENESIS_HASH, canonical_stored_json, chain_hash
 from otel_audit.integrity.keys import generate_signing_key, load_public_key, load_signing_key
@@ -391,3 +392,15 @@ def test_format_2_rows_hashing_acting_as_as_stored(
                 "stream = 'old@host:1:a'", v=value)
         found = {(f.kind, f.seq) for f in verify(engine, public_key=keys[1]).findings}
         assert ("erasure", 1) in found
+
+
+@pytest.mark.parametrize("content", ['["owner"]', '{"keys": "owner"}', '{"key": ["owner"]}',
+                                     "{not json"])
+def test_a_bad_matchers_file_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "matchers.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=r"matchers\.json"):
+        SubjectMatchers.load(path)
+    replaced = tmp_path / "only.json"
+    replaced.write_text('{"keys": ["Owner"], "replace_defaults": true}')
+    assert SubjectMatchers.load(replaced).keys == {"owner"}
