@@ -264,7 +264,8 @@ def row_mac(hash_hex: str, key: bytes) -> str:
     ``hash`` (the 64 hex characters, ASCII), hex. The hash commits to the whole payload,
     so the MAC authenticates the row as a MAC over the payload would, at the cost of one
     64-byte HMAC."""
-    return hmac.new(key, hash_hex.encode("ascii", "replace"), hashlib.sha256).hexdigest()
+    # HMAC-SHA256 through hash_payload's cached pads: a third of hmac.new's time here
+    return hash_payload(hash_hex.encode("ascii", "replace"), key)
 
 
 def mac_ok(row: Sequence[Any], key: bytes | None) -> bool:
