@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from ..record import AuditRecord
 
-__all__ = ["ForwardItem"]
+__all__ = ["ForwardItem", "RawJSON"]
 
 
 class ForwardItem(NamedTuple):
@@ -19,3 +19,12 @@ class ForwardItem(NamedTuple):
     stream: str
     seq: int
     record: AuditRecord
+
+
+class RawJSON(str):
+    """A JSON field's stored text, read as it is for a destination that sends JSON
+    fields as text (OTLP with the compiled encoder and no field policy): the document is
+    not parsed on reading and serialized again on sending. ``json.loads`` of it is the
+    value the field would otherwise hold."""
+
+    __slots__ = ()

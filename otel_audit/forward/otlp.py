@@ -45,7 +45,7 @@ from ..mapping import AUDIT_EVENT_NAME, FIELD_ATTRIBUTES, record_to_attributes
 from ..prepared import PreparedRecord
 from ..record import AuditRecord
 from .errors import PermanentError, RetryableError
-from .items import ForwardItem
+from .items import ForwardItem, RawJSON
 
 _encode_logs: Callable[..., bytes] | None
 try:
@@ -126,8 +126,26 @@ def encode_request(records: Sequence[AuditRecord]) -> ExportLogsServiceRequest:
     return request
 
 
-#: JSON fields as ``record_to_attributes`` writes them (compact, ``str`` of the unknown)
-_json_text = functools.partial(json.dumps, default=str, separators=(",", ":"))
+_dumps = functools.partial(json.dumps, default=str, separators=(",", ":"))
+
+
+def _json_text(value: Any) -> str:
+    """A JSON field as ``record_to_attributes`` writes it (compact, ``str`` of the
+    unknown), or the stored text of one read as :class:`RawJSON`, as it is."""
+    if type(value) is RawJSON:
+        return str(value)
+    return str(_dumps(value))
+
+
+def _parsed(records: Sequence[AuditRecord]) -> Sequence[AuditRecord]:
+    """``records`` with the JSON fields read as :class:`RawJSON` parsed (what reading
+    them without ``raw_json`` gives)."""
+    out = []
+    for record in records:
+        raw = {name: json.loads(value) for name in JSON_FIELDS
+               if type(value := getattr(record, name)) is RawJSON}
+        out.append(record._replace(**raw) if raw else record)
+    return out
 
 _RECORD_FIELDS = AuditRecord._fields
 
@@ -161,7 +179,7 @@ def serialize_request(records: Sequence[AuditRecord]) -> bytes:
                                       _json_text))
         except (TypeError, ValueError, OverflowError):
             pass  # a value the encoder does not take: the protobuf runtime decides
-    return bytes(encode_request(records).SerializeToString())
+    return bytes(encode_request(_parsed(records)).SerializeToString())
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -227,6 +245,8 @@ class OtlpAuditExporter(AuditExporter):
         self._shutdown = False
         #: several batches may be in flight at once (one connection each)
         self.concurrent = True
+        #: JSON fields may come as their stored text (the compiled encoder sends it as is)
+        self.raw_json = _encode_logs is not None and _PLAN is not None
 
     # -------------------------------------------------------------- the forwarder
 

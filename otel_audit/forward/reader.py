@@ -20,13 +20,14 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, func, select, text
+from sqlalchemy import Connection, Text, and_, cast, func, select, text
 
+from ..fields import JSON_FIELDS
 from ..record import AuditRecord
 from ..store.schema import audit_duplicates, audit_trails
-from .items import ForwardItem
+from .items import ForwardItem, RawJSON
 
-__all__ = ["StreamBatch", "read_after", "stream_heads"]
+__all__ = ["RAW_JSON_DIALECTS", "StreamBatch", "read_after", "stream_heads"]
 
 
 class StreamBatch(NamedTuple):
@@ -92,13 +93,39 @@ def _record(row: Sequence[Any]) -> AuditRecord:
     return _make_record(values)
 
 
-def read_after(conn: Connection, stream: str, after: int, limit: int) -> StreamBatch:
+_JSON_POSITIONS = tuple(i + 1 for i, name in enumerate(_FIELDS) if name in JSON_FIELDS)
+
+#: Stores whose JSON columns read as their text with ``CAST(... AS TEXT)``: SQLite's TEXT
+#: (the document byte for byte) and PostgreSQL's JSONB (its text output)
+RAW_JSON_DIALECTS = frozenset({"sqlite", "postgresql"})
+
+
+def _raw(row: Sequence[Any]) -> list[Any]:
+    values = list(row)
+    for index in _JSON_POSITIONS:
+        if values[index] is not None:
+            values[index] = RawJSON(values[index])
+    return values
+
+
+def read_after(conn: Connection, stream: str, after: int, limit: int, *,
+               raw_json: bool = False) -> StreamBatch:
     """Up to ``limit`` records of ``stream`` after position ``after``, in order,
-    stopping before the first missing position that is not a noted duplicate."""
+    stopping before the first missing position that is not a noted duplicate.
+
+    ``raw_json``: the JSON fields hold their stored text as :class:`RawJSON` instead of
+    the parsed document (only on :data:`RAW_JSON_DIALECTS`)."""
     t = audit_trails.c
+    if raw_json:
+        columns = [cast(t[name], Text) if name in JSON_FIELDS else t[name]
+                   for name in _FIELDS]
+    else:
+        columns = [t[name] for name in _FIELDS]
     rows: list[Any] = list(conn.execute(
-        select(t.seq, *(t[name] for name in _FIELDS))
+        select(t.seq, *columns)
         .where(and_(t.stream == stream, t.seq > after)).order_by(t.seq).limit(limit)))
+    if raw_json:
+        rows = [_raw(row) for row in rows]
     items: list[ForwardItem] = []
     end = after
     for row in rows:

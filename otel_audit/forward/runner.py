@@ -40,7 +40,7 @@ from .destinations import Destination
 from .errors import ForwardError, LeaseLostError, PermanentError, SendError
 from .items import ForwardItem
 from .policy import FieldPolicy
-from .reader import StreamBatch, read_after, stream_heads
+from .reader import RAW_JSON_DIALECTS, StreamBatch, read_after, stream_heads
 
 __all__ = ["ForwardSummary", "Forwarder"]
 
@@ -139,6 +139,11 @@ class Forwarder:
         #: batches in flight at once: ``parallel`` for a destination that takes several
         #: sends at once (OTLP), else 1 (each batch then arrives after the one before)
         self._width = parallel if getattr(destination, "concurrent", False) else 1
+        #: JSON fields read as their stored text (:class:`RawJSON`) when the destination
+        #: sends them as text anyway and no policy looks into them
+        self._raw_json = (bool(getattr(destination, "raw_json", False))
+                          and self.policy.is_empty
+                          and engine.dialect.name in RAW_JSON_DIALECTS)
         self._pool: ThreadPoolExecutor | None = None
         #: sends each group while the next one is read and encoded (see _forward_stream)
         self._sender: ThreadPoolExecutor | None = None
@@ -332,7 +337,7 @@ class Forwarder:
         with self.engine.connect() as conn:
             while True:
                 batch = read_after(conn, stream, batches[-1].end if batches else start,
-                                   self.batch_size)
+                                   self.batch_size, raw_json=self._raw_json)
                 batches.append(batch)
                 if (len(batches) >= self._width or batch.gap is not None
                         or len(batch.items) < self.batch_size):

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import math
 from typing import Any
 
 import pytest
+from forward_helpers import engine_of
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otel_audit import AuditTrail
 from otel_audit._accel import pure_python
+from otel_audit.fields import JSON_FIELDS
 from otel_audit.forward import otlp
+from otel_audit.forward.items import RawJSON
+from otel_audit.forward.reader import read_after, stream_heads
 from otel_audit.record import AuditRecord
+from otel_audit.server import otlp as server_otlp
 from otel_audit.server.ingest import records_from_request
 
 BASE = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
@@ -144,3 +150,48 @@ def test_the_receiver_reads_back_the_same_records(tmp_path: Any) -> None:
             record.timestamp, record.action, record.user_id, record.old_values,
             record.new_values, record.context, record.success, record.service_name,
             record.trace_id)
+
+
+def _attributes(body: bytes) -> list[dict[str, Any]]:
+    """Each log record's attributes, JSON fields parsed (their text may differ)."""
+    request = ExportLogsServiceRequest.FromString(body)
+    json_names = {otlp.FIELD_ATTRIBUTES[name][0] for name in JSON_FIELDS
+                  if name in otlp.FIELD_ATTRIBUTES}
+    out = []
+    for values in server_otlp.python_log_fields(request):
+        attrs = dict(values[2])
+        for name in json_names & attrs.keys():
+            attrs[name] = json.loads(attrs[name])
+        out.append(attrs)
+    return out
+
+
+def test_json_fields_read_as_stored_text_send_the_same_documents(source: str) -> None:
+    """``raw_json`` reading (the OTLP destination with the compiled encoder) gives each
+    JSON field's stored text, which parses to the value the plain read gives, and the
+    requests carry the same documents either way (both stores)."""
+    engine = engine_of(source)
+    try:
+        with engine.connect() as conn:
+            for stream in stream_heads(conn):
+                plain = [i.record for i in read_after(conn, stream, 0, 500).items]
+                raw = [i.record for i in read_after(conn, stream, 0, 500, raw_json=True).items]
+                assert len(raw) == len(plain) > 0
+                for a, b in zip(raw, plain, strict=True):
+                    for name in JSON_FIELDS:
+                        value = getattr(a, name)
+                        assert value is None or type(value) is RawJSON
+                        assert (None if value is None else json.loads(value)) == getattr(b, name)
+                    assert a._replace(**{n: None for n in JSON_FIELDS}) == b._replace(
+                        **{n: None for n in JSON_FIELDS})
+                assert _attributes(otlp.serialize_request(raw)) == _attributes(
+                    otlp.encode_request(plain).SerializeToString())
+                # what the compiled encoder does not take goes the Python way, parsed
+                odd = [raw[0]._replace(team_id=2**70), *raw[1:]]
+                expected = [r._replace(team_id=2**70) for r in plain[:1]] + plain[1:]
+                with pytest.raises(ValueError):
+                    otlp.encode_request(expected)  # out of int64 for the runtime too
+                with pytest.raises(ValueError):
+                    otlp.serialize_request(odd)
+    finally:
+        engine.dispose()
