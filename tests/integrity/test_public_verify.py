@@ -139,3 +139,13 @@ def test_the_cli_says_once_that_the_macs_were_not_checked(
     assert result.exit_code == 0 and '"macs_unchecked": 12' in result.stdout
     keyed = runner.invoke(app, ["verify", "--db", store_url], env={"OTEL_AUDIT_HMAC_KEY": KEY})
     assert keyed.exit_code == 0 and "MACs not checked" not in keyed.stdout
+
+
+def test_workers_find_the_same_macs(signed: tuple[AuditTrail, Any], engine: Engine) -> None:
+    execute(engine, "UPDATE audit_trails SET mac = NULL WHERE seq IN (3, 9)")
+    one = verify(engine)
+    assert [(f.kind, f.seq) for f in one.findings] == [("modified", 3), ("modified", 9)]
+    parallel = verify(engine, workers=2)
+    assert [(f.kind, f.seq, f.detail) for f in parallel.findings] == [
+        (f.kind, f.seq, f.detail) for f in one.findings]
+    assert verify(engine, key=None, workers=2).macs_unchecked == 10
