@@ -38,6 +38,7 @@ from .query import (
     reviewed_ids_query,
     search_query,
 )
+from .views import participants
 
 if TYPE_CHECKING:
     from ..analytics import AuditAnalytics
@@ -363,7 +364,7 @@ class ConsoleData:
         record = self.record(viewer, record_id)
         if record is None:
             raise ReviewError(f"no record {record_id!r} visible to {viewer.name}")
-        if viewer.name in (record.user_id, record.acting_as):
+        if viewer.name in participants(record):
             raise ReviewError("four eyes: nobody reviews their own record")
         if record.action in CONSOLE_ACTIONS:
             raise ReviewError("the console's own records need no review")

@@ -6,9 +6,9 @@ from typing import Any
 
 __all__ = ["OPENAPI"]
 
-_FILTERS = ["range", "start", "end", "actor", "acting_as", "action", "resource_type",
-            "resource_id", "team", "outcome", "classification", "review", "service",
-            "trace_id", "client_ip", "q"]
+_FILTERS = ["range", "start", "end", "actor", "acting_as", "auth_method", "action",
+            "resource_type", "resource_id", "team", "outcome", "classification", "review",
+            "service", "trace_id", "client_ip", "q"]
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {
     "$ref": "#/components/schemas/Error"}}}}

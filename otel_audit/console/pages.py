@@ -31,7 +31,15 @@ from .session import (
     set_session_cookie,
     state_of,
 )
-from .views import chart_data, diff_values, page_url, pretty_json, safe_trace_url, timeline
+from .views import (
+    chain_steps,
+    chart_data,
+    diff_values,
+    page_url,
+    pretty_json,
+    safe_trace_url,
+    timeline,
+)
 
 __all__ = ["install_filters", "routes"]
 
@@ -47,6 +55,7 @@ def install_filters(templates: Jinja2Templates, settings: ConsoleSettings) -> No
         else s[:n] + "…"
     env.globals["trace_link"] = lambda trace_id: safe_trace_url(settings.trace_url, trace_id)
     env.globals["page_url"] = page_url
+    env.globals["chain_steps"] = chain_steps
     env.globals["range_presets"] = list(RANGE_PRESETS)
 
 

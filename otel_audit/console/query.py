@@ -82,6 +82,7 @@ class Filters:
     end: dt.datetime | None = None
     actor: str = ""          # user_id or user_email (exact)
     acting_as: str = ""
+    auth_method: str = ""
     action: str = ""
     resource_type: str = ""
     resource_id: str = ""
@@ -215,7 +216,8 @@ def _filter_clauses(filters: Filters, now: dt.datetime) -> list[ColumnElement[bo
             clauses.append(or_(t.user_email == filters.actor, t.user_id == filters.actor))
         else:
             clauses.append(t.user_id == filters.actor)
-    exact = {"acting_as": filters.acting_as, "action": filters.action,
+    exact = {"acting_as": filters.acting_as, "auth_method": filters.auth_method,
+             "action": filters.action,
              "resource_type": filters.resource_type, "resource_id": filters.resource_id,
              "team_id": filters.team, "data_classification": filters.classification,
              "service_name": filters.service, "trace_id": filters.trace_id.lower(),

@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 
 from ..record import AuditRecord
 
-__all__ = ["chart_data", "diff_values", "page_url", "pretty_json", "safe_trace_url",
-           "timeline"]
+__all__ = ["chain_steps", "chart_data", "diff_values", "page_url", "participants",
+           "pretty_json", "safe_trace_url", "timeline"]
 
 _MAX_TEXT = 2000  # what a table cell shows of one value; the raw JSON has everything
 
@@ -66,6 +66,42 @@ def _show(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
                                                            default=str)
     return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + f"… ({len(text)} chars)"
+
+
+def chain_steps(chain: Any) -> list[dict[str, str | None]]:
+    """The steps of a ``delegation_chain`` for display, in the record's order.
+
+    A ``{"principal": ..., "via": ...}`` entry gives its principal and ``via`` (as text;
+    an empty ``via`` is none);
+    any other entry (or a chain that is not a list) is shown as its JSON text (``raw``).
+    """
+    if chain is None:
+        return []
+    entries = chain if isinstance(chain, list) else [chain]
+    steps: list[dict[str, str | None]] = []
+    for entry in entries:
+        principal = entry.get("principal") if isinstance(entry, Mapping) else None
+        if principal is None:
+            steps.append({"principal": None, "via": None, "raw": _show(entry)})
+            continue
+        via = entry.get("via")
+        steps.append({"principal": _show(principal),
+                      "via": None if via is None or via == "" else _show(via), "raw": None})
+    return steps
+
+
+def participants(record: AuditRecord) -> set[str]:
+    """Everyone who took part in ``record`` (four eyes: none of them reviews it): its
+    actor, the user it acted for, and every principal of its delegation chain."""
+    names = {record.user_id}
+    if record.acting_as:
+        names.add(record.acting_as)
+    chain = record.delegation_chain
+    for entry in chain if isinstance(chain, list) else ():
+        principal = entry.get("principal") if isinstance(entry, Mapping) else None
+        if isinstance(principal, str) and principal:
+            names.add(principal)
+    return names
 
 
 def safe_trace_url(template: str | None, trace_id: str | None) -> str | None:
