@@ -217,12 +217,21 @@ def _erase_live(engine: Engine, changes: list[dict[str, Any]], erasure: Erasure 
     json_cast = "CAST({} AS JSONB)" if engine.dialect.name == "postgresql" else "{}"
     sets = ", ".join(f'"{n}" = ' + (json_cast.format(f":{n}") if n in JSON_FIELDS
                                     else f":{n}") for n in WRITTEN)
+    sqlite = engine.dialect.name == "sqlite"
     try:
         with engine.begin() as conn:
+            if sqlite:  # overwrite the old values' bytes, not only unlink them
+                before = conn.exec_driver_sql("PRAGMA secure_delete").scalar()
+                conn.exec_driver_sql("PRAGMA secure_delete = ON")
             if changes:
                 conn.execute(text(f"UPDATE audit_trails SET {sets} WHERE id = :id"), changes)
             if erasure is not None:
                 store_erasure(conn, erasure)
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA secure_delete = {int(before or 0)}")
+        if sqlite:  # the pages holding the old values leave the WAL for the main file
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot erase the subject's records: {exc}") from exc
     return len(changes)

@@ -34,7 +34,7 @@ from otel_audit.record import AuditRecord, normalise
 from otel_audit.retention import ERASED, forget, prune
 from otel_audit.store.migrate import upgrade
 from otel_audit.store.schema import ROW_COLUMNS, metadata
-from otel_audit.store.writer import chain_row
+from otel_audit.store.writer import chain_row, create_store_engine
 
 Factory = Callable[..., AuditTrail]
 SUBJECT = "subj-7f3a"
@@ -404,3 +404,23 @@ def test_a_bad_matchers_file_is_refused(tmp_path: Path, content: str) -> None:
     replaced = tmp_path / "only.json"
     replaced.write_text('{"keys": ["Owner"], "replace_defaults": true}')
     assert SubjectMatchers.load(replaced).keys == {"owner"}
+
+
+def test_no_byte_of_the_subject_is_left_in_the_sqlite_files(sqlite_url: str) -> None:
+    """Not only the table: the database file and its WAL (freed space overwritten)."""
+    trail = AuditTrail(sqlite_url, hmac_key=KEY, mode="sync", auto_migrate=True)
+    for i in range(100):  # pages around the subject's records
+        trail.record("READ", user_id=f"user-{i}", new_values={"n": i})
+    write(trail)
+    engine = create_store_engine(sqlite_url)
+    try:
+        assert forget(engine, SUBJECT, matchers=MATCHERS).live == RECORDS
+    finally:
+        engine.dispose()
+        trail.shutdown(5)
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+    assert path in files
+    for file in files:
+        data = file.read_bytes()
+        assert not re.search(rb"(?i)subj[-.]7f3a(?![0-9a-z])", data), file.name
