@@ -125,8 +125,15 @@ def test_pause_lets_go_only_when_the_store_thread_likely_wants_the_gil(
     stage.pause()
     assert sleeps == []  # the running job is likely in the database
     stage.run(lambda: job(1))  # takes the free slot at once
-    third = threading.Thread(target=stage.run, args=(lambda: job(2),))
+    calling = threading.Event()
+
+    def queue_third() -> None:
+        calling.set()
+        stage.run(lambda: job(2))
+
+    third = threading.Thread(target=queue_third)
     third.start()
+    assert calling.wait(5)
     third.join(0.2)
     assert third.is_alive()  # the worker waits for a slot: the store is slower
     gates[0].set()
