@@ -68,7 +68,7 @@ _PAYLOAD_SQL = (
     f"{_columns_sql(LEGACY_HASHED_FIELDS)}) END")
 #: The format tag of a row (canonical.row_version, format_tag): the last value of a
 #: source row of the whole chain row (fastwalk.FULL).
-_TAG_SQL = (f"CASE WHEN schema_version = {PUBLIC_VERSION} THEN '{PUBLIC_FORMAT}' "
+_TAG_SQL = (f"CASE WHEN schema_version >= {PUBLIC_VERSION} THEN '{PUBLIC_FORMAT}' "
             f"ELSE {_FORMAT_SQL} END")
 #: the start of a format-3 payload (hashed with SHA-256 whatever the key)
 _PUBLIC_START = f'["{PUBLIC_FORMAT}",'
