@@ -65,10 +65,9 @@ if speedups is not None:
     except ImportError:  # pragma: no cover - a build older than this source
         speedups = None
 if speedups is not None:
-    try:  # the OTLP sender's (otel_audit/_speedups_otlp.c): a build without it keeps the rest
+    # OTLP's (otel_audit/_speedups_otlp.c): a build without it keeps the rest
+    with contextlib.suppress(ImportError):
         from ._speedups import otlp_decode_logs, otlp_encode_logs
-    except ImportError:  # pragma: no cover - a build older than this source
-        pass
 if speedups is not None:
     # the store stage's (otel_audit/_speedups_store.c): a build without it keeps the rest
     with contextlib.suppress(ImportError):
