@@ -5,6 +5,8 @@ One round reads, for every stream, the records after the destination's cursor
 them as one batch, and moves the cursor only once the destination acknowledged
 (:mod:`~otel_audit.forward.cursors`). A crash between the acknowledgement and the
 cursor move sends that batch again (same record IDs); nothing else is sent twice.
+While a batch is in flight the next one is read and encoded, and sent only once the one
+before is acknowledged and its cursor moved (:meth:`Forwarder._forward_stream`).
 
 * A retryable failure (connection, 408, 429, 5xx) retries the same batch with
   exponential backoff and full jitter, never sooner than ``Retry-After``; the cursor
