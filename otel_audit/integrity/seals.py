@@ -265,11 +265,10 @@ class PeriodicSeals:
     not fail the write path.
 
     Each seal also names the Merkle root of the records since the previous seal
-    (:mod:`.intervals`), kept in O(log n) memory as the batches commit: the sealer's
-    hashes are plain SHA-256 (format ``otel-audit/3``, an HMAC key or not: hashes anyone
-    can recompute, which proofs need). An interval whose records did not commit in
-    ``seq`` order, or that follows a seal that could not be written, gets none: its seal
-    stays plain.
+    (:mod:`.intervals`), kept in O(log n) memory as the batches commit (format 3's
+    hashes are public, keyed chain or not: proofs need that). An interval whose records
+    did not commit in ``seq`` order, or that follows a seal that could not be written,
+    gets none: its seal stays plain.
     """
 
     def __init__(self, writer: StoreWriter, chain: ChainSealer, interval: float,
