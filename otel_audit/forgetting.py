@@ -187,7 +187,7 @@ def _live_plan(engine: Engine, subject: Subject, matchers: SubjectMatchers,
     where, params = _candidates(subject, CHAIN_ROW_COLUMNS, "?" if dialect == "sqlite"
                                 else "%s", "TEXT")
     sql = (f"SELECT {chain_row_select(dialect)} FROM audit_trails "
-           f"WHERE stream IS NOT NULL AND ({where})")
+           f"WHERE {where}")
     try:
         with engine.connect() as conn:
             rows = conn.exec_driver_sql(sql, tuple(params)).all()
@@ -204,8 +204,8 @@ def _archive_plan(archive: Path, subject: Subject, matchers: SubjectMatchers,
         for path in _parquet(archive):
             own = _file_view(con, path)
             where, params = _candidates(subject, own, "?", "VARCHAR")
-            rows = con.execute(f"SELECT {chain_row_select('duckdb')} FROM f WHERE "
-                               f"stream IS NOT NULL AND ({where})", params).fetchall()
+            rows = con.execute(f"SELECT {chain_row_select('duckdb')} FROM f WHERE {where}",
+                               params).fetchall()
             plan = _plan(rows, subject, matchers, previous)
             if plan:
                 out.append((path, plan))

@@ -356,7 +356,9 @@ def check_erasures(engine: Engine, *, archive_dir: str | Path | None = None,
         if record is not None:
             record_ids[record] = erasure.id
         for entry in entries:
-            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            # a record of no chain has no proof an erasure could keep (verify reports it)
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str) \
+                    and entry.get("chained") is not False:
                 listed[entry["id"]] = (entry, authentic)
     if erased_ids is None:
         rows = _live_erased(engine)

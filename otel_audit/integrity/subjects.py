@@ -229,15 +229,18 @@ def erase_row(row: Sequence[Any], subject: Subject | None, matchers: SubjectMatc
     """
     row_id = row[_POS["id"]]
     pii_text = row[_POS["pii"]]
-    if pii_text is not None and pii_info(pii_text) is None:
+    # a row of no chain (verify reports it as inserted) has no proof to keep
+    chained = type(row[_POS["seq"]]) is int and None not in (row[_POS["stream"]],
+                                                           row[_POS["hash"]])
+    if chained and pii_text is not None and pii_info(pii_text) is None:
         raise IntegrityError(f"record {row_id} has a malformed pii value; "
                              "run `otel-audit verify`")
     keys, kept = pii_parts(row)
     digest = kept if kept is not None else seal_digest(row)
-    if digest is None:
+    if chained and digest is None:
         raise IntegrityError(f"record {row_id} cannot be read as sealed; run `otel-audit verify`")
     version = row_version(row)
-    covered = covered_columns(row)
+    covered = covered_columns(row) if chained else list(PERSONAL_FIELDS)
     frozen = frozenset(keys)
     new: dict[str, Any] = {}
     found: list[list[str | int]] = []
@@ -287,6 +290,12 @@ def erase_row(row: Sequence[Any], subject: Subject | None, matchers: SubjectMatc
             rewrite(name, row[_POS[name]], frozen if own else frozenset(), matchers.keys)
     if not found:
         return None
+    if not chained or digest is None:
+        final = _with(row, new)
+        loose = {"stream": row[_POS["stream"]], "seq": None, "id": row_id, "chained": False,
+                 "at": found}
+        return RowErasure({"id": row_id, **{n: final[_POS[n]] for n in WRITTEN}}, loose,
+                          found, final)
     with_digest = {"pii": _pii(keys, digest)}
     reference = chain_hash(_with(row, with_digest), None, canonicalise=True)
     erased = _with(row, {**new, **with_digest})

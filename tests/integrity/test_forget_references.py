@@ -424,3 +424,28 @@ def test_no_byte_of_the_subject_is_left_in_the_sqlite_files(sqlite_url: str) -> 
     for file in files:
         data = file.read_bytes()
         assert not re.search(rb"(?i)subj[-.]7f3a(?![0-9a-z])", data), file.name
+
+
+def test_a_record_of_no_chain_is_erased_too(
+        written: AuditTrail, engine: Engine, store_url: str,
+        keys: tuple[Ed25519PrivateKey, Ed25519PublicKey]) -> None:
+    """A row outside every chain (verify reports it as inserted) still loses the
+    subject's values: there is no proof to keep, and no entry is checked for it."""
+    doc = json.dumps({"owner": SUBJECT, "n": 1})
+    cast = "CAST(:doc AS JSONB)" if store_url.startswith("postgresql") else ":doc"
+    execute(engine, "INSERT INTO audit_trails (id, timestamp, action, user_id, user_email, "
+            "acting_as, new_values, requires_review, success, schema_version) VALUES "
+            f"('loose-1', :ts, 'UPDATE', :user, :email, 'alice', {cast}, :no, :yes, 3)",
+            ts=BASE, user=SUBJECT, email=EMAIL, doc=doc, no=False, yes=True)
+    before = [(f.kind, f.record_id) for f in verify(engine).findings]
+    assert before == [("inserted", "loose-1")]
+    report = forget(engine, SUBJECT, signing_key=keys[0], matchers=MATCHERS)
+    assert report.live == RECORDS + 1
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT user_id, user_email, acting_as, CAST(new_values AS "
+                                "TEXT) FROM audit_trails WHERE id = 'loose-1'")).one()
+    assert row[:3] == (ERASED, ERASED, ERASED)  # nothing to prove: every personal value
+    assert json.loads(row[3]) == {"owner": ERASED, "n": 1}
+    after = [(f.kind, f.record_id) for f in verify(engine, public_key=keys[1]).findings]
+    assert after == [("inserted", "loose-1")]
+    assert not [cell for _, cell in _tables(engine) if LEFT.search(cell)]
