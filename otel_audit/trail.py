@@ -31,7 +31,7 @@ from .errors import AuditWriteError, StoreError
 from .exporters.adapter import ExporterWriter
 from .exporters.base import AuditExporter
 from .integrity.install import install_chain
-from .integrity.seals import install_seals
+from .integrity.periodic_seals import install_seals
 from .pipeline.batch import AuditStats, DeferredRecords
 from .pipeline.delivery import ModeChooser, build_pipeline, check_same_store, current_session
 from .policy import AuditPolicy

@@ -8,7 +8,7 @@ records' chain hashes in ``seq`` order. It is written into the seal's ``heads`` 
 signature cover it: that is the second seal format. Old seals keep verifying; a stream
 with no new records, or whose interval is not complete in the store (pruned, a gap),
 keeps the plain head and has no proofs for that interval. A trail's own periodic seals
-(:class:`~otel_audit.integrity.seals.PeriodicSeals`) name the interval of its stream
+(:class:`~otel_audit.integrity.periodic_seals.PeriodicSeals`) name the interval of its stream
 the same way, from the records it committed.
 """
 
