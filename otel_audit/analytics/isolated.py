@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +44,7 @@ from typing import IO, Any
 import duckdb
 
 from ..errors import ConfigError, QueryError, QueryRefusedError, StoreError
+from .framing import read_exact, read_reply, write_reply
 
 __all__ = ["ChildSpec", "IsolatedDuck", "arrow_relation", "call_in_child"]
 
@@ -106,41 +107,6 @@ class ChildSpec:
     scoped: bool
 
 
-# ---------------------------------------------------------------------- framing
-
-def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
-    chunks = []
-    left = size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_reply(out: IO[bytes], header: Mapping[str, Any], payload: bytes = b"") -> None:
-    head = json.dumps(header).encode()
-    out.write(struct.pack(">IQ", len(head), len(payload)))
-    out.write(head)
-    out.write(payload)
-    out.flush()
-
-
-def _read_reply(stream: IO[bytes]) -> tuple[dict[str, Any], bytes] | None:
-    sizes = _read_exact(stream, 12)
-    if sizes is None:
-        return None
-    head_size, payload_size = struct.unpack(">IQ", sizes)
-    head = _read_exact(stream, head_size)
-    payload = _read_exact(stream, payload_size) if payload_size else b""
-    if head is None or payload is None:
-        return None
-    header: dict[str, Any] = json.loads(head)
-    return header, payload
-
-
 # ------------------------------------------------------------------------ child
 
 def _open(spec: ChildSpec) -> duckdb.DuckDBPyConnection:
@@ -200,7 +166,7 @@ def _query(con: duckdb.DuckDBPyConnection, spec: ChildSpec, request: dict[str, A
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    _write_reply(out, {"ok": True, "columns": columns, "types": types}, sink.getvalue())
+    write_reply(out, {"ok": True, "columns": columns, "types": types}, sink.getvalue())
 
 
 def _copy(con: duckdb.DuckDBPyConnection, spec: ChildSpec, request: dict[str, Any],
@@ -212,7 +178,7 @@ def _copy(con: duckdb.DuckDBPyConnection, spec: ChildSpec, request: dict[str, An
         export_relation(relation, request["path"], request["options"])
     except duckdb.Error as exc:
         raise QueryError(f"export failed: {exc}") from exc
-    _write_reply(out, {"ok": True})
+    write_reply(out, {"ok": True})
 
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
@@ -222,8 +188,8 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     con: duckdb.DuckDBPyConnection | None = None
     spec: ChildSpec | None = None
     while True:
-        size = _read_exact(inp, 8)
-        body = _read_exact(inp, struct.unpack(">Q", size)[0]) if size is not None else None
+        size = read_exact(inp, 8)
+        body = read_exact(inp, struct.unpack(">Q", size)[0]) if size is not None else None
         if body is None:
             break
         request: dict[str, Any] = pickle.loads(body)  # the parent's own requests, never the reverse
@@ -233,9 +199,9 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
                 spec = request["spec"]
                 assert isinstance(spec, ChildSpec) and con is None
                 con = _open(spec)
-                _write_reply(out, {"ok": True})
+                write_reply(out, {"ok": True})
             elif op == "close":
-                _write_reply(out, {"ok": True})
+                write_reply(out, {"ok": True})
                 break
             elif con is None or spec is None:
                 raise QueryError("the analytics process has no store open")
@@ -245,7 +211,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
                 _copy(con, spec, request, out)
             elif op == "refresh":
                 _refresh(con)
-                _write_reply(out, {"ok": True})
+                write_reply(out, {"ok": True})
             else:
                 raise QueryRefusedError(f"unknown analytics request {op!r}")
         except BaseException as exc:  # every failure is an answer, never a dead child
@@ -253,7 +219,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
             plain = (kind in _ERRORS and type(exc) is _ERRORS[kind]) or isinstance(
                 exc, duckdb.Error)
             message = str(exc) if plain else f"{type(exc).__name__}: {exc}"
-            _write_reply(out, {"ok": False, "kind": kind, "message": message})
+            write_reply(out, {"ok": False, "kind": kind, "message": message})
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 break
     if con is not None:
@@ -266,18 +232,18 @@ def serve_call(inp: IO[bytes], out: IO[bytes]) -> None:
     import importlib
 
     try:
-        size = _read_exact(inp, 8)
-        body = _read_exact(inp, struct.unpack(">Q", size)[0]) if size is not None else None
+        size = read_exact(inp, 8)
+        body = read_exact(inp, struct.unpack(">Q", size)[0]) if size is not None else None
         if body is None:
             return
         request: dict[str, Any] = pickle.loads(body)  # the parent's own request
         module, function = _CALLS[request["call"]].split(":")
         result = getattr(importlib.import_module(module), function)(*request["args"])
-        _write_reply(out, {"ok": True}, json.dumps(result).encode())
+        write_reply(out, {"ok": True}, json.dumps(result).encode())
     except BaseException as exc:  # every failure is an answer
         kind = type(exc).__name__ if type(exc).__name__ in _ERRORS else "QueryError"
         plain = kind in _ERRORS and type(exc) is _ERRORS[kind]
-        _write_reply(out, {"ok": False, "kind": kind,
+        write_reply(out, {"ok": False, "kind": kind,
                            "message": str(exc) if plain else f"{type(exc).__name__}: {exc}"})
 
 
@@ -299,7 +265,7 @@ def call_in_child(name: str, *args: Any) -> Any:
         try:
             proc.stdin.write(struct.pack(">Q", len(body)) + body)
             proc.stdin.close()
-            reply = _read_reply(proc.stdout)
+            reply = read_reply(proc.stdout)
         except OSError:
             reply = None
         if reply is None:
@@ -406,7 +372,7 @@ class IsolatedDuck:
         try:
             proc.stdin.write(struct.pack(">Q", len(body)) + body)
             proc.stdin.flush()
-            reply = _read_reply(proc.stdout)
+            reply = read_reply(proc.stdout)
         except (BrokenPipeError, OSError):
             reply = None
         if reply is None:
