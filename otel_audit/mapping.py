@@ -95,12 +95,26 @@ def is_audit(attributes: Mapping[str, Any] | None, event_name: str | None = None
 JSON_TOO_DEEP = "json_too_deep"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: First characters of a JSON text (``NaN``/``Infinity`` are refused by the parse).
+_JSON_START = frozenset('{["-0123456789tfn')
+
+
 def _as_json(value: Any, field: str, notes: list[dict[str, Any]]) -> Any:
+    """A JSON field's attribute value: a JSON text is its document, any other text itself.
+
+    :func:`record_to_attributes` writes every JSON field as a JSON text, scalars included
+    (``"text"`` for the string ``text``, ``5`` for the number), so any JSON text is
+    parsed, not only objects and arrays: a scalar makes the round trip unchanged.
+    """
     if isinstance(value, str):
         stripped = value.lstrip()
-        if stripped[:1] in ("{", "["):
+        if stripped[:1] in _JSON_START:
             try:
-                return json.loads(value)
+                return json.loads(value, parse_constant=_no_constant)
             except ValueError:
                 return value  # not JSON: stored as the text it is
             except RecursionError:
@@ -139,7 +153,8 @@ def attributes_to_fields(
 ) -> dict[str, Any]:
     """Return ``build_record`` keyword arguments found in ``attributes``.
 
-    Maps and JSON strings are both accepted for the JSON fields; ``"true"``/``"false"``
+    Maps and JSON texts are both accepted for the JSON fields (a text that is not JSON
+    is kept as that text); ``"true"``/``"false"``
     strings for the flags. A JSON text nested too deeply to parse stays text, noted
     under ``context["_normalised"]`` (kind ``json_too_deep``). Fields absent from the
     attributes are absent from the result. ``service_name`` comes from the resource's

@@ -173,3 +173,28 @@ def test_a_record_the_mapping_fails_on_is_stored_as_received(
     (note,) = first.context[NORMALISATION_KEY]
     assert note["kind"] == "conversion_failed"
     assert "a bug in the mapping" in note["error"]
+
+
+@pytest.mark.parametrize("value", ["text", "[1]", "", 5, -2.5, 12345678901234567, True,
+                                   False, [1, "a"], {"k": ["v", None]}, {"rows": 12}])
+def test_json_field_values_of_every_kind_make_the_round_trip(value: object) -> None:
+    from otel_audit.mapping import attributes_to_fields, record_to_attributes
+    from otel_audit.testing import capture_audit
+
+    with capture_audit() as capture:
+        record = capture.trail.build_record("UPDATE", user_id="u", old_values=value,
+                                            new_values=value, changes=value, context=value)
+    fields = attributes_to_fields(record_to_attributes(record))
+    for name in ("old_values", "new_values", "changes", "context"):
+        assert fields[name] == getattr(record, name), name
+        assert type(fields[name]) is type(getattr(record, name)), name
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("plain words", "plain words"), ("NaN", "NaN"), ("-Infinity", "-Infinity"),
+    ("{not json", "{not json"), ('"quoted"', "quoted"), ("7", 7), ("null", None),
+])
+def test_a_json_field_text_is_its_document_or_itself(text: str, expected: object) -> None:
+    from otel_audit.mapping import attributes_to_fields
+
+    assert attributes_to_fields({"audit.old_values": text}).get("old_values") == expected
