@@ -162,7 +162,8 @@ TARGETS = {"SQLite": 300_000, "PostgreSQL": 150_000}
 
 
 def verify_figures(engine: Engine, store: str, target: int, rounds: int = 3) -> None:
-    """``verify_trail`` with one thread and one per CPU, next to the driver's fetch of the
+    """``verify_trail`` in one process and with one worker process per CPU (their
+    start-up counted), next to the driver's fetch of the
     same rows and SHA-256 over the same payload bytes, measured side by side in one run
     (``rounds`` alternating rounds; the medians are printed)."""
     source = StoreSource(engine)
@@ -193,7 +194,7 @@ def verify_figures(engine: Engine, store: str, target: int, rounds: int = 3) -> 
     for n in counts:
         print(f"verify      {rate[f'verify{n}']:>10,.0f} records/s  ({records:,} records in "
               f"{median[f'verify{n}']:.2f} s, HMAC key, {store}, --workers {n}: "
-              f"{n} thread{'s' if n > 1 else ''}; median of {rounds})")
+              f"{'1 process' if n == 1 else f'{n} worker processes'}; median of {rounds})")
     print(f"baseline    {rate['fetch']:>10,.0f} rows/s     driver fetch of the same rows "
           f"(one connection, {store})")
     print(f"baseline    {records / median['sha']:>10,.0f} rows/s     SHA-256 over the same "

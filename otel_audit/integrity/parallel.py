@@ -49,32 +49,40 @@ def _verify_range(url: str | Engine, key: bytes | None, stream: str, lo: int, hi
                   checkpoints: dict[int, str]) -> _Chunk:
     """One range of one stream: a process's (``url``: its own engine) or a thread's (the
     shared ``Engine``: one pooled connection each)."""
-    engine = create_store_engine(url) if isinstance(url, str) else url
-    try:
-        source = StoreSource(engine)
-        report = VerifyReport()
-        walker = _Walker(key, report, {stream: checkpoints}, {stream: lo})
-        walker.defer_first = True
-        out = _Chunk()
-        plans = payload_plans(key, source.layout)
-        for batch in source.batches(stream, (lo, hi)):
-            flags = verify_flags(batch, source.layout, plans)
-            start = 0
-            if out.first is None and batch:
-                row = batch[0]
-                walker.step(row, source, True if flags[0] & VERIFIED else None)
-                out.first, start = (row[1], row[2], walker.prev_status), 1
-            walker.run(batch, flags, source, start)
-        _resolve_candidates(walker, [source])
-        if walker.prev is not None:
-            out.last = (walker.prev[1], walker.prev[_HASH], walker.prev_status)
-        out.records, out.erased, out.findings = report.records, report.erased, report.findings
-        out.deferred = walker.deferred
-        out.erased_ids = report.erased_ids
-        return out
-    finally:
-        if isinstance(url, str):
-            engine.dispose()
+    engine = _engine(url) if isinstance(url, str) else url
+    source = StoreSource(engine)
+    report = VerifyReport()
+    walker = _Walker(key, report, {stream: checkpoints}, {stream: lo})
+    walker.defer_first = True
+    out = _Chunk()
+    plans = payload_plans(key, source.layout)
+    for batch in source.batches(stream, (lo, hi)):
+        flags = verify_flags(batch, source.layout, plans)
+        start = 0
+        if out.first is None and batch:
+            row = batch[0]
+            walker.step(row, source, True if flags[0] & VERIFIED else None)
+            out.first, start = (row[1], row[2], walker.prev_status), 1
+        walker.run(batch, flags, source, start)
+    _resolve_candidates(walker, [source])
+    if walker.prev is not None:
+        out.last = (walker.prev[1], walker.prev[_HASH], walker.prev_status)
+    out.records, out.erased, out.findings = report.records, report.erased, report.findings
+    out.deferred = walker.deferred
+    out.erased_ids = report.erased_ids
+    return out
+
+
+#: A worker process's engine, by URL: its ranges read through one connection, closed
+#: when the process ends with the pool.
+_ENGINES: dict[str, Engine] = {}
+
+
+def _engine(url: str) -> Engine:
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = create_store_engine(url)
+    return engine
 
 
 def _ranges(source: StoreSource, workers: int) -> list[tuple[str, int, int]]:
@@ -89,6 +97,17 @@ def _ranges(source: StoreSource, workers: int) -> list[tuple[str, int, int]]:
             out.append((stream, start, end))
             start = end + 1
     return out
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Where worker processes come from: a fork server (started once per process, with
+    this module imported, so each worker starts in milliseconds; it holds no connection
+    or thread of the caller's), or spawn where there is none (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[int, str]],
@@ -109,7 +128,7 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
     if engine is not None:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="otel-audit-verify")
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(min(workers, len(ranges)) or 1, mp_context=_context())
     target: str | Engine = url if engine is None else engine
     with pool:
         futures = {pool.submit(_verify_range, target, key, stream, lo, hi,

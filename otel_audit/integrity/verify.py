@@ -93,11 +93,12 @@ def verify_trail(
     rollback of the whole database. With ``public_key``, signatures must verify;
     unsigned checkpoints and seals are warnings unless ``require_signed``; erasures must
     always be signed (``unauthenticated`` otherwise, and without a public key).
-    ``workers`` threads share the chains of the live store (``0``: one per CPU from
-    :data:`PARALLEL_FROM` records on), each on its own pooled connection: the database
-    driver reads and the compiled check hashes without holding the GIL
-    (:mod:`.fastwalk`); archives, ``since`` and ``stream`` use one. If they cannot run,
-    the verification runs in this thread. A stream that a seal should have named is
+    ``workers`` processes share the chains of the live store (``0``: one per CPU from
+    :data:`PARALLEL_FROM` records on), each reading seq ranges on its own connection
+    (started by a fork server, which holds none of this process's connections or
+    threads; :mod:`.parallel`) and returning only findings and counts; an in-memory
+    SQLite store, archives, ``since`` and ``stream`` use one walk. If they cannot run,
+    the verification runs in this process. A stream that a seal should have named is
     ``inserted`` (:func:`.seals.check_stream_births`): one a seal named and a later seal
     of the same sealer did not while its records stayed, and one an all-streams seal
     does not name whose first record is dated more than ``stream_grace`` seconds before
@@ -176,7 +177,7 @@ def verify_trail(
         try:
             last_seq = verify_parallel(engine.url.render_as_string(hide_password=False),
                                        key=key, checkpoints=by_stream, workers=workers,
-                                       report=shared, progress=progress, engine=engine)
+                                       report=shared, progress=progress)
         except Exception as exc:  # a worker that cannot start or read: one walk does it all
             log_internal_error("verify_parallel", logging.WARNING,
                                "parallel verification unavailable (%s); verifying in one "

@@ -1,8 +1,13 @@
-"""Several verify processes find exactly what one process finds, across range boundaries."""
+"""Several verify processes find exactly what one process finds, across range boundaries.
+
+Every ``workers=2`` verification here runs worker processes (each its own connection);
+the fixture below fails a test whose parallel verification fell back to one walk.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from integrity_support import KEY, execute, verify, write_records
@@ -15,8 +20,34 @@ from otel_audit.retention import forget
 
 
 @pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parallel, "MIN_CHUNK", 4)  # 20 records: five ranges per stream
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Ranges of 4 records (20 records: five ranges per stream); yields how each parallel
+    verification ended, and fails the test if one fell back to one walk."""
+    monkeypatch.setattr(parallel, "MIN_CHUNK", 4)
+    original = parallel.verify_parallel
+    outcomes: list[str] = []
+
+    def watched(*args: Any, **kwargs: Any) -> dict[str, int]:
+        try:
+            result = original(*args, **kwargs)
+        except BaseException as exc:
+            outcomes.append(f"failed: {exc!r}")
+            raise
+        outcomes.append("ran")
+        return result
+
+    monkeypatch.setattr(parallel, "verify_parallel", watched)
+    yield outcomes
+    assert outcomes and set(outcomes) == {"ran"}, outcomes
+
+
+def test_workers_are_processes(small_chunks: list[str], chained: AuditTrail,
+                               engine: Engine) -> None:
+    """File-backed SQLite and PostgreSQL: worker processes, not threads of this one."""
+    assert parallel._context().get_start_method() in ("forkserver", "spawn")
+    report = verify(engine, workers=2)
+    assert report.ok and report.records == 20 and small_chunks == ["ran"]
+    assert not parallel._ENGINES  # the workers' engines live in the workers
 
 
 def _both(engine: Engine) -> tuple[list[tuple[str, int | None]], list[tuple[str, int | None]]]:
@@ -26,7 +57,7 @@ def _both(engine: Engine) -> tuple[list[tuple[str, int | None]], list[tuple[str,
     return ([(f.kind, f.seq) for f in one.findings], [(f.kind, f.seq) for f in two.findings])
 
 
-def test_parallel_verify_matches_single(small_chunks: None, chained: AuditTrail,
+def test_parallel_verify_matches_single(small_chunks: list[str], chained: AuditTrail,
                                         engine: Engine) -> None:
     one, two = _both(engine)
     assert one == two == []
@@ -51,7 +82,7 @@ def _all(engine: Engine, **kwargs: object) -> tuple[list[tuple[str, str | None, 
 
 
 def test_parallel_verify_matches_single_on_every_attack(
-        small_chunks: None, make_trail: Callable[..., AuditTrail], engine: Engine) -> None:
+        small_chunks: list[str], make_trail: Callable[..., AuditTrail], engine: Engine) -> None:
     first = make_trail(hmac_key=KEY, mode="sync")
     write_records(first, 20)
     first.shutdown()  # sealed at 20
