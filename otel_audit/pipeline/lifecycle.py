@@ -105,6 +105,7 @@ class PipelineLifecycle(PipelineWorker):
         with self._state_lock:
             self._abandoned = True
             batches = list(self._inflight.values())
+            self._abandoned_batches.update(self._inflight)  # accounted for here only
             self._inflight.clear()
         held = sum(map(len, batches))
         kept = sum(self._spool_on_exit(batch) for batch in batches)

@@ -61,6 +61,7 @@ class RetryPolicy(StoreWrites):
         # keep order: while records wait in the spool, new ones queue behind them
         if spool is not None and spool.pending() and self._to_spool(prepared):
             return
+        key = id(prepared)  # as registered in flight (isolation may narrow the list)
         attempt = 0
         while True:
             if self._abandoned:  # shutdown spooled this batch past its deadline
@@ -87,6 +88,10 @@ class RetryPolicy(StoreWrites):
                 attempt, len(prepared), delay, error,
             )
             if self._stop.wait(delay) and self._closed and self._past_deadline(attempt):
+                with self._state_lock:  # shutdown's _abandon may have taken this batch
+                    if key in self._abandoned_batches:  # it spooled or counted it already
+                        return
+                    self._inflight.pop(key, None)  # ours to account for, not _abandon's
                 kept = self._spool_on_exit(list(prepared))
                 if len(prepared) - kept:
                     with self._state_lock:

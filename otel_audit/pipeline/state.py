@@ -126,6 +126,9 @@ class PipelineState:
         #: batches taken off the queue and not yet committed, spooled or accounted for
         #: (raw items until prepared): what shutdown spools when its deadline passes
         self._inflight: dict[int, list[Any]] = {}
+        #: keys of the in-flight batches shutdown's deadline spooled or counted: their
+        #: store thread must not account for them a second time
+        self._abandoned_batches: set[int] = set()
         #: set by a shutdown past its deadline: what was in flight is in the spool, so
         #: the worker and store threads write nothing more
         self._abandoned = False

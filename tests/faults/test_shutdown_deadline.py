@@ -81,3 +81,22 @@ def test_shutdown_returns_in_time_with_the_table_locked_and_nothing_is_lost(
         assert verify_trail(later.writer.engine).ok
     finally:
         later.shutdown(5)
+
+
+@pytest.mark.parametrize("round_", range(8))
+def test_a_batch_given_up_at_the_deadline_is_counted_once(tmp_path: Path, round_: int) -> None:
+    """Shutdown's deadline and the store thread giving up its retries meet on one batch:
+    whichever accounts for it, ``failed`` counts each record once (no spool to keep it)."""
+    from otel_audit.testing import InMemoryAuditExporter
+
+    exporter = InMemoryAuditExporter()
+    exporter.fail_all()
+    trail = AuditTrail(exporter=exporter, spool_max_bytes=0, retry_max_backoff=0.02,
+                       flush_interval=0.01, journal_dir=str(tmp_path / "journal"),
+                       spool_dir=str(tmp_path / "spool"))
+    for i in range(5):
+        trail.record("READ", user_id=f"u{i}")
+    assert trail.flush(0.1 + round_ * 0.02) is False  # retrying
+    trail.shutdown(0.2 + round_ * 0.01)
+    stats = trail.stats()
+    assert (stats.enqueued, stats.written, stats.failed) == (5, 0, 5)
