@@ -71,6 +71,13 @@ _ATTRIBUTE_FIELDS: dict[str, tuple[str, int]] = {
 _JSON_FIELDS = frozenset(JSON_FIELDS)
 _BOOL_FIELDS = frozenset(f.name for f in FIELDS if f.kind == "bool")
 
+#: ``attribute name -> (record field, preference rank, kind)``, kind 1 for a JSON
+#: field, 2 for a flag, 0 for the rest: the one table ``attributes_to_fields`` reads.
+_ATTRIBUTE_TABLE: dict[str, tuple[str, int, int]] = {
+    name: (field, rank, 1 if field in _JSON_FIELDS else 2 if field in _BOOL_FIELDS else 0)
+    for name, (field, rank) in _ATTRIBUTE_FIELDS.items()
+}
+
 
 def is_audit(attributes: Mapping[str, Any] | None, event_name: str | None = None) -> bool:
     """Whether a span, span event or log record is an audit entry.
@@ -99,6 +106,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# one decoder for every call (``json.loads`` with an argument makes one per call)
+_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode
+
 #: First characters of a JSON text (``NaN``/``Infinity`` are refused by the parse).
 _JSON_START = frozenset('{["-0123456789tfn')
 
@@ -110,18 +120,18 @@ def _as_json(value: Any, field: str, notes: list[dict[str, Any]]) -> Any:
     (``"text"`` for the string ``text``, ``5`` for the number), so any JSON text is
     parsed, not only objects and arrays: a scalar makes the round trip unchanged.
     """
-    if isinstance(value, str):
-        stripped = value.lstrip()
-        if stripped[:1] in _JSON_START:
-            try:
-                return json.loads(value, parse_constant=_no_constant)
-            except ValueError:
-                return value  # not JSON: stored as the text it is
-            except RecursionError:
-                # nested deeper than Python's parser can follow: the record is kept
-                # with the text as it came, and the note says why it is not a document
-                notes.append({"field": field, "kind": JSON_TOO_DEEP, "stored": "text"})
-                return value
+    # the first character decides (after whitespace, stripped only when there is some)
+    if isinstance(value, str) and (value[:1] in _JSON_START
+                                   or value.lstrip()[:1] in _JSON_START):
+        try:
+            return _decode_json(value)
+        except ValueError:
+            return value  # not JSON: stored as the text it is
+        except RecursionError:
+            # nested deeper than Python's parser can follow: the record is kept
+            # with the text as it came, and the note says why it is not a document
+            notes.append({"field": field, "kind": JSON_TOO_DEEP, "stored": "text"})
+            return value
     return value
 
 
@@ -161,26 +171,46 @@ def attributes_to_fields(
     ``service.name``.
     """
     fields: dict[str, Any] = {}
-    ranks: dict[str, int] = {}
+    ranks: dict[str, int] | None = None  # fields set from a non-preferred attribute
+    json_fields: list[str] | None = None
+    bool_fields: list[str] | None = None
     # One pass over the attributes (span attributes are BoundedAttributes, whose ``in``
-    # costs a Python-level call; the span processor runs on the caller's thread).
-    lookup = _ATTRIBUTE_FIELDS.get
+    # costs a Python-level call; the span processor and the receiver run it per record).
+    lookup = _ATTRIBUTE_TABLE.get
     for name, value in (attributes or {}).items():
         hit = lookup(name)
         if hit is None or value is None:
             continue
-        field, rank = hit
-        if ranks.get(field, rank) < rank:
-            continue  # a preferred attribute of the same field was seen already
-        ranks[field] = rank
+        field, rank, kind = hit
+        if rank:  # an alternative name: a preferred attribute of the field wins
+            if ranks is None:
+                ranks = {}
+            if field in fields and ranks.get(field, 0) < rank:
+                continue
+            ranks[field] = rank
+        elif ranks and field in ranks:
+            del ranks[field]
+        if kind and field not in fields:
+            if kind == 1:
+                if json_fields is None:
+                    json_fields = []
+                json_fields.append(field)
+            else:
+                if bool_fields is None:
+                    bool_fields = []
+                bool_fields.append(field)
         fields[field] = value
-    notes: list[dict[str, Any]] = []
-    for field in sorted(_JSON_FIELDS.intersection(fields)):
-        fields[field] = _as_json(fields[field], field, notes)
-    if notes:
-        _add_notes(fields, notes)
-    for field in _BOOL_FIELDS.intersection(fields):
-        fields[field] = _as_bool(fields[field])
+    if json_fields is not None:
+        notes: list[dict[str, Any]] = []
+        if len(json_fields) > 1:
+            json_fields.sort()  # notes in field order
+        for field in json_fields:
+            fields[field] = _as_json(fields[field], field, notes)
+        if notes:
+            _add_notes(fields, notes)
+    if bool_fields is not None:
+        for field in bool_fields:
+            fields[field] = _as_bool(fields[field])
     if resource_attributes and resource_attributes.get("service.name") is not None:
         fields["service_name"] = str(resource_attributes["service.name"])
     return fields

@@ -78,8 +78,12 @@ _CORRELATION = AuditRecord._fields.index("correlation_id")
 _make_record = AuditRecord._make
 
 
+_timedelta = dt.timedelta
+
+
 def _timestamp(time_ns: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)
+    # positional (days, seconds, microseconds): no keyword matching per record
+    return _EPOCH + _timedelta(0, 0, time_ns // 1000)
 
 
 class _Entries:
