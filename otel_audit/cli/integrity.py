@@ -138,7 +138,7 @@ def verify(
     archive: ArchiveOption = None,
     output: Annotated[str, typer.Option("--format", help="text or json")] = "text",
     workers: Annotated[int, typer.Option(
-        min=0, help="Threads sharing the live chains (0: one per CPU from 200,000 "
+        min=0, help="Worker processes sharing the live chains (0: one per CPU from 200,000 "
         "records on; helps only on idle cores).")] = 1,
     stream_grace: Annotated[float, typer.Option(
         "--stream-grace", help="Seconds a record may commit after its timestamp: a stream "
