@@ -38,6 +38,7 @@ __all__ = [
     "personal_leftovers",
     "pii_parts",
     "value_at",
+    "with_values",
 ]
 
 #: What an erased personal value reads as.
@@ -82,7 +83,8 @@ def value_at(row: Sequence[Any], location: Sequence[Any]) -> Any:
     return value
 
 
-def _with(row: Sequence[Any], values: dict[str, Any]) -> tuple[Any, ...]:
+def with_values(row: Sequence[Any], values: dict[str, Any]) -> tuple[Any, ...]:
+    """A copy of the chain ``row`` with the columns named in ``values`` replaced."""
     out = list(row)
     for name, value in values.items():
         out[_POS[name]] = value
@@ -111,14 +113,14 @@ def covered_columns(row: Sequence[Any]) -> list[str]:
     if digest is None:
         return []
     pii = json.dumps({"k": keys, "d": digest} if keys else {"d": digest})
-    base = _with(row, {"pii": pii})
+    base = with_values(row, {"pii": pii})
     reference = chain_hash(base, None, canonicalise=True)
     if reference == INVALID:
         return []
     out = []
     for name in PERSONAL_FIELDS:
         probe = '"~probe~"' if name in JSON_FIELDS else "~probe~"
-        if chain_hash(_with(base, {name: probe}), None, canonicalise=True) == reference:
+        if chain_hash(with_values(base, {name: probe}), None, canonicalise=True) == reference:
             out.append(name)
     _COVERED[version] = tuple(out)
     return out

@@ -48,6 +48,7 @@ from .erased_rows import (
     location_text,
     personal_leftovers,
     pii_parts,
+    with_values,
 )
 
 __all__ = [
@@ -207,13 +208,6 @@ def _erase_keys(value: Any, keys: frozenset[str], path: list[str | int],
     return value
 
 
-def _with(row: Sequence[Any], values: dict[str, Any]) -> tuple[Any, ...]:
-    out = list(row)
-    for name, value in values.items():
-        out[_POS[name]] = value
-    return tuple(out)
-
-
 def _pii(keys: list[str], digest: str) -> str:
     return json.dumps({"k": keys, "d": digest} if keys else {"d": digest})
 
@@ -291,14 +285,14 @@ def erase_row(row: Sequence[Any], subject: Subject | None, matchers: SubjectMatc
     if not found:
         return None
     if not chained or digest is None:
-        final = _with(row, new)
+        final = with_values(row, new)
         loose = {"stream": row[_POS["stream"]], "seq": None, "id": row_id, "chained": False,
                  "at": found}
         return RowErasure({"id": row_id, **{n: final[_POS[n]] for n in WRITTEN}}, loose,
                           found, final)
     with_digest = {"pii": _pii(keys, digest)}
-    reference = chain_hash(_with(row, with_digest), None, canonicalise=True)
-    erased = _with(row, {**new, **with_digest})
+    reference = chain_hash(with_values(row, with_digest), None, canonicalise=True)
+    erased = with_values(row, {**new, **with_digest})
     direct = chain_hash(erased, None, canonicalise=True) != reference
     touched = any((loc[0] in PERSONAL_FIELDS and loc[0] in covered) or (
         loc[0] not in PERSONAL_FIELDS and any(isinstance(p, str) and p in frozen
@@ -306,9 +300,9 @@ def erase_row(row: Sequence[Any], subject: Subject | None, matchers: SubjectMatc
     partial = False
     if touched or kept is not None:  # the digest is kept: the values may change
         partial = bool(personal_leftovers(erased, covered))
-        final = _with(erased, {"pii_salt": os.urandom(16).hex() if partial else None})
+        final = with_values(erased, {"pii_salt": os.urandom(16).hex() if partial else None})
     else:  # the digest is still computed from the salt and the values
-        final = _with(row, new)
+        final = with_values(row, new)
     previous_locations = [list(p) for p in (previous or {}).get("at", [])]
     done = {location_text(p) for p in previous_locations}
     entry: dict[str, Any] = {
