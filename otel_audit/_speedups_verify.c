@@ -289,9 +289,136 @@ copy_number(cursor *c, buf *out)
 typedef struct {
     size_t key, key_len;  /* decoded key in the scratch buffer */
     size_t out, out_len;  /* "key":value in the output */
+    size_t found, found_len;  /* the personal values read inside it (masking) */
 } member;
 
-static int value(cursor *c, buf *out, buf *scratch, int depth);
+/* The personal JSON keys of a row: the list inside its pii text {"k": ["a", "b"]},
+ * from the first key's opening quote to the last one's closing quote. Only keys of
+ * printable ASCII without a quote or a backslash are taken (each key is then its own
+ * JSON text: json.dumps writes it as it is). */
+typedef struct {
+    const char *p;
+    size_t len;
+} keyset;
+
+/* Whether the pii text s is {"k": [keys]} as json.dumps writes it, with keys as above
+ * and no '"d"' anywhere (the walk counts such a row as erased): sets ks; else 0, and
+ * the row takes the exact check. */
+static int
+pii_keys(const char *s, Py_ssize_t n, keyset *ks)
+{
+    if (n < 11 || memcmp(s, "{\"k\": [", 7) != 0 || s[n - 2] != ']' || s[n - 1] != '}') {
+        return 0;
+    }
+    const char *p = s + 7, *end = s + n - 2;
+    ks->p = p;
+    ks->len = (size_t)(end - p);
+    for (;;) {
+        if (p >= end || *p != '"') {
+            return 0;
+        }
+        p++;
+        while (p < end && *p != '"') {
+            unsigned char ch = (unsigned char)*p;
+            if (ch < 0x20 || ch > 0x7e || ch == '\\') {
+                return 0;
+            }
+            p++;
+        }
+        if (p >= end) {
+            return 0;
+        }
+        p++;
+        if (p == end) {
+            break;
+        }
+        if (end - p < 3 || p[0] != ',' || p[1] != ' ') {
+            return 0;
+        }
+        p += 2;
+    }
+    for (Py_ssize_t i = 0; i + 3 <= n; i++) {
+        if (s[i] == '"' && s[i + 1] == 'd' && s[i + 2] == '"') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A document masked for personal keys is read only when nested at most MASK_DEPTH + 1
+ * deep (fastwalk.MASK_DEPTH): the exact check masks and writes it by Python recursion. */
+#define MASK_DEPTH 100
+
+/* How deep the brackets outside strings of s nest (fastwalk._too_deep's count). */
+static int
+nesting(const char *s, Py_ssize_t n)
+{
+    int depth = 0, top = 0, in_string = 0, escaped = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (in_string) {
+            if (escaped) {
+                escaped = 0;
+            }
+            else if (ch == '\\') {
+                escaped = 1;
+            }
+            else if (ch == '"') {
+                in_string = 0;
+            }
+        }
+        else if (ch == '"') {
+            in_string = 1;
+        }
+        else if (ch == '[' || ch == '{') {
+            depth++;
+            top = depth > top ? depth : top;
+        }
+        else if (ch == ']' || ch == '}') {
+            depth--;
+        }
+    }
+    return top;
+}
+
+/* Whether the decoded key k is one of ks's keys. */
+static int
+is_personal(const keyset *ks, const char *k, size_t n)
+{
+    const char *p = ks->p, *end = ks->p + ks->len;
+    while (p < end) {
+        const char *s = p + 1;
+        const char *e = memchr(s, '"', (size_t)(end - s));
+        if (e == NULL) {
+            return 0;
+        }
+        if ((size_t)(e - s) == n && memcmp(s, k, n) == 0) {
+            return 1;
+        }
+        p = e + 3;  /* past '", ' to the next opening quote */
+    }
+    return 0;
+}
+
+/* The keys as the payload's JSON array: ["a","b"]. */
+static void
+put_keys(buf *b, const keyset *ks)
+{
+    const char *p = ks->p, *end = ks->p + ks->len;
+    putc_(b, '[');
+    while (p < end) {
+        const char *e = memchr(p + 1, '"', (size_t)(end - p - 1));
+        if (p != ks->p) {
+            putc_(b, ',');
+        }
+        put(b, p, (size_t)(e - p + 1));
+        p = e + 3;
+    }
+    putc_(b, ']');
+}
+
+static int value(cursor *c, buf *out, buf *scratch, int depth, const keyset *ks,
+                 buf *found);
 
 static int
 key_less(const buf *scratch, const member *a, const member *b)
@@ -301,11 +428,15 @@ key_less(const buf *scratch, const member *a, const member *b)
     return r < 0 || (r == 0 && a->key_len < b->key_len);
 }
 
+/* ks (masking, format 2+ with personal JSON keys): the value under a personal key is
+ * written as "$pii" and its canonical text appended to found, followed by ','; found's
+ * values come in the order canonical._mask collects them (keys sorted, depth first). */
 static int
-object(cursor *c, buf *out, buf *scratch, int depth)
+object(cursor *c, buf *out, buf *scratch, int depth, const keyset *ks, buf *found)
 {
     c->p++;
     size_t start = out->len, scratch_start = scratch->len;
+    size_t found_start = found != NULL ? found->len : 0;
     member *m = NULL;
     size_t count = 0, cap = 0;
     int ok = 0;
@@ -343,10 +474,19 @@ object(cursor *c, buf *out, buf *scratch, int depth)
         }
         c->p++;
         putc_(out, ':');
-        if (!value(c, out, scratch, depth + 1)) {
+        it->found = found != NULL ? found->len : 0;
+        if (ks != NULL && is_personal(ks, scratch->d + it->key, it->key_len)) {
+            put_string(out, "$pii", 4);
+            if (!value(c, found, scratch, depth + 1, NULL, NULL)) {
+                goto done;
+            }
+            putc_(found, ',');
+        }
+        else if (!value(c, out, scratch, depth + 1, ks, found)) {
             goto done;
         }
         it->out_len = out->len - it->out;
+        it->found_len = found != NULL ? found->len - it->found : 0;
         skip_ws(c);
         if (c->p < c->end && *c->p == ',') {
             c->p++;
@@ -358,7 +498,7 @@ object(cursor *c, buf *out, buf *scratch, int depth)
         }
         goto done;
     }
-    if (scratch->oom || out->oom) {
+    if (scratch->oom || out->oom || (found != NULL && found->oom)) {
         goto done;
     }
     /* insertion sort by decoded key (code point order = UTF-8 byte order) */
@@ -394,7 +534,20 @@ object(cursor *c, buf *out, buf *scratch, int depth)
         putc_(out, '}');
         PyMem_RawFree(copy);
     }
-    ok = !out->oom;
+    if (found != NULL && found->len > found_start) {  /* the found values in key order */
+        size_t span = found->len - found_start;
+        char *copy = PyMem_RawMalloc(span);
+        if (copy == NULL) {
+            goto done;
+        }
+        memcpy(copy, found->d + found_start, span);
+        found->len = found_start;
+        for (size_t i = 0; i < count; i++) {
+            put(found, copy + (m[i].found - found_start), m[i].found_len);
+        }
+        PyMem_RawFree(copy);
+    }
+    ok = !out->oom && !(found != NULL && found->oom);
 done:
     PyMem_RawFree(m);
     scratch->len = scratch_start;
@@ -404,7 +557,7 @@ done:
 /* depth: how many containers enclose the value; a container inside more than
  * MAX_DEPTH others is not read here (fastwalk.MAX_DEPTH) */
 static int
-value(cursor *c, buf *out, buf *scratch, int depth)
+value(cursor *c, buf *out, buf *scratch, int depth, const keyset *ks, buf *found)
 {
     skip_ws(c);
     if (c->p >= c->end) {
@@ -412,7 +565,7 @@ value(cursor *c, buf *out, buf *scratch, int depth)
     }
     switch (*c->p) {
     case '{':
-        return depth <= MAX_DEPTH && object(c, out, scratch, depth);
+        return depth <= MAX_DEPTH && object(c, out, scratch, depth, ks, found);
     case '[': {
         if (depth > MAX_DEPTH) {
             return 0;
@@ -429,7 +582,7 @@ value(cursor *c, buf *out, buf *scratch, int depth)
             if (!first) {
                 putc_(out, ',');
             }
-            if (!value(c, out, scratch, depth + 1)) {
+            if (!value(c, out, scratch, depth + 1, ks, found)) {
                 return 0;
             }
             skip_ws(c);
@@ -473,18 +626,20 @@ value(cursor *c, buf *out, buf *scratch, int depth)
     }
 }
 
-/* The canonical text of the JSON document ``s`` appended to ``out``; 0 if not read. */
+/* The canonical text of the JSON document ``s`` appended to ``out``; 0 if not read.
+ * ks and found: values under personal keys masked (see object). */
 static int
-canonical(const char *s, Py_ssize_t n, buf *out, buf *scratch)
+canonical(const char *s, Py_ssize_t n, buf *out, buf *scratch, const keyset *ks,
+          buf *found)
 {
     cursor c = {s, s + n};
     size_t at = out->len;
-    if (!value(&c, out, scratch, 0)) {
+    if (!value(&c, out, scratch, 0, ks, found)) {
         out->len = at;
         return 0;
     }
     skip_ws(&c);
-    if (c.p != c.end || out->oom || scratch->oom) {
+    if (c.p != c.end || out->oom || scratch->oom || (found != NULL && found->oom)) {
         out->len = at;
         return 0;
     }
@@ -730,7 +885,8 @@ read_plans(PyObject *dict, plan *plans, int *count)
 #define I_MAC 6
 #define I_PERSONAL_JSON 7
 #define I_PREFIX 8
-#define I_FIELDS 9
+#define I_PII 9
+#define I_FIELDS 10
 
 /* verify_flags(rows, layout, plans) -> bytes
  *
@@ -861,8 +1017,11 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 continue;
             }
             plan *pl = &plans[found];
+            /* pii: NULL, or a text read (pii_keys) with the GIL released */
             int good = pl->salt < size && pl->pii < size
-                       && PyTuple_GET_ITEM(row, pl->pii) == Py_None
+                       && (PyTuple_GET_ITEM(row, pl->pii) == Py_None
+                           || (take(PyTuple_GET_ITEM(row, pl->pii), 0, &it[I_PII])
+                               && it[I_PII].kind == K_STR))
                        && take(PyTuple_GET_ITEM(row, 3), 0, &it[I_HASH]) && it[I_HASH].kind == K_STR
                        && take(tag, 0, &it[I_TAG])
                        && take(PyTuple_GET_ITEM(row, 6), 0, &it[I_STREAM]) && it[I_STREAM].kind == K_STR
@@ -897,7 +1056,8 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    buf pay = {0}, per = {0}, text = {0}, scratch = {0};
+    buf pay = {0}, per = {0}, text = {0}, scratch = {0}, found = {0};
+    keyset ks = {0};
     char hex[64], mac[64];
     unsigned char md[EVP_MAX_MD_SIZE];
     failed = ctx == NULL;
@@ -910,8 +1070,13 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (it[I_HASH].len != 64) {
             continue;
         }
-        pay.len = per.len = 0;
-        pay.oom = per.oom = 0;
+        /* personal JSON keys (layout 1, formats 2 and 3): masked in the body's JSON */
+        int masked = mode == 1 && it[I_PII].kind == K_STR;
+        if (masked && !pii_keys(it[I_PII].p, it[I_PII].len, &ks)) {
+            continue;
+        }
+        pay.len = per.len = found.len = 0;
+        pay.oom = per.oom = found.oom = 0;
         if (it[I_SALT].kind == K_STR) {
             put(&per, it[I_SALT].p, (size_t)it[I_SALT].len);
         }
@@ -953,7 +1118,13 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                     text.oom = 0;
                     scratch.len = 0;
                     scratch.oom = 0;
-                    good = canonical(v->p, v->len, &text, &scratch);
+                    int mask = masked && f < pl->n_body;
+                    if (mask && nesting(v->p, v->len) > MASK_DEPTH + 1) {
+                        good = 0;
+                        break;
+                    }
+                    good = canonical(v->p, v->len, &text, &scratch, mask ? &ks : NULL,
+                                     mask ? &found : NULL);
                     if (good) {
                         put_string(to, text.d, text.len);
                     }
@@ -962,12 +1133,16 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                     putc_(&per, ',');
                 }
             }
-            put(&per, "[]]", 3);
+            putc_(&per, '[');  /* the personal JSON values (personal_digest) */
+            if (found.len) {
+                put(&per, found.d, found.len - 1);  /* without the last ',' */
+            }
+            put(&per, "]]", 2);
         }
         if (!good) {
             continue;
         }
-        if (pay.oom || per.oom) {
+        if (pay.oom || per.oom || found.oom) {
             failed = 1;
             break;
         }
@@ -975,7 +1150,14 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             failed = 1;
             break;
         }
-        put(&pay, ",null,\"", 7);
+        if (masked) {
+            putc_(&pay, ',');
+            put_keys(&pay, &ks);
+            put(&pay, ",\"", 2);
+        }
+        else {
+            put(&pay, ",null,\"", 7);
+        }
         size_t at = pay.len;
         put(&pay, "0000000000000000000000000000000000000000000000000000000000000000\"]", 66);
         if (pay.oom) {
@@ -1006,6 +1188,7 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyMem_RawFree(per.d);
     PyMem_RawFree(text.d);
     PyMem_RawFree(scratch.d);
+    PyMem_RawFree(found.d);
     Py_END_ALLOW_THREADS
     /* 2: linked to the row before it in the batch (same stream, the next seq, its
      * prev_hash the hash of that row) */
