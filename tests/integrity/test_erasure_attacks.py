@@ -17,19 +17,11 @@ from sqlalchemy import Engine, text
 
 from otel_audit import AuditTrail
 from otel_audit.integrity.erasures import new_erasure, store_erasure
-from otel_audit.integrity.keys import generate_signing_key, load_public_key, load_signing_key
+from otel_audit.integrity.keys import generate_signing_key, load_signing_key
 from otel_audit.integrity.sources import chain_row_select
 from otel_audit.retention import ERASED, _erasure, forget
 
 Factory = Callable[..., AuditTrail]
-
-
-@pytest.fixture
-def keys() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
-    pem, public = generate_signing_key()
-    private = load_signing_key(pem)
-    assert private is not None
-    return private, load_public_key(public)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from otel_audit.cli import app
 from otel_audit.errors import ConfigError
 from otel_audit.forgetting import ForgetReport, SubjectMatchers
 from otel_audit.integrity.canonical import GENESIS_HASH, canonical_stored_json, chain_hash
-from otel_audit.integrity.keys import generate_signing_key, load_public_key, load_signing_key
+from otel_audit.integrity.keys import generate_signing_key
 from otel_audit.record import AuditRecord, normalise
 from otel_audit.retention import ERASED, forget, prune
 from otel_audit.store.migrate import upgrade
@@ -52,14 +52,6 @@ BY_COLUMN = {"acting_as": 1, "client_ip": 2, "context": 2, "delegation_chain": 1
 BY_ACTION = {"ASSIGN": 1, "LOGIN": 2, "READ": 1, "UPDATE": 2, "USER_UPDATE": 1}
 BY_RESOURCE_TYPE = {"doc": 3, "session": 2, "ticket": 1, "user": 1}
 RECORDS = sum(BY_ACTION.values())
-
-
-@pytest.fixture
-def keys() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
-    pem, public = generate_signing_key()
-    private = load_signing_key(pem)
-    assert private is not None
-    return private, load_public_key(public)
 
 
 def write(trail: AuditTrail) -> None:
