@@ -13,5 +13,6 @@ setup(ext_modules=[
                                               "otel_audit/_speedups_verify.c",
                                               "otel_audit/_speedups_store.c",
                                               "otel_audit/_speedups_otlp.c"],
+              depends=["otel_audit/_speedups_buffer.h"],
               libraries=["crypto"], optional=True),
 ])

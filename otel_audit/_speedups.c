@@ -17,6 +17,8 @@
 #include <datetime.h>
 #include <openssl/evp.h>
 
+#include "_speedups_buffer.h"
+
 /* AuditRecord field positions (store/writer.py asserts AuditRecord._fields) */
 enum {
     R_ID, R_TIMESTAMP, R_ACTION, R_USER_ID, R_CORRELATION_ID, R_TRACE_ID, R_SPAN_ID,
@@ -913,21 +915,7 @@ typedef struct {
 static int
 reserve(buffer *b, Py_ssize_t more)
 {
-    if (b->len + more <= b->cap) {
-        return 0;
-    }
-    Py_ssize_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + more) {
-        cap *= 2;
-    }
-    char *data = PyMem_Realloc(b->data, (size_t)cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->data = data;
-    b->cap = cap;
-    return 0;
+    return buffer_grow(&b->data, b->len, &b->cap, more, 4096);
 }
 
 /* copy_text(rows) -> bytes

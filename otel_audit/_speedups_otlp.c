@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_speedups_buffer.h"
+
 typedef struct {
     char *p;
     Py_ssize_t len;
@@ -25,21 +27,7 @@ typedef struct {
 static int
 ob_reserve(obuf *b, Py_ssize_t more)
 {
-    if (b->len + more <= b->cap) {
-        return 0;
-    }
-    Py_ssize_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + more) {
-        cap *= 2;
-    }
-    char *p = PyMem_Realloc(b->p, (size_t)cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return buffer_grow(&b->p, b->len, &b->cap, more, 256);
 }
 
 static int
