@@ -20,6 +20,7 @@ __all__ = [
     "PURE_PYTHON_ENV",
     "copy_text",
     "merkle_extend",
+    "otlp_attributes_to_fields",
     "otlp_decode_logs",
     "otlp_encode_logs",
     "plain_texts",
@@ -68,6 +69,8 @@ if speedups is not None:
     # OTLP's (otel_audit/_speedups_otlp.c): a build without it keeps the rest
     with contextlib.suppress(ImportError):
         from ._speedups import otlp_decode_logs, otlp_encode_logs
+    with contextlib.suppress(ImportError):  # a build older than the mapping's twin
+        from ._speedups import otlp_attributes_to_fields
 if speedups is not None:
     # the store stage's (otel_audit/_speedups_store.c): a build without it keeps the rest
     with contextlib.suppress(ImportError):

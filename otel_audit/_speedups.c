@@ -1417,6 +1417,7 @@ untrack(PyObject *self, PyObject *obj)
 /* otel_audit/_speedups_otlp.c */
 PyObject *otlp_encode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *otlp_decode_logs(PyObject *self, PyObject *payload);
+PyObject *otlp_attributes_to_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* otel_audit/_speedups_store.c */
 PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
@@ -1443,6 +1444,9 @@ static PyMethodDef methods[] = {
      "Audit records as OTLP ExportLogsServiceRequest bytes (otel_audit/_speedups_otlp.c)."},
     {"otlp_decode_logs", (PyCFunction)otlp_decode_logs, METH_O,
      "The values of an OTLP logs request's records (otel_audit/_speedups_otlp.c)."},
+    {"otlp_attributes_to_fields", (PyCFunction)(void (*)(void))otlp_attributes_to_fields,
+     METH_FASTCALL, "The compiled otel_audit.mapping.attributes_to_fields "
+     "(otel_audit/_speedups_otlp.c)."},
     {"merkle_extend", (PyCFunction)(void (*)(void))merkle_extend, METH_FASTCALL,
      "Add leaves to a Merkle compact range (otel_audit/_speedups_store.c)."},
     {"verify_flags", (PyCFunction)(void (*)(void))verify_flags, METH_FASTCALL,

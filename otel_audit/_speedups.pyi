@@ -51,6 +51,10 @@ def otlp_encode_logs(
 def merkle_extend(stack: list[bytes], size: int, hashes: list[str]) -> int: ...
 
 def otlp_decode_logs(payload: bytes) -> list[tuple[Any, ...]] | None: ...
+def otlp_attributes_to_fields(
+    attributes: Any, resource_attributes: Any, table: dict[str, tuple[str, int, int]],
+    scan_once: Any, add_notes: Any,
+) -> Any: ...
 
 def verify_flags(
     rows: list[tuple[Any, ...]],

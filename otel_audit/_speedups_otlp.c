@@ -1043,3 +1043,399 @@ otlp_decode_logs(PyObject *Py_UNUSED(module), PyObject *payload)
     }
     return NULL;
 }
+
+/* ------------------------------------------------------------------------------------
+ * otlp_attributes_to_fields(attributes, resource_attributes, table, scan_once, add_notes)
+ *     -> dict | NotImplemented
+ *
+ * The compiled twin of otel_audit.mapping._python_attributes_to_fields: the same dict
+ * (same keys, values, key order, notes), built in one C pass. ``table`` is mapping's
+ * _ATTRIBUTE_TABLE (attribute name -> (field, preference rank, kind): kind 1 a JSON
+ * field, 2 a flag); ``scan_once`` the scanner of mapping's JSON decoder (what its
+ * decode() calls, with the same whitespace rules around it); ``add_notes`` mapping's
+ * _add_notes, called as the Python function calls it. Where the Python function could
+ * run code of the caller's objects before it is done (attributes that are not an exact
+ * dict, a key that is not an exact str, a JSON or flag value that is a str subclass),
+ * nothing has happened yet and NotImplemented answers: the caller then runs the Python
+ * function. tests/test_mapping_compiled.py holds both equal on hostile input.
+ * ---------------------------------------------------------------------------------- */
+
+static PyObject *s_too_deep, *s_text, *s_field, *s_kind, *s_stored, *s_service_name,
+    *s_service_name_attr, *s_strip, *s_lower, *s_true, *s_one, *s_yes, *s_false,
+    *s_zero, *s_no;
+
+static int
+a2f_init_strings(void)
+{
+    if (s_too_deep != NULL) {
+        return 0;
+    }
+#define INTERN(var, text)                                 \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) \
+        return -1;
+    INTERN(s_text, "text")
+    INTERN(s_field, "field")
+    INTERN(s_kind, "kind")
+    INTERN(s_stored, "stored")
+    INTERN(s_service_name, "service_name")
+    INTERN(s_service_name_attr, "service.name")
+    INTERN(s_strip, "strip")
+    INTERN(s_lower, "lower")
+    INTERN(s_true, "true")
+    INTERN(s_one, "1")
+    INTERN(s_yes, "yes")
+    INTERN(s_false, "false")
+    INTERN(s_zero, "0")
+    INTERN(s_no, "no")
+    INTERN(s_too_deep, "json_too_deep") /* last: the guard above */
+#undef INTERN
+    return 0;
+}
+
+static int
+json_start(Py_UCS4 c)
+{
+    return c == '{' || c == '[' || c == '"' || c == '-' || (c >= '0' && c <= '9') ||
+           c == 't' || c == 'f' || c == 'n';
+}
+
+static int
+json_space(Py_UCS4 c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* mapping._as_json: a new reference to the value to store, NULL with an error set */
+static PyObject *
+a2f_as_json(PyObject *value, PyObject *field, PyObject *scan, PyObject *notes)
+{
+    if (!PyUnicode_Check(value)) {
+        return Py_NewRef(value);
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    int parse = 0;
+    if (n > 0 && json_start(PyUnicode_READ(kind, data, 0))) {
+        parse = 1;
+    }
+    else {
+        /* value.lstrip()[:1] in _JSON_START: str.lstrip strips what str.isspace() says */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (!Py_UNICODE_ISSPACE(c)) {
+                parse = json_start(c);
+                break;
+            }
+        }
+    }
+    if (!parse) {
+        return Py_NewRef(value);
+    }
+    /* JSONDecoder.decode: skip JSON whitespace, scan_once, skip JSON whitespace, the
+     * text must end there; StopIteration and any ValueError mean "not JSON" */
+    Py_ssize_t idx = 0;
+    while (idx < n && json_space(PyUnicode_READ(kind, data, idx))) {
+        idx++;
+    }
+    PyObject *pos = PyLong_FromSsize_t(idx);
+    if (pos == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_CallFunctionObjArgs(scan, value, pos, NULL);
+    Py_DECREF(pos);
+    if (result == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_StopIteration) ||
+            PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            return Py_NewRef(value);
+        }
+        if (PyErr_ExceptionMatches(PyExc_RecursionError)) {
+            PyErr_Clear();
+            PyObject *note = PyDict_New();
+            if (note == NULL || PyDict_SetItem(note, s_field, field) < 0 ||
+                PyDict_SetItem(note, s_kind, s_too_deep) < 0 ||
+                PyDict_SetItem(note, s_stored, s_text) < 0 || PyList_Append(notes, note) < 0) {
+                Py_XDECREF(note);
+                return NULL;
+            }
+            Py_DECREF(note);
+            return Py_NewRef(value);
+        }
+        return NULL;
+    }
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_SystemError, "scan_once did not answer (value, end)");
+        return NULL;
+    }
+    Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(result, 1));
+    if (end == -1 && PyErr_Occurred()) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    while (end < n && json_space(PyUnicode_READ(kind, data, end))) {
+        end++;
+    }
+    if (end != n) { /* "Extra data": not JSON, stored as the text it is */
+        Py_DECREF(result);
+        return Py_NewRef(value);
+    }
+    PyObject *doc = Py_NewRef(PyTuple_GET_ITEM(result, 0));
+    Py_DECREF(result);
+    return doc;
+}
+
+/* mapping._as_bool: a new reference, NULL with an error set */
+static PyObject *
+a2f_as_bool(PyObject *value)
+{
+    if (!PyUnicode_Check(value)) {
+        return Py_NewRef(value);
+    }
+    PyObject *stripped = PyObject_CallMethodNoArgs(value, s_strip);
+    if (stripped == NULL) {
+        return NULL;
+    }
+    PyObject *lowered = PyObject_CallMethodNoArgs(stripped, s_lower);
+    Py_DECREF(stripped);
+    if (lowered == NULL) {
+        return NULL;
+    }
+    PyObject *answer = value;
+    if (PyUnicode_Check(lowered)) {
+        if (PyUnicode_Compare(lowered, s_true) == 0 || PyUnicode_Compare(lowered, s_one) == 0 ||
+            PyUnicode_Compare(lowered, s_yes) == 0) {
+            answer = Py_True;
+        }
+        else if (PyUnicode_Compare(lowered, s_false) == 0 ||
+                 PyUnicode_Compare(lowered, s_zero) == 0 ||
+                 PyUnicode_Compare(lowered, s_no) == 0) {
+            answer = Py_False;
+        }
+    }
+    Py_DECREF(lowered);
+    return Py_NewRef(answer);
+}
+
+#define A2F_MAX 64 /* JSON or flag fields in one call: more than the record has */
+
+PyObject *
+otlp_attributes_to_fields(PyObject *Py_UNUSED(module), PyObject *const *args,
+                          Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "otlp_attributes_to_fields(attributes, resource_attributes, "
+                        "table: dict, scan_once, add_notes)");
+        return NULL;
+    }
+    PyObject *attributes = args[0], *resource = args[1], *table = args[2];
+    PyObject *scan = args[3], *add_notes = args[4];
+    if ((attributes != Py_None && !PyDict_CheckExact(attributes)) ||
+        (resource != Py_None && !PyDict_CheckExact(resource))) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (a2f_init_strings() < 0) {
+        return NULL;
+    }
+    if (resource != Py_None) { /* its service.name lookup compares no caller's key */
+        Py_ssize_t pos = 0;
+        PyObject *name, *value;
+        while (PyDict_Next(resource, &pos, &name, &value)) {
+            if (!PyUnicode_CheckExact(name)) {
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+        }
+    }
+    PyObject *fields = PyDict_New();
+    if (fields == NULL) {
+        return NULL;
+    }
+    PyObject *ranks = NULL; /* field -> rank of the alternative name that set it */
+    PyObject *json_fields[A2F_MAX], *bool_fields[A2F_MAX]; /* borrowed from the table */
+    Py_ssize_t n_json = 0, n_bool = 0;
+    PyObject *notes = NULL;
+    if (attributes != Py_None) {
+        Py_ssize_t pos = 0;
+        PyObject *name, *value;
+        /* pass 1: nothing of the caller's runs in the loop below when this holds */
+        while (PyDict_Next(attributes, &pos, &name, &value)) {
+            if (!PyUnicode_CheckExact(name)) {
+                goto not_here;
+            }
+        }
+        pos = 0;
+        while (PyDict_Next(attributes, &pos, &name, &value)) {
+            PyObject *hit = PyDict_GetItemWithError(table, name);
+            if (hit == NULL) {
+                if (PyErr_Occurred()) {
+                    goto error;
+                }
+                continue;
+            }
+            if (value == Py_None) {
+                continue;
+            }
+            if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 3) {
+                PyErr_SetString(PyExc_TypeError, "table values must be (field, rank, kind)");
+                goto error;
+            }
+            PyObject *field = PyTuple_GET_ITEM(hit, 0);
+            long rank = PyLong_AsLong(PyTuple_GET_ITEM(hit, 1));
+            long kind = PyLong_AsLong(PyTuple_GET_ITEM(hit, 2));
+            if ((rank == -1 || kind == -1) && PyErr_Occurred()) {
+                goto error;
+            }
+            if (!PyUnicode_CheckExact(field)) {
+                PyErr_SetString(PyExc_TypeError, "table fields must be str");
+                goto error;
+            }
+            if (kind && PyUnicode_Check(value) && !PyUnicode_CheckExact(value)) {
+                goto not_here; /* its methods are the caller's: the Python function */
+            }
+            int present = PyDict_Contains(fields, field);
+            if (present < 0) {
+                goto error;
+            }
+            if (rank) { /* an alternative name: a preferred attribute of the field wins */
+                if (ranks == NULL && (ranks = PyDict_New()) == NULL) {
+                    goto error;
+                }
+                if (present) {
+                    PyObject *had = PyDict_GetItemWithError(ranks, field);
+                    long had_rank = 0;
+                    if (had != NULL) {
+                        had_rank = PyLong_AsLong(had);
+                        if (had_rank == -1 && PyErr_Occurred()) {
+                            goto error;
+                        }
+                    }
+                    else if (PyErr_Occurred()) {
+                        goto error;
+                    }
+                    if (had_rank < rank) {
+                        continue;
+                    }
+                }
+                if (PyDict_SetItem(ranks, field, PyTuple_GET_ITEM(hit, 1)) < 0) {
+                    goto error;
+                }
+            }
+            else if (ranks != NULL && PyDict_GET_SIZE(ranks)) {
+                int ranked = PyDict_Contains(ranks, field);
+                if (ranked < 0 || (ranked && PyDict_DelItem(ranks, field) < 0)) {
+                    goto error;
+                }
+            }
+            if (kind && !present) {
+                if (kind == 1) {
+                    if (n_json == A2F_MAX) {
+                        goto not_here;
+                    }
+                    json_fields[n_json++] = field;
+                }
+                else {
+                    if (n_bool == A2F_MAX) {
+                        goto not_here;
+                    }
+                    bool_fields[n_bool++] = field;
+                }
+            }
+            if (PyDict_SetItem(fields, field, value) < 0) {
+                goto error;
+            }
+        }
+    }
+    Py_CLEAR(ranks);
+    if (n_json) {
+        /* notes in field order: the field names sorted (str order is code point order) */
+        for (Py_ssize_t i = 1; i < n_json; i++) {
+            PyObject *x = json_fields[i];
+            Py_ssize_t j = i;
+            while (j > 0 && PyUnicode_Compare(json_fields[j - 1], x) > 0) {
+                json_fields[j] = json_fields[j - 1];
+                j--;
+            }
+            json_fields[j] = x;
+        }
+        if ((notes = PyList_New(0)) == NULL) {
+            goto error;
+        }
+        for (Py_ssize_t i = 0; i < n_json; i++) {
+            PyObject *value = PyDict_GetItemWithError(fields, json_fields[i]);
+            if (value == NULL) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetObject(PyExc_KeyError, json_fields[i]);
+                }
+                goto error;
+            }
+            Py_INCREF(value);
+            PyObject *doc = a2f_as_json(value, json_fields[i], scan, notes);
+            Py_DECREF(value);
+            if (doc == NULL) {
+                goto error;
+            }
+            int rc = PyDict_SetItem(fields, json_fields[i], doc);
+            Py_DECREF(doc);
+            if (rc < 0) {
+                goto error;
+            }
+        }
+        if (PyList_GET_SIZE(notes)) {
+            PyObject *done = PyObject_CallFunctionObjArgs(add_notes, fields, notes, NULL);
+            if (done == NULL) {
+                goto error;
+            }
+            Py_DECREF(done);
+        }
+        Py_CLEAR(notes);
+    }
+    for (Py_ssize_t i = 0; i < n_bool; i++) {
+        PyObject *value = PyDict_GetItemWithError(fields, bool_fields[i]);
+        if (value == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, bool_fields[i]);
+            }
+            goto error;
+        }
+        PyObject *flag = a2f_as_bool(value);
+        if (flag == NULL) {
+            goto error;
+        }
+        int rc = PyDict_SetItem(fields, bool_fields[i], flag);
+        Py_DECREF(flag);
+        if (rc < 0) {
+            goto error;
+        }
+    }
+    if (resource != Py_None && PyDict_GET_SIZE(resource)) {
+        PyObject *service = PyDict_GetItemWithError(resource, s_service_name_attr);
+        if (service == NULL && PyErr_Occurred()) {
+            goto error;
+        }
+        if (service != NULL && service != Py_None) {
+            Py_INCREF(service);
+            PyObject *text = PyObject_Str(service);
+            Py_DECREF(service);
+            if (text == NULL) {
+                goto error;
+            }
+            int rc = PyDict_SetItem(fields, s_service_name, text);
+            Py_DECREF(text);
+            if (rc < 0) {
+                goto error;
+            }
+        }
+    }
+    return fields;
+not_here:
+    Py_XDECREF(ranks);
+    Py_DECREF(fields);
+    Py_RETURN_NOTIMPLEMENTED;
+error:
+    Py_XDECREF(ranks);
+    Py_XDECREF(notes);
+    Py_DECREF(fields);
+    return NULL;
+}

@@ -37,8 +37,8 @@ attribute                      record field
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 from .fields import FIELDS, JSON_FIELDS, field_attributes
 from .record import NORMALISATION_KEY, AuditRecord
@@ -49,6 +49,7 @@ __all__ = [
     "JSON_TOO_DEEP",
     "attributes_to_fields",
     "is_audit",
+    "python_attributes_to_fields",
     "record_to_attributes",
 ]
 
@@ -107,7 +108,8 @@ def _no_constant(name: str) -> Any:
 
 
 # one decoder for every call (``json.loads`` with an argument makes one per call)
-_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode
+_JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_decode_json = _JSON_DECODER.decode
 
 #: First characters of a JSON text (``NaN``/``Infinity`` are refused by the parse).
 _JSON_START = frozenset('{["-0123456789tfn')
@@ -157,6 +159,17 @@ def _as_bool(value: Any) -> Any:
     return value
 
 
+_compiled_fields: Callable[..., Any] | None
+try:  # the compiled twin (otel_audit/_speedups_otlp.c), identical results
+    from ._accel import otlp_attributes_to_fields as _compiled_fields
+except ImportError:  # not built, or the pure-Python path forced
+    _compiled_fields = None
+
+# what the compiled twin calls for the JSON texts: this decoder's scanner, which is what
+# ``_decode_json`` runs between its whitespace checks
+_scan_json = _JSON_DECODER.scan_once
+
+
 def attributes_to_fields(
     attributes: Mapping[str, Any] | None,
     resource_attributes: Mapping[str, Any] | None = None,
@@ -169,7 +182,27 @@ def attributes_to_fields(
     under ``context["_normalised"]`` (kind ``json_too_deep``). Fields absent from the
     attributes are absent from the result. ``service_name`` comes from the resource's
     ``service.name``.
+
+    Plain ``dict`` attributes (what the OTLP receiver decodes) go through the compiled
+    twin when it is built; anything else, and whatever the twin leaves to Python (keys
+    that are not ``str``, ``str`` subclasses as JSON or flag values), through
+    :func:`python_attributes_to_fields`. Both give the same result.
     """
+    if (_compiled_fields is not None and type(attributes) is dict
+            and (resource_attributes is None or type(resource_attributes) is dict)):
+        fields = _compiled_fields(attributes, resource_attributes, _ATTRIBUTE_TABLE,
+                                  _scan_json, _add_notes)
+        if fields is not NotImplemented:
+            return cast(dict[str, Any], fields)
+    return python_attributes_to_fields(attributes, resource_attributes)
+
+
+def python_attributes_to_fields(
+    attributes: Mapping[str, Any] | None,
+    resource_attributes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`attributes_to_fields` in Python: the compiled twin's original, and the
+    path for any mapping (span attributes) and the pure-Python build."""
     fields: dict[str, Any] = {}
     ranks: dict[str, int] | None = None  # fields set from a non-preferred attribute
     json_fields: list[str] | None = None

@@ -11,7 +11,7 @@ import pytest
 
 PROBE = """
 import json
-from otel_audit import _accel, record, record_builder
+from otel_audit import _accel, mapping, record, record_builder
 from otel_audit.integrity import chain, fastwalk, merkle
 from otel_audit.exporters import postgres, sqlite
 print(json.dumps({
@@ -26,6 +26,7 @@ print(json.dumps({
     "sqlite_params": sqlite._sqlite_params is not sqlite.python_sqlite_params,
     "merkle_extend": merkle._merkle_extend is not None,
     "verify_flags": fastwalk.verify_flags is not fastwalk.python_verify_flags,
+    "attributes_to_fields": mapping._compiled_fields is not None,
 }))
 """
 
