@@ -167,7 +167,7 @@ except ImportError:  # not built, or the pure-Python path forced
 
 # what the compiled twin calls for the JSON texts: this decoder's scanner, which is what
 # ``_decode_json`` runs between its whitespace checks
-_scan_json = _JSON_DECODER.scan_once
+_scan_json = _JSON_DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def attributes_to_fields(

@@ -76,6 +76,9 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # correlation ID's position is looked up once
 _CORRELATION = AuditRecord._fields.index("correlation_id")
 _make_record = AuditRecord._make
+# the record's tuple made directly (``_make`` is a Python-level call per record)
+_new_record = tuple.__new__
+_hex_id = hex_id
 
 
 _timedelta = dt.timedelta
@@ -104,7 +107,8 @@ def _to_record(trail: AuditTrail, values: otlp.LogFields, entries: _Entries) -> 
     """The audit record of an audit log record (``values``: :func:`otlp.log_fields`).
 
     The trace IDs and the timestamp are read once from the log record; the stable ID
-    (and, without a trace, the correlation ID) replace the ones ``build_record`` made.
+    (and, without a trace, the correlation ID) replace the ones ``build_record`` made
+    (:func:`_with_stable_id`, written out here: this runs for every record received).
     """
     resource, _, attrs, _, body, time_ns, observed_ns, trace, span = values
     fields = attributes_to_fields(attrs, resource)
@@ -112,12 +116,19 @@ def _to_record(trail: AuditTrail, values: otlp.LogFields, entries: _Entries) -> 
     if action is None:
         # an ``audit`` event without audit.action: the body names the action, if a string
         action = body if isinstance(body, str) and body else AUDIT_EVENT_NAME
-    trace_id, span_id = hex_id(trace), hex_id(span)
+    trace_id, span_id = _hex_id(trace), _hex_id(span)
     time_ns = time_ns or observed_ns
     record = trail.build_record(str(action), trace_id=trace_id, span_id=span_id,
                                 timestamp=_timestamp(time_ns) if time_ns else None, **fields)
-    return _with_stable_id(record, attrs, lambda: entries.digest(values), time_ns,
-                           trace_id is None)
+    given_id = attrs.get(RECORD_ID_ATTRIBUTE)
+    if isinstance(given_id, str) and 0 < len(given_id) <= _MAX_ID_CHARS:
+        record_id = given_id
+    else:  # the digest (a serialization and a hash) only when it is used
+        record_id = stable_record_id(time_ns, entries.digest(values))
+    if trace_id is None:  # build_record made up a correlation ID; keep it stable too
+        return _new_record(AuditRecord, (record_id, *record[1:_CORRELATION], record_id,
+                                         *record[_CORRELATION + 1:]))
+    return _new_record(AuditRecord, (record_id, *record[1:]))
 
 
 def _log_fields(log: LogRecord) -> dict[str, Any]:
@@ -176,7 +187,8 @@ def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest,
     entries = _Entries(request)
     for values in otlp.log_fields(request, payload):
         attrs = values[2]
-        if not is_audit(attrs, values[3] or None):
+        # is_audit's first test written out (every record a forwarder sends passes it)
+        if values[3] != AUDIT_EVENT_NAME and not is_audit(attrs, values[3] or None):
             not_audit += 1
             continue
         try:
@@ -189,7 +201,7 @@ def records_from_request(trail: AuditTrail, request: ExportLogsServiceRequest,
             record = _unconverted_record(trail, entries.entry(values), attrs, exc)
             converted_raw += 1
         # identical bytes in one request are one record (its ID is the same)
-        records.setdefault(record.id, record)
+        records.setdefault(record[0], record)  # the ID
     parts = []
     if not_audit:
         parts.append(f"{not_audit} log record(s) were not audit entries (event name "

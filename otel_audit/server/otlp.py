@@ -13,7 +13,6 @@ Protobuf Encoding"); they are rewritten before ``json_format`` parses the docume
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import zlib
@@ -253,7 +252,7 @@ def hex_id(raw: bytes) -> str | None:
     """A trace or span ID as lowercase hex, ``None`` when unset (empty or all zeros)."""
     if not raw or not any(raw):
         return None
-    return binascii.hexlify(raw).decode("ascii")
+    return raw.hex()  # lowercase
 
 
 _hex_id = hex_id
