@@ -126,12 +126,14 @@ class CursorStore:
                 c.destination == self.destination, c.stream == DESTINATION_ROW,
                 c.holder == self.holder)).values(holder=None, lease_until=None))
 
-    def _check_lease(self, conn: Connection) -> None:
+    def _check_lease(self, conn: Connection, **values: Any) -> None:
+        """Renew the lease (and set ``values`` on the destination's row) in one
+        statement; :class:`LeaseLostError` when another forwarder holds it."""
         c = cursors_t.c
         held = conn.execute(update(cursors_t).where(and_(
             c.destination == self.destination, c.stream == DESTINATION_ROW,
             c.holder == self.holder)).values(
-            lease_until=_now() + dt.timedelta(seconds=self.lease_seconds)))
+            lease_until=_now() + dt.timedelta(seconds=self.lease_seconds), **values))
         if held.rowcount != 1:
             raise LeaseLostError(f"{self.destination}: another forwarder took the lease")
 
@@ -158,19 +160,21 @@ class CursorStore:
         only while this forwarder holds the lease."""
         now = _now()
         c = cursors_t.c
+        move = update(cursors_t).where(and_(
+            c.destination == self.destination, c.stream == stream)).values(
+            seq=seq, updated_at=now, gap_seq=None, gap_since=None)
+        # as few statements as it takes (this runs once per acknowledged batch, between
+        # the acknowledgement and the next send): the lease and the last success on the
+        # destination's row at once; the stream's row made only when the move found none
         with self.engine.begin() as conn:
-            self._check_lease(conn)
-            self._ensure_row(conn, stream)
-            conn.execute(update(cursors_t).where(and_(
-                c.destination == self.destination, c.stream == stream)).values(
-                seq=seq, updated_at=now, gap_seq=None, gap_since=None))
+            self._check_lease(conn, last_success=now)
+            if conn.execute(move).rowcount != 1:
+                self._ensure_row(conn, stream)
+                conn.execute(move)
             rows = [dict(destination=self.destination, created_at=now, **r._asdict())
                     for r in rejects]
             if rows:
                 conn.execute(insert(rejects_t), rows)
-            conn.execute(update(cursors_t).where(and_(
-                c.destination == self.destination, c.stream == DESTINATION_ROW)).values(
-                last_success=now))
 
     def note_gap(self, stream: str, seq: int) -> dt.datetime:
         """Remember that ``stream`` stops at missing position ``seq``; return since when."""

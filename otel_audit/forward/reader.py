@@ -73,39 +73,37 @@ def _noted(conn: Connection, stream: str, first: int, last: int) -> set[int]:
 
 _FIELDS = AuditRecord._fields
 _TIMESTAMP = _FIELDS.index("timestamp")
-_FLAGS = tuple(_FIELDS.index(name) for name in ("requires_review", "success"))
-_make_record = AuditRecord._make
+_REVIEW, _SUCCESS = (_FIELDS.index(name) for name in ("requires_review", "success"))
+_JSON_INDEXES = tuple(i for i, name in enumerate(_FIELDS) if name in JSON_FIELDS)
+# tuples made directly (``_make`` is a Python-level call, paid per record read)
+_new = tuple.__new__
+_UTC = dt.UTC
 
 
-def _record(row: Sequence[Any]) -> AuditRecord:
+def _record(row: Sequence[Any], raw_json: bool = False) -> AuditRecord:
     """The record of a row selected as ``seq, *AuditRecord._fields`` (what
-    ``row_to_record`` does, by position: the forwarder reads every record it sends)."""
+    ``row_to_record`` does, by position: the forwarder reads every record it sends);
+    ``raw_json``: the JSON fields, read as text, become :class:`RawJSON`."""
     values = list(row[1:])
     ts = values[_TIMESTAMP]
     if isinstance(ts, str):
         ts = dt.datetime.fromisoformat(ts)
     if isinstance(ts, dt.datetime) and ts.tzinfo is None:
-        values[_TIMESTAMP] = ts.replace(tzinfo=dt.UTC)
+        values[_TIMESTAMP] = ts.replace(tzinfo=_UTC)
     else:
         values[_TIMESTAMP] = ts
-    for index in _FLAGS:
-        values[index] = bool(values[index])
-    return _make_record(values)
+    values[_REVIEW] = bool(values[_REVIEW])
+    values[_SUCCESS] = bool(values[_SUCCESS])
+    if raw_json:
+        for index in _JSON_INDEXES:
+            if values[index] is not None:
+                values[index] = RawJSON(values[index])
+    return _new(AuditRecord, values)
 
-
-_JSON_POSITIONS = tuple(i + 1 for i, name in enumerate(_FIELDS) if name in JSON_FIELDS)
 
 #: Stores whose JSON columns read as their text with ``CAST(... AS TEXT)``: SQLite's TEXT
 #: (the document byte for byte) and PostgreSQL's JSONB (its text output)
 RAW_JSON_DIALECTS = frozenset({"sqlite", "postgresql"})
-
-
-def _raw(row: Sequence[Any]) -> list[Any]:
-    values = list(row)
-    for index in _JSON_POSITIONS:
-        if values[index] is not None:
-            values[index] = RawJSON(values[index])
-    return values
 
 
 def read_after(conn: Connection, stream: str, after: int, limit: int, *,
@@ -121,11 +119,11 @@ def read_after(conn: Connection, stream: str, after: int, limit: int, *,
                    for name in _FIELDS]
     else:
         columns = [t[name] for name in _FIELDS]
-    rows: list[Any] = list(conn.execute(
+    # fetchall: one driver call for the batch (iterating fetches row by row)
+    rows: Sequence[Any] = conn.execute(
         select(t.seq, *columns)
-        .where(and_(t.stream == stream, t.seq > after)).order_by(t.seq).limit(limit)))
-    if raw_json:
-        rows = [_raw(row) for row in rows]
+        .where(and_(t.stream == stream, t.seq > after)).order_by(t.seq).limit(limit)
+    ).fetchall()
     items: list[ForwardItem] = []
     end = after
     for row in rows:
@@ -136,7 +134,7 @@ def read_after(conn: Connection, stream: str, after: int, limit: int, *,
                 end += 1
             if seq != end + 1:
                 return StreamBatch(items, end, end + 1)
-        items.append(ForwardItem(stream, seq, _record(row)))
+        items.append(_new(ForwardItem, (stream, seq, _record(row, raw_json))))
         end = seq
     if len(rows) < limit:
         # past the last row: duplicates noted at the head (nothing stored after them)
