@@ -12,7 +12,8 @@ setup(ext_modules=[
     Extension("otel_audit._speedups", ["otel_audit/_speedups.c",
                                               "otel_audit/_speedups_verify.c",
                                               "otel_audit/_speedups_store.c",
-                                              "otel_audit/_speedups_otlp.c"],
+                                              "otel_audit/_speedups_otlp.c",
+                                              "otel_audit/_speedups_copyparse.c"],
               depends=["otel_audit/_speedups_buffer.h"],
               libraries=["crypto"], optional=True),
 ])

@@ -18,6 +18,7 @@ from types import ModuleType
 # where the compiled module is used)
 __all__ = [
     "PURE_PYTHON_ENV",
+    "copy_rows",
     "copy_text",
     "merkle_extend",
     "otlp_attributes_to_fields",
@@ -79,3 +80,8 @@ if speedups is not None:
     # the verifier's (otel_audit/_speedups_verify.c): a build without it keeps the rest
     with contextlib.suppress(ImportError):
         from ._speedups import verify_flags
+if speedups is not None:
+    # the verifier's COPY text reader (otel_audit/_speedups_copyparse.c): a build without
+    # it keeps the rest
+    with contextlib.suppress(ImportError):
+        from ._speedups import copy_rows

@@ -1425,6 +1425,9 @@ PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 /* otel_audit/_speedups_verify.c */
 PyObject *verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
+/* otel_audit/_speedups_copyparse.c */
+PyObject *copy_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef methods[] = {
     {"texts_special", (PyCFunction)(void (*)(void))texts_special, METH_FASTCALL,
      "Whether a batch's texts need canonical numbers or hold a personal key."},
@@ -1451,6 +1454,8 @@ static PyMethodDef methods[] = {
      "Add leaves to a Merkle compact range (otel_audit/_speedups_store.c)."},
     {"verify_flags", (PyCFunction)(void (*)(void))verify_flags, METH_FASTCALL,
      "Which chain rows of a batch match their hash (otel_audit/integrity/fastwalk.py)."},
+    {"copy_rows", (PyCFunction)(void (*)(void))copy_rows, METH_FASTCALL,
+     "Rows of PostgreSQL COPY text (otel_audit/_speedups_copyparse.c)."},
     {NULL, NULL, 0, NULL},
 };
 

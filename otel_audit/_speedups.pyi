@@ -62,3 +62,7 @@ def verify_flags(
     plans: dict[str, tuple[bytes | None, bytes | None, tuple[int, ...], tuple[int, ...],
                           tuple[int, ...], int, int, int]],
 ) -> bytes: ...
+
+def copy_rows(
+    data: Any, kinds: bytes, order: tuple[int, ...]
+) -> tuple[list[tuple[Any, ...]], int]: ...
