@@ -404,31 +404,34 @@ def _copied_rows(conn: Any, sql: str, params: list[Any],
     TO STDOUT`` and :func:`~.copyparse.copy_rows`: the values the driver would give
     (``str``, ``int``, ``None``), ``HEADER`` first, in lists of about ``_COPY_BATCH``
     rows."""
-    blocks: list[Any] = []
-    rest = b""
+    # one growing buffer, not a list of the driver's blocks: a block is a memoryview,
+    # which the cycle collector tracks (thousands kept alive make it walk them all)
+    data = bytearray()
+    count = 0
     with conn.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
         for block in copy:
-            blocks.append(block)
-            if len(blocks) >= _COPY_BATCH:  # PostgreSQL sends a row a message
-                rows, rest = _parsed(rest, blocks, kinds)
-                blocks = []
+            data += block
+            count += 1
+            if count >= _COPY_BATCH:  # PostgreSQL sends a row a message
+                count = 0
+                rows = _parsed(data, kinds)
                 if rows:
                     yield rows
-    rows, rest = _parsed(rest, blocks, kinds)
-    if rest:
+    rows = _parsed(data, kinds)
+    if data:
         raise IntegrityError("PostgreSQL's COPY text ended inside a row")
     if rows:
         yield rows
 
 
-def _parsed(rest: bytes, blocks: list[Any], kinds: bytes,
-            ) -> tuple[list[tuple[Any, ...]], bytes]:
-    data = rest + b"".join(blocks)
+def _parsed(data: bytearray, kinds: bytes) -> list[tuple[Any, ...]]:
+    """The complete rows at the start of ``data``, taken out of it."""
     try:
         rows, used = copy_rows(data, kinds, _COPY_ORDER)
     except ValueError as exc:  # not what PostgreSQL writes for these columns
         raise IntegrityError(f"cannot read PostgreSQL's COPY text: {exc}") from exc
-    return rows, data[used:]
+    del data[:used]
+    return rows
 
 
 def _duckdb() -> duckdb.DuckDBPyConnection:
