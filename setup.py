@@ -13,6 +13,7 @@ setup(ext_modules=[
                                               "otel_audit/_speedups_verify.c",
                                               "otel_audit/_speedups_store.c",
                                               "otel_audit/_speedups_otlp.c",
+                                              "otel_audit/_speedups_prepare.c",
                                               "otel_audit/_speedups_copyparse.c"],
               depends=["otel_audit/_speedups_buffer.h"],
               libraries=["crypto"], optional=True),

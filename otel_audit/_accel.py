@@ -26,11 +26,13 @@ __all__ = [
     "otlp_encode_logs",
     "plain_texts",
     "pure_python",
+    "redact_clean",
     "seal_plain",
     "snapshot",
     "speedups",
     "sqlite_params",
     "texts_special",
+    "unsealed",
     "untrack",
     "verify_flags",
 ]
@@ -72,6 +74,11 @@ if speedups is not None:
         from ._speedups import otlp_decode_logs, otlp_encode_logs
     with contextlib.suppress(ImportError):  # a build older than the mapping's twin
         from ._speedups import otlp_attributes_to_fields
+if speedups is not None:
+    # the worker's preparation (otel_audit/_speedups_prepare.c): a build without it keeps
+    # the rest
+    with contextlib.suppress(ImportError):
+        from ._speedups import redact_clean, unsealed
 if speedups is not None:
     # the store stage's (otel_audit/_speedups_store.c): a build without it keeps the rest
     with contextlib.suppress(ImportError):

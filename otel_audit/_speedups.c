@@ -3,13 +3,14 @@
  * seal_plain() is the counterpart of ChainSealer._seal_columns
  * (otel_audit/integrity/chain.py): it seals a plain batch -- records that need neither
  * canonical numbers nor personal-key handling -- exactly as the Python code does, one
- * record after the other, without the interpreter's per-record overhead. It serialises
- * through the same orjson call, and hashes (SHA-256, HMAC-SHA256) with OpenSSL's
- * libcrypto, the library behind hashlib. The GIL is kept while hashing: a chunk's chain
- * takes a fraction of a millisecond, and a worker that lets go of the GIL while the
- * application's threads are busy in Python gets it back only after their switch
- * interval (5 ms). tests/pipeline/test_batch_paths.py holds the compiled and Python
- * paths equal.
+ * record after the other, without the interpreter's per-record overhead. It writes the
+ * bytes the Python code's orjson call writes, and hashes (SHA-256, HMAC-SHA256) with
+ * OpenSSL's libcrypto, the library behind hashlib. The payload and personal texts go
+ * straight into one buffer (json_item() writes the types a plain batch holds; orjson
+ * writes a record holding any other value), then the batch is hashed with the GIL
+ * released: the store thread and the application's threads run meanwhile.
+ * tests/pipeline/test_batch_paths.py and tests/integrity/test_seal_values.py hold the
+ * compiled and Python paths equal.
  */
 #define _GNU_SOURCE  /* memmem */
 #define PY_SSIZE_T_CLEAN
@@ -37,6 +38,7 @@ enum {
 #define ROW_DELEGATION 35
 #define ROW_MAC 36
 #define N_PREPARED 10
+#define HASH_WITHOUT_GIL 32  /* records from which seal_plain hashes without the GIL */
 
 /* ``value`` in ``width`` decimal digits, zero-padded, at ``out`` (0 <= value < 10^width) */
 static void
@@ -155,33 +157,35 @@ typedef struct {
     char mac[64];                   /* HMAC-SHA256 of the hash with the key, hex */
 } sealing;
 
-/* A growing buffer of the batch's texts. The JSON is copied in as soon as it is made
- * and its bytes object freed, so the allocator reuses one block instead of holding a
- * batch of them (freeing those at once made glibc trim and re-fault the heap). */
+/* A growing buffer of the batch's texts. The JSON is written in as soon as it is made,
+ * so the allocator reuses one block instead of holding a batch of bytes objects (freeing
+ * those at once made glibc trim and re-fault the heap). */
 typedef struct {
     char *data;
-    size_t len, cap;
+    Py_ssize_t len, cap;
 } arena;
+
+/* Room for ``more`` bytes at the end of the arena: where they go, or NULL with
+ * MemoryError set. */
+static char *
+arena_room(arena *a, size_t more)
+{
+    if (buffer_grow(&a->data, a->len, &a->cap, (Py_ssize_t)more, 65536) < 0) {
+        return NULL;
+    }
+    return a->data + a->len;
+}
 
 static int
 arena_add(arena *a, const char *data, size_t len, size_t *at)
 {
-    if (a->len + len > a->cap) {
-        size_t cap = a->cap ? a->cap : 65536;
-        while (cap < a->len + len) {
-            cap *= 2;
-        }
-        char *grown = PyMem_RawRealloc(a->data, cap);
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return 0;
-        }
-        a->data = grown;
-        a->cap = cap;
+    char *out = arena_room(a, len);
+    if (out == NULL) {
+        return 0;
     }
-    memcpy(a->data + a->len, data, len);
-    *at = a->len;
-    a->len += len;
+    memcpy(out, data, len);
+    *at = (size_t)a->len;
+    a->len += (Py_ssize_t)len;
     return 1;
 }
 
@@ -194,6 +198,144 @@ to_hex(const unsigned char *md, char *out)
         out[2 * k] = HEX[md[k] >> 4];
         out[2 * k + 1] = HEX[md[k] & 15];
     }
+}
+
+/*
+ * One payload element as orjson.dumps(value, option=PAYLOAD_OPTIONS) writes it, for the
+ * types a plain batch holds: None, exact bool, exact int within 64 bits, exact str
+ * (escaped as orjson escapes: '"', '\\' and the control characters, five of them as
+ * \b \t \n \f \r, the others as \u00xx; everything else is its UTF-8). 1 when written,
+ * 0 for any other value (nothing written, no error set: orjson writes that record),
+ * -1 with MemoryError set.
+ */
+static int
+json_item(arena *a, PyObject *v)
+{
+    static const char SHORT[32] = {
+        0, 0, 0, 0, 0, 0, 0, 0, 'b', 't', 'n', 0, 'f', 'r', 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    };
+    char *out;
+    if (v == Py_None || v == Py_True || v == Py_False) {
+        const char *word = v == Py_None ? "null" : v == Py_True ? "true" : "false";
+        size_t len = strlen(word);
+        if ((out = arena_room(a, len)) == NULL) {
+            return -1;
+        }
+        memcpy(out, word, len);
+        a->len += (Py_ssize_t)len;
+        return 1;
+    }
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;  /* past 64 bits: orjson's own rules */
+        }
+        if ((out = arena_room(a, 20)) == NULL) {
+            return -1;
+        }
+        a->len += put_ll(out, x);
+        return 1;
+    }
+    if (!PyUnicode_CheckExact(v)) {
+        return 0;
+    }
+    Py_ssize_t n;
+    const char *text = PyUnicode_AsUTF8AndSize(v, &n);
+    if (text == NULL) {  /* a lone surrogate: orjson refuses it */
+        PyErr_Clear();
+        return 0;
+    }
+    if ((out = arena_room(a, 6 * (size_t)n + 2)) == NULL) {
+        return -1;
+    }
+    char *at = out;
+    *at++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *at++ = (char)c;
+        }
+        else if (c >= 0x20) {
+            *at++ = '\\';
+            *at++ = (char)c;
+        }
+        else if (SHORT[c]) {
+            *at++ = '\\';
+            *at++ = SHORT[c];
+        }
+        else {
+            memcpy(at, "\\u00", 4);
+            at[4] = HEX[c >> 4];
+            at[5] = HEX[c & 15];
+            at += 6;
+        }
+    }
+    *at++ = '"';
+    a->len += at - out;
+    return 1;
+}
+
+/* A 64-character placeholder for a hash (chain_hashes() writes the hash over it). */
+static const char HASH_SLOT[] = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/*
+ * A record's personal text (salt "\0" [user_id, email, ip, agent, acting_as,
+ * delegation_chain text, []]) and its payload ([fmt, stream, seq, "<prev>", *body, null,
+ * "<digest>"]), written into the arena as seal_plain's orjson calls write them (``head``:
+ * the payload's start, [fmt,stream). 1 when written; 0 for a value json_item() leaves to
+ * orjson (the arena as it was); -1 with MemoryError set.
+ */
+static int
+record_texts(arena *a, sealing *s, PyObject *salt, PyObject *const *personal,
+             PyObject *const *body, const char *head, size_t head_len, long long seq)
+{
+    Py_ssize_t mark = a->len, salt_len;
+    const char *salt_text = PyUnicode_AsUTF8AndSize(salt, &salt_len);
+    size_t at;
+    int r = -1;
+    char digits[24];
+    if (salt_text == NULL
+            || !arena_add(a, salt_text, (size_t)salt_len, &s->personal)
+            || !arena_add(a, "\0[", 2, &at)) {
+        return -1;
+    }
+    for (int k = 0; k < 6; k++) {
+        if ((k > 0 && !arena_add(a, ",", 1, &at)) || (r = json_item(a, personal[k])) <= 0) {
+            goto out;
+        }
+    }
+    if (!arena_add(a, ",[]]", 4, &at)) {
+        goto fail;
+    }
+    s->personal_len = (size_t)a->len - s->personal;
+    if (!arena_add(a, head, head_len, &s->payload) || !arena_add(a, ",", 1, &at)
+            || !arena_add(a, digits, (size_t)put_ll(digits, seq), &at)
+            || !arena_add(a, ",\"", 2, &at)
+            || !arena_add(a, HASH_SLOT, 64, &at) || !arena_add(a, "\",", 2, &s->prev_at)) {
+        goto fail;
+    }
+    s->prev_at -= 64 + s->payload;
+    for (int k = 0; k < N_BODY; k++) {
+        if ((k > 0 && !arena_add(a, ",", 1, &at)) || (r = json_item(a, body[k])) <= 0) {
+            goto out;
+        }
+    }
+    if (!arena_add(a, ",null,\"", 7, &at) || !arena_add(a, HASH_SLOT, 64, &at)
+            || !arena_add(a, "\"]", 2, &at)) {
+        goto fail;
+    }
+    s->payload_len = (size_t)a->len - s->payload;
+    return 1;
+fail:
+    r = -1;
+out:
+    if (r == 0) {
+        a->len = mark;
+    }
+    return r;
 }
 
 static const EVP_MD *sha256_md;  /* fetched once: no implicit fetch per digest */
@@ -307,13 +449,14 @@ takes(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
     return 1;
 }
 
-/* seal_plain(records, texts, stream, first_seq, prev_hash, salts, dumps, option, key,
- *            fmt, json_keys, prepared_type) -> list of PreparedRecord
+/* seal_plain(batch, stream, first_seq, prev_hash, salts, dumps, option, key, fmt,
+ *            json_keys, prepared_type) -> list of PreparedRecord
  *
- * records: list of AuditRecord; texts: list of dicts (json_keys -> text or None);
- * prev_hash: 64 lowercase hex characters; salts: one str of 32 hex characters per
- * record; dumps(value, option=option) is the payload serialiser (orjson.dumps); key:
- * None (SHA-256 of the payload) or bytes (HMAC-SHA256).
+ * batch: list of unsealed PreparedRecord (an AuditRecord, then a dict json_keys -> text
+ * or None; the rest is not read); prev_hash: 64 lowercase hex characters; salts: one
+ * str of 32 hex characters per record, end to end; dumps(value, option=option) is the
+ * payload serialiser (orjson.dumps); key: None (SHA-256 of the payload) or bytes
+ * (HMAC-SHA256).
  *
  * Three phases: each record's row and its payload and personal JSON (placeholders where
  * the hashes go); the chain of hashes (OpenSSL); the hashes into the rows and the
@@ -323,23 +466,23 @@ takes(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
 static PyObject *
 seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!takes("seal_plain", nargs, 12)) {
+    if (!takes("seal_plain", nargs, 11)) {
         return NULL;
     }
-    PyObject *records = args[0], *texts = args[1], *stream = args[2];
-    PyObject *first_seq = args[3], *prev = args[4], *salts = args[5];
-    PyObject *dumps = args[6], *option = args[7], *key = args[8];
-    PyObject *fmt = args[9], *json_keys = args[10], *prepared_type = args[11];
+    PyObject *batch = args[0], *stream = args[1];
+    PyObject *first_seq = args[2], *prev = args[3], *salt_text = args[4];
+    PyObject *dumps = args[5], *option = args[6], *key = args[7];
+    PyObject *fmt = args[8], *json_keys = args[9], *prepared_type = args[10];
 
-    if (!PyList_Check(records) || !PyList_Check(texts) || !PyList_Check(salts)
+    if (!PyList_Check(batch) || !PyUnicode_Check(salt_text)
             || !PyTuple_Check(json_keys) || PyTuple_GET_SIZE(json_keys) != N_JSON
             || !PyType_Check(prepared_type) || (key != Py_None && !PyBytes_Check(key))) {
         PyErr_SetString(PyExc_TypeError, "seal_plain: bad argument types");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(records);
-    if (PyList_GET_SIZE(texts) != n || PyList_GET_SIZE(salts) != n) {
-        PyErr_SetString(PyExc_ValueError, "seal_plain: columns of different lengths");
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    if (PyUnicode_GET_LENGTH(salt_text) != 32 * n) {
+        PyErr_SetString(PyExc_ValueError, "seal_plain: not 32 salt characters a record");
         return NULL;
     }
     Py_ssize_t prev_len;
@@ -357,13 +500,14 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyTypeObject *ptype = (PyTypeObject *)prepared_type;
 
     PyObject *out = PyList_New(n);
+    PyObject *salts = PyList_New(n);  /* each record's, cut from salt_text */
     sealing *s = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(sealing));
     PyObject **rows = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(PyObject *));
     PyObject *head = NULL, *placeholder = NULL, *personal = NULL, *dumped = NULL;
-    PyObject *payload = NULL, *hashes = NULL;
+    PyObject *payload = NULL, *hashes = NULL, *head_text = NULL;
     EVP_MD_CTX *pads[2] = {NULL, NULL};
     arena texts_of = {NULL, 0, 0};
-    if (out == NULL || s == NULL || rows == NULL) {
+    if (out == NULL || salts == NULL || s == NULL || rows == NULL) {
         if (!PyErr_Occurred()) {
             PyErr_NoMemory();
         }
@@ -385,17 +529,25 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto fail;
     }
     Py_ssize_t head_len = PyBytes_GET_SIZE(dumped) - 1;  /* without the "]" */
-    Py_CLEAR(dumped);
+    head_text = dumped;
+    dumped = NULL;
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *r = PyList_GET_ITEM(records, i);
-        PyObject *t = PyList_GET_ITEM(texts, i);
-        PyObject *salt = PyList_GET_ITEM(salts, i);
-        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != R_FIELDS || !PyDict_Check(t)
-                || !PyUnicode_Check(salt)) {
+        PyObject *p = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) < 2) {
+            PyErr_SetString(PyExc_TypeError, "seal_plain: not a PreparedRecord");
+            goto fail;
+        }
+        PyObject *r = PyTuple_GET_ITEM(p, 0), *t = PyTuple_GET_ITEM(p, 1);
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != R_FIELDS || !PyDict_Check(t)) {
             PyErr_SetString(PyExc_TypeError, "seal_plain: not an AuditRecord and its texts");
             goto fail;
         }
+        PyObject *salt = PyUnicode_Substring(salt_text, 32 * i, 32 * i + 32);
+        if (salt == NULL) {
+            goto fail;
+        }
+        PyList_SET_ITEM(salts, i, salt);
         PyObject *doc[N_JSON];
         for (int k = 0; k < N_JSON; k++) {
             doc[k] = PyDict_GetItemWithError(t, PyTuple_GET_ITEM(json_keys, k));
@@ -465,6 +617,16 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(flags[0]);
         Py_DECREF(flags[1]);
 
+        /* the personal text and the payload, written directly; a value outside the
+         * types json_item() writes goes through orjson (which may refuse it) */
+        int written = record_texts(&texts_of, &s[i], salt, tail, fields,
+                                   PyBytes_AS_STRING(head_text), (size_t)head_len, seq0 + i);
+        if (written < 0) {
+            goto fail;
+        }
+        if (written) {
+            continue;
+        }
         /* personal JSON: salt "\0" dumps([user_id, email, ip, agent, acting_as,
          * delegation_chain text, []]) */
         personal = Py_BuildValue("[OOOOOO[]]", tail[0], tail[1], tail[2], tail[3], tail[4],
@@ -527,7 +689,17 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (key != Py_None && !hmac_pads(key, pads)) {
         goto fail;
     }
-    int ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, texts_of.data);
+    /* the chain touches no Python object: other threads run while it is hashed (a
+     * batch of a few records keeps the GIL: letting it go would cost more than it frees) */
+    int ok;
+    if (n >= HASH_WITHOUT_GIL) {
+        Py_BEGIN_ALLOW_THREADS
+        ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, texts_of.data);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        ok = chain_hashes(s, n, prev_text, key != Py_None ? pads : NULL, texts_of.data);
+    }
     if (!ok) {
         PyErr_SetString(PyExc_RuntimeError, "seal_plain: OpenSSL failed to hash");
         goto fail;
@@ -553,8 +725,9 @@ seal_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_SETREF(((PyTupleObject *)row)->ob_item[ROW_HASH], Py_NewRef(hash));
         Py_SETREF(((PyTupleObject *)row)->ob_item[ROW_MAC], mac);  /* the row takes it */
         maybe_untrack(row);
+        PyObject *given = PyList_GET_ITEM(batch, i);
         PyObject *items[N_PREPARED] = {
-            PyList_GET_ITEM(records, i), PyList_GET_ITEM(texts, i), stream,
+            PyTuple_GET_ITEM(given, 0), PyTuple_GET_ITEM(given, 1), stream,
             PyTuple_GET_ITEM(row, 1), previous, hash, PyList_GET_ITEM(salts, i), Py_None,
             mac, row,
         };
@@ -575,15 +748,17 @@ fail:
     }
     PyMem_Free(s);
     PyMem_Free(rows);
-    PyMem_RawFree(texts_of.data);
+    PyMem_Free(texts_of.data);
     EVP_MD_CTX_free(pads[0]);
     EVP_MD_CTX_free(pads[1]);
     Py_XDECREF(head);
+    Py_XDECREF(head_text);
     Py_XDECREF(placeholder);
     Py_XDECREF(personal);
     Py_XDECREF(dumped);
     Py_XDECREF(payload);
     Py_XDECREF(out);
+    Py_XDECREF(salts);
     return hashes;
 }
 
@@ -1419,6 +1594,10 @@ PyObject *otlp_encode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nar
 PyObject *otlp_decode_logs(PyObject *self, PyObject *payload);
 PyObject *otlp_attributes_to_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
+/* otel_audit/_speedups_prepare.c */
+PyObject *redact_clean(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *unsealed(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 /* otel_audit/_speedups_store.c */
 PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
@@ -1450,6 +1629,10 @@ static PyMethodDef methods[] = {
     {"otlp_attributes_to_fields", (PyCFunction)(void (*)(void))otlp_attributes_to_fields,
      METH_FASTCALL, "The compiled otel_audit.mapping.attributes_to_fields "
      "(otel_audit/_speedups_otlp.c)."},
+    {"redact_clean", (PyCFunction)(void (*)(void))redact_clean, METH_FASTCALL,
+     "Whether a batch has nothing to redact (otel_audit/_speedups_prepare.c)."},
+    {"unsealed", (PyCFunction)(void (*)(void))unsealed, METH_FASTCALL,
+     "Unsealed PreparedRecords of records and their texts (otel_audit/_speedups_prepare.c)."},
     {"merkle_extend", (PyCFunction)(void (*)(void))merkle_extend, METH_FASTCALL,
      "Add leaves to a Merkle compact range (otel_audit/_speedups_store.c)."},
     {"verify_flags", (PyCFunction)(void (*)(void))verify_flags, METH_FASTCALL,

@@ -2,12 +2,11 @@ from collections.abc import Callable
 from typing import Any
 
 def seal_plain(
-    records: list[Any],
-    texts: list[dict[str, str | None]],
+    batch: list[Any],
     stream: str,
     first_seq: int,
     prev_hash: str,
-    salts: list[str],
+    salts: str,
     dumps: Callable[..., bytes],
     option: int,
     key: bytes | None,
@@ -47,6 +46,14 @@ def otlp_encode_logs(
     scope_name: str,
     dumps: Callable[[Any], str],
 ) -> bytes: ...
+
+def redact_clean(
+    records: list[Any], positions: tuple[int, ...], decisions: dict[str, bool]
+) -> bool: ...
+
+def unsealed(
+    records: list[Any], texts: list[dict[str, str | None]], prepared_type: type
+) -> list[Any]: ...
 
 def merkle_extend(stack: list[bytes], size: int, hashes: list[str]) -> int: ...
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -43,7 +43,14 @@ _CACHE_LIMIT = 4096
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 #: Field value types __call__ leaves alone or checks with _plainly_clean (dict).
 _SKIPPED = frozenset({type(None), str, int, float, bool, dict})
-_JSON_VALUES = operator.itemgetter(*(AuditRecord._fields.index(name) for name in _FIELDS))
+_POSITIONS = tuple(AuditRecord._fields.index(name) for name in _FIELDS)
+_JSON_VALUES = operator.itemgetter(*_POSITIONS)
+
+_redact_clean: Callable[[list[AuditRecord], tuple[int, ...], dict[str, bool]], bool] | None
+try:  # the compiled first look of _batch_clean (optional: built where a C compiler is)
+    from ._accel import redact_clean as _redact_clean
+except ImportError:  # pragma: no cover - depends on the build
+    _redact_clean = None
 
 
 def _squash(name: str) -> str:
@@ -121,7 +128,13 @@ class Redactor:
     def _batch_clean(self, records: list[AuditRecord]) -> bool:
         """Whether no record of ``records`` has anything to redact: every JSON field is
         ``None``, a scalar or a flat dict of scalars whose keys are known non-secret
-        strings. ``False`` only means "look record by record"."""
+        strings. ``False`` only means "look record by record".
+
+        The compiled check answers first where it is built: ``True`` only where this one
+        does (every key already decided not secret); otherwise this one decides."""
+        if _redact_clean is not None and type(records) is list and _redact_clean(
+                records, _POSITIONS, self._decisions):
+            return True
         values = list(chain.from_iterable(map(_JSON_VALUES, records)))
         if not _SKIPPED.issuperset(map(type, values)):
             return False

@@ -14,6 +14,8 @@ import json
 from otel_audit import _accel, mapping, record, record_builder
 from otel_audit.integrity import chain, fastwalk, merkle
 from otel_audit.exporters import postgres, sqlite
+from otel_audit import redact
+from otel_audit.pipeline import prepare
 print(json.dumps({
     "pure": _accel.pure_python,
     "speedups": _accel.speedups is not None,
@@ -22,6 +24,8 @@ print(json.dumps({
     != "otel_audit.record_builder",
     "seal_plain": chain._seal_plain is not None,
     "texts_special": chain._texts_special is not None,
+    "redact_clean": redact._redact_clean is not None,
+    "unsealed": prepare._unsealed is not None,
     "copy_text": postgres._copy_text is not None,
     "sqlite_params": sqlite._sqlite_params is not sqlite.python_sqlite_params,
     "merkle_extend": merkle._merkle_extend is not None,

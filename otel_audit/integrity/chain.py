@@ -197,16 +197,15 @@ class ChainSealer:
         all three).
         """
         n = len(batch)
-        records = list(map(_RECORD, batch))
-        texts = list(map(_TEXTS, batch))
         if compiled and _seal_plain is not None:
             sealed: list[PreparedRecord] = _seal_plain(
-                records, texts, self.stream, self._seq + 1, self._head,
-                [salts[i:i + 32] for i in range(0, 32 * n, 32)], orjson.dumps,
+                batch, self.stream, self._seq + 1, self._head, salts[:32 * n], orjson.dumps,
                 PAYLOAD_OPTIONS, self.hmac_key, PUBLIC_FORMAT, JSON_FIELDS, PreparedRecord)
             self._seq += n
             self._head = sealed[-1].hash or GENESIS_HASH
             return sealed
+        records = list(map(_RECORD, batch))
+        texts = list(map(_TEXTS, batch))
         (ids, timestamps, actions, user_ids, correlation_ids, trace_ids, span_ids,
          resource_types, resource_ids, resource_names, emails, team_ids, ips, agents, paths,
          methods, request_ids, _old, _new, _changes, classifications, reviews, successes,

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import operator
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
 
 from .._internal import log_internal_error
@@ -26,6 +26,13 @@ from ..redact import Redactor
 from .items import DeferredRecords, Item, resolve_items
 from .quarantine import safe_record, safe_texts
 from .stats import PipelineCounters
+
+_unsealed: Callable[[list[AuditRecord], list[dict[str, str | None]], type],
+                    list[PreparedRecord]] | None
+try:  # the compiled form of unsealed() (optional: built where a C compiler is)
+    from .._accel import unsealed as _unsealed
+except ImportError:  # pragma: no cover - depends on the build
+    _unsealed = None
 
 __all__ = ["Preparation"]
 
@@ -143,21 +150,20 @@ class Preparation(PipelineCounters):
     def _prepare(self, records: Sequence[Item]) -> list[PreparedRecord]:
         cap = self.config.max_record_bytes
         redactor = self.redactor
-        resolved = resolve_items(records)
-        if not self.transforms and {AuditRecord} == set(map(type, resolved)):
+        if not self.transforms and {AuditRecord} == set(map(type, records)):
             # the common batch: redaction and normalisation checked column by column
-            plain: list[AuditRecord] = resolved  # type: ignore[assignment]
+            plain: list[AuditRecord] = list(records)  # type: ignore[arg-type]
             if redactor is not None and isinstance(redactor, Redactor):
                 plain = redactor.redact_batch(plain)
             elif redactor is not None:
                 plain = [redactor(record) for record in plain]
             texts = plain_texts(plain, cap)
             if texts is not None:
-                # tuple.__new__ directly: the NamedTuple's __new__ is a Python-level call
-                return list(map(tuple.__new__, repeat(PreparedRecord),
-                                zip(plain, texts, *_NO_CHAIN, strict=False)))
-            resolved = plain  # type: ignore[assignment]
+                return unsealed(plain, texts)
+            resolved: list[AuditRecord | PreparedRecord] = plain  # type: ignore[assignment]
             redactor = None  # done above
+        else:
+            resolved = resolve_items(records)
         out: list[PreparedRecord] = []
         for record in resolved:
             if isinstance(record, PreparedRecord):  # journalled or spooled: already done
@@ -185,6 +191,17 @@ class Preparation(PipelineCounters):
         for i, sealed in zip(todo, batch, strict=True):
             prepared[i] = sealed
         return True
+
+
+def unsealed(records: list[AuditRecord], texts: list[dict[str, str | None]], *,
+             compiled: bool = True) -> list[PreparedRecord]:
+    """``PreparedRecord(record, texts)`` for each pair, not sealed (in compiled code when
+    the extension is built; both give equal records)."""
+    if compiled and _unsealed is not None:
+        return _unsealed(records, texts, PreparedRecord)
+    # tuple.__new__ directly: the NamedTuple's __new__ is a Python-level call
+    return list(map(tuple.__new__, repeat(PreparedRecord),
+                    zip(records, texts, *_NO_CHAIN, strict=False)))
 
 
 _SEQ = operator.itemgetter(3)  # PreparedRecord.seq
