@@ -14,15 +14,17 @@ and waits; one killed on another host is replaced once its lease expires.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..store.schema import audit_forward_cursors as cursors_t
 from ..store.schema import audit_forward_rejects as rejects_t
@@ -79,6 +81,9 @@ class CursorStore:
         self.destination = destination
         self.lease_seconds = lease_seconds
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: the connection cursor moves run on (see _mover), and who uses it now
+        self._conn: Connection | None = None
+        self._move_lock = threading.Lock()
 
     # ----------------------------------------------------------------- lease
 
@@ -119,7 +124,9 @@ class CursorStore:
             raise LeaseLostError(f"{self.destination}: another forwarder took the lease")
 
     def release(self) -> None:
-        """Give the lease up (a waiting forwarder takes over at once)."""
+        """Give the lease up (a waiting forwarder takes over at once); close the
+        connection kept for cursor moves."""
+        self.close()
         c = cursors_t.c
         with self.engine.begin() as conn:
             conn.execute(update(cursors_t).where(and_(
@@ -159,6 +166,31 @@ class CursorStore:
         """Move ``stream``'s cursor to ``seq`` and store ``rejects``, in one transaction,
         only while this forwarder holds the lease."""
         now = _now()
+        rows = [dict(destination=self.destination, created_at=now, **r._asdict())
+                for r in rejects]
+        with self._move_lock:
+            conn, fresh = self._mover()
+            try:
+                self._move(conn, stream, seq, rows, now)
+                return
+            except DBAPIError as exc:
+                self._drop_mover()
+                # the kept connection was gone (the server restarted): once more on a new
+                # one, unless rejects might already be stored (the commit was underway)
+                if fresh or rows or not exc.connection_invalidated:
+                    raise
+            except BaseException:
+                self._drop_mover()
+                raise
+            conn, _ = self._mover()
+            try:
+                self._move(conn, stream, seq, rows, now)
+            except BaseException:
+                self._drop_mover()
+                raise
+
+    def _move(self, conn: Connection, stream: str, seq: int, rows: list[dict[str, Any]],
+              now: dt.datetime) -> None:
         c = cursors_t.c
         move = update(cursors_t).where(and_(
             c.destination == self.destination, c.stream == stream)).values(
@@ -166,15 +198,49 @@ class CursorStore:
         # as few statements as it takes (this runs once per acknowledged batch, between
         # the acknowledgement and the next send): the lease and the last success on the
         # destination's row at once; the stream's row made only when the move found none
-        with self.engine.begin() as conn:
+        with conn.begin():
             self._check_lease(conn, last_success=now)
             if conn.execute(move).rowcount != 1:
                 self._ensure_row(conn, stream)
                 conn.execute(move)
-            rows = [dict(destination=self.destination, created_at=now, **r._asdict())
-                    for r in rejects]
             if rows:
                 conn.execute(insert(rejects_t), rows)
+
+    def _mover(self) -> tuple[Connection, bool]:
+        """The connection cursor moves run on, and whether it was just opened.
+
+        It is kept from one move to the next (a move then costs no pool checkout and no
+        ping) and never goes back to the pool. On PostgreSQL its commits do not wait for
+        the WAL flush (``synchronous_commit = off``, this session only): a move is
+        visible and survives the forwarder's own crash at once, and a database crash
+        can take back at most the last moves of its last fraction of a second, whose
+        batches are then sent again (at least once; the record ID is the idempotency key).
+        """
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.invalidated:
+            return conn, False
+        conn = self.engine.connect()
+        try:
+            conn.detach()  # closed for good, never handed to another user of the pool
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET synchronous_commit TO off")
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn, True
+
+    def _drop_mover(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing to release
+                conn.close()
+
+    def close(self) -> None:
+        """Close the connection kept for cursor moves (opened again when needed)."""
+        with self._move_lock:
+            self._drop_mover()
 
     def note_gap(self, stream: str, seq: int) -> dt.datetime:
         """Remember that ``stream`` stops at missing position ``seq``; return since when."""

@@ -146,6 +146,38 @@ def test_one_lease_per_destination(source: str) -> None:
         engine.dispose()
 
 
+def test_cursor_moves_keep_one_connection_of_their_own(source: str) -> None:
+    """Moves run on a connection kept between them, out of the pool (on PostgreSQL its
+    commits do not wait for the WAL flush, and that setting reaches no other session);
+    one that was cut is replaced without losing the move; release closes it."""
+    engine = engine_of(source)
+    try:
+        store = CursorStore(engine, "siem")
+        assert store.try_acquire()
+        store.advance("s", 1)
+        kept = store._conn
+        assert kept is not None
+        store.advance("s", 2, [])
+        assert store._conn is kept  # the same connection, no checkout per move
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:
+            assert kept.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            kept.rollback()
+            with engine.connect() as conn:  # the pool's sessions keep the server's setting
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+                pid = kept.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                kept.rollback()
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+            store.advance("s", 3)  # the cut connection is replaced, the move made
+            assert store._conn is not kept
+        assert store.cursors() == {"s": 3 if postgres else 2}
+        store.release()
+        assert store._conn is None
+        assert CursorStore(engine, "siem").try_acquire()  # the lease was given up
+    finally:
+        engine.dispose()
+
+
 def test_sigterm_finishes_the_batch_in_flight(source: str) -> None:
     in_flight = threading.Event()
     release = threading.Event()
