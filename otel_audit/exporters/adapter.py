@@ -37,6 +37,11 @@ class ExporterWriter(StoreWriter):
         super().__init__(url, auto_migrate=auto_migrate)
         self.destination = exporter
 
+    @property
+    def own_thread(self) -> bool:
+        """Whether batches are exported on a thread of their own: the exporter's choice."""
+        return self.destination.own_thread
+
     def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
         """Nothing is prepared ahead for an exporter."""
         return None

@@ -92,6 +92,14 @@ class AuditExporter(ABC):
     OpenTelemetry's exporters.
     """
 
+    #: Whether the pipeline calls :meth:`export` on a thread of its own (its store
+    #: stage), so that its worker prepares the next batch meanwhile; False: on the
+    #: worker, between two batches. A second thread overlaps the export with the
+    #: preparation only as far as the export runs without the GIL, and each batch then
+    #: crosses threads (GIL hand-offs, wake-ups): worth it for an exporter whose cost
+    #: is unknown; the store exporters measured cheaper without it.
+    own_thread: ClassVar[bool] = True
+
     @abstractmethod
     def export(self, batch: Sequence[PreparedRecord]) -> ExportResult:
         """Send ``batch`` (normalised, redacted and, when the trail chains, sealed

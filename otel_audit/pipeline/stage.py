@@ -1,7 +1,11 @@
-"""The pipeline's second stage: sealed batches written one at a time on their own thread.
+"""The pipeline's second stage: sealed batches written one at a time, in order.
 
-Driven by the worker (:mod:`.worker`): the worker prepares and seals batch *n + 1*
-while this thread commits batch *n*.
+Driven by the worker (:mod:`.worker`). With a thread of its own (an exporter whose
+``own_thread`` is true), the worker prepares and seals batch *n + 1* while this thread
+commits batch *n*; without (the store exporters), each batch is written on the worker
+right after it is sealed: one thread, no hand-off per batch, the database's own work
+(SQLite's step, PostgreSQL's server) running without the GIL while the application's
+threads carry on.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ _STORE_BOUND = 0.0002
 
 
 class StoreStage:
-    """The second pipeline stage: batches written one at a time on their own thread.
+    """The second pipeline stage: batches written one at a time on their own thread
+    (``threaded=False``: on the thread calling :meth:`run`, each before it returns).
 
     While it commits batch *n* (the driver lets go of the GIL for the database's own
     work: SQLite's step, PostgreSQL's server), the worker redacts, normalises and seals
@@ -44,7 +49,10 @@ class StoreStage:
     no sooner after its start than the quickest of the recent jobs took.
     """
 
-    def __init__(self, depth: int = 1) -> None:
+    def __init__(self, depth: int = 1, *, threaded: bool = True) -> None:
+        #: whether jobs run on the stage's own thread; False: on the thread calling
+        #: :meth:`run`, one after the other (what :meth:`stop` leads to as well)
+        self.threaded = threaded
         self._depth = depth  # sealed jobs that may wait behind the running one
         self._cond = threading.Condition(threading.Lock())
         self._waiting: deque[Callable[[], None]] = deque()  # sealed, behind the running job
@@ -56,7 +64,11 @@ class StoreStage:
         self._eager = True  # the worker waited for a slot: pause after every chunk
 
     def run(self, job: Callable[[], None]) -> None:
-        """Queue ``job`` behind the running one (blocks while ``depth`` jobs are waiting)."""
+        """Queue ``job`` behind the running one (blocks while ``depth`` jobs are waiting);
+        not threaded: run it now, on the calling thread."""
+        if not self.threaded:
+            self._inline(job)
+            return
         with self._cond:
             if len(self._waiting) >= self._depth:
                 waiting = time.perf_counter()
@@ -76,6 +88,13 @@ class StoreStage:
                 self._cond.notify_all()
         if inline:
             job()
+
+    def _inline(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException:  # the job handles its own errors; a last resort
+            log_internal_error("store_stage", logging.ERROR,
+                               "audit store stage failed", exc_info=True)
 
     def pause(self) -> None:
         """Let the store thread have the GIL if it is likely waiting for it: a job about

@@ -36,9 +36,9 @@ from .stage import StoreStage
 
 __all__ = ["PipelineState"]
 
-#: sealed batches that may wait behind the one being written: the worker seals ahead
-#: while the application's threads leave it the GIL, instead of blocking until the
-#: store takes the next one
+#: sealed batches that may wait behind the one being written when the store stage has
+#: a thread of its own: the worker seals ahead while the application's threads leave
+#: it the GIL, instead of blocking until the store takes the next one
 _STORE_DEPTH = 4
 #: IDs of refused records remembered, so a spool segment replayed again after a
 #: transient failure does not store (or count) the same record twice
@@ -108,7 +108,7 @@ class PipelineState:
         self._write_lock = threading.RLock()
         self._state_lock = threading.Lock()
         self._worker: threading.Thread | None = None
-        self._store = StoreStage(_STORE_DEPTH)
+        self._store = StoreStage(_STORE_DEPTH, threaded=self.writer.own_thread)
         self._busy = 0  # batches taken off the queue and not yet committed (or spooled)
         self._closed = False
         self._drained = 0

@@ -1,7 +1,7 @@
 """The worker thread: drains the queue a batch at a time and hands each batch, prepared
-and sealed, to the store stage (:mod:`.stage`), so that while the database commits
-batch *n* the worker prepares batch *n + 1* (on PostgreSQL including its COPY text, so
-the store thread only sends it).
+and sealed (on PostgreSQL with its COPY text), to the store stage (:mod:`.stage`): for
+the stores, written on this thread before the next batch is taken; for an exporter
+with a thread of its own, written there while this thread prepares the next batch.
 
 Neither thread ever stops on an error: each catches anything, counts it
 (``worker_restarts``) and accounts for the records it held.
@@ -118,17 +118,21 @@ class PipelineWorker(RetryPolicy):
         goes wrong on the way, its records are written, spooled or counted."""
         key = id(batch)
         try:
-            # prepared and sealed here while the store stage commits the previous
-            # batch, in chunks: between them a store thread back from the database
-            # gets the GIL (the first chunk is short: a write just handed over
-            # soon comes back from its first round trip)
             prepared: list[PreparedRecord] = []
-            for start, end in _chunks(len(batch)):
-                part = self._prepare_batch(batch[start:end])
-                self._seal_ahead(part)
-                prepared += part
-                self._store.pause()
-            encoded = self._encode(prepared)  # the store thread only sends it
+            if self._store.threaded:
+                # prepared and sealed while the store thread commits the previous
+                # batch, in chunks: between them a store thread back from the
+                # database gets the GIL (the first chunk is short: a write just
+                # handed over soon comes back from its first round trip)
+                for start, end in _chunks(len(batch)):
+                    part = self._prepare_batch(batch[start:end])
+                    self._seal_ahead(part)
+                    prepared += part
+                    self._store.pause()
+            else:
+                prepared = self._prepare_batch(batch)
+                self._seal_ahead(prepared)
+            encoded = self._encode(prepared)  # the store stage only sends it
         except BaseException as exc:  # record by record, unsealed: the store stage seals
             self._worker_failed("worker", exc)
             prepared = [self._salvage(item, exc) for item in resolve_items(batch)]

@@ -134,6 +134,12 @@ class StoreWriter:
 
     # ----------------------------------------------------------------- writes
 
+    @property
+    def own_thread(self) -> bool:
+        """Whether the pipeline writes batches on a thread of their own (the
+        exporter's :attr:`~otel_audit.exporters.base.AuditExporter.own_thread`)."""
+        return self.exporter.own_thread
+
     def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
         """What :meth:`write` would send for ``batch``, made ahead of the write (the
         PostgreSQL COPY text), so the pipeline's worker does that work; None where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ from otel_audit import AuditTrail
 from otel_audit.integrity.verify import verify_trail
 from otel_audit.pipeline import stage as stage_module
 from otel_audit.pipeline.stage import StoreStage
+from otel_audit.testing import InMemoryAuditExporter, capture_audit
 
 KEY = "store-stage-key"
 
@@ -170,6 +172,55 @@ def test_up_to_depth_jobs_wait_behind_the_running_one() -> None:
     stage.wait()
     assert done == [0, 1, 2, 3]
     stage.stop()
+
+
+def test_unthreaded_jobs_run_on_the_calling_thread_in_order() -> None:
+    stage = StoreStage(depth=3, threaded=False)
+    ran: list[tuple[int, str]] = []
+
+    def boom() -> None:
+        raise RuntimeError("job bug")
+
+    stage.run(lambda: ran.append((0, threading.current_thread().name)))
+    stage.run(boom)  # logged, never raised to the worker
+    stage.run(lambda: ran.append((1, threading.current_thread().name)))
+    assert stage.idle()
+    stage.wait()
+    me = threading.current_thread().name
+    assert ran == [(0, me), (1, me)]
+    assert "otel-audit-store" not in {t.name for t in threading.enumerate()}
+    stage.stop()
+
+
+def _committing_threads(trail: AuditTrail) -> set[str]:
+    names: set[str] = set()
+    trail.pipeline.on_written.append(lambda batch: names.add(threading.current_thread().name))
+    write_records(trail, 120)
+    assert trail.flush(30)
+    return names
+
+
+def test_a_store_commits_its_batches_on_the_worker(
+        make_trail: Callable[..., AuditTrail]) -> None:
+    """The store exporters write on the worker itself (one thread, no hand-off per
+    batch); order, chaining and counts as ever."""
+    trail = make_trail(batch_size=16, hmac_key=KEY)
+    assert _committing_threads(trail) == {"otel-audit-writer"}
+    assert trail.stats().written == 120
+    assert verify(trail)
+
+
+def test_an_exporter_with_a_thread_of_its_own_is_written_there() -> None:
+    with capture_audit(batch_size=16) as captured:
+        assert _committing_threads(captured.trail) == {"otel-audit-store"}
+        assert len(captured.records) == 120
+    with capture_audit(_WorkerExporter(), batch_size=16) as captured:
+        assert _committing_threads(captured.trail) == {"otel-audit-writer"}
+        assert len(captured.records) == 120
+
+
+class _WorkerExporter(InMemoryAuditExporter):
+    own_thread = False
 
 
 # ------------------------------------------- PostgreSQL: batches queued behind a write
