@@ -41,7 +41,7 @@ from otel_audit.integrity.canonical import payload_parts
 from otel_audit.integrity.canonical_json import plain_bytes
 from otel_audit.integrity.chain import ChainSealer
 from otel_audit.integrity.erasures import check_erasures
-from otel_audit.integrity.fastwalk import SQLITE, payload_plans
+from otel_audit.integrity.fastwalk import SQLITE, payload_plans, sqlite_payload
 from otel_audit.integrity.proofs import check_proof, proof_document
 from otel_audit.integrity.seals import seal_all
 from otel_audit.integrity.sources import StoreSource
@@ -259,8 +259,11 @@ def _hashed_bytes(batch: list[tuple[Any, ...]], layout: int,
     zeros = "0" * 64
     for row in batch:
         if layout == SQLITE:
-            out.append(f'{row[8][:-1]},null,"{zeros}"]'.encode())
-            out.append(f"{row[6] or ''}\x00{row[7]}".encode())
+            built = sqlite_payload(row, plans)
+            if built is None:
+                continue
+            out.append(b'%s,null,"%s"]' % (built[2], zeros.encode()))
+            out.append(built[1])
         else:
             parts = payload_parts(row[6:-1])
             if parts is None:

@@ -9,8 +9,10 @@
  * None, a format tag without a key entry, a JSON text it does not read) gets 0.
  *
  * Two row layouts:
- *  mode 0 (SQLite): stream, seq, prev_hash, hash, id, pii, salt, personal JSON array,
- *         payload JSON array without its last two elements; SQLite built the arrays.
+ *  mode 0 (SQLite): stream, seq, prev_hash, hash, id, pii, then one JSON array SQLite
+ *         built (json_array): the format tag and the chain row's columns. Its elements
+ *         are copied as SQLite wrote them into the personal array and the payload, so
+ *         the bytes hashed are those SQLite's json_array would give for those columns.
  *  mode 1 (PostgreSQL, DuckDB): the header (6 values), the chain row, the format tag.
  *         JSON documents are put in canonical form here (PostgreSQL prints JSONB with
  *         spaces and its own key order): compact, keys sorted by code point, strings
@@ -24,6 +26,7 @@
 #include <Python.h>
 #include <openssl/evp.h>
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 
 PyObject *verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
@@ -646,6 +649,144 @@ canonical(const char *s, Py_ssize_t n, buf *out, buf *scratch, const keyset *ks,
     return 1;
 }
 
+/* ------------------------------------------------------------ SQLite's arrays */
+
+/* One element of a JSON array as SQLite's json_array writes it (a string with its
+ * quotes, or a bare number or null), as a span of the array's text. */
+typedef struct {
+    const char *p;
+    Py_ssize_t len;
+} span;
+
+#define MAX_ELEMENTS 64
+
+/* The first i' >= i with s[i'] a quote or a backslash, or n: eight bytes at a time
+ * (a word has a byte equal to c when (w ^ c...) has a zero byte). */
+static inline Py_ssize_t
+quote_or_backslash(const char *s, Py_ssize_t i, Py_ssize_t n)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (i + 8 <= n) {
+        uint64_t w, a, b;
+        memcpy(&w, s + i, 8);
+        a = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        if ((((a - ones) & ~a) | ((b - ones) & ~b)) & highs) {
+            break;  /* in these eight bytes */
+        }
+        i += 8;
+    }
+    while (i < n && s[i] != '"' && s[i] != '\\') {
+        i++;
+    }
+    return i;
+}
+
+/* Appending array elements joined by ',': adjacent elements of the source text (one
+ * ',' between them) are copied in one run. */
+typedef struct {
+    const char *start, *end;
+} run;
+
+static void
+run_add(buf *b, run *r, const span *e)
+{
+    if (r->start != NULL && e->p == r->end + 1 && *r->end == ',') {
+        r->end = e->p + e->len;
+        return;
+    }
+    if (r->start != NULL) {
+        put(b, r->start, (size_t)(r->end - r->start));
+        putc_(b, ',');
+    }
+    r->start = e->p;
+    r->end = e->p + e->len;
+}
+
+/* the last run, and its ',' when ``comma`` */
+static void
+run_end(buf *b, run *r, int comma)
+{
+    if (r->start != NULL) {
+        put(b, r->start, (size_t)(r->end - r->start));
+        if (comma) {
+            putc_(b, ',');
+        }
+    }
+    r->start = r->end = NULL;
+}
+
+/* The top-level elements of the array text s: '[' element (',' element)* ']', each a
+ * string (a backslash escapes the next byte, whatever it is) or a non-empty run of
+ * bytes other than '"' ',' '[' ']' '{' '}' (fastwalk._ELEMENT). The count, or -1 for
+ * any other text (nested arrays and objects included: json_array of columns has none)
+ * and for more than ``max`` elements. */
+static int
+split_array(const char *s, Py_ssize_t n, span *out, int max)
+{
+    if (n < 2 || s[0] != '[' || s[n - 1] != ']') {
+        return -1;
+    }
+    if (n == 2) {
+        return 0;
+    }
+    int count = 0;
+    Py_ssize_t i = 1;
+    for (;;) {
+        Py_ssize_t start = i;
+        if (i < n && s[i] == '"') {
+            i++;
+            for (;;) {  /* to the closing quote, past escaped bytes */
+                i = quote_or_backslash(s, i, n);
+                if (i >= n) {
+                    return -1;
+                }
+                if (s[i] == '"') {
+                    i++;
+                    break;
+                }
+                i += 2;
+            }
+        }
+        else {
+            while (i < n && s[i] != '"' && s[i] != ',' && s[i] != '[' && s[i] != ']'
+                   && s[i] != '{' && s[i] != '}') {
+                i++;
+            }
+            if (i == start) {
+                return -1;
+            }
+        }
+        if (count >= max || i >= n) {
+            return -1;
+        }
+        out[count].p = s + start;
+        out[count].len = i - start;
+        count++;
+        if (s[i] == ']') {
+            return i == n - 1 ? count : -1;
+        }
+        if (s[i] != ',') {
+            return -1;
+        }
+        i++;
+    }
+}
+
+/* The text inside a string element without escapes (a salt, a mac), or 0. */
+static int
+plain_string(const span *e, item *it)
+{
+    if (e->len < 2 || e->p[0] != '"' || e->p[e->len - 1] != '"'
+            || memchr(e->p + 1, '\\', (size_t)(e->len - 2)) != NULL) {
+        return 0;
+    }
+    it->kind = K_STR;
+    it->p = e->p + 1;
+    it->len = e->len - 2;
+    return 1;
+}
+
 /* ------------------------------------------------------------ hashing */
 
 static const EVP_MD *md_sha256;
@@ -874,8 +1015,8 @@ read_plans(PyObject *dict, plan *plans, int *count)
     return 1;
 }
 
-/* items of a row: 0 hash, 1 tag, 2 stream, 3 seq, 4 prev, 5 salt or personal JSON
- * (SQLite), 6 mac, 7 SQLite payload prefix, then body, then personal */
+/* items of a row: 0 hash, 1 tag, 2 stream, 3 seq, 4 prev, 5 salt, 6 mac, 8 SQLite's
+ * array, 9 pii, then body, then personal */
 #define I_HASH 0
 #define I_TAG 1
 #define I_STREAM 2
@@ -883,19 +1024,18 @@ read_plans(PyObject *dict, plan *plans, int *count)
 #define I_PREV 4
 #define I_SALT 5
 #define I_MAC 6
-#define I_PERSONAL_JSON 7
 #define I_PREFIX 8
 #define I_PII 9
 #define I_FIELDS 10
 
 /* verify_flags(rows, layout, plans) -> bytes
  *
- * layout 0 (SQLite): header, salt, personal JSON array, payload prefix, whole row as
- * JSON (unused here), mac. layout 1: header, chain row, format tag. plans: format tag
- * -> (key, mac_key, body positions, personal positions, JSON positions, salt position,
- * pii position, mac position) with positions into the source row (layout 1; layout 0
- * uses key, mac_key and the mac position only). key None: SHA-256, else HMAC-SHA256;
- * mac_key: the row's mac must be HMAC-SHA256(mac_key, hash). */
+ * layout 0 (SQLite): header, then SQLite's JSON array of the format tag and the chain
+ * row. layout 1: header, chain row, format tag. plans: format tag -> (key, mac_key,
+ * body positions, personal positions, JSON positions, salt position, pii position, mac
+ * position) with positions into the source row of layout 1 (layout 0: the chain row's
+ * column at position p is the array's element p - 5; JSON positions unused). key None:
+ * SHA-256, else HMAC-SHA256; mac_key: the row's mac must be HMAC-SHA256(mac_key, hash). */
 PyObject *
 verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -959,42 +1099,15 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *tag = NULL;
         int found = -1;
         if (mode == 0) {
-            if (size < 11 || PyTuple_GET_ITEM(row, 5) != Py_None
+            /* the array is read and its format found with the GIL released */
+            if (size < 7 || PyTuple_GET_ITEM(row, 5) != Py_None
                     || !take(PyTuple_GET_ITEM(row, 3), 0, &it[I_HASH]) || it[I_HASH].kind != K_STR
-                    || !take(PyTuple_GET_ITEM(row, 6), 0, &it[I_SALT]) || it[I_SALT].kind == K_INT
-                    || !take(PyTuple_GET_ITEM(row, 7), 0, &it[I_PERSONAL_JSON])
-                    || it[I_PERSONAL_JSON].kind != K_STR
-                    || !take(PyTuple_GET_ITEM(row, 8), 0, &it[I_PREFIX])
+                    || !take(PyTuple_GET_ITEM(row, 6), 0, &it[I_PREFIX])
                     || it[I_PREFIX].kind != K_STR) {
                 continue;
             }
-            /* the tag: ["<tag>",... */
-            const char *p = it[I_PREFIX].p;
-            Py_ssize_t len = it[I_PREFIX].len, e = 2;
-            if (len < 4 || p[0] != '[' || p[1] != '"' || p[len - 1] != ']') {
-                continue;
-            }
-            while (e < len && p[e] != '"' && p[e] != '\\') {
-                e++;
-            }
-            if (e >= len || p[e] != '"') {
-                continue;
-            }
-            for (int k = 0; k < n_plans; k++) {
-                Py_ssize_t tl;
-                const char *t = PyUnicode_AsUTF8AndSize(plans[k].tag, &tl);
-                if (t == NULL) {
-                    PyErr_Clear();
-                    continue;
-                }
-                if (tl == e - 2 && memcmp(t, p + 2, (size_t)tl) == 0) {
-                    found = k;
-                    break;
-                }
-            }
-            if (found < 0) {
-                continue;
-            }
+            plan_of[i] = n_plans;
+            continue;
         }
         else {
             if (size < 10) {
@@ -1045,13 +1158,23 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         plan *pl = &plans[found];
-        if (pl->mac_key.keyed) {
+        if (pl->mac_key.keyed) {  /* layout 1 (layout 0: from its array) */
             if (pl->mac >= size || !take(PyTuple_GET_ITEM(row, pl->mac), 0, &it[I_MAC])
                     || it[I_MAC].kind != K_STR) {
                 continue;
             }
         }
         plan_of[i] = found;
+    }
+    /* mode 0: each plan's tag as a JSON string element, "<tag>" */
+    const char *tags[MAX_PLANS];
+    Py_ssize_t tag_lens[MAX_PLANS];
+    for (int k = 0; k < n_plans; k++) {
+        tags[k] = PyUnicode_AsUTF8AndSize(plans[k].tag, &tag_lens[k]);
+        if (tags[k] == NULL) {
+            PyErr_Clear();
+            tag_lens[k] = -1;
+        }
     }
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -1060,15 +1183,57 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     keyset ks = {0};
     char hex[64], mac[64];
     unsigned char md[EVP_MAX_MD_SIZE];
+    span el[MAX_ELEMENTS];
     failed = ctx == NULL;
     for (Py_ssize_t i = 0; i < n && !failed; i++) {
         if (plan_of[i] < 0) {
             continue;
         }
         item *it = items + i * width;
+        int ne = 0;
+        if (mode == 0) {
+            /* the format: the array's first element is its tag, "<tag>" */
+            ne = split_array(it[I_PREFIX].p, it[I_PREFIX].len, el, MAX_ELEMENTS);
+            plan_of[i] = -1;
+            for (int k = 0; ne > 0 && k < n_plans; k++) {
+                if (tag_lens[k] >= 0 && el[0].len == tag_lens[k] + 2 && el[0].p[0] == '"'
+                        && memcmp(el[0].p + 1, tags[k], (size_t)tag_lens[k]) == 0
+                        && el[0].p[el[0].len - 1] == '"') {
+                    plan_of[i] = k;
+                    break;
+                }
+            }
+            if (plan_of[i] < 0) {
+                continue;
+            }
+        }
         const plan *pl = &plans[plan_of[i]];
         if (it[I_HASH].len != 64) {
             continue;
+        }
+        if (mode == 0) {
+            /* element 1 + c holds the chain row's column c, at source position 6 + c:
+             * stream, seq and prev_hash are elements 1 to 3 */
+            int good = ne >= 4 && pl->salt - 5 < ne && pl->mac - 5 < ne;
+            for (Py_ssize_t f = 0; good && f < pl->n_body; f++) {
+                good = pl->body[f] >= 6 && pl->body[f] - 5 < ne;
+            }
+            for (Py_ssize_t f = 0; good && f < pl->n_personal; f++) {
+                good = pl->personal[f] >= 6 && pl->personal[f] - 5 < ne;
+            }
+            if (!good || pl->salt < 6 || pl->mac < 6) {
+                continue;
+            }
+            const span *salt = &el[pl->salt - 5];
+            if (salt->len == 4 && memcmp(salt->p, "null", 4) == 0) {
+                it[I_SALT].kind = K_NULL;
+            }
+            else if (!plain_string(salt, &it[I_SALT])) {
+                continue;
+            }
+            if (pl->mac_key.keyed && !plain_string(&el[pl->mac - 5], &it[I_MAC])) {
+                continue;
+            }
         }
         /* personal JSON keys (layout 1, formats 2 and 3): masked in the body's JSON */
         int masked = mode == 1 && it[I_PII].kind == K_STR;
@@ -1083,9 +1248,23 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         putc_(&per, '\0');
         int good = 1;
         if (mode == 0) {
-            /* sha256(salt "\0" personal), then prefix[:-1] + ',null,"<digest>"]' */
-            put(&per, it[I_PERSONAL_JSON].p, (size_t)it[I_PERSONAL_JSON].len);
-            put(&pay, it[I_PREFIX].p, (size_t)it[I_PREFIX].len - 1);
+            /* sha256(salt "\0" [personal elements..., []]), then [tag, stream, seq,
+             * prev_hash, body elements..., null, "<digest>"] */
+            run r = {NULL, NULL};
+            putc_(&per, '[');
+            for (Py_ssize_t f = 0; f < pl->n_personal; f++) {
+                run_add(&per, &r, &el[pl->personal[f] - 5]);
+            }
+            run_end(&per, &r, 1);
+            put(&per, "[]]", 3);
+            putc_(&pay, '[');
+            for (int e = 0; e < 4; e++) {
+                run_add(&pay, &r, &el[e]);
+            }
+            for (Py_ssize_t f = 0; f < pl->n_body; f++) {
+                run_add(&pay, &r, &el[pl->body[f] - 5]);
+            }
+            run_end(&pay, &r, 0);
         }
         else {
             putc_(&pay, '[');

@@ -15,12 +15,13 @@ formats 2 and 3 are verified here too: the values under those keys are masked as
 its order into the personal digest), for keys of printable ASCII without a quote or a
 backslash; other such rows, and format 1's, take the exact check.
 
-Two layouts, by source: on SQLite the database builds the payload's JSON arrays
-(:data:`SQLITE`), elsewhere the source row carries the whole chain row and the format
-tag (:data:`FULL`), and JSON documents are put in canonical form here (PostgreSQL's
-``JSONB`` text has spaces and its own key order). A SQLite row with personal JSON keys
-carries its whole chain row as a JSON array: it is checked in the full layout
-(:func:`_sqlite_personal`).
+Two layouts, by source: on SQLite the database writes the format tag and the chain row
+as one JSON array (``json_array``, :data:`SQLITE`) whose elements are copied as they
+are into the payload's arrays (:func:`sqlite_payload`), elsewhere the source row
+carries the whole chain row and the format tag (:data:`FULL`), and JSON documents are
+put in canonical form here (PostgreSQL's ``JSONB`` text has spaces and its own key
+order). A SQLite row with personal JSON keys is checked in the full layout, its chain
+row read from that array (:func:`_sqlite_personal`).
 
 The compiled form (``otel_audit._speedups.verify_flags``, C, hashing with the GIL
 released) and :func:`python_verify_flags` give the same bytes; the tests hold them to
@@ -60,19 +61,19 @@ __all__ = [
     "Plan",
     "payload_plans",
     "python_verify_flags",
+    "sqlite_elements",
+    "sqlite_payload",
     "verify_flags",
 ]
 
-#: Row layouts: SQLite's payload arrays (``HEADER, salt, personal array, payload prefix,
-#: whole row array, mac``), and ``HEADER, *chain row, format tag`` (PostgreSQL, DuckDB).
+#: Row layouts: ``HEADER, JSON array [format tag, *chain row]`` (SQLite's json_array),
+#: and ``HEADER, *chain row, format tag`` (PostgreSQL, DuckDB).
 SQLITE, FULL = 0, 1
 
 #: Flag bits: the row's content matches its hash; it links to the row before it.
 VERIFIED, LINKED = 1, 2
 
 _HEADER = 6
-#: Where the SQLite layout carries ``mac``.
-SQLITE_MAC = 10
 
 #: How one format's payload is built from a source row: ``(hash key, mac key, body
 #: positions, personal positions, JSON positions, salt position, pii position, mac
@@ -105,7 +106,7 @@ def payload_plans(key: bytes | None, layout: int) -> dict[str, Plan]:
             tuple(at[name] for name in hashed_fields(version)),
             tuple(at[name] for name in personal_fields(version)),
             tuple(at[name] for name in JSON_FIELDS),
-            at["pii_salt"], at["pii"], at["mac"] if layout == FULL else SQLITE_MAC)
+            at["pii_salt"], at["pii"], at["mac"])
     return plans
 
 
@@ -127,42 +128,33 @@ def _python_full(rows: Sequence[tuple[Any, ...]], layout: int,
     return bytes(_full_ok(row, plans) for row in rows)
 
 
-#: Where the full layout carries ``mac``.
-_FULL_MAC = _HEADER + CHAIN_ROW_COLUMNS.index("mac")
-
-
 def _sqlite_personal(rows: Sequence[tuple[Any, ...]], plans: dict[str, Plan],
                      out: bytearray, check: Callable[..., bytes]) -> None:
     """Set :data:`VERIFIED` in ``out`` for the SQLite rows with personal JSON keys that
-    verify: each row's whole chain row (a JSON array) checked in the :data:`FULL` layout
-    by ``check`` (compiled or pure), under the plans of the exact formats."""
+    verify: each row's whole chain row (from its JSON array) checked in the :data:`FULL`
+    layout by ``check`` (compiled or pure), under the plans of the exact formats."""
     picked = [i for i, row in enumerate(rows)
-              if type(row) is tuple and len(row) > SQLITE_MAC and type(row[5]) is str
-              and type(row[9]) is str and type(row[8]) is str
-              and row[5].startswith('{"k": [')]
+              if type(row) is tuple and len(row) > _HEADER and type(row[5]) is str
+              and type(row[6]) is str and row[5].startswith('{"k": [')]
     if not picked:
         return
-    full_plans = {tag: (*plan[:7], _FULL_MAC) for tag, plan in plans.items()
-                  if tag != format_tag(1)}
+    full_plans = {tag: plan for tag, plan in plans.items() if tag != format_tag(1)}
     flags = check([_as_full(rows[i]) for i in picked], FULL, full_plans)
     for i, flag in zip(picked, flags, strict=True):
         out[i] |= flag & VERIFIED
 
 
 def _as_full(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A SQLite source row as a :data:`FULL` one: header, chain row (from the JSON
-    array it carries), format tag (from the payload prefix); ``()`` if unreadable."""
-    prefix = row[8]
-    end = prefix.find('"', 2)
-    if not prefix.startswith('["') or end < 0:
-        return ()
+    """A SQLite source row as a :data:`FULL` one: header, chain row and format tag
+    (from the JSON array it carries); ``()`` if unreadable."""
     try:
-        chain = json.loads(row[9])
+        array = json.loads(row[6])
     except (ValueError, RecursionError):
         return ()
-    if type(chain) is not list or len(chain) != len(CHAIN_ROW_COLUMNS):
+    if (type(array) is not list or len(array) != 1 + len(CHAIN_ROW_COLUMNS)
+            or type(array[0]) is not str):
         return ()
-    return (*row[:_HEADER], *chain, prefix[2:end])
+    return (*row[:_HEADER], *array[1:], array[0])
 
 
 def _links(before: Any, row: Any) -> bool:
@@ -185,27 +177,115 @@ def _mac_ok(row: tuple[Any, ...], plan: Plan) -> bool:
     return type(mac) is str and mac == row_mac(row[3], mac_key)
 
 
-def _sqlite_ok(row: tuple[Any, ...], plans: dict[str, Plan]) -> bool:
-    if type(row) is not tuple or len(row) <= SQLITE_MAC or row[5] is not None:
-        return False
-    stored, salt, personal, prefix = row[3], row[6], row[7], row[8]
-    if (type(stored) is not str or len(stored) != 64 or type(personal) is not str
-            or type(prefix) is not str or not (salt is None or type(salt) is str)):
-        return False
-    if len(prefix) < 4 or not prefix.startswith('["') or not prefix.endswith("]"):
-        return False
-    end = prefix.find('"', 2)
-    plan = plans.get(prefix[2:end]) if end >= 0 and "\\" not in prefix[2:end] else None
-    if plan is None:
-        return False
-    if plan[1] is not None and type(row[plan[7]]) is not str:
-        return False
+#: An element of SQLite's ``json_array`` text: a string (a backslash escapes the next
+#: byte) or a bare number or null (split_array in the compiled form).
+_ELEMENT = re.compile(rb'"(?:[^"\\]|\\.)*"|[^",\[\]{}]+', re.S)
+#: The most elements the compiled form reads from such an array.
+MAX_ELEMENTS = 64
+
+
+def sqlite_elements(text: bytes) -> list[bytes] | None:
+    """The top-level elements of a JSON array as SQLite's ``json_array`` writes it, each
+    as written (strings with their quotes and escapes); ``None`` for any other text
+    (nested arrays or objects too, which an array of columns never holds)."""
+    n = len(text)
+    if n < 2 or text[:1] != b"[" or text[-1:] != b"]":
+        return None
+    out: list[bytes] = []
+    if n == 2:
+        return out
+    i = 1
+    while True:
+        found = _ELEMENT.match(text, i)
+        if found is None:
+            return None
+        i = found.end()
+        if len(out) >= MAX_ELEMENTS or i >= n:
+            return None
+        out.append(found.group())
+        if text[i] == 0x5D:  # ]
+            return out if i == n - 1 else None
+        if text[i] != 0x2C:  # ,
+            return None
+        i += 1
+
+
+def _plain_string(element: bytes) -> bytes | None:
+    """The text inside a string element without escapes (a salt, a mac), or ``None``."""
+    if (len(element) < 2 or element[:1] != b'"' or element[-1:] != b'"'
+            or b"\\" in element[1:-1]):
+        return None
+    return element[1:-1]
+
+
+def sqlite_payload(row: Any, plans: dict[str, Plan], *, any_salt: bool = False,
+                   ) -> tuple[Plan, bytes, bytes, bytes | None] | None:
+    """``(plan, personal digest input, payload, mac)`` of a :data:`SQLITE` row without
+    personal JSON keys, built from the elements of its array as SQLite wrote them:
+    ``salt NUL [personal..., []]`` and ``[tag, stream, seq, prev_hash, body..., null,
+    "<digest>"]``, the bytes the sealer hashed when SQLite escapes as it did (the mac:
+    the text of its element, when the plan checks one); ``None`` when the row is not
+    one to build (the exact check decides it). With ``any_salt`` (the walk's check of a
+    row the compiled form refused), a salt with escapes is decoded and an integer salt
+    taken as written, as the sealer's text of it."""
+    if type(row) is not tuple or len(row) <= _HEADER or row[5] is not None:
+        return None
+    if type(row[3]) is not str or type(row[6]) is not str:
+        return None
     try:
-        digest = sha256(f"{'' if salt is None else salt}\x00{personal}".encode())
-        payload = f'{prefix[:-1]},null,"{digest.hexdigest()}"]'.encode()
+        text = row[6].encode()
     except UnicodeEncodeError:
+        return None
+    elements = sqlite_elements(text)
+    if not elements:
+        return None
+    tag = elements[0]
+    plan = plans.get(tag[1:-1].decode()) if _plain_string(tag) is not None else None
+    if plan is None or len(elements) < 4:
+        return None
+    body_at, personal_at, salt_at, mac_at = plan[2], plan[3], plan[5], plan[7]
+    if max(salt_at, mac_at, *body_at, *personal_at) - 5 >= len(elements):
+        return None
+    salt_element = elements[salt_at - 5]
+    salt = b"" if salt_element == b"null" else _plain_string(salt_element)
+    if salt is None and any_salt:
+        salt = _any_salt(salt_element)
+    mac = None
+    if plan[1] is not None:
+        mac = _plain_string(elements[mac_at - 5])
+        if mac is None:
+            return None
+    if salt is None:
+        return None
+    personal = b"%s\x00[%s[]]" % (salt, b"".join(elements[at - 5] + b"," for at in personal_at))
+    payload = b"[" + b",".join([*elements[:4], *(elements[at - 5] for at in body_at)])
+    return plan, personal, payload, mac
+
+
+def _any_salt(element: bytes) -> bytes | None:
+    """A salt element's text: a string's (escapes decoded), an integer's digits."""
+    if re.fullmatch(rb"-?[0-9]+", element):
+        return element
+    if element[:1] != b'"':
+        return None
+    try:
+        text = json.loads(element)
+        return text.encode() if type(text) is str else None
+    except (ValueError, UnicodeEncodeError):
+        return None
+
+
+def _sqlite_ok(row: tuple[Any, ...], plans: dict[str, Plan]) -> bool:
+    built = sqlite_payload(row, plans)
+    if built is None:
         return False
-    return hash_payload(payload, plan[0]) == stored and _mac_ok(row, plan)
+    plan, personal, payload, mac = built
+    if len(row[3].encode()) != 64:
+        return False
+    digest = sha256(personal).hexdigest()
+    if hash_payload(b'%s,null,"%s"]' % (payload, digest.encode()), plan[0]) != row[3]:
+        return False
+    return plan[1] is None or (mac is not None and mac.decode() == row_mac(row[3], plan[1]))
 
 
 def _plain(value: Any) -> bool:

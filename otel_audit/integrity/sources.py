@@ -26,10 +26,7 @@ from .canonical import (
     EXACT_FORMAT,
     EXACT_VERSION,
     FORMAT,
-    HASHED_FIELDS,
-    LEGACY_HASHED_FIELDS,
     LEGACY_PERSONAL_FIELDS,
-    PERSONAL_FIELDS,
     PUBLIC_FORMAT,
     PUBLIC_VERSION,
     chain_hash,
@@ -38,7 +35,7 @@ from .canonical import (
     v1_float_spellings,
 )
 from .copyparse import copy_rows
-from .fastwalk import FULL, SQLITE
+from .fastwalk import FULL, SQLITE, Plan, payload_plans, sqlite_payload
 
 __all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
 
@@ -60,22 +57,14 @@ def _columns_sql(names: tuple[str, ...]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
-#: SQLite: the personal JSON (no personal JSON keys) and the payload without its last
-#: two elements of a row, by format (format 3: schema_version >= 3; canonical.row_version)
-_PAYLOAD_SQL = (
-    f"CASE WHEN schema_version >= {PUBLIC_VERSION} "
-    f"THEN json_array({_columns_sql(PERSONAL_FIELDS)}, json('[]')) "
-    f"ELSE json_array({_columns_sql(LEGACY_PERSONAL_FIELDS)}, json('[]')) END, "
-    f"CASE WHEN schema_version >= {PUBLIC_VERSION} "
-    f"THEN json_array('{PUBLIC_FORMAT}', stream, seq, prev_hash, {_columns_sql(HASHED_FIELDS)}) "
-    f"ELSE json_array({_FORMAT_SQL}, stream, seq, prev_hash, "
-    f"{_columns_sql(LEGACY_HASHED_FIELDS)}) END")
 #: The format tag of a row (canonical.row_version, format_tag): the last value of a
 #: source row of the whole chain row (fastwalk.FULL).
 _TAG_SQL = (f"CASE WHEN schema_version >= {PUBLIC_VERSION} THEN '{PUBLIC_FORMAT}' "
             f"ELSE {_FORMAT_SQL} END")
-#: the start of a format-3 payload (hashed with SHA-256 whatever the key)
-_PUBLIC_START = f'["{PUBLIC_FORMAT}",'
+#: SQLite: the format tag and the chain row as one JSON array (fastwalk.SQLITE), the
+#: elements escaped by SQLite as the sealer's encoder escapes them: one text a row for
+#: the driver to build instead of thirty values.
+_SQLITE_ARRAY_SQL = f"json_array({_TAG_SQL}, {_columns_sql(CHAIN_ROW_COLUMNS)})"
 
 def _duplicate_column(name: str) -> str:
     if name in ("stream", "seq", "prev_hash", "hash", "pii", "schema_version", "mac"):
@@ -164,6 +153,7 @@ class StoreSource:
         #: IDs of rows the walk skips (malformed rows ``verify`` reports on their own)
         self.exclude: tuple[str, ...] = ()
         self._jsonb_columns: bool | None = None
+        self._plans_of: tuple[bytes | None, dict[str, Plan]] | None = None
 
     def _placeholder(self) -> str:
         return "?" if self.dialect == "sqlite" else "%s"
@@ -211,17 +201,17 @@ class StoreSource:
         """Whether a source row's content matches its hash (and, verified with the
         chain's key, a format-3 row's ``mac`` its hash: :func:`~.canonical.mac_ok`)."""
         if self.dialect == "sqlite":
-            if row[5] is None:  # no JSON personal keys, not erased: the fast payload holds
-                salt = row[6]
-                # row[7] is SQLite's json_array of the personal fields and [] (no JSON keys)
-                digest = sha256(f"{'' if salt is None else salt}\x00{row[7]}".encode())
-                payload = f'{row[8][:-1]},null,"{digest.hexdigest()}"]'
-                public = payload.startswith(_PUBLIC_START)
-                if hash_payload(payload.encode(), None if public else key) == row[3] and (
-                        key is None or not public):  # a mac to check: the full row below
-                    return True
-            elif row[9] is not None:  # the whole chain row came along as a JSON array
-                chain = tuple(json.loads(row[9]))
+            # no JSON personal keys, not erased: the payload from SQLite's array holds
+            built = (sqlite_payload(row, self._plans(key), any_salt=True)
+                     if row[5] is None else None)
+            if built is not None:
+                plan, personal, payload, _ = built
+                digest = sha256(personal).hexdigest()
+                if hash_payload(b'%s,null,"%s"]' % (payload, digest.encode()),
+                                plan[0]) == row[3] and plan[1] is None:
+                    return True  # (a mac to check: the full row below)
+            elif row[5] is not None and type(row[6]) is str:  # the chain row, from the array
+                chain = tuple(json.loads(row[6])[1:])
                 if chain_hash(chain, key, canonicalise=False) == row[3]:
                     return mac_ok(chain, key)
             full = self.chain_row(row)
@@ -235,6 +225,12 @@ class StoreSource:
         chain = row[len(HEADER):_CHAIN_END]
         return chain_hash(chain, key, canonicalise=True,
                           unique_keys=self._jsonb()) == str(row[3]) and mac_ok(chain, key)
+
+    def _plans(self, key: bytes | None) -> dict[str, Plan]:
+        """The SQLite layout's payload plans under ``key`` (kept for the last key)."""
+        if self._plans_of is None or self._plans_of[0] != key:
+            self._plans_of = (key, payload_plans(key, SQLITE))
+        return self._plans_of[1]
 
     def _jsonb(self) -> bool:
         """Whether every JSON column is PostgreSQL ``JSONB`` (which cannot hold a duplicate
@@ -280,9 +276,8 @@ class StoreSource:
                 ) -> Iterator[list[tuple[Any, ...]]]:
         """:meth:`rows` as lists of up to 20,000 rows (what the driver fetches at once).
 
-        SQLite rows: ``HEADER``, ``pii_salt``, the personal JSON array, the payload array
-        without its last two elements, the whole chain row as a JSON array where ``pii``
-        is set, ``mac``. Elsewhere: ``HEADER``, the chain row, the format tag.
+        SQLite rows: ``HEADER``, then the format tag and the chain row as one JSON array
+        (fastwalk.SQLITE). Elsewhere: ``HEADER``, the chain row, the format tag.
         """
         ph = self._placeholder()
         where, params = _where(stream, ph)
@@ -293,9 +288,7 @@ class StoreSource:
             where += f" AND id NOT IN ({', '.join([ph] * len(self.exclude))})"
             params += list(self.exclude)
         if self.dialect == "sqlite":
-            every = ", ".join(f'"{n}"' for n in CHAIN_ROW_COLUMNS)
-            cols = (f"pii_salt, {_PAYLOAD_SQL}, "
-                    f"CASE WHEN pii IS NULL THEN NULL ELSE json_array({every}) END, mac")
+            cols = _SQLITE_ARRAY_SQL
         else:
             cols = f"{chain_row_select(self.dialect)}, {_TAG_SQL}"
         sql = (f"SELECT {_HEADER_SQL}, {cols} FROM audit_trails {where} "
