@@ -120,3 +120,7 @@ try:
     from .._accel import copy_rows
 except ImportError:  # pragma: no cover - depends on the build
     copy_rows = python_copy_rows
+
+#: Whether :func:`copy_rows` is the compiled form (the verifier reads PostgreSQL as COPY
+#: text only then: the pure form is slower than the driver's own fetch).
+COMPILED = copy_rows is not python_copy_rows

@@ -34,7 +34,7 @@ from .canonical import (
     mac_ok,
     v1_float_spellings,
 )
-from .copyparse import copy_rows
+from .copyparse import COMPILED, copy_rows
 from .fastwalk import FULL, SQLITE, Plan, payload_plans, sqlite_payload
 
 __all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
@@ -367,15 +367,19 @@ class StoreSource:
 #: read by the driver.
 _INT_OIDS = frozenset((20, 21, 23))
 _TEXT_OIDS = frozenset((19, 25, 1042, 1043))
+#: Whether verify reads PostgreSQL's rows as COPY text: where :func:`copy_rows` is
+#: compiled (the pure-Python form is slower than the driver's fetch).
+_COPY_TEXT = COMPILED
 
 
 def _copy_kinds(conn: Any, sql: str, params: list[Any]) -> bytes | None:
     """The :func:`~.copyparse.copy_rows` kinds of the columns of ``sql`` (PostgreSQL,
     psycopg), or ``None`` when its rows are read through the driver: a column of another
-    type, a client encoding other than UTF-8 (COPY text is in the client encoding), or
-    another driver."""
+    type, a client encoding other than UTF-8 (COPY text is in the client encoding),
+    another driver, or no compiled :func:`copy_rows` (:data:`_COPY_TEXT`)."""
     info = getattr(conn, "info", None)
-    if getattr(info, "encoding", None) != "utf-8" or not hasattr(conn, "cursor"):
+    if (not _COPY_TEXT or getattr(info, "encoding", None) != "utf-8"
+            or not hasattr(conn, "cursor")):
         return None
     with conn.cursor() as cursor:
         cursor.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0", params)

@@ -269,6 +269,22 @@ def test_copy_kinds_refuses_other_types(pg_url: str) -> None:
         assert sources._copy_kinds(conn, "SELECT 'a', 1, CAST(2 AS BIGINT)", []) == b"tii"
 
 
+@pytest.fixture(autouse=True)
+def _copy_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source reads COPY text on the pure-Python path too (with the pure reader)."""
+    monkeypatch.setattr(sources, "_COPY_TEXT", True)
+
+
+@pytest.mark.postgres
+def test_without_the_compiled_reader_the_driver_fetches(pg_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_audit.integrity import copyparse
+    assert copyparse.COMPILED is (_COMPILED is not None)  # the pure path: the driver's fetch
+    monkeypatch.setattr(sources, "_COPY_TEXT", False)
+    with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        assert sources._copy_kinds(conn, "SELECT 'a', 1", []) is None
+
+
 def _driver_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The source reads through the driver's fetch (the path before COPY text)."""
     monkeypatch.setattr(sources, "_copy_kinds", lambda *args: None)
