@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import StoreError
 from ..prepared import PreparedRecord, store_row
 from ..store.schema import ROW_COLUMNS
-from .store import COLUMN_LIST, StoreExporter, content_error, typed_params
+from .store import COLUMN_LIST, StoreExporter, content_error, store_rows, typed_params
 
 __all__ = ["PostgresExporter"]
 
@@ -46,7 +46,7 @@ class PostgresExporter(StoreExporter):
         if _copy_text is None:
             return None
         try:
-            return _copy_text([store_row(p) for p in batch])
+            return _copy_text(store_rows(batch))
         except Exception:
             return None
 

@@ -16,7 +16,7 @@ from sqlalchemy.pool import StaticPool
 
 from ..prepared import PreparedRecord, store_row
 from ..store.schema import ROW_COLUMNS
-from .store import COLUMN_LIST, StoreExporter, wrap_dbapi_error
+from .store import COLUMN_LIST, StoreExporter, store_rows, wrap_dbapi_error
 
 __all__ = ["SQLiteExporter", "python_sqlite_params"]
 
@@ -70,7 +70,7 @@ class SQLiteExporter(StoreExporter):
     """Writes batches to a SQLite store; idempotent on ``id`` (``INSERT OR IGNORE``)."""
 
     def _write(self, batch: Sequence[PreparedRecord], encoded: bytes | None) -> None:
-        rows = [store_row(p) for p in batch]
+        rows = store_rows(batch)
         if isinstance(self.engine.pool, StaticPool):
             # in-memory: one connection shared with every reader, left in its default mode
             with self.engine.begin() as conn:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import threading
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -30,7 +31,8 @@ from ..prepared import PreparedRecord, store_row
 from ..store.schema import ROW_COLUMNS
 from .base import AuditExporter, ExportResult
 
-__all__ = ["COLUMN_LIST", "StoreExporter", "content_error", "typed_params", "wrap_dbapi_error"]
+__all__ = ["COLUMN_LIST", "StoreExporter", "content_error", "store_rows", "typed_params",
+           "wrap_dbapi_error"]
 
 logger = logging.getLogger("otel_audit.store")
 
@@ -42,6 +44,18 @@ _REVIEW, _SUCCESS = ROW_COLUMNS.index("requires_review"), ROW_COLUMNS.index("suc
 #: Connections inherited across fork, kept referenced so the child never closes them
 #: (that would end the parent's session).
 INHERITED: list[Any] = []
+
+
+_ROW = operator.itemgetter(PreparedRecord._fields.index("row"))
+
+
+def store_rows(batch: Sequence[PreparedRecord]) -> list[tuple[Any, ...]]:
+    """The store rows of ``batch`` (:func:`~otel_audit.prepared.store_row` of each): the
+    rows the chain sealer kept, in one C-level pass, unless one must be built."""
+    rows: list[tuple[Any, ...]] = list(map(_ROW, batch))
+    if None in rows:
+        rows = [store_row(p) for p in batch]
+    return rows
 
 
 def typed_params(prepared: PreparedRecord) -> tuple[Any, ...]:

@@ -7,6 +7,7 @@ their chain and their checks: :mod:`.seals`.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
@@ -33,12 +34,15 @@ if TYPE_CHECKING:
 
 __all__ = ["PeriodicSeals", "install_seals"]
 
+# PreparedRecord's stream, seq and hash (an itemgetter: no Python-level call per record)
+_STREAM, _SEQ, _HASH = operator.itemgetter(2), operator.itemgetter(3), operator.itemgetter(5)
+
 
 class PeriodicSeals:
     """``on_written`` hook sealing this writer's stream every ``interval`` seconds while
     it writes, and once more at :meth:`close` (trail shutdown).
 
-    It runs on the store thread after a committed batch, so a seal only ever names a
+    It runs after each committed batch (on the thread that wrote it), so a seal only names a
     committed head. A seal that cannot be written is logged, never raised: sealing must
     not fail the write path.
 
@@ -84,10 +88,16 @@ class PeriodicSeals:
         acc = self._acc
         if acc is None:
             return
-        # this runs on the store thread between two batches: the hashes are gathered
-        # and the tree extended in one call (compiled where built)
+        # this runs after every commit, between two batches: the hashes are gathered
+        # and the tree extended in one call (compiled where built); the common batch
+        # (all of this stream, in seq order, each with its hash) with C-level passes
         expected = self._acc_first + acc.size
-        hashes: list[str] = []
+        hashes: list[str] = list(map(_HASH, batch))
+        if (list(map(_STREAM, batch)).count(stream) == len(batch) and all(hashes)
+                and list(map(_SEQ, batch)) == list(range(expected, expected + len(batch)))):
+            acc.extend(hashes)
+            return
+        hashes = []
         for prepared in batch:
             if prepared.stream != stream or prepared.seq is None:
                 continue

@@ -72,3 +72,36 @@ def test_extend_decides_what_only_python_reads(monkeypatch: pytest.MonkeyPatch) 
     acc.extend(_hashes(3))
     ref_hashes = ["ab cd", "ef01", *_hashes(3)]
     assert acc.root() == merkle_root(ref_hashes)
+
+
+def _leaves_after(batches: list[list[tuple[str | None, int | None, str | None]]]
+                  ) -> tuple[int, str] | None:
+    """The interval tree ``PeriodicSeals`` keeps after committed ``batches`` of
+    (stream, seq, hash): its size and root, None once it gave the interval up."""
+    from otel_audit.integrity.periodic_seals import PeriodicSeals
+    from otel_audit.prepared import PreparedRecord
+
+    seals = object.__new__(PeriodicSeals)
+    seals._acc, seals._acc_first = MerkleAccumulator(), 1
+    for batch in batches:
+        prepared = [PreparedRecord(None, {}, stream, seq, None, h)  # type: ignore[arg-type]
+                    for stream, seq, h in batch]
+        seals._leaves(prepared, "s")
+        if seals._acc is None:
+            return None
+    return seals._acc.size, seals._acc.root()
+
+
+def test_interval_tree_takes_this_streams_records_in_seq_order() -> None:
+    h = _hashes(6)
+    whole = [[("s", 1, h[0]), ("s", 2, h[1]), ("s", 3, h[2])],
+             [("s", 4, h[3]), ("s", 5, h[4]), ("s", 6, h[5])]]
+    assert _leaves_after(whole) == (6, merkle_root(h))
+    # another stream's records and unsealed ones are left out, the rest kept in order
+    mixed = [[("s", 1, h[0]), ("t", 9, h[5]), ("s", 2, h[1]), (None, None, None)],
+             [("s", 3, h[2]), ("s", 4, h[3])]]
+    assert _leaves_after(mixed) == (4, merkle_root(h[:4]))
+    # out of seq order (a retried batch) or a record without its hash: no tree
+    assert _leaves_after([[("s", 1, h[0]), ("s", 3, h[2])]]) is None
+    assert _leaves_after([[("s", 2, h[1])]]) is None
+    assert _leaves_after([[("s", 1, h[0]), ("s", 2, "")]]) is None
