@@ -17,7 +17,9 @@ For SQLite and PostgreSQL, in one run, on the same table:
 
 Also the pipeline alone (records built beforehand, queued at once), and this process's
 CPU time per record (all threads) end to end and raw: the figure a loaded machine
-disturbs least (on PostgreSQL the server's own work is not in it). Each store runs
+disturbs least (on PostgreSQL the server's own work is not in it), and on Linux the
+same per thread (the caller, the trail's worker and, for an exporter that has one, its
+store thread). Each store runs
 ``--rounds`` interleaved rounds of all four (3 by default); the summary gives the
 medians, each ratio taken from figures measured side by side in one round. Then the
 caller's cost: the median microseconds of one ``record()`` with the worker running,
@@ -121,21 +123,56 @@ def reset(url: str) -> None:
 
 class Measure(NamedTuple):
     """Records/s (wall clock) and this process's CPU time per record (all its threads;
-    a PostgreSQL server's own work is not in it)."""
+    a PostgreSQL server's own work is not in it); ``threads``: the CPU time per record
+    of each of the trail's threads, where the system tells (Linux)."""
 
     rate: float
     cpu_us: float
+    threads: dict[str, float]
+
+
+def thread_cpu_ns(native_id: int) -> int | None:
+    """CPU time of one of this process's threads so far (Linux's schedstat), or None."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Clock:
-    """Wall clock and process CPU time from its creation to :meth:`stop`."""
+    """Wall clock and process CPU time from its creation to :meth:`stop`; with
+    ``threads`` (name: native thread ID), each of those threads' CPU time too."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: dict[str, int] | None = None) -> None:
+        self.threads = threads or {}
+        self.thread_cpu = {name: thread_cpu_ns(tid) for name, tid in self.threads.items()}
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def stop(self, n: int) -> Measure:
         wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-        return Measure(n / wall, cpu * 1e6 / n)
+        per_thread = {}
+        for name, tid in self.threads.items():
+            before, after = self.thread_cpu[name], thread_cpu_ns(tid)
+            if before is not None and after is not None:
+                per_thread[name] = (after - before) / 1e3 / n
+        return Measure(n / wall, cpu * 1e6 / n, per_thread)
+
+
+def trail_threads(trail: AuditTrail) -> dict[str, int]:
+    """The calling thread and the trail's worker and store threads (those running)."""
+    import threading
+
+    names = {"otel-audit-writer": "worker", "otel-audit-store": "store"}
+    found = {"caller": threading.get_native_id()}
+    for thread in threading.enumerate():
+        if thread.name in names and thread.native_id is not None:
+            found[names[thread.name]] = thread.native_id
+    return found
+
+
+def by_thread(measure: Measure) -> str:
+    return ", ".join(f"{name} {us:.1f}" for name, us in measure.threads.items()) or "n/a"
 
 
 def started_trail(url: str, batch: int, queue_size: int) -> AuditTrail:
@@ -153,7 +190,7 @@ def started_trail(url: str, batch: int, queue_size: int) -> AuditTrail:
 def end_to_end(url: str, n: int, batch: int) -> Measure:
     trail = started_trail(url, batch, max(n, 65536))
     gc.collect()
-    clock = Clock()
+    clock = Clock(trail_threads(trail))
     for i in range(n):
         trail.record("UPDATE", **fields(i))
     assert trail.flush(600)
@@ -170,7 +207,7 @@ def pipeline_alone(url: str, n: int, batch: int) -> Measure:
     trail = started_trail(url, batch, max(n, 65536))
     records = [trail.build_record("UPDATE", **fields(i)) for i in range(n)]
     gc.collect()
-    clock = Clock()
+    clock = Clock(trail_threads(trail))
     for record in records:
         trail.pipeline.submit(record)
     assert trail.flush(600)
@@ -410,6 +447,8 @@ def main() -> None:
                       f"{trail_name} {ahead.rate:,.0f}) | seed {seed:,.0f} rec/s | "
                       f"e2e/raw {e2e.rate / raw.rate:.2f}x, e2e/seed {e2e.rate / seed:.0f}x | "
                       f"CPU us/rec e2e {e2e.cpu_us:.1f}, raw {raw.cpu_us:.1f}")
+                print(f"{name:10s} round {r + 1}: CPU us/rec by thread: end-to-end "
+                      f"{by_thread(e2e)} | pipeline alone {by_thread(alone)}")
 
             def med(values: Iterator[float]) -> float:
                 return statistics.median(values)
@@ -436,6 +475,11 @@ def main() -> None:
                   f"{med(e.cpu_us for e, *_ in rounds):.1f} us, raw "
                   f"{med(r.cpu_us for _, _, r, _, _ in rounds):.1f} us (raw/e2e {cpu_ratio:.2f}x"
                   f"{'; the server works apart' if name != 'sqlite' else ''})")
+            thread_names = {t for e, *_ in rounds for t in e.threads}
+            if thread_names:
+                print(f"{name:10s} CPU per record by thread, end-to-end: " + ", ".join(
+                    f"{t} {med(e.threads.get(t, 0.0) for e, *_ in rounds):.1f} us"
+                    for t in sorted(thread_names)))
     with sqlite_store() as url:
         ours, theirs = caller_cost(url, min(args.records, 50_000))
     ratio = ours / theirs
