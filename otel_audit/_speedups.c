@@ -882,6 +882,25 @@ static int
 clean_text(PyObject *text, Py_ssize_t *chars, Py_ssize_t *bytes)
 {
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND) {  /* one byte a character: memchr */
+        const char *data = (const char *)PyUnicode_1BYTE_DATA(text);
+        if (memchr(data, 0, (size_t)n) != NULL) {
+            return 0;
+        }
+        for (const char *at = data; (at = memchr(at, '\\', (size_t)(data + n - at))) != NULL;
+                at++) {
+            if (data + n - at >= 6 && memcmp(at + 1, "u0000", 5) == 0) {
+                return 0;
+            }
+        }
+        Py_ssize_t size = n;
+        if (!PyUnicode_IS_ASCII(text) && PyUnicode_AsUTF8AndSize(text, &size) == NULL) {
+            return -1;  /* latin-1 text always has a UTF-8 form: only memory fails */
+        }
+        *chars += n;
+        *bytes += size;
+        return 1;
+    }
     if (PyUnicode_FindChar(text, 0, 0, n, 1) != -1) {
         return 0;
     }

@@ -184,6 +184,14 @@ class Preparation(PipelineCounters):
         """
         if not self.sealers or None not in map(_SEQ, prepared):  # all sealed already
             return False
+        if {None} == set(map(_SEQ, prepared)):  # none sealed yet: the whole batch
+            whole = list(prepared)  # a sealer that fails leaves ``prepared`` as it was
+            for sealer in self.sealers:
+                whole = sealer(whole)
+            if len(whole) != len(prepared):
+                raise ValueError("a sealer returned a batch of another length")
+            prepared[:] = whole
+            return True
         todo = [i for i, p in enumerate(prepared) if p.seq is None]
         batch = [prepared[i] for i in todo]
         for sealer in self.sealers:

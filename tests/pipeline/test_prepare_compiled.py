@@ -100,3 +100,21 @@ def test_unsealed_equals_its_twin(records: list[AuditRecord]) -> None:
     assert all(type(p) is PreparedRecord for p in compiled)
     assert all(p.record is r and p.texts is t
                for p, r, t in zip(compiled, records, texts, strict=True))
+
+
+def test_plain_texts_finds_nul_and_escaped_nul_alike_on_both_paths() -> None:
+    # the compiled check scans one-byte strings with memchr: every spelling, both kinds
+    from otel_audit.record import plain_texts
+
+    spellings = ["\\u0000", "a\\\\u0000", "\\u000", "\\u00000", "x\\", "\\", "é\\u0000",
+                 "é\x00", "\x00", "ok", "é", "\\\\u0000\\", "✓\\u0000", "✓\x00", "\\u0001"]
+    for text in spellings:
+        for field in ("resource_id", "error_message", "user_agent"):
+            record = AuditRecord(id="a", timestamp=NOW, action="X", user_id="u",
+                                 **{field: text})
+            expected = plain_texts([record], compiled=False)
+            assert plain_texts([record]) == expected, (field, text)
+            assert (expected is None) == ("\x00" in text or "\\u0000" in text), text
+        record = AuditRecord(id="a", timestamp=NOW, action="X", user_id="u",
+                             old_values={"k": text})
+        assert plain_texts([record]) == plain_texts([record], compiled=False), text
