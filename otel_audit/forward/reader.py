@@ -119,10 +119,15 @@ def read_after(conn: Connection, stream: str, after: int, limit: int, *,
                    for name in _FIELDS]
     else:
         columns = [t[name] for name in _FIELDS]
-    # fetchall: one driver call for the batch (iterating fetches row by row)
+    # The upper bound keeps the read to at most ``limit`` positions whatever plan the
+    # database picks (PostgreSQL without statistics on a freshly filled table scans every
+    # row after ``after`` and sorts them, once per batch); it returns a prefix of what
+    # the unbounded read returns (positions missing in the range only make it shorter),
+    # and the loop below treats it the same way. fetchall: one driver call.
     rows: Sequence[Any] = conn.execute(
         select(t.seq, *columns)
-        .where(and_(t.stream == stream, t.seq > after)).order_by(t.seq).limit(limit)
+        .where(and_(t.stream == stream, t.seq > after, t.seq <= after + limit))
+        .order_by(t.seq).limit(limit)
     ).fetchall()
     items: list[ForwardItem] = []
     end = after

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from forward_helpers import FORWARD_COMMAND, engine_of, rows
 from sqlalchemy import delete, insert, select
 
 from otel_audit.forward import CursorStore, Forwarder, ForwardItem, LeaseLostError
+from otel_audit.forward.reader import read_after, stream_heads
 from otel_audit.store.schema import (
     audit_duplicates,
     audit_forward_cursors,
@@ -114,6 +116,39 @@ def test_a_noted_duplicate_position_is_passed(source: str) -> None:
         engine.dispose()
     assert summary.gaps == {} and rejected == []
     assert sorted(i.record.id for i in recorder.items) == sorted(rows(source))
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 7, 100])
+def test_reads_across_noted_duplicates_in_any_batch_size(source: str, limit: int) -> None:
+    """Each read covers at most ``limit`` positions: noted duplicates inside that range
+    make the batch shorter, never skip a record, and the cursor ends at the head."""
+    taken = [_take_row(source, seq) for seq in (3, 4, 9, 10, 11, 12)]
+    stream = taken[0][0]
+    engine = engine_of(source)
+    try:
+        with engine.begin() as conn:
+            for _, row in taken:
+                conn.execute(insert(audit_duplicates).values(
+                    stream=stream, seq=row["seq"], id="x" * 32, prev_hash=row["prev_hash"],
+                    hash=row["hash"], schema_version=2, pii='{"d":"0"}',
+                    created_at=dt.datetime.now(dt.UTC)))
+        with engine.connect() as conn:
+            head = stream_heads(conn)[stream]
+            expected = [int(seq) for (seq,) in conn.execute(
+                select(audit_trails.c.seq).where(audit_trails.c.stream == stream)
+                .order_by(audit_trails.c.seq))]
+            got: list[int] = []
+            position = 0
+            while position < head:
+                batch = read_after(conn, stream, position, limit)
+                assert batch.gap is None and len(batch.items) <= limit
+                assert all(item.seq <= position + limit for item in batch.items)
+                assert batch.end > position
+                got.extend(item.seq for item in batch.items)
+                position = batch.end
+    finally:
+        engine.dispose()
+    assert got == expected and position == head
 
 
 def test_one_lease_per_destination(source: str) -> None:
