@@ -23,6 +23,7 @@ from ..errors import StoreError
 from ..prepared import PreparedRecord
 from ..store.writer import StoreWriter
 from .base import AuditExporter, ExportStatus
+from .store import BatchStream
 
 __all__ = ["ExporterWriter"]
 
@@ -44,6 +45,10 @@ class ExporterWriter(StoreWriter):
 
     def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
         """Nothing is prepared ahead for an exporter."""
+        return None
+
+    def stream(self) -> BatchStream | None:
+        """An exporter takes whole batches."""
         return None
 
     def write(self, batch: Sequence[PreparedRecord], *, encoded: bytes | None = None) -> None:

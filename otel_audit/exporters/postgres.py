@@ -10,6 +10,7 @@ CONFLICT DO NOTHING``: replaying a batch never duplicates a row.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,7 +20,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import StoreError
 from ..prepared import PreparedRecord, store_row
 from ..store.schema import ROW_COLUMNS
-from .store import COLUMN_LIST, StoreExporter, content_error, store_rows, typed_params
+from .store import (
+    COLUMN_LIST,
+    BatchStream,
+    StoreExporter,
+    content_error,
+    store_rows,
+    typed_params,
+)
 
 __all__ = ["PostgresExporter"]
 
@@ -49,6 +57,12 @@ class PostgresExporter(StoreExporter):
             return _copy_text(store_rows(batch))
         except Exception:
             return None
+
+    def stream(self) -> BatchStream | None:
+        """One COPY for the batch, its rows sent as the worker seals them: the server
+        parses and indexes the first ones while the next are prepared (see
+        :class:`CopyStream`)."""
+        return CopyStream(self)
 
     def _connection_setup(self, conn: Connection) -> None:
         # COPY sends timestamps as UTC text (the form the chain hashes)
@@ -121,3 +135,79 @@ class PostgresExporter(StoreExporter):
             cancel(timeout=2.0)
         else:  # pragma: no cover - older psycopg
             dbapi.cancel()
+
+
+class CopyStream:
+    """A batch's COPY sent a part at a time as the worker prepares it; committed (the
+    kept connection is in autocommit: the COPY is the batch's transaction) by
+    :meth:`commit`. Holds the exporter's connection lock from creation to
+    :meth:`commit` or :meth:`abort`. A failure raises :class:`StoreError` (classified
+    as :meth:`PostgresExporter.write` does) and leaves nothing stored; the pipeline then
+    writes the batch the usual way (a retry, a replay's merge, the isolation of a
+    refused record)."""
+
+    def __init__(self, exporter: PostgresExporter) -> None:
+        self._exporter = exporter
+        self._stack = contextlib.ExitStack()
+        exporter._bulk_lock.acquire()
+        try:
+            exporter._whole.batch = None
+            dbapi = exporter.bulk_connection()
+            cursor = self._stack.enter_context(dbapi.cursor())
+            self._copy = self._stack.enter_context(cursor.copy(_COPY))
+        except BaseException as exc:
+            error = exporter._error(exc) if isinstance(exc, Exception) else None
+            self.abort(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def send(self, part: Sequence[PreparedRecord]) -> None:
+        """Send the COPY text of ``part``'s rows (psycopg's ``write_row`` without the
+        compiled encoder, or for a value it refuses)."""
+        rows = store_rows(part)
+        text = None
+        if _copy_text is not None:
+            with contextlib.suppress(Exception):
+                text = _copy_text(rows)
+        try:
+            if text is not None:
+                self._copy.write(text)
+            else:
+                for row in rows:
+                    self._copy.write_row(row)
+        except Exception as exc:
+            raise self._exporter._error(exc) from exc
+
+    def commit(self, batch: Sequence[PreparedRecord]) -> None:
+        """End the COPY: the batch commits (every row or none)."""
+        exporter = self._exporter
+        try:
+            self._stack.close()
+        except BaseException as exc:
+            error = exporter._error(exc) if isinstance(exc, Exception) else None
+            self._release(failed=True)
+            if error is None:
+                raise
+            raise error from exc
+        exporter._stored(batch, len(batch))
+        self._release(failed=False)
+
+    def abort(self, exc: BaseException) -> None:
+        """End the COPY with an error (the server rolls it back); never raises."""
+        try:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException:  # the connection's state is not known: drop it
+            self._release(failed=True)
+        else:
+            self._release(failed=False)
+
+    def _release(self, *, failed: bool) -> None:
+        exporter, self._exporter = self._exporter, None  # type: ignore[assignment]
+        if exporter is None:  # released already
+            return
+        try:
+            if failed:  # the next batch opens a new connection
+                exporter.drop_bulk()
+        finally:
+            exporter._bulk_lock.release()

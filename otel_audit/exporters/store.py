@@ -20,7 +20,7 @@ import operator
 import threading
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
@@ -31,8 +31,8 @@ from ..prepared import PreparedRecord, store_row
 from ..store.schema import ROW_COLUMNS
 from .base import AuditExporter, ExportResult
 
-__all__ = ["COLUMN_LIST", "StoreExporter", "content_error", "store_rows", "typed_params",
-           "wrap_dbapi_error"]
+__all__ = ["COLUMN_LIST", "BatchStream", "StoreExporter", "content_error", "store_rows",
+           "typed_params", "wrap_dbapi_error"]
 
 logger = logging.getLogger("otel_audit.store")
 
@@ -56,6 +56,20 @@ def store_rows(batch: Sequence[PreparedRecord]) -> list[tuple[Any, ...]]:
     if None in rows:
         rows = [store_row(p) for p in batch]
     return rows
+
+
+class BatchStream(Protocol):
+    """One batch written as it is prepared (:meth:`StoreExporter.stream`): its records
+    sent a part at a time, committed at the end, or abandoned (nothing of it stored)."""
+
+    def send(self, part: Sequence[PreparedRecord]) -> None:
+        """Send the next records of the batch (sealed, in order)."""
+
+    def commit(self, batch: Sequence[PreparedRecord]) -> None:
+        """End the batch (``batch``: every record sent) and commit it."""
+
+    def abort(self, exc: BaseException) -> None:
+        """Give the batch up: nothing of it is stored. Never raises."""
 
 
 def typed_params(prepared: PreparedRecord) -> tuple[Any, ...]:
@@ -171,6 +185,13 @@ class StoreExporter(AuditExporter):
     def encode(self, batch: Sequence[PreparedRecord]) -> bytes | None:
         """What :meth:`write` would send for ``batch``, made ahead on the worker; None
         where nothing is made ahead."""
+        return None
+
+    def stream(self) -> BatchStream | None:
+        """A batch written as it is prepared, so that the database works on its first
+        records while the worker prepares the next ones; None where the store has no
+        such write (the batch is then prepared whole, then written). Raises the driver's
+        error if it cannot start."""
         return None
 
     def write_on(self, connection: Connection, batch: Sequence[PreparedRecord]) -> None:

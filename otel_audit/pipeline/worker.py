@@ -10,11 +10,14 @@ Neither thread ever stops on an error: each catches anything, counts it
 from __future__ import annotations
 
 import functools
+import logging
+import operator
 import threading
 import time
 from itertools import pairwise
 
-from .._internal import suppress_instrumentation
+from .._internal import log_internal_error, suppress_instrumentation
+from ..errors import StoreError
 from ..prepared import PreparedRecord
 from ..record import AuditRecord
 from .items import FlushMarker, Item, resolve_items
@@ -22,6 +25,7 @@ from .retry import RetryPolicy
 
 __all__ = ["PipelineWorker"]
 
+_SEQ = operator.itemgetter(3)  # PreparedRecord.seq
 _CHUNK = 64  # records prepared between two pauses for the store stage: short, so a store
 #: thread back from the database soon gets the GIL
 _FIRST_CHUNK = 8
@@ -119,6 +123,14 @@ class PipelineWorker(RetryPolicy):
         key = id(batch)
         try:
             prepared: list[PreparedRecord] = []
+            done = 0  # items of ``batch`` in ``prepared``
+            if not self._store.threaded:
+                committed, prepared, done = self._stream_batch(batch)
+                if committed:
+                    with self._state_lock:
+                        self._inflight.pop(key, None)
+                        self._busy -= 1
+                    return
             if self._store.threaded:
                 # prepared and sealed while the store thread commits the previous
                 # batch, in chunks: between them a store thread back from the
@@ -129,9 +141,10 @@ class PipelineWorker(RetryPolicy):
                     self._seal_ahead(part)
                     prepared += part
                     self._store.pause()
-            else:
-                prepared = self._prepare_batch(batch)
-                self._seal_ahead(prepared)
+            elif done < len(batch):
+                rest = self._prepare_batch(batch[done:])
+                self._seal_ahead(rest)
+                prepared += rest
             encoded = self._encode(prepared)  # the store stage only sends it
         except BaseException as exc:  # record by record, unsealed: the store stage seals
             self._worker_failed("worker", exc)
@@ -145,6 +158,74 @@ class PipelineWorker(RetryPolicy):
             self._inflight.pop(key, None)
             self._inflight[id(prepared)] = prepared
         self._store.run(functools.partial(self._write_prepared, prepared, encoded))
+
+    def _stream_batch(self, batch: list[Item]) -> tuple[bool, list[PreparedRecord], int]:
+        """Prepare, seal and send ``batch`` a chunk at a time on one write the store
+        commits at the end (:meth:`~otel_audit.exporters.store.StoreExporter.stream`),
+        so that the database works on the first chunks while the next are prepared.
+
+        Returns whether it committed, the records prepared (sealed) and how many items
+        of ``batch`` they are. Not committed — the store has no such write, records
+        wait in the spool, the store is failing, or the write failed: nothing of it
+        stored — the caller prepares the rest and writes them the usual way (retries,
+        spool, isolation), the records prepared here keeping their chain positions.
+        """
+        prepared: list[PreparedRecord] = []
+        spool = self.spool
+        if self._abandoned or self._store_failing or (spool is not None and spool.pending()):
+            return False, prepared, 0
+        with self._write_lock:  # sealing and committing one step, as in _write
+            try:
+                stream = self.writer.stream()
+            except Exception as exc:  # the usual write reports and retries it
+                self._stream_failed(exc)
+                return False, prepared, 0
+            if stream is None:
+                return False, prepared, 0
+            started = time.perf_counter()
+            done = 0
+            for start, end in _chunks(len(batch)):
+                try:
+                    part = self._prepare_batch(batch[start:end])
+                    self._seal_ahead(part)
+                except BaseException as exc:  # the caller salvages the batch
+                    stream.abort(exc)
+                    raise
+                prepared += part
+                done = end
+                if self.sealers and None in map(_SEQ, part):
+                    # a chain's head was unreadable: the usual write seals it, retrying
+                    stream.abort(StoreError("a record is not sealed"))
+                    return False, prepared, done
+                try:
+                    stream.send(part)
+                except BaseException as exc:
+                    stream.abort(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    self._stream_failed(exc)
+                    return False, prepared, done
+            try:
+                stream.commit(prepared)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    raise
+                self._stream_failed(exc)
+                return False, prepared, done
+            self._wrote(prepared, time.perf_counter() - started)
+        return True, prepared, done
+
+    def _stream_failed(self, exc: Exception) -> None:
+        """A streamed write failed: counted as an attempt when the store's state was the
+        cause (the batch is written again at once, the usual way); a refused value is
+        not (the usual write finds it, or merges a replay's rows already stored)."""
+        if isinstance(exc, StoreError) and not exc.transient:
+            return
+        with self._state_lock:
+            self._retried += 1
+        self.metrics.retried()
+        log_internal_error("store_retry", logging.WARNING,
+                           "audit store write failed (%s); writing the batch again", exc)
 
     def _salvage(self, item: AuditRecord | PreparedRecord, exc: BaseException) -> PreparedRecord:
         """One record of a batch whose preparation failed: prepared on its own."""

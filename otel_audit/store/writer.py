@@ -28,7 +28,7 @@ from ..errors import ConfigError, StoreError
 from ..exporters.postgres import PostgresExporter
 from ..exporters.sqlalchemy import SQLAlchemyExporter
 from ..exporters.sqlite import SQLiteExporter
-from ..exporters.store import StoreExporter
+from ..exporters.store import BatchStream, StoreExporter
 from ..prepared import PreparedRecord, chain_row, store_row
 from .schema import audit_trails
 
@@ -145,6 +145,12 @@ class StoreWriter:
         PostgreSQL COPY text), so the pipeline's worker does that work; None where
         nothing is made ahead."""
         return self.exporter.encode(batch)
+
+    def stream(self) -> BatchStream | None:
+        """A batch written as it is prepared (the exporter's
+        :meth:`~otel_audit.exporters.store.StoreExporter.stream`), or None."""
+        self.ensure_schema()
+        return self.exporter.stream()
 
     def write(self, batch: Sequence[PreparedRecord], *, encoded: bytes | None = None) -> None:
         """Write ``batch`` in one transaction. Raises :class:`StoreError` on failure

@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import text
 
 from otel_audit import AuditTrail
+from otel_audit.errors import StoreError
+from otel_audit.exporters import postgres
 from otel_audit.integrity.verify import verify_trail
 from otel_audit.pipeline import stage as stage_module
 from otel_audit.pipeline.stage import StoreStage
@@ -272,5 +275,53 @@ def test_a_lost_connection_under_queued_batches_loses_and_reorders_nothing(
     stats = trail.stats()
     assert stats.written == 500 and stats.retried >= 1 and stats.failed == 0
     assert _seq_in_commit_order(trail) == list(range(1, 501))
+    assert verify(trail)
+    trail.shutdown()
+
+
+@pytest.mark.postgres
+def test_a_streamed_batch_that_fails_midway_is_written_again_whole(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The COPY fails after its first chunks went out: nothing of it is stored, the
+    records prepared so far keep their chain positions, the rest is prepared, and the
+    whole batch is written the usual way (one retry counted), in order."""
+    sends: list[int] = []
+    real_send = postgres.CopyStream.send
+
+    def send(self: postgres.CopyStream, part: Any) -> None:
+        sends.append(len(part))
+        if len(sends) == 3:  # the third chunk of the first batch
+            raise StoreError("connection lost mid-COPY")
+        real_send(self, part)
+
+    monkeypatch.setattr(postgres.CopyStream, "send", send)
+    trail = AuditTrail(pg_url, batch_size=200, hmac_key=KEY, flush_interval=0.05)
+    write_records(trail, 400)
+    assert trail.flush(30)
+    stats = trail.stats()
+    assert (stats.written, stats.retried, stats.failed) == (400, 1, 0)
+    assert _seq_in_commit_order(trail) == list(range(1, 401))
+    assert verify(trail)
+    assert len(sends) > 3  # the next batch streamed again
+    trail.shutdown()
+
+
+@pytest.mark.postgres
+def test_a_streamed_replay_of_stored_records_merges_them(pg_url: str) -> None:
+    """Records already stored come again (a journal replayed after a crash between
+    commit and forget): the COPY refuses the duplicates, the usual write merges them,
+    no row twice, no retry counted."""
+    trail = AuditTrail(pg_url, batch_size=100, hmac_key=KEY, flush_interval=0.05)
+    written: list[Any] = []
+    trail.pipeline.on_written.append(written.extend)
+    write_records(trail, 150)
+    assert trail.flush(30)
+    for prepared in written[:120]:
+        trail.pipeline.submit(prepared)
+    assert trail.flush(30)
+    stats = trail.stats()
+    assert (stats.retried, stats.failed) == (0, 0)
+    with trail.writer.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_trails")).scalar_one() == 150
     assert verify(trail)
     trail.shutdown()
