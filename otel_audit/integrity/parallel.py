@@ -28,8 +28,12 @@ from .walk import resolve_candidates as _resolve_candidates
 __all__ = ["verify_parallel"]
 
 _HASH = 3
-#: Smallest seq range given to one worker (a process start costs ~0.5 s of imports).
-MIN_CHUNK = 50_000
+#: Smallest seq range given to one worker: one fetch (sources' batch of 20,000 rows).
+MIN_CHUNK = 20_000
+#: Ranges a worker gets, at most: small ones keep every worker busy to the end (the one
+#: that ends last waits for no long range), and let the others take over the share of
+#: a worker slowed down (by this process's scans, or other work on its core).
+RANGES_PER_WORKER = 8
 
 
 @dataclass(slots=True)
@@ -88,7 +92,7 @@ def _engine(url: str) -> Engine:
 def _ranges(source: StoreSource, workers: int) -> list[tuple[str, int, int]]:
     streams = source.stream_ranges()
     total = sum(n for *_, n in streams) or 1
-    target = max(MIN_CHUNK, total // (workers * 4))  # a few chunks per worker evens the load
+    target = max(MIN_CHUNK, -(-total // (workers * RANGES_PER_WORKER)))
     out = []
     for stream, lo, hi, _ in streams:
         start = lo
@@ -113,11 +117,14 @@ def _context() -> multiprocessing.context.BaseContext:
 def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[int, str]],
                     workers: int, report: VerifyReport,
                     progress: Callable[[int], None] | None = None,
-                    engine: Engine | None = None) -> dict[str, int]:
+                    engine: Engine | None = None,
+                    meanwhile: Callable[[], None] | None = None) -> dict[str, int]:
     """Verify every chain of the store at ``url`` with ``workers`` processes, or with
     ``workers`` threads sharing ``engine`` when it is given.
 
     Fills ``report`` and returns the last ``seq`` of each stream (for truncation checks).
+    ``meanwhile`` runs in this process once every range is handed out, while the workers
+    walk them (verify's scans: their time is not added to the walk's).
     """
     source = StoreSource(engine if engine is not None else create_store_engine(url))
     ranges = _ranges(source, workers)
@@ -134,6 +141,13 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
         futures = {pool.submit(_verify_range, target, key, stream, lo, hi,
                                checkpoints.get(stream, {})): i
                    for i, (stream, lo, hi) in enumerate(ranges)}
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException:
+                for future in futures:  # the ranges not started yet are not walked
+                    future.cancel()
+                raise
         for future in as_completed(futures):
             chunk = future.result()
             results[futures[future]] = chunk

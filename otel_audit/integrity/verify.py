@@ -125,16 +125,22 @@ def verify_trail(
         archive = ArchiveSource(archive_dir)
         report.archive_files = len(archive.files)
         sources.append(archive)
-    for row_id in store.unchained():
-        report.findings.append(Finding("inserted", None, None, row_id,
-                                       "the record belongs to no chain"))
     stored_seals = all_seals(engine)
     report.seals = len(stored_seals)
     exported = list(seals)
-    # a stream a seal should have named (backdated, or hidden while it was made)
-    report.findings.extend(check_stream_births([*stored_seals, *exported],
-                                               stream_firsts(engine), grace=stream_grace,
-                                               stream=stream))
+
+    def scans(into: VerifyReport) -> None:
+        """The table scans beside the walk (run while the workers walk, if they do)."""
+        for row_id in store.unchained():
+            into.findings.append(Finding("inserted", None, None, row_id,
+                                         "the record belongs to no chain"))
+        # a stream a seal should have named (backdated, or hidden while it was made)
+        into.findings.extend(check_stream_births([*stored_seals, *exported],
+                                                 stream_firsts(engine), grace=stream_grace,
+                                                 stream=stream))
+        if key is None:  # the public hashes are checked, the MACs beside them not
+            into.macs_unchecked = _macs(engine, stream, archive_dir)
+
     found, warned, heads = check_seals(stored_seals, exported, public_key=public_key,
                                        require_signed=require_signed)
     report.findings.extend(found)
@@ -148,8 +154,6 @@ def verify_trail(
     eligible = archive_dir is None and since is None and stream is None
 
     def finish(done: VerifyReport) -> VerifyReport:
-        if key is None:  # the public hashes were checked, the MACs beside them not
-            done.macs_unchecked = _macs(engine, stream, archive_dir)
         # erasures are judged once the walk has met every erased record
         rewritten: set[str] = set()
         done.findings.extend(check_erasures(engine, archive_dir=archive_dir,
@@ -163,28 +167,42 @@ def verify_trail(
         done.findings.sort(key=finding_order)
         return done
 
-    # ranges of integer seqs cannot see a malformed one: such a store gets one walk
     # an in-memory SQLite database is one connection's own: other threads see another
     memory = engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
     if (workers > 1 and eligible and engine.dialect.name in ("sqlite", "postgresql")
-            and not memory and not malformed_rows(engine)):
+            and not memory):
         from .parallel import verify_parallel
 
         shared = VerifyReport(findings=list(report.findings), warnings=list(report.warnings),
                               seals=report.seals, erasures=report.erasures)
         by_stream = check_checkpoints(cps, None, public_key, shared,
                                  require_signed=require_signed, heads=heads)
+        malformed: list[Finding] | None = None
+
+        def meanwhile() -> None:  # this process's share while the workers walk
+            nonlocal malformed
+            # ranges of integer seqs cannot see a malformed one: such a store gets one
+            # walk, and the workers' ranges are dropped
+            malformed = malformed_rows(engine)
+            if malformed:
+                raise _OneWalk
+            scans(shared)
+
         try:
             last_seq = verify_parallel(engine.url.render_as_string(hide_password=False),
                                        key=key, checkpoints=by_stream, workers=workers,
-                                       report=shared, progress=progress)
+                                       report=shared, progress=progress, meanwhile=meanwhile)
         except Exception as exc:  # a worker that cannot start or read: one walk does it all
-            log_internal_error("verify_parallel", logging.WARNING,
-                               "parallel verification unavailable (%s); verifying in one "
-                               "process", exc)
+            if malformed is None:
+                malformed = malformed_rows(engine)
+            if not malformed:  # (a malformed seq can fail the ranges: no warning then)
+                log_internal_error("verify_parallel", logging.WARNING,
+                                   "parallel verification unavailable (%s); verifying in "
+                                   "one process", exc)
         else:
             find_truncations(shared, by_stream, last_seq)
             return finish(shared)
+    scans(report)
     before = (list(report.findings), list(report.warnings))
     try:
         return finish(verify_rows(sources, key=key, stream=stream, since=since,
@@ -202,6 +220,10 @@ def verify_trail(
     return finish(verify_rows(sources, key=key, stream=stream, since=since, checkpoints=cps,
                               public_key=public_key, progress=progress, report=report,
                               require_signed=require_signed, heads=heads))
+
+
+class _OneWalk(Exception):
+    """The store needs one walk (a malformed ``seq``): the workers' ranges are dropped."""
 
 
 def malformed_rows(engine: Any, *, blobs: bool = False) -> list[Finding]:

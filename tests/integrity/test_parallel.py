@@ -6,6 +6,7 @@ the fixture below fails a test whose parallel verification fell back to one walk
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -109,3 +110,86 @@ def test_parallel_verify_matches_single_on_every_attack(
     assert one == two
     assert {k for k, *_ in one} >= {"reordered", "modified", "truncated", "erasure",
                                     "unauthenticated"}
+
+
+def test_ranges_are_small_and_cover_every_stream() -> None:
+    """Up to RANGES_PER_WORKER ranges a worker (none under MIN_CHUNK records), every seq
+    of every stream in exactly one range, in order."""
+
+    class Streams:
+        def stream_ranges(self) -> list[tuple[str, int, int, int]]:
+            return [("a", 1, 300_000, 300_000), ("b", 5, 9, 5), ("c", 1, 20_001, 20_001)]
+
+    ranges = parallel._ranges(Streams(), 2)  # type: ignore[arg-type]
+    size = max(parallel.MIN_CHUNK, -(-320_006 // (2 * parallel.RANGES_PER_WORKER)))
+    assert all(hi - lo + 1 <= size for _, lo, hi in ranges)
+    for stream, first, last, _ in Streams().stream_ranges():
+        mine = [(lo, hi) for s, lo, hi in ranges if s == stream]
+        assert mine[0][0] == first and mine[-1][1] == last
+        assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(mine))
+    assert len([r for r in ranges if r[0] == "a"]) == -(-300_000 // size)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_scans_run_once_while_the_workers_walk(
+        small_chunks: list[str], make_trail: Callable[..., AuditTrail], engine: Engine,
+        monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """The scans beside the walk (rows of no chain, stream births, MACs left unchecked)
+    run in this process once the ranges are handed out, once, and find what one walk's
+    do: on a store with rows of no chain, a gap, a modified record, several streams."""
+    from otel_audit.integrity.sources import StoreSource
+
+    for count in (20, 12, 7):
+        trail = make_trail(hmac_key=KEY, mode="sync")  # verified without it below
+        write_records(trail, count)
+        trail.shutdown()
+    execute(engine, "UPDATE audit_trails SET stream = NULL WHERE seq = 3")
+    execute(engine, "UPDATE audit_trails SET hash = NULL WHERE seq = 9")
+    execute(engine, "UPDATE audit_trails SET action = 'X' WHERE seq = 6")
+    calls: list[str] = []
+    original = StoreSource.unchained
+
+    def unchained(self: StoreSource) -> list[str]:
+        calls.append("unchained")
+        return original(self)
+
+    monkeypatch.setattr(StoreSource, "unchained", unchained)
+    watched = parallel.verify_parallel
+
+    def with_meanwhile(*args: Any, **kwargs: Any) -> dict[str, int]:
+        assert callable(kwargs.get("meanwhile"))
+        calls.append("parallel")
+        return watched(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "verify_parallel", with_meanwhile)
+    one = verify(engine, workers=1, key=None)
+    assert calls == ["unchained"]
+    many = verify(engine, workers=workers, key=None)
+    assert calls == ["unchained", "parallel", "unchained"]
+    assert [(f.kind, f.stream, f.seq, f.record_id, f.detail) for f in one.findings] == [
+        (f.kind, f.stream, f.seq, f.record_id, f.detail) for f in many.findings]
+    assert (one.records, one.streams, one.macs_unchecked) == (
+        many.records, many.streams, many.macs_unchecked)
+    assert {f.kind for f in one.findings} >= {"inserted", "modified", "deleted"}
+    assert one.macs_unchecked == 39 - 3  # without the key (seq 3 of each stream: no stream)
+    assert small_chunks == ["ran"]
+
+
+def test_a_malformed_seq_drops_the_ranges_quietly(
+        chained: AuditTrail, engine: Engine, store_url: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A non-integer seq, found while the workers walk: one walk decides, no warning."""
+    if not store_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's typed columns refuse a text seq")
+    monkeypatch.setattr(parallel, "MIN_CHUNK", 4)
+    execute(engine, "UPDATE audit_trails SET seq = 'six' WHERE seq = 6")
+    execute(engine, "UPDATE audit_trails SET action = 'X' WHERE seq = 15")
+    one = verify(engine, workers=1)
+    with caplog.at_level("WARNING"):
+        two = verify(engine, workers=2)
+    assert "parallel verification unavailable" not in caplog.text
+    assert [(f.kind, f.seq, f.detail) for f in one.findings] == [
+        (f.kind, f.seq, f.detail) for f in two.findings]
+    assert ("malformed", None, "seq is not an integer (text)") in [
+        (f.kind, f.seq, f.detail) for f in two.findings]
+    assert ("modified", 15) in [(f.kind, f.seq) for f in two.findings]
