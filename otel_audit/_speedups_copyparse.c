@@ -160,7 +160,9 @@ copy_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 if (i + 1 >= size) {
                     break;  /* the escaped character comes in the next block */
                 }
-                escaped[col] = 1;
+                if (col <= MAX_COLUMNS) {
+                    escaped[col] = 1;
+                }
                 i += 2;
                 continue;
             }

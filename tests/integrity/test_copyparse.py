@@ -115,7 +115,8 @@ def test_huge_integer_past_python_limit_is_refused_alike() -> None:
 
 
 @pytest.mark.parametrize("data", [b"a\n", b"a\tb\tc\n", b"\n", b"a\\\tb\n",
-                                  b"\t".join([b"x"] * 300) + b"\n"])
+                                  b"\t".join([b"x"] * 300) + b"\n",
+                                  b"\t".join([b"\\n"] * 300) + b"\n"])
 def test_wrong_number_of_columns_is_refused_alike(data: bytes) -> None:
     assert _raises_alike(data, b"tt", (0, 1)) is ValueError
 
@@ -134,6 +135,12 @@ def test_invalid_utf8_is_refused_alike(data: bytes) -> None:
 def test_bad_arguments_are_refused_alike(kinds: Any, order: Any,
                                          error: type[BaseException]) -> None:
     assert _raises_alike(b"a\n", kinds, order) is error
+
+
+def test_an_unended_row_of_too_many_columns_waits_alike() -> None:
+    data = b"\t".join([b"\\t"] * 300)
+    assert _both(data, b"tt") == ([], 0)
+    assert _both(b"a\tb\n" + data, b"tt") == ([("a", "b")], 4)
 
 
 def test_incomplete_row_stays_for_the_next_block() -> None:
