@@ -790,6 +790,8 @@ plain_string(const span *e, item *it)
 /* ------------------------------------------------------------ hashing */
 
 static const EVP_MD *md_sha256;
+/* '{"k": [': how the pii text of a row with personal JSON keys starts */
+static PyObject *personal_start;
 
 static int
 sha(EVP_MD_CTX *ctx, const EVP_MD_CTX *from, const void *data, size_t len,
@@ -1035,7 +1037,9 @@ read_plans(PyObject *dict, plan *plans, int *count)
  * body positions, personal positions, JSON positions, salt position, pii position, mac
  * position) with positions into the source row of layout 1 (layout 0: the chain row's
  * column at position p is the array's element p - 5; JSON positions unused). key None:
- * SHA-256, else HMAC-SHA256; mac_key: the row's mac must be HMAC-SHA256(mac_key, hash). */
+ * SHA-256, else HMAC-SHA256; mac_key: the row's mac must be HMAC-SHA256(mac_key, hash).
+ * Layout 0 also sets flag 4 on a row whose pii text starts with {"k": [ (personal JSON
+ * keys), with a str array: fastwalk checks those in the full layout. */
 PyObject *
 verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1052,6 +1056,12 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_Check(rows) || !PyDict_Check(plans_arg) || (mode != 0 && mode != 1)) {
         PyErr_SetString(PyExc_TypeError, "verify_flags: bad arguments");
         return NULL;
+    }
+    if (personal_start == NULL) {
+        personal_start = PyUnicode_FromString("{\"k\": [");
+        if (personal_start == NULL) {
+            return NULL;
+        }
     }
     if (md_sha256 == NULL) {
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
@@ -1099,6 +1109,17 @@ verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *tag = NULL;
         int found = -1;
         if (mode == 0) {
+            /* a row with personal JSON keys: flag 4, for fastwalk's full-layout check */
+            if (size > 6 && PyUnicode_CheckExact(PyTuple_GET_ITEM(row, 5))
+                    && PyUnicode_CheckExact(PyTuple_GET_ITEM(row, 6))) {
+                Py_ssize_t m = PyUnicode_Tailmatch(PyTuple_GET_ITEM(row, 5), personal_start,
+                                                   0, PY_SSIZE_T_MAX, -1);
+                if (m < 0) {
+                    PyErr_Clear();
+                }
+                flags[i] = m == 1 ? 4 : 0;
+                continue;
+            }
             /* the array is read and its format found with the GIL released */
             if (size < 7 || PyTuple_GET_ITEM(row, 5) != Py_None
                     || !take(PyTuple_GET_ITEM(row, 3), 0, &it[I_HASH]) || it[I_HASH].kind != K_STR

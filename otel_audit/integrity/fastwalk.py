@@ -119,7 +119,7 @@ def python_verify_flags(rows: Sequence[tuple[Any, ...]], layout: int,
         if _links(rows[i - 1], rows[i]):
             out[i] |= LINKED
     if layout == SQLITE:
-        _sqlite_personal(rows, plans, out, _python_full)
+        _sqlite_personal(rows, plans, out, _python_full, _personal_rows(rows))
     return bytes(out)
 
 
@@ -128,14 +128,20 @@ def _python_full(rows: Sequence[tuple[Any, ...]], layout: int,
     return bytes(_full_ok(row, plans) for row in rows)
 
 
+def _personal_rows(rows: Sequence[tuple[Any, ...]]) -> list[int]:
+    """Where the SQLite rows with personal JSON keys are (the compiled form's flag 4)."""
+    return [i for i, row in enumerate(rows)
+            if type(row) is tuple and len(row) > _HEADER and type(row[5]) is str
+            and type(row[6]) is str and row[5].startswith('{"k": [')]
+
+
 def _sqlite_personal(rows: Sequence[tuple[Any, ...]], plans: dict[str, Plan],
-                     out: bytearray, check: Callable[..., bytes]) -> None:
-    """Set :data:`VERIFIED` in ``out`` for the SQLite rows with personal JSON keys that
-    verify: each row's whole chain row (from its JSON array) checked in the :data:`FULL`
-    layout by ``check`` (compiled or pure), under the plans of the exact formats."""
-    picked = [i for i, row in enumerate(rows)
-              if type(row) is tuple and len(row) > _HEADER and type(row[5]) is str
-              and type(row[6]) is str and row[5].startswith('{"k": [')]
+                     out: bytearray, check: Callable[..., bytes],
+                     picked: list[int]) -> None:
+    """Set :data:`VERIFIED` in ``out`` for the SQLite rows with personal JSON keys (at
+    ``picked``) that verify: each row's whole chain row (from its JSON array) checked in
+    the :data:`FULL` layout by ``check`` (compiled or pure), under the plans of the
+    exact formats."""
     if not picked:
         return
     full_plans = {tag: plan for tag, plan in plans.items() if tag != format_tag(1)}
@@ -400,6 +406,11 @@ def _too_deep(text: str | None, limit: int = MAX_DEPTH) -> bool:
     return top > limit + 1
 
 
+#: The compiled form's flag of a SQLite row with personal JSON keys (layout 0 only),
+#: found with a pattern and cleared with a table.
+_PERSONAL = re.compile(b"[\x04-\x07]")
+_PERSONAL_OFF = bytes(b & ~4 for b in range(256))
+
 verify_flags: Callable[[Sequence[tuple[Any, ...]], int, dict[str, Plan]], bytes]
 try:
     from .._accel import verify_flags as _compiled
@@ -413,6 +424,9 @@ else:
         flags = _compiled(listed, layout, plans)
         if layout != SQLITE:
             return bytes(flags)
-        out = bytearray(flags)
-        _sqlite_personal(listed, plans, out, _compiled)
+        picked = [found.start() for found in _PERSONAL.finditer(flags)]
+        if not picked:
+            return bytes(flags)
+        out = bytearray(flags.translate(_PERSONAL_OFF))
+        _sqlite_personal(listed, plans, out, _compiled, picked)
         return bytes(out)

@@ -212,3 +212,22 @@ def test_salts_with_escapes_take_the_walks_check(key: bytes | None) -> None:
         assert fastwalk.verify_flags(rows, SQLITE, plans) == flags
     source = StoreSource(create_engine("sqlite://"))
     assert all(source.content_ok(row, key) for row in rows)
+
+
+@compiled
+def test_rows_with_personal_keys_are_found_alike() -> None:
+    """The compiled form's flag 4 marks the rows fastwalk checks in the full layout."""
+    array = json.dumps(["otel-audit/3", *([None] * len(CHAIN_ROW_COLUMNS))])
+    piis: list[Any] = ['{"k": ["email"]}', '{"k": [', '{"k":[', ' {"k": [', '{"d": 1}', None,
+                       7, b'{"k": [', '{"k": [\ud800', "", '{"k": ["a"]}\x00']
+    rows: list[Any] = [("s", i + 1, "0" * 64, "0" * 64, "i", pii, array)
+                       for i, pii in enumerate(piis)]
+    rows += [("s", 1, "p", "h", "i", '{"k": ["e"]}', None),
+             ("s", 1, "p", "h", "i", '{"k": ["e"]}'), ["s", 1, "p", "h", "i", '{"k": [', "[]"]]
+    raw = _accel.verify_flags(rows, SQLITE, fastwalk.payload_plans(None, SQLITE))
+    assert [i for i, flag in enumerate(raw) if flag & 4] == fastwalk._personal_rows(rows)
+    assert fastwalk._personal_rows(rows) == [0, 1, 8, 10]
+    flags = fastwalk.verify_flags(rows, SQLITE, fastwalk.payload_plans(None, SQLITE))
+    assert not any(flag & 4 for flag in flags)
+    assert flags == fastwalk.python_verify_flags(rows, SQLITE, fastwalk.payload_plans(None,
+                                                                                    SQLITE))
