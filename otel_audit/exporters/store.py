@@ -111,10 +111,10 @@ def wrap_dbapi_error(exc: Exception) -> StoreError:
 class StoreExporter(AuditExporter):
     """An exporter writing to a database through ``engine`` (one per dialect)."""
 
-    #: Written on the pipeline's worker: a batch's write is one driver call that lets go
-    #: of the GIL while the database works (SQLite's step, PostgreSQL's server), so the
-    #: application's threads run meanwhile; a store thread of its own saved less than
-    #: its hand-offs cost (docs/performance.md, throughput).
+    #: Written on the pipeline's worker: where the database works in a process of its
+    #: own, the driver waits for it without the GIL and the application's threads run
+    #: meanwhile; a store thread only waiting there cost more in hand-offs than it
+    #: saved (docs/performance.md, throughput). SQLite differs (see its exporter).
     own_thread: ClassVar[bool] = False
 
     def __init__(self, engine: Engine) -> None:
