@@ -34,15 +34,12 @@ from .canonical import (
     mac_ok,
     v1_float_spellings,
 )
-from .copyparse import COMPILED, copy_rows
 from .fastwalk import FULL, SQLITE, Plan, payload_plans, sqlite_payload
+from .pgcopy import copied_rows, copy_kinds
 
 __all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
 
 _BATCH = 20_000
-#: Rows of COPY text read before they are parsed and verified: few enough that
-#: PostgreSQL goes on writing the next ones into the socket's buffer meanwhile.
-_COPY_BATCH = 2_000
 _BOOLS = ("requires_review", "success")
 _JSON = JSON_FIELDS
 
@@ -104,6 +101,10 @@ HEADER = ("stream", "seq", "prev_hash", "hash", "id", "pii")
 #: Where the chain row ends in a source row of the whole chain row.
 _CHAIN_END = len(HEADER) + len(CHAIN_ROW_COLUMNS)
 _HEADER_SQL = ", ".join(f'"{name}"' for name in HEADER)
+#: Where the chain row holds each column of ``HEADER``: a source row read as COPY text
+#: is ``HEADER`` taken from its chain row, the chain row, the format tag.
+_COPY_ORDER = (*(CHAIN_ROW_COLUMNS.index(name) for name in HEADER),
+               *range(len(CHAIN_ROW_COLUMNS) + 1))
 
 
 def chain_row_select(dialect: str, present: Collection[str] | None = None) -> str:
@@ -322,13 +323,13 @@ class StoreSource:
     def _stored_rows(self, sql: str, params: list[Any], copied: str | None = None,
                      ) -> Iterator[list[tuple[Any, ...]]]:
         """The rows of ``sql`` in batches; on PostgreSQL, those of ``copied`` (the same
-        rows without ``HEADER``) read as COPY text where :func:`_copy_kinds` allows."""
+        rows without ``HEADER``) read as COPY text where :func:`.pgcopy.copy_kinds` allows."""
         raw = self.engine.raw_connection()
         try:
-            kinds = None if copied is None else _copy_kinds(raw.driver_connection, copied,
-                                                            params)
+            kinds = None if copied is None else copy_kinds(raw.driver_connection, copied,
+                                                           params)
             if copied is not None and kinds is not None:
-                yield from _copied_rows(raw.driver_connection, copied, params, kinds)
+                yield from copied_rows(raw.driver_connection, copied, params, kinds, _COPY_ORDER)
                 return
             if self.dialect == "postgresql":
                 cursor = raw.driver_connection.cursor(name="otel_audit_verify")  # type: ignore[union-attr]
@@ -360,75 +361,6 @@ class StoreSource:
     def _scalar(self, sql: str, params: list[Any]) -> Any:
         rows = self._all(sql, params)
         return rows[0][0] if rows else None
-
-
-#: PostgreSQL's types whose values the driver reads as ``int`` and as ``str`` (int2,
-#: int4, int8; text, varchar, bpchar, name), by type OID: a result of other types is
-#: read by the driver.
-_INT_OIDS = frozenset((20, 21, 23))
-_TEXT_OIDS = frozenset((19, 25, 1042, 1043))
-#: Whether verify reads PostgreSQL's rows as COPY text: where :func:`copy_rows` is
-#: compiled (the pure-Python form is slower than the driver's fetch).
-_COPY_TEXT = COMPILED
-
-
-def _copy_kinds(conn: Any, sql: str, params: list[Any]) -> bytes | None:
-    """The :func:`~.copyparse.copy_rows` kinds of the columns of ``sql`` (PostgreSQL,
-    psycopg), or ``None`` when its rows are read through the driver: a column of another
-    type, a client encoding other than UTF-8 (COPY text is in the client encoding),
-    another driver, or no compiled :func:`copy_rows` (:data:`_COPY_TEXT`)."""
-    info = getattr(conn, "info", None)
-    if (not _COPY_TEXT or getattr(info, "encoding", None) != "utf-8"
-            or not hasattr(conn, "cursor")):
-        return None
-    with conn.cursor() as cursor:
-        cursor.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0", params)
-        types = [column.type_code for column in cursor.description or ()]
-    if not types or not all(t in _INT_OIDS or t in _TEXT_OIDS for t in types):
-        return None
-    return bytes(b"i"[0] if t in _INT_OIDS else b"t"[0] for t in types)
-
-
-#: Where the chain row holds each column of ``HEADER``: a source row read as COPY text
-#: is ``HEADER`` taken from its chain row, the chain row, the format tag.
-_COPY_ORDER = (*(CHAIN_ROW_COLUMNS.index(name) for name in HEADER),
-               *range(len(CHAIN_ROW_COLUMNS) + 1))
-
-
-def _copied_rows(conn: Any, sql: str, params: list[Any],
-                 kinds: bytes) -> Iterator[list[tuple[Any, ...]]]:
-    """Source rows from ``sql`` (the chain row and the format tag) read with ``COPY (sql)
-    TO STDOUT`` and :func:`~.copyparse.copy_rows`: the values the driver would give
-    (``str``, ``int``, ``None``), ``HEADER`` first, in lists of about ``_COPY_BATCH``
-    rows."""
-    # one growing buffer, not a list of the driver's blocks: a block is a memoryview,
-    # which the cycle collector tracks (thousands kept alive make it walk them all)
-    data = bytearray()
-    count = 0
-    with conn.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
-        for block in copy:
-            data += block
-            count += 1
-            if count >= _COPY_BATCH:  # PostgreSQL sends a row a message
-                count = 0
-                rows = _parsed(data, kinds)
-                if rows:
-                    yield rows
-    rows = _parsed(data, kinds)
-    if data:
-        raise IntegrityError("PostgreSQL's COPY text ended inside a row")
-    if rows:
-        yield rows
-
-
-def _parsed(data: bytearray, kinds: bytes) -> list[tuple[Any, ...]]:
-    """The complete rows at the start of ``data``, taken out of it."""
-    try:
-        rows, used = copy_rows(data, kinds, _COPY_ORDER)
-    except ValueError as exc:  # not what PostgreSQL writes for these columns
-        raise IntegrityError(f"cannot read PostgreSQL's COPY text: {exc}") from exc
-    del data[:used]
-    return rows
 
 
 def _duckdb() -> duckdb.DuckDBPyConnection:

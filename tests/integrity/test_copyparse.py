@@ -25,7 +25,7 @@ from integrity_support import execute, verify, write_records
 from sqlalchemy import Engine
 
 from otel_audit import AuditTrail, _accel
-from otel_audit.integrity import sources
+from otel_audit.integrity import pgcopy, sources
 from otel_audit.integrity.copyparse import python_copy_rows
 from otel_audit.integrity.sources import StoreSource
 
@@ -250,7 +250,7 @@ def test_postgresql_copy_text_reads_as_the_driver_fetches(pg_url: str) -> None:
         sql = ("SELECT n, t, CAST(j AS TEXT), CAST(b AS INTEGER), s FROM copy_probe "
                "ORDER BY n")
         fetched = [tuple(r) for r in conn.execute(sql).fetchall()]
-        kinds = sources._copy_kinds(conn, sql, [])
+        kinds = pgcopy.copy_kinds(conn, sql, [])
         assert kinds == b"ittii"
         blocks = []
         with conn.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT") as copy:
@@ -272,14 +272,14 @@ def test_copy_kinds_refuses_other_types(pg_url: str) -> None:
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
         for expression in ("CAST(1 AS NUMERIC)", "now()", "CAST('{}' AS JSONB)", "1.5",
                            "true", "CAST('x' AS BYTEA)"):
-            assert sources._copy_kinds(conn, f"SELECT 'a', {expression}", []) is None
-        assert sources._copy_kinds(conn, "SELECT 'a', 1, CAST(2 AS BIGINT)", []) == b"tii"
+            assert pgcopy.copy_kinds(conn, f"SELECT 'a', {expression}", []) is None
+        assert pgcopy.copy_kinds(conn, "SELECT 'a', 1, CAST(2 AS BIGINT)", []) == b"tii"
 
 
 @pytest.fixture(autouse=True)
 def _copy_text(monkeypatch: pytest.MonkeyPatch) -> None:
     """The source reads COPY text on the pure-Python path too (with the pure reader)."""
-    monkeypatch.setattr(sources, "_COPY_TEXT", True)
+    monkeypatch.setattr(pgcopy, "COPY_TEXT", True)
 
 
 @pytest.mark.postgres
@@ -287,14 +287,14 @@ def test_without_the_compiled_reader_the_driver_fetches(pg_url: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from otel_audit.integrity import copyparse
     assert copyparse.COMPILED is (_COMPILED is not None)  # the pure path: the driver's fetch
-    monkeypatch.setattr(sources, "_COPY_TEXT", False)
+    monkeypatch.setattr(pgcopy, "COPY_TEXT", False)
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        assert sources._copy_kinds(conn, "SELECT 'a', 1", []) is None
+        assert pgcopy.copy_kinds(conn, "SELECT 'a', 1", []) is None
 
 
 def _driver_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The source reads through the driver's fetch (the path before COPY text)."""
-    monkeypatch.setattr(sources, "_copy_kinds", lambda *args: None)
+    monkeypatch.setattr(sources, "copy_kinds", lambda *args: None)
 
 
 @pytest.fixture
