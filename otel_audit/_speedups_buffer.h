@@ -1,4 +1,5 @@
-/* A growable byte buffer's one growth rule, shared by the accelerator's source files. */
+/* What the accelerator's source files share: a growable byte buffer's one growth rule,
+ * and a hexadecimal digit's value. */
 #ifndef OTEL_AUDIT_SPEEDUPS_BUFFER_H
 #define OTEL_AUDIT_SPEEDUPS_BUFFER_H
 
@@ -24,6 +25,22 @@ buffer_grow(char **data, Py_ssize_t len, Py_ssize_t *cap, Py_ssize_t more, Py_ss
     *data = grown;
     *cap = size;
     return 0;
+}
+
+/* The value of the hexadecimal digit ``c`` (either case), or -1. */
+static inline int
+hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
 }
 
 #endif

@@ -33,21 +33,6 @@ octal(unsigned char c)
     return c >= '0' && c <= '7';
 }
 
-static int
-hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 /* The value of an integer field: -?[0-9]+ (as int() reads it), else ValueError. */
 static PyObject *
 integer(const char *p, Py_ssize_t n)
@@ -229,10 +214,10 @@ copy_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                         case 't': c = '\t'; break;
                         case 'v': c = '\v'; break;
                         case 'x':
-                            if (j + 1 < n && hexval((unsigned char)p[j + 1]) >= 0) {
-                                int val = hexval((unsigned char)p[++j]);
-                                if (j + 1 < n && hexval((unsigned char)p[j + 1]) >= 0) {
-                                    val = (val << 4) + hexval((unsigned char)p[++j]);
+                            if (j + 1 < n && hex_value((unsigned char)p[j + 1]) >= 0) {
+                                int val = hex_value((unsigned char)p[++j]);
+                                if (j + 1 < n && hex_value((unsigned char)p[j + 1]) >= 0) {
+                                    val = (val << 4) + hex_value((unsigned char)p[++j]);
                                 }
                                 c = (unsigned char)(val & 0xff);
                             }

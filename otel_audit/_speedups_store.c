@@ -21,24 +21,11 @@
 #include <limits.h>
 #include <string.h>
 
+#include "_speedups_buffer.h"
+
 PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 static const EVP_MD *merkle_md;  /* fetched once (under the GIL): no fetch per digest */
-
-static int
-hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
 
 /* SHA-256 of prefix || a || b (b may be NULL) into md. */
 static int
