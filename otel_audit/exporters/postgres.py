@@ -40,6 +40,17 @@ except ImportError:  # pragma: no cover - depends on the build
     _copy_text = None
 
 
+def _send(copy: Any, batch: Sequence[PreparedRecord], encoded: bytes | None) -> None:
+    """Send ``batch``'s rows into ``copy``: ``encoded`` (their COPY text, made by
+    :meth:`PostgresExporter.encode`) when there is one, else row by row through
+    psycopg's ``write_row`` (no compiled encoder, or a value it refuses)."""
+    if encoded is not None:
+        copy.write(encoded)
+    else:
+        for row in store_rows(batch):
+            copy.write_row(row)
+
+
 def _is_unique_violation(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == "23505"
 
@@ -73,11 +84,7 @@ class PostgresExporter(StoreExporter):
             try:
                 dbapi = self.bulk_connection()
                 with dbapi.cursor() as cursor, cursor.copy(_COPY) as copy:
-                    if encoded is not None:
-                        copy.write(encoded)  # rows already in COPY text form
-                    else:
-                        for prepared in batch:
-                            copy.write_row(store_row(prepared))
+                    _send(copy, batch, encoded)
             except SQLAlchemyError:
                 self.drop_bulk()
                 raise
@@ -165,17 +172,8 @@ class CopyStream:
     def send(self, part: Sequence[PreparedRecord]) -> None:
         """Send the COPY text of ``part``'s rows (psycopg's ``write_row`` without the
         compiled encoder, or for a value it refuses)."""
-        rows = store_rows(part)
-        text = None
-        if _copy_text is not None:
-            with contextlib.suppress(Exception):
-                text = _copy_text(rows)
         try:
-            if text is not None:
-                self._copy.write(text)
-            else:
-                for row in rows:
-                    self._copy.write_row(row)
+            _send(self._copy, part, self._exporter.encode(part))
         except Exception as exc:
             raise self._exporter._error(exc) from exc
 
