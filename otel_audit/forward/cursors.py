@@ -169,25 +169,21 @@ class CursorStore:
         rows = [dict(destination=self.destination, created_at=now, **r._asdict())
                 for r in rejects]
         with self._move_lock:
-            conn, fresh = self._mover()
-            try:
-                self._move(conn, stream, seq, rows, now)
-                return
-            except DBAPIError as exc:
-                self._drop_mover()
-                # the kept connection was gone (the server restarted): once more on a new
-                # one, unless rejects might already be stored (the commit was underway)
-                if fresh or rows or not exc.connection_invalidated:
+            while True:  # at most twice: the second time on a fresh connection
+                conn, fresh = self._mover()
+                try:
+                    self._move(conn, stream, seq, rows, now)
+                    return
+                except DBAPIError as exc:
+                    self._drop_mover()
+                    # the kept connection was gone (the server restarted): once more on
+                    # a new one, unless rejects might already be stored (the commit was
+                    # underway)
+                    if fresh or rows or not exc.connection_invalidated:
+                        raise
+                except BaseException:
+                    self._drop_mover()
                     raise
-            except BaseException:
-                self._drop_mover()
-                raise
-            conn, _ = self._mover()
-            try:
-                self._move(conn, stream, seq, rows, now)
-            except BaseException:
-                self._drop_mover()
-                raise
 
     def _move(self, conn: Connection, stream: str, seq: int, rows: list[dict[str, Any]],
               now: dt.datetime) -> None:
