@@ -28,6 +28,7 @@ from collections.abc import Callable
 from opentelemetry import trace
 
 from .config import SPAN_BACKLINKS
+from .context import current_trace_ids
 from .mapping import AUDIT_EVENT_NAME
 
 __all__ = ["RECORD_ID_ATTRIBUTE", "SpanLinker", "link_every", "link_first", "linker"]
@@ -49,10 +50,9 @@ def _link_current(record_id: str, trace_id: str, span_id: str) -> bool:
     """Add the ``audit`` event to the current span if it is the record's span and is
     recording; return whether the current span is the record's (a record with explicit
     IDs, or one handed to another thread, links nothing and marks nothing)."""
-    span = _get_current_span()
-    ctx = span.get_span_context()
-    if format(ctx.span_id, "016x") != span_id or format(ctx.trace_id, "032x") != trace_id:
+    if current_trace_ids() != (trace_id, span_id):
         return False
+    span = _get_current_span()
     if span.is_recording():
         span.add_event(AUDIT_EVENT_NAME, {RECORD_ID_ATTRIBUTE: record_id})
     return True

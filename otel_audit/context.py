@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 __all__ = [
@@ -91,12 +92,29 @@ def correlation_scope(value: str) -> Iterator[str]:
         _correlation_id.reset(token)
 
 
+_get_current_context = otel_context.get_current
+_get_current_span = trace.get_current_span
+_NO_IDS: tuple[str | None, str | None] = (None, None)
+# The last OpenTelemetry context read and its span's IDs. A Context is immutable (setting
+# a value makes a new one) and a span's context never changes, so the same Context
+# object always yields the same IDs: every record made in one span (or outside any)
+# reads them once. The entry holds its Context, so that object's identity cannot be
+# reused while it is compared; threads replace the entry in one assignment.
+_last_ids: tuple[object, tuple[str | None, str | None]] = (object(), _NO_IDS)
+
+
 def current_trace_ids() -> tuple[str | None, str | None]:
     """Return ``(trace_id, span_id)`` of the current span as lowercase hex, or ``None``s."""
-    ctx = trace.get_current_span().get_span_context()
-    if ctx.is_valid:
-        return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
-    return None, None
+    global _last_ids
+    current = _get_current_context()
+    last = _last_ids
+    if last[0] is current:
+        return last[1]
+    ctx = _get_current_span(current).get_span_context()
+    ids = (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")) if ctx.is_valid \
+        else _NO_IDS
+    _last_ids = (current, ids)
+    return ids
 
 
 def current_correlation_id() -> str | None:

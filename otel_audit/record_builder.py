@@ -14,10 +14,9 @@ import enum
 from collections.abc import Callable
 from typing import Any, Protocol, TypedDict
 
-from opentelemetry import trace
 from uuid_utils import uuid7
 
-from .context import _correlation_id, _request_context
+from .context import _correlation_id, _request_context, current_trace_ids
 from .policy import AuditPolicy
 from .record import SCHEMA_VERSION, SNAPSHOT_ATOMS, AuditRecord, snapshot
 
@@ -27,7 +26,7 @@ _UTC = dt.UTC
 _AuditRecord = AuditRecord
 _new_record = tuple.__new__
 _now = dt.datetime.now
-_get_current_span = trace.get_current_span
+_current_trace_ids = current_trace_ids
 
 _EnumType = enum.EnumType
 
@@ -117,11 +116,10 @@ def build(
     field positional (no keyword matching on the hot path: ``record()`` calls it directly)."""
     record_id = uuid7().hex
     if trace_id is None:
-        ctx = _get_current_span().get_span_context()
-        if ctx.is_valid:
-            trace_id = format(ctx.trace_id, "032x")
-            span_id = format(ctx.span_id, "016x")
-            correlation_id = trace_id
+        current_trace, current_span = _current_trace_ids()
+        if current_trace is not None:
+            trace_id = correlation_id = current_trace
+            span_id = current_span
         else:
             correlation_id = _correlation_id.get() or record_id
     else:

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 import otel_audit
 from otel_audit import AuditTrail, AuditWriteError, ConfigError, RequestContext
+from otel_audit.context import current_trace_ids
 from otel_audit.record import NORMALISATION_KEY, SCHEMA_VERSION
 from otel_audit.testing import InMemoryAuditExporter
 
@@ -62,6 +63,44 @@ def test_correlation_id_is_the_trace_id(trail: AuditTrail, sampler: object) -> N
     assert rec.trace_id == format(ctx.trace_id, "032x")
     assert rec.span_id == format(ctx.span_id, "016x")
     assert rec.correlation_id == rec.trace_id
+
+
+def test_trace_ids_follow_the_current_context(trail: AuditTrail) -> None:
+    # the IDs are read once per OpenTelemetry context object (otel_audit.context): every
+    # record still carries the span current at its call, across nesting, threads and exit
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    def ids(rec: Any) -> tuple[str | None, str | None]:
+        return rec.trace_id, rec.span_id
+
+    def hex_ids(span: Any) -> tuple[str, str]:
+        ctx = span.get_span_context()
+        return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+    tracer = TracerProvider().get_tracer("t")
+    assert ids(trail.record("READ", user_id="u")) == (None, None)
+    seen: list[Any] = []
+    with tracer.start_as_current_span("outer") as outer:
+        first = trail.record("READ", user_id="u")
+        with tracer.start_as_current_span("inner") as inner:
+            nested = trail.record("READ", user_id="u")
+            remote = NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=True,
+                                                  trace_flags=TraceFlags(0)))
+            with trace.use_span(remote):
+                in_remote = trail.record("READ", user_id="u")
+        again = trail.record("READ", user_id="u")
+        worker = threading.Thread(target=lambda: seen.append(trail.record("READ", user_id="u")))
+        worker.start()
+        worker.join()
+        last = trail.record("READ", user_id="u")
+    after = trail.record("READ", user_id="u")
+    assert ids(first) == ids(again) == ids(last) == hex_ids(outer)
+    assert ids(nested) == hex_ids(inner)
+    assert ids(in_remote) == (format(0xABC, "032x"), format(0xDEF, "016x"))
+    assert ids(seen[0]) == (None, None)  # another thread: its own (empty) context
+    assert ids(after) == (None, None) and after.correlation_id == after.id  # type: ignore[union-attr]
+    assert current_trace_ids() == (None, None)
 
 
 def test_correlation_scope_applies_without_a_trace(trail: AuditTrail) -> None:
