@@ -20,6 +20,7 @@ __all__ = [
     "PURE_PYTHON_ENV",
     "copy_rows",
     "copy_text",
+    "custody",
     "merkle_extend",
     "otlp_attributes_to_fields",
     "otlp_decode_logs",
@@ -79,6 +80,8 @@ if speedups is not None:
     # the rest
     with contextlib.suppress(ImportError):
         from ._speedups import redact_clean, unsealed
+    with contextlib.suppress(ImportError):  # a build older than the pipeline's custody
+        from ._speedups import custody
 if speedups is not None:
     # the store stage's (otel_audit/_speedups_store.c): a build without it keeps the rest
     with contextlib.suppress(ImportError):

@@ -1616,6 +1616,7 @@ PyObject *otlp_attributes_to_fields(PyObject *self, PyObject *const *args, Py_ss
 /* otel_audit/_speedups_prepare.c */
 PyObject *redact_clean(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *unsealed(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *custody(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* otel_audit/_speedups_store.c */
 PyObject *merkle_extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
@@ -1652,6 +1653,9 @@ static PyMethodDef methods[] = {
      "Whether a batch has nothing to redact (otel_audit/_speedups_prepare.c)."},
     {"unsealed", (PyCFunction)(void (*)(void))unsealed, METH_FASTCALL,
      "Unsealed PreparedRecords of records and their texts (otel_audit/_speedups_prepare.c)."},
+    {"custody", (PyCFunction)(void (*)(void))custody, METH_FASTCALL,
+     "A batch in the pipeline's hands out of the cycle collector, or back "
+     "(otel_audit/_speedups_prepare.c)."},
     {"merkle_extend", (PyCFunction)(void (*)(void))merkle_extend, METH_FASTCALL,
      "Add leaves to a Merkle compact range (otel_audit/_speedups_store.c)."},
     {"verify_flags", (PyCFunction)(void (*)(void))verify_flags, METH_FASTCALL,

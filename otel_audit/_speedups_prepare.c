@@ -146,3 +146,70 @@ unsealed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     return out;
 }
+
+/* custody(batch, prepared_type, held) -> None
+ *
+ * The records of a batch in the pipeline's hands, out of the cycle collector (held
+ * true), or back in it (held false). A PreparedRecord sealed on the worker lives until
+ * the store stage has committed it: through several collections of the young
+ * generations, which promote it to the oldest, whose growth is what starts the full
+ * collections that traverse every object of the process. Yet while the pipeline holds
+ * it nothing can make a cycle through it: only the pipeline's own code reaches it (a
+ * cycle needs something reachable from the record to refer back to it). The pipeline
+ * takes it back into the collector (held false) before any code of another module can
+ * see it (a post-write hook, an exporter), which may then make such a cycle.
+ *
+ * Held: each item that is exactly ``prepared_type`` and tracked, whose texts are a
+ * dict, whose row is None or a tuple the collector does not track, and whose other
+ * items after the record are objects the collector does not handle (strings,
+ * numbers, None), leaves the collector; anything else is left as it is. Not held:
+ * each item that is exactly ``prepared_type`` and untracked returns to it.
+ */
+PyObject *
+custody(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "custody(batch: list, prepared_type: type, held)");
+        return NULL;
+    }
+    PyObject *batch = args[0];
+    PyTypeObject *ptype = (PyTypeObject *)args[1];
+    int held = PyObject_IsTrue(args[2]);
+    if (held < 0) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype(ptype, &PyTuple_Type)
+            || ptype->tp_basicsize != PyTuple_Type.tp_basicsize
+            || ptype->tp_dictoffset != 0 || ptype->tp_weaklistoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "custody: not a tuple type adding no fields");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+        PyObject *p = PyList_GET_ITEM(batch, i);
+        if (!Py_IS_TYPE(p, ptype)) {
+            continue;
+        }
+        if (!held) {
+            if (!PyObject_GC_IsTracked(p)) {
+                PyObject_GC_Track(p);
+            }
+            continue;
+        }
+        Py_ssize_t width = PyTuple_GET_SIZE(p);
+        if (!PyObject_GC_IsTracked(p) || width < 3 || !PyDict_CheckExact(PyTuple_GET_ITEM(p, 1))) {
+            continue;
+        }
+        PyObject *row = PyTuple_GET_ITEM(p, width - 1);
+        if (row != Py_None && (!PyTuple_CheckExact(row) || PyObject_GC_IsTracked(row))) {
+            continue;
+        }
+        int atoms = 1;
+        for (Py_ssize_t k = 2; k < width - 1 && atoms; k++) {
+            atoms = !PyObject_IS_GC(PyTuple_GET_ITEM(p, k));
+        }
+        if (atoms) {
+            PyObject_GC_UnTrack(p);
+        }
+    }
+    Py_RETURN_NONE;
+}

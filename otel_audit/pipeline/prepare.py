@@ -34,6 +34,19 @@ try:  # the compiled form of unsealed() (optional: built where a C compiler is)
 except ImportError:  # pragma: no cover - depends on the build
     _unsealed = None
 
+
+def python_custody(batch: list[PreparedRecord], prepared_type: type, held: bool) -> None:
+    """The pure-Python twin of the compiled ``custody``: Python code cannot take an
+    object out of the cycle collector, so every record stays in it (the records'
+    values are the same either way)."""
+
+
+_custody: Callable[[list[PreparedRecord], type, bool], None]
+try:  # compiled (optional: built where a C compiler is)
+    from .._accel import custody as _custody
+except ImportError:  # pragma: no cover - depends on the build
+    _custody = python_custody
+
 __all__ = ["Preparation"]
 
 #: the range of the ``schema_version`` column (INTEGER, 32 bits, on every store)
@@ -103,15 +116,34 @@ class Preparation(PipelineCounters):
                 prepared[i] = self._safe_prepared(
                     prepared[i], "schema_version out of the column's range")
 
+    def _hold(self, prepared: list[PreparedRecord]) -> None:
+        """Take the records of a batch sealed on the worker out of the cycle collector
+        while the pipeline holds them (``custody`` in ``otel_audit/_speedups_prepare.c``:
+        each would otherwise live through the collections of the young generations into
+        the oldest, and bring on full collections of the whole process). Only where
+        every sealer and the writer are the library's own: they are the only code that
+        sees the records before :meth:`_let_go` (a record not sealed yet is sealed again
+        on the store stage)."""
+        if all(map(library_object, self.sealers)) and library_writer(self.writer):
+            _custody(prepared, PreparedRecord, True)
+
+    @staticmethod
+    def _let_go(prepared: list[PreparedRecord]) -> None:
+        """Put the records :meth:`_hold` took back in the cycle collector, before code of
+        another module sees them (it could make a cycle through them)."""
+        _custody(prepared, PreparedRecord, False)
+
     def _seal_ahead(self, prepared: list[PreparedRecord]) -> None:
         """Seal on the worker, so that the store stage only writes.
 
         Batches are sealed here in the order the store stage commits them. A sealer
         that cannot start (the store holding a named stream's head is down) leaves the
         batch unsealed: the store stage seals it inside its retry loop.
+        The pipeline then holds the records out of the cycle collector (:meth:`_hold`).
         """
         with contextlib.suppress(StoreError):
             self._seal_safely(prepared)
+        self._hold(prepared)
 
     def _seal_safely(self, prepared: list[PreparedRecord]) -> bool:
         """:meth:`_seal`, where a record a sealer cannot hash (a value its serialiser
@@ -199,6 +231,19 @@ class Preparation(PipelineCounters):
         for i, sealed in zip(todo, batch, strict=True):
             prepared[i] = sealed
         return True
+
+
+def library_object(obj: object) -> bool:
+    """Whether ``obj`` is an instance of a class of this library (not a subclass
+    defined elsewhere, nor a function)."""
+    return type(obj).__module__.startswith("otel_audit.")
+
+
+def library_writer(writer: object) -> bool:
+    """Whether ``writer`` and the exporter it writes with are the library's own stores
+    (not an exporter of the application's, which sees every record)."""
+    return (library_object(writer) and not hasattr(writer, "destination")
+            and library_object(getattr(writer, "exporter", None)))
 
 
 def unsealed(records: list[AuditRecord], texts: list[dict[str, str | None]], *,
