@@ -20,7 +20,7 @@ from sqlalchemy import Engine, event
 from ..store.writer import create_store_engine
 from .canonical import GENESIS_HASH
 from .fastwalk import VERIFIED, payload_plans, verify_flags
-from .sources import StoreSource
+from .sources import MalformedSeq, StoreSource
 from .walk import Finding, VerifyReport
 from .walk import Walker as _Walker
 from .walk import resolve_candidates as _resolve_candidates
@@ -139,7 +139,10 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
 
     Fills ``report`` and returns the last ``seq`` of each stream (for truncation checks).
     ``meanwhile`` runs in this process once every range is handed out, while the workers
-    walk them (verify's scans: their time is not added to the walk's).
+    walk them (verify's scans: their time is not added to the walk's). Raises
+    :class:`~.sources.MalformedSeq` for a store with a ``seq`` that is not an integer
+    (at the ends of a stream: before any range is walked; inside: when a worker meets
+    it), which one walk reports as it reads every row.
     """
     source = StoreSource(engine if engine is not None else create_store_engine(url))
     ranges = _ranges(source, workers)
@@ -165,6 +168,10 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
                 raise
         for future in as_completed(futures):
             chunk = future.result()
+            if any(f.kind == "malformed" for f in chunk.findings):
+                for pending in futures:  # the ranges not started yet are not walked
+                    pending.cancel()
+                raise MalformedSeq("a seq that is not an integer, inside a range")
             results[futures[future]] = chunk
             if progress is not None:
                 progress(chunk.records)

@@ -107,7 +107,7 @@ def verify_trail(
     from .checkpoints import all_checkpoints
     from .erasures import all_erasures, check_erasures
     from .seals import all_seals, check_seals, check_stream_births, stream_firsts
-    from .sources import ArchiveSource, StoreSource
+    from .sources import ArchiveSource, MalformedSeq, StoreSource
 
     report = VerifyReport()
     store = StoreSource(engine)
@@ -177,25 +177,16 @@ def verify_trail(
                               seals=report.seals, erasures=report.erasures)
         by_stream = check_checkpoints(cps, None, public_key, shared,
                                  require_signed=require_signed, heads=heads)
-        malformed: list[Finding] | None = None
-
-        def meanwhile() -> None:  # this process's share while the workers walk
-            nonlocal malformed
-            # ranges of integer seqs cannot see a malformed one: such a store gets one
-            # walk, and the workers' ranges are dropped
-            malformed = malformed_rows(engine)
-            if malformed:
-                raise _OneWalk
-            scans(shared)
-
         try:
+            # this process's share while the workers walk: the scans
             last_seq = verify_parallel(engine.url.render_as_string(hide_password=False),
                                        key=key, checkpoints=by_stream, workers=workers,
-                                       report=shared, progress=progress, meanwhile=meanwhile)
+                                       report=shared, progress=progress,
+                                       meanwhile=lambda: scans(shared))
+        except MalformedSeq:
+            pass  # a seq that is not an integer: one walk reports it, the ranges are dropped
         except Exception as exc:  # a worker that cannot start or read: one walk does it all
-            if malformed is None:
-                malformed = malformed_rows(engine)
-            if not malformed:  # (a malformed seq can fail the ranges: no warning then)
+            if not malformed_rows(engine):  # (a malformed seq can fail them: no warning)
                 log_internal_error("verify_parallel", logging.WARNING,
                                    "parallel verification unavailable (%s); verifying in "
                                    "one process", exc)
@@ -220,10 +211,6 @@ def verify_trail(
     return finish(verify_rows(sources, key=key, stream=stream, since=since, checkpoints=cps,
                               public_key=public_key, progress=progress, report=report,
                               require_signed=require_signed, heads=heads))
-
-
-class _OneWalk(Exception):
-    """The store needs one walk (a malformed ``seq``): the workers' ranges are dropped."""
 
 
 def malformed_rows(engine: Any, *, blobs: bool = False) -> list[Finding]:

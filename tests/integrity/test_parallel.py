@@ -193,3 +193,25 @@ def test_a_malformed_seq_drops_the_ranges_quietly(
     assert ("malformed", None, "seq is not an integer (text)") in [
         (f.kind, f.seq, f.detail) for f in two.findings]
     assert ("modified", 15) in [(f.kind, f.seq) for f in two.findings]
+
+
+@pytest.mark.parametrize("seq", ["4.5", "6.5", "-0.5", "20.5", "X'06'"])
+def test_a_real_or_binary_seq_anywhere_drops_the_ranges_quietly(
+        chained: AuditTrail, engine: Engine, store_url: str, seq: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A real seq between two ranges (4 and 5 with ranges of 4), inside one, before the
+    first or after the last record, or a BLOB: the workers' ranges leave none out, and
+    one walk reports it as when it runs alone."""
+    if not store_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's typed columns refuse a real or binary seq")
+    monkeypatch.setattr(parallel, "MIN_CHUNK", 4)
+    execute(engine, f"UPDATE audit_trails SET seq = {seq} WHERE seq = 5")
+    one = verify(engine, workers=1)
+    with caplog.at_level("WARNING"):
+        two = verify(engine, workers=2)
+    assert "parallel verification unavailable" not in caplog.text
+    found = [(f.kind, f.seq, f.detail) for f in two.findings]
+    assert found == [(f.kind, f.seq, f.detail) for f in one.findings]
+    detail = "binary value in seq" if seq.startswith("X") else "seq is not an integer (real)"
+    assert ("malformed", None, detail) in found
+    assert ("deleted", 5) in [(kind, at) for kind, at, _ in found]
