@@ -27,6 +27,7 @@ __all__ = [
     "otlp_encode_logs",
     "plain_texts",
     "pure_python",
+    "queued_copy",
     "redact_clean",
     "seal_plain",
     "snapshot",
@@ -75,6 +76,11 @@ if speedups is not None:
         from ._speedups import otlp_decode_logs, otlp_encode_logs
     with contextlib.suppress(ImportError):  # a build older than the mapping's twin
         from ._speedups import otlp_attributes_to_fields
+if speedups is not None:
+    # the caller's queued record (in the snapshot's section of _speedups.c): a build
+    # without it keeps the rest
+    with contextlib.suppress(ImportError):
+        from ._speedups import queued_copy
 if speedups is not None:
     # the worker's preparation (otel_audit/_speedups_prepare.c): a build without it keeps
     # the rest

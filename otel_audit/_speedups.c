@@ -1608,6 +1608,44 @@ untrack(PyObject *self, PyObject *obj)
     return Py_NewRef(obj);
 }
 
+/* queued_copy(record) -> record
+ *
+ * The record the trail queues for its worker in place of the one record() returns: a
+ * copy outside the cycle collector when every value of the record is untracked (atoms,
+ * and the flat dicts of atoms that the snapshot made), else the record itself. Queued
+ * records live through many collections, each of which would traverse them all (and
+ * promote them, calling for full collections) while a burst waits for the worker.
+ * The returned record stays tracked, as maybe_untrack() requires: its caller can put
+ * it in its own dicts. The copy can be in a cycle only if code that holds it puts it,
+ * or something referencing it, into one of its values: the trail queues it only while
+ * nothing but the library's own stages can see queued records (otel_audit/trail.py). */
+static PyObject *
+queued_copy(PyObject *self, PyObject *record)
+{
+    PyTypeObject *type = Py_TYPE(record);
+    if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != R_FIELDS
+            || !PyObject_GC_IsTracked(record)
+            || type->tp_basicsize != PyTuple_Type.tp_basicsize
+            || type->tp_dictoffset != 0 || type->tp_weaklistoffset != 0) {
+        return Py_NewRef(record);
+    }
+    for (Py_ssize_t k = 0; k < R_FIELDS; k++) {
+        PyObject *item = PyTuple_GET_ITEM(record, k);
+        if (PyObject_IS_GC(item) && PyObject_GC_IsTracked(item)) {
+            return Py_NewRef(record);
+        }
+    }
+    PyObject *out = type->tp_alloc(type, R_FIELDS);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < R_FIELDS; k++) {
+        PyTuple_SET_ITEM(out, k, Py_NewRef(PyTuple_GET_ITEM(record, k)));
+    }
+    PyObject_GC_UnTrack(out);
+    return out;
+}
+
 /* otel_audit/_speedups_otlp.c */
 PyObject *otlp_encode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *otlp_decode_logs(PyObject *self, PyObject *payload);
@@ -1642,6 +1680,8 @@ static PyMethodDef methods[] = {
      "The compiled form of record.plain_texts()."},
     {"snapshot", (PyCFunction)(void (*)(void))snapshot, METH_FASTCALL,
      "A record's values as at the call: plain containers copied, atoms shared."},
+    {"queued_copy", (PyCFunction)queued_copy, METH_O,
+     "The untracked copy of a record whose values are all untracked, else the record."},
     {"otlp_encode_logs", (PyCFunction)(void (*)(void))otlp_encode_logs, METH_FASTCALL,
      "Audit records as OTLP ExportLogsServiceRequest bytes (otel_audit/_speedups_otlp.c)."},
     {"otlp_decode_logs", (PyCFunction)otlp_decode_logs, METH_O,

@@ -42,6 +42,13 @@ from .store.writer import StoreWriter
 
 __all__ = ["ActionScope", "AuditTrail", "RecordFields", "configure", "get_trail", "set_trail"]
 
+_queued_copy: Callable[[AuditRecord], AuditRecord] | None
+try:  # compiled (optional); the pure path queues the record itself (Python code cannot
+    # take an object out of the cycle collector)
+    from ._accel import queued_copy as _queued_copy
+except ImportError:  # pragma: no cover - depends on the build
+    _queued_copy = None
+
 class AuditTrail:
     """An audit trail writing to one store.
 
@@ -88,6 +95,17 @@ class AuditTrail:
         self.chain = install_chain(self.config, self.writer, self.pipeline)
         #: seals of that chain's head: on a schedule while writing, and at shutdown
         self.seals = install_seals(self.config, self.writer, self.pipeline, self.chain)
+        # record() queues a copy of its record outside the cycle collector when every
+        # value is (queued_copy in _speedups.c): thousands may wait for the worker, each
+        # traversed by every collection meanwhile, and promoted into the oldest
+        # generation, calling for full collections. Only while nothing but the library's
+        # code sees queued records (a cycle through the copy needs code that holds it):
+        # the trail's own store (no exporter), and the transforms, sealers and
+        # post-write hooks the trail installed, compared at each call (a stage added
+        # later sees the record itself). The record returned stays in the collector.
+        self._own_stages = None if _queued_copy is None or exporter is not None else (
+            list(self.pipeline.transforms), list(self.pipeline.sealers),
+            list(self.pipeline.on_written))
         self._sync = self.config.mode == "sync"
         self._choose_mode = ModeChooser(self.config)
         # the hot path skips mode resolution when nothing can change the trail's mode
@@ -227,7 +245,13 @@ class AuditTrail:
                                exc_info=True)
             return None
         if mode is None and session is None and self._plain_async and current_session.get() is None:
-            self.pipeline.submit(rec)  # the default path, without submit()'s dispatch
+            # the default path, without submit()'s dispatch
+            pipeline, stages = self.pipeline, self._own_stages
+            if (stages is not None and pipeline.on_written == stages[2]
+                    and pipeline.sealers == stages[1] and pipeline.transforms == stages[0]):
+                pipeline.submit(_queued_copy(rec))  # type: ignore[misc]
+            else:
+                pipeline.submit(rec)
         else:
             self.submit(rec, mode=mode, session=session)
         if rec.span_id is not None and self._link_span is not None:

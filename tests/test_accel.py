@@ -11,7 +11,7 @@ import pytest
 
 PROBE = """
 import json
-from otel_audit import _accel, mapping, record, record_builder
+from otel_audit import _accel, mapping, record, record_builder, trail
 from otel_audit.integrity import chain, fastwalk, merkle
 from otel_audit.exporters import postgres, sqlite
 from otel_audit import redact
@@ -31,6 +31,7 @@ print(json.dumps({
     "merkle_extend": merkle._merkle_extend is not None,
     "verify_flags": fastwalk.verify_flags is not fastwalk.python_verify_flags,
     "attributes_to_fields": mapping._compiled_fields is not None,
+    "queued_copy": trail._queued_copy is not None,
 }))
 """
 
