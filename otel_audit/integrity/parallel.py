@@ -105,14 +105,18 @@ def _mapped(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _ranges(source: StoreSource, workers: int) -> list[tuple[str, int, int]]:
+    """Seq ranges of about ``count / (workers * RANGES_PER_WORKER)`` records; a stream
+    whose seqs span far more than its records (a seq set far ahead) gets no more
+    ranges than that many."""
     streams = source.stream_ranges()
-    total = sum(n for *_, n in streams) or 1
-    target = max(MIN_CHUNK, -(-total // (workers * RANGES_PER_WORKER)))
+    shares = workers * RANGES_PER_WORKER
+    target = max(MIN_CHUNK, -(-source.count() // shares))
     out = []
-    for stream, lo, hi, _ in streams:
+    for stream, lo, hi in streams:
+        size = max(target, -(-(hi - lo + 1) // shares))
         start = lo
         while start <= hi:
-            end = min(hi, start + target - 1)
+            end = min(hi, start + size - 1)
             out.append((stream, start, end))
             start = end + 1
     return out

@@ -117,13 +117,18 @@ def test_ranges_are_small_and_cover_every_stream() -> None:
     of every stream in exactly one range, in order."""
 
     class Streams:
-        def stream_ranges(self) -> list[tuple[str, int, int, int]]:
-            return [("a", 1, 300_000, 300_000), ("b", 5, 9, 5), ("c", 1, 20_001, 20_001)]
+        def stream_ranges(self) -> list[tuple[str, int, int]]:
+            return [("a", 1, 300_000), ("b", 5, 9), ("c", 1, 20_001), ("d", 7, 1 << 62)]
+
+        def count(self) -> int:
+            return 320_007
 
     ranges = parallel._ranges(Streams(), 2)  # type: ignore[arg-type]
-    size = max(parallel.MIN_CHUNK, -(-320_006 // (2 * parallel.RANGES_PER_WORKER)))
-    assert all(hi - lo + 1 <= size for _, lo, hi in ranges)
-    for stream, first, last, _ in Streams().stream_ranges():
+    size = max(parallel.MIN_CHUNK, -(-320_007 // (2 * parallel.RANGES_PER_WORKER)))
+    assert all(hi - lo + 1 <= size for s, lo, hi in ranges if s != "d")
+    # a seq set far ahead: its stream in no more ranges than the others share
+    assert len([r for r in ranges if r[0] == "d"]) == 2 * parallel.RANGES_PER_WORKER
+    for stream, first, last in Streams().stream_ranges():
         mine = [(lo, hi) for s, lo, hi in ranges if s == stream]
         assert mine[0][0] == first and mine[-1][1] == last
         assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(mine))
@@ -215,3 +220,14 @@ def test_a_real_or_binary_seq_anywhere_drops_the_ranges_quietly(
     detail = "binary value in seq" if seq.startswith("X") else "seq is not an integer (real)"
     assert ("malformed", None, detail) in found
     assert ("deleted", 5) in [(kind, at) for kind, at, _ in found]
+
+
+def test_a_seq_set_far_ahead_is_found_in_few_ranges(small_chunks: list[str],
+                                                     chained: AuditTrail,
+                                                     engine: Engine) -> None:
+    """A record moved to seq 2**62: the ranges stay few (not one for every 4 seqs up to
+    it), and the workers find what one walk finds."""
+    execute(engine, f"UPDATE audit_trails SET seq = {1 << 62} WHERE seq = 20")
+    one, two = _all(engine)
+    assert one == two
+    assert [(kind, seq) for kind, _, seq, *_ in one] == [("deleted", 20), ("modified", 1 << 62)]
