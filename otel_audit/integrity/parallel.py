@@ -43,6 +43,7 @@ class _Chunk:
     records: int = 0
     erased: int = 0
     erased_ids: list[str] = field(default_factory=list)
+    hashless: list[str] = field(default_factory=list)  # rows read without a hash
     findings: list[Finding] = field(default_factory=list)
     first: tuple[int, str, str] | None = None  # seq, prev_hash, status
     last: tuple[int, str, str] | None = None  # seq, hash, status
@@ -59,6 +60,7 @@ def _verify_range(url: str | Engine, key: bytes | None, stream: str, lo: int, hi
     walker = _Walker(key, report, {stream: checkpoints}, {stream: lo})
     walker.defer_first = True
     out = _Chunk()
+    source.hashless = out.hashless
     plans = payload_plans(key, source.layout)
     for batch in source.batches(stream, (lo, hi)):
         flags = verify_flags(batch, source.layout, plans)
@@ -137,7 +139,8 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
                     workers: int, report: VerifyReport,
                     progress: Callable[[int], None] | None = None,
                     engine: Engine | None = None,
-                    meanwhile: Callable[[], None] | None = None) -> dict[str, int]:
+                    meanwhile: Callable[[], None] | None = None,
+                    hashless: list[str] | None = None) -> dict[str, int]:
     """Verify every chain of the store at ``url`` with ``workers`` processes, or with
     ``workers`` threads sharing ``engine`` when it is given.
 
@@ -146,7 +149,8 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
     walk them (verify's scans: their time is not added to the walk's). Raises
     :class:`~.sources.MalformedSeq` for a store with a ``seq`` that is not an integer
     (at the ends of a stream: before any range is walked; inside: when a worker meets
-    it), which one walk reports as it reads every row.
+    it), which one walk reports as it reads every row. ``hashless`` gets the IDs of the
+    rows the workers read without a hash (:meth:`~.sources.StoreSource.unchained`).
     """
     source = StoreSource(engine if engine is not None else create_store_engine(url))
     ranges = _ranges(source, workers)
@@ -191,6 +195,8 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
             report.records += chunk.records
             report.erased += chunk.erased
             report.erased_ids.extend(chunk.erased_ids)
+            if hashless is not None:
+                hashless.extend(chunk.hashless)
             report.findings.extend(chunk.findings)
             if chunk.first is None or chunk.last is None:
                 continue

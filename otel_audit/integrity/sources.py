@@ -48,16 +48,24 @@ _SQLITE_FETCH = 1_000
 _MAX_SEQ = (1 << 63) - 1
 
 
-#: Each stream's first and last seq, found by a few seeks a stream in the (stream, seq)
-#: index (the next stream name after the last one, its smallest and largest seq) instead
-#: of a pass over the whole index: on both databases.
-_STREAM_ENDS_SQL = (
+#: The stream names, found by one seek a stream in the (stream, seq) index (the next
+#: name after the last one) instead of a pass over the whole index: on both databases.
+_NAMES = (
     "WITH RECURSIVE names(name) AS (SELECT MIN(stream) FROM audit_trails UNION ALL "
     "SELECT (SELECT MIN(stream) FROM audit_trails WHERE stream > names.name) FROM names "
-    "WHERE names.name IS NOT NULL) "
-    "SELECT name, (SELECT MIN(seq) FROM audit_trails WHERE stream = name), "
+    "WHERE names.name IS NOT NULL) ")
+#: Each stream's first and last seq (two more seeks a stream).
+_STREAM_ENDS_SQL = (
+    f"{_NAMES}SELECT name, (SELECT MIN(seq) FROM audit_trails WHERE stream = name), "
     "(SELECT MAX(seq) FROM audit_trails WHERE stream = name) "
     "FROM names WHERE name IS NOT NULL ORDER BY name")
+#: The most rows of no chain :meth:`StoreSource.unchained` names.
+_UNCHAINED = 1000
+#: The rows with no stream, or a stream and no seq (seeks where those sort first).
+_NO_STREAM_OR_SEQ_SQL = (
+    f"{_NAMES}SELECT id FROM audit_trails WHERE stream IS NULL UNION ALL "
+    "SELECT t.id FROM names JOIN audit_trails t ON t.stream = names.name "
+    f"AND t.seq IS NULL LIMIT {_UNCHAINED + 1}")
 
 
 class MalformedSeq(Exception):
@@ -177,6 +185,8 @@ class StoreSource:
         #: IDs of rows the walk skips (malformed rows ``verify`` reports on their own)
         self.exclude: tuple[str, ...] = ()
         self._jsonb_columns: bool | None = None
+        #: if a list: :meth:`batches` adds the IDs of the rows it reads without a hash
+        self.hashless: list[str] | None = None
         self._plans_of: tuple[bytes | None, dict[str, Plan]] | None = None
 
     def _placeholder(self) -> str:
@@ -187,11 +197,19 @@ class StoreSource:
         where, params = _where(stream, self._placeholder())
         return int(self._scalar(f"SELECT COUNT(*) FROM audit_trails {where}", params) or 0)
 
-    def unchained(self) -> list[str]:
-        """IDs of rows that belong to no chain (up to 1000)."""
-        return [r[0] for r in self._all(
-            "SELECT id FROM audit_trails WHERE stream IS NULL OR seq IS NULL "
-            "OR hash IS NULL LIMIT 1000", [])]
+    def unchained(self, hashless: list[str] | None = None) -> list[str]:
+        """IDs of rows that belong to no chain (up to 1000): no stream, seq or hash.
+
+        ``hashless``: the IDs of the rows with a stream and a seq but no hash, collected
+        by a walk that read every such row (:attr:`hashless`), instead of a pass over
+        the table; with more than 1000 in all, the pass names which.
+        """
+        if hashless is None:
+            return [r[0] for r in self._all(
+                "SELECT id FROM audit_trails WHERE stream IS NULL OR seq IS NULL "
+                f"OR hash IS NULL LIMIT {_UNCHAINED}", [])]
+        found = [r[0] for r in self._all(_NO_STREAM_OR_SEQ_SQL, [])] + hashless
+        return found if len(found) <= _UNCHAINED else self.unchained()
 
     def starts_since(self, since: dt.datetime) -> dict[str, int]:
         """Per stream, the first ``seq`` whose record is at or after ``since``."""
@@ -335,6 +353,8 @@ class StoreSource:
         if self.dialect == "postgresql":  # the chain row and tag, the header from them
             copied = f"SELECT {cols} FROM audit_trails {where} ORDER BY stream, seq"
         batches = self._stored_rows(sql, params, copied)
+        if self.hashless is not None:
+            batches = _noting_hashless(batches, self.hashless)
         if not duplicates:
             yield from batches
             return
@@ -397,6 +417,13 @@ class StoreSource:
     def _scalar(self, sql: str, params: list[Any]) -> Any:
         rows = self._all(sql, params)
         return rows[0][0] if rows else None
+
+
+def _noting_hashless(batches: Iterator[list[tuple[Any, ...]]],
+                     into: list[str]) -> Iterator[list[tuple[Any, ...]]]:
+    for batch in batches:
+        into.extend([row[4] for row in batch if row[3] is None])
+        yield batch
 
 
 def _duckdb() -> duckdb.DuckDBPyConnection:

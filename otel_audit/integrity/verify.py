@@ -129,11 +129,16 @@ def verify_trail(
     report.seals = len(stored_seals)
     exported = list(seals)
 
-    def scans(into: VerifyReport) -> None:
-        """The table scans beside the walk (run while the workers walk, if they do)."""
-        for row_id in store.unchained():
+    def unchained(into: VerifyReport, hashless: list[str] | None = None) -> None:
+        for row_id in store.unchained(hashless):
             into.findings.append(Finding("inserted", None, None, row_id,
                                          "the record belongs to no chain"))
+
+    def scans(into: VerifyReport, walked: bool = False) -> None:
+        """The scans beside the walk (run while the workers walk, if they do; the rows
+        of no chain then after them, from what they read: ``walked``)."""
+        if not walked:
+            unchained(into)
         # a stream a seal should have named (backdated, or hidden while it was made)
         into.findings.extend(check_stream_births([*stored_seals, *exported],
                                                  stream_firsts(engine), grace=stream_grace,
@@ -177,12 +182,14 @@ def verify_trail(
                               seals=report.seals, erasures=report.erasures)
         by_stream = check_checkpoints(cps, None, public_key, shared,
                                  require_signed=require_signed, heads=heads)
+        hashless: list[str] = []
         try:
             # this process's share while the workers walk: the scans
             last_seq = verify_parallel(engine.url.render_as_string(hide_password=False),
                                        key=key, checkpoints=by_stream, workers=workers,
                                        report=shared, progress=progress,
-                                       meanwhile=lambda: scans(shared))
+                                       meanwhile=lambda: scans(shared, walked=True),
+                                       hashless=hashless)
         except MalformedSeq:
             pass  # a seq that is not an integer: one walk reports it, the ranges are dropped
         except Exception as exc:  # a worker that cannot start or read: one walk does it all
@@ -191,6 +198,7 @@ def verify_trail(
                                    "parallel verification unavailable (%s); verifying in "
                                    "one process", exc)
         else:
+            unchained(shared, hashless)
             find_truncations(shared, by_stream, last_seq)
             return finish(shared)
     scans(report)

@@ -142,6 +142,7 @@ def test_scans_run_once_while_the_workers_walk(
     """The scans beside the walk (rows of no chain, stream births, MACs left unchecked)
     run in this process once the ranges are handed out, once, and find what one walk's
     do: on a store with rows of no chain, a gap, a modified record, several streams."""
+    from otel_audit.integrity import sources
     from otel_audit.integrity.sources import StoreSource
 
     for count in (20, 12, 7):
@@ -150,13 +151,14 @@ def test_scans_run_once_while_the_workers_walk(
         trail.shutdown()
     execute(engine, "UPDATE audit_trails SET stream = NULL WHERE seq = 3")
     execute(engine, "UPDATE audit_trails SET hash = NULL WHERE seq = 9")
+    execute(engine, "UPDATE audit_trails SET seq = NULL WHERE seq = 15")
     execute(engine, "UPDATE audit_trails SET action = 'X' WHERE seq = 6")
     calls: list[str] = []
     original = StoreSource.unchained
 
-    def unchained(self: StoreSource) -> list[str]:
+    def unchained(self: StoreSource, hashless: list[str] | None = None) -> list[str]:
         calls.append("unchained")
-        return original(self)
+        return original(self, hashless)
 
     monkeypatch.setattr(StoreSource, "unchained", unchained)
     watched = parallel.verify_parallel
@@ -176,8 +178,18 @@ def test_scans_run_once_while_the_workers_walk(
     assert (one.records, one.streams, one.macs_unchecked) == (
         many.records, many.streams, many.macs_unchecked)
     assert {f.kind for f in one.findings} >= {"inserted", "modified", "deleted"}
+    # no stream (seq 3 of each stream), no hash (seq 9 of two), no seq (seq 15 of one)
+    assert len([f for f in many.findings if f.detail == "the record belongs to no chain"]
+               ) == 6
     assert one.macs_unchecked == 39 - 3  # without the key (seq 3 of each stream: no stream)
-    assert small_chunks == ["ran"]
+    # more rows of no chain than are named: the same ones (the table pass names them)
+    monkeypatch.setattr(sources, "_UNCHAINED", 4)
+    one, many = verify(engine, workers=1, key=None), verify(engine, workers=workers, key=None)
+    assert [(f.kind, f.record_id) for f in one.findings] == [
+        (f.kind, f.record_id) for f in many.findings]
+    assert len([f for f in many.findings if f.detail == "the record belongs to no chain"]
+               ) == 4
+    assert small_chunks == ["ran", "ran"]
 
 
 def test_a_malformed_seq_drops_the_ranges_quietly(
