@@ -20,7 +20,8 @@ from sqlalchemy import Engine, event
 from ..store.writer import create_store_engine
 from .canonical import GENESIS_HASH
 from .fastwalk import VERIFIED, payload_plans, verify_flags
-from .sources import MalformedSeq, StoreSource
+from .seqindex import MalformedSeq
+from .sources import StoreSource
 from .walk import Finding, VerifyReport
 from .walk import Walker as _Walker
 from .walk import resolve_candidates as _resolve_candidates
@@ -147,7 +148,7 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
     Fills ``report`` and returns the last ``seq`` of each stream (for truncation checks).
     ``meanwhile`` runs in this process once every range is handed out, while the workers
     walk them (verify's scans: their time is not added to the walk's). Raises
-    :class:`~.sources.MalformedSeq` for a store with a ``seq`` that is not an integer
+    :class:`~.seqindex.MalformedSeq` for a store with a ``seq`` that is not an integer
     (at the ends of a stream: before any range is walked; inside: when a worker meets
     it), which one walk reports as it reads every row. ``hashless`` gets the IDs of the
     rows the workers read without a hash (:meth:`~.sources.StoreSource.unchained`).

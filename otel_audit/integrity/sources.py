@@ -36,41 +36,16 @@ from .canonical import (
 )
 from .fastwalk import FULL, SQLITE, Plan, payload_plans, sqlite_payload
 from .pgcopy import copied_rows, copy_kinds
+from .seqindex import MAX_SEQ, NO_STREAM_OR_SEQ_SQL, STREAM_ENDS_SQL, UNCHAINED, MalformedSeq
 
-__all__ = ["ArchiveSource", "MalformedSeq", "StoreSource", "chain_row_select"]
+__all__ = ["ArchiveSource", "StoreSource", "chain_row_select"]
 
 _BATCH = 20_000
 #: SQLite rows fetched at once: a batch small enough to stay in the CPU's caches between
 #: the driver's fetch and the check that reads it again (20,000 rows of about 1 kB each
 #: do not, and cost about a tenth more CPU a record).
 _SQLITE_FETCH = 1_000
-#: The largest seq SQLite and PostgreSQL store (BIGINT).
-_MAX_SEQ = (1 << 63) - 1
 
-
-#: The stream names, found by one seek a stream in the (stream, seq) index (the next
-#: name after the last one) instead of a pass over the whole index: on both databases.
-_NAMES = (
-    "WITH RECURSIVE names(name) AS (SELECT MIN(stream) FROM audit_trails UNION ALL "
-    "SELECT (SELECT MIN(stream) FROM audit_trails WHERE stream > names.name) FROM names "
-    "WHERE names.name IS NOT NULL) ")
-#: Each stream's first and last seq (two more seeks a stream).
-_STREAM_ENDS_SQL = (
-    f"{_NAMES}SELECT name, (SELECT MIN(seq) FROM audit_trails WHERE stream = name), "
-    "(SELECT MAX(seq) FROM audit_trails WHERE stream = name) "
-    "FROM names WHERE name IS NOT NULL ORDER BY name")
-#: The most rows of no chain :meth:`StoreSource.unchained` names.
-_UNCHAINED = 1000
-#: The rows with no stream, or a stream and no seq (seeks where those sort first).
-_NO_STREAM_OR_SEQ_SQL = (
-    f"{_NAMES}SELECT id FROM audit_trails WHERE stream IS NULL UNION ALL "
-    "SELECT t.id FROM names JOIN audit_trails t ON t.stream = names.name "
-    f"AND t.seq IS NULL LIMIT {_UNCHAINED + 1}")
-
-
-class MalformedSeq(Exception):
-    """A stream's first or last ``seq`` is not an integer (SQLite stores any value in any
-    column): its rows cannot be cut into seq ranges."""
 _BOOLS = ("requires_review", "success")
 _JSON = JSON_FIELDS
 
@@ -207,9 +182,9 @@ class StoreSource:
         if hashless is None:
             return [r[0] for r in self._all(
                 "SELECT id FROM audit_trails WHERE stream IS NULL OR seq IS NULL "
-                f"OR hash IS NULL LIMIT {_UNCHAINED}", [])]
-        found = [r[0] for r in self._all(_NO_STREAM_OR_SEQ_SQL, [])] + hashless
-        return found if len(found) <= _UNCHAINED else self.unchained()
+                f"OR hash IS NULL LIMIT {UNCHAINED}", [])]
+        found = [r[0] for r in self._all(NO_STREAM_OR_SEQ_SQL, [])] + hashless
+        return found if len(found) <= UNCHAINED else self.unchained()
 
     def starts_since(self, since: dt.datetime) -> dict[str, int]:
         """Per stream, the first ``seq`` whose record is at or after ``since``."""
@@ -287,7 +262,7 @@ class StoreSource:
 
     def stream_ranges(self) -> list[tuple[str, int, int]]:
         """``(stream, first seq, last seq)`` of every stream, in stream order."""
-        sql = _STREAM_ENDS_SQL
+        sql = STREAM_ENDS_SQL
         if self._has_duplicates():  # a stream may start or end with a noted duplicate
             sql = ("SELECT stream, MIN(seq), MAX(seq) FROM (SELECT stream, seq FROM "
                    "audit_trails UNION ALL SELECT stream, seq FROM audit_duplicates) AS "
@@ -335,7 +310,7 @@ class StoreSource:
             first, last = seq_range
             where += f" AND seq >= {ph}"
             params.append(first)
-            if last < _MAX_SEQ:
+            if last < MAX_SEQ:
                 where += f" AND seq < {ph}"
                 params.append(last + 1)
         if self.exclude:

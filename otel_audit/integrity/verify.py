@@ -107,7 +107,8 @@ def verify_trail(
     from .checkpoints import all_checkpoints
     from .erasures import all_erasures, check_erasures
     from .seals import all_seals, check_seals, check_stream_births, stream_firsts
-    from .sources import ArchiveSource, MalformedSeq, StoreSource
+    from .seqindex import MalformedSeq
+    from .sources import ArchiveSource, StoreSource
 
     report = VerifyReport()
     store = StoreSource(engine)

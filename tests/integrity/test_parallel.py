@@ -183,7 +183,7 @@ def test_scans_run_once_while_the_workers_walk(
                ) == 6
     assert one.macs_unchecked == 39 - 3  # without the key (seq 3 of each stream: no stream)
     # more rows of no chain than are named: the same ones (the table pass names them)
-    monkeypatch.setattr(sources, "_UNCHAINED", 4)
+    monkeypatch.setattr(sources, "UNCHAINED", 4)
     one, many = verify(engine, workers=1, key=None), verify(engine, workers=workers, key=None)
     assert [(f.kind, f.record_id) for f in one.findings] == [
         (f.kind, f.record_id) for f in many.findings]
