@@ -107,13 +107,13 @@ def _mapped(dbapi_conn: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _ranges(source: StoreSource, workers: int) -> list[tuple[str, int, int]]:
-    """Seq ranges of about ``count / (workers * RANGES_PER_WORKER)`` records; a stream
+def _ranges(source: StoreSource, workers: int, total: int) -> list[tuple[str, int, int]]:
+    """Seq ranges of about ``total / (workers * RANGES_PER_WORKER)`` records; a stream
     whose seqs span far more than its records (a seq set far ahead) gets no more
     ranges than that many."""
     streams = source.stream_ranges()
     shares = workers * RANGES_PER_WORKER
-    target = max(MIN_CHUNK, -(-source.count() // shares))
+    target = max(MIN_CHUNK, -(-total // shares))
     out = []
     for stream, lo, hi in streams:
         size = max(target, -(-(hi - lo + 1) // shares))
@@ -141,7 +141,8 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
                     progress: Callable[[int], None] | None = None,
                     engine: Engine | None = None,
                     meanwhile: Callable[[], None] | None = None,
-                    hashless: list[str] | None = None) -> dict[str, int]:
+                    hashless: list[str] | None = None,
+                    total: int | None = None) -> dict[str, int]:
     """Verify every chain of the store at ``url`` with ``workers`` processes, or with
     ``workers`` threads sharing ``engine`` when it is given.
 
@@ -152,9 +153,10 @@ def verify_parallel(url: str, *, key: bytes | None, checkpoints: dict[str, dict[
     (at the ends of a stream: before any range is walked; inside: when a worker meets
     it), which one walk reports as it reads every row. ``hashless`` gets the IDs of the
     rows the workers read without a hash (:meth:`~.sources.StoreSource.unchained`).
+    ``total``: the store's chained rows, if counted already (the ranges' size).
     """
     source = StoreSource(engine if engine is not None else create_store_engine(url))
-    ranges = _ranges(source, workers)
+    ranges = _ranges(source, workers, source.count() if total is None else total)
     if engine is None:
         source.engine.dispose()
     results: dict[int, _Chunk] = {}

@@ -36,6 +36,7 @@ from ..store.schema import audit_seals, audit_trails
 from .canonical import FORMAT, GENESIS_HASH
 from .intervals import Interval, interval_roots
 from .keys import PublicKeys, public_key_hex, sign, signature_valid, utc_text
+from .seqindex import NAMES
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -336,9 +337,9 @@ def all_streams_seal(seal: Seal, heads: dict[str, tuple[int, str]]) -> bool:
 def stream_firsts(engine: Engine) -> dict[str, tuple[int, str | None, dt.datetime | None]]:
     """``stream -> (first seq, its record's id, its timestamp)`` of every stream in the
     live store (the timestamp ``None`` where it cannot be read)."""
-    sql = ("SELECT t.stream, t.seq, t.id, t.timestamp FROM audit_trails t JOIN "
-           "(SELECT stream, MIN(seq) AS seq FROM audit_trails WHERE stream IS NOT NULL "
-           "GROUP BY stream) f ON t.stream = f.stream AND t.seq = f.seq")
+    sql = (f"{NAMES}SELECT t.stream, t.seq, t.id, t.timestamp FROM names JOIN audit_trails "
+           "t ON t.stream = names.name AND t.seq = (SELECT MIN(seq) FROM audit_trails "
+           "WHERE stream = names.name)")
     try:
         with engine.connect() as conn:
             rows = conn.exec_driver_sql(sql).all()

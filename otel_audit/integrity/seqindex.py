@@ -7,7 +7,8 @@ stream, on SQLite and PostgreSQL alike, instead of a pass over the whole index o
 
 from __future__ import annotations
 
-__all__ = ["MAX_SEQ", "NO_STREAM_OR_SEQ_SQL", "STREAM_ENDS_SQL", "UNCHAINED", "MalformedSeq"]
+__all__ = ["MAX_SEQ", "NAMES", "NO_STREAM_OR_SEQ_SQL", "STREAM_ENDS_SQL", "UNCHAINED",
+           "MalformedSeq"]
 
 #: The largest seq SQLite and PostgreSQL store (BIGINT).
 MAX_SEQ = (1 << 63) - 1

@@ -190,7 +190,7 @@ def verify_trail(
                                        key=key, checkpoints=by_stream, workers=workers,
                                        report=shared, progress=progress,
                                        meanwhile=lambda: scans(shared, walked=True),
-                                       hashless=hashless)
+                                       hashless=hashless, total=total)
         except MalformedSeq:
             pass  # a seq that is not an integer: one walk reports it, the ranges are dropped
         except Exception as exc:  # a worker that cannot start or read: one walk does it all

@@ -120,10 +120,7 @@ def test_ranges_are_small_and_cover_every_stream() -> None:
         def stream_ranges(self) -> list[tuple[str, int, int]]:
             return [("a", 1, 300_000), ("b", 5, 9), ("c", 1, 20_001), ("d", 7, 1 << 62)]
 
-        def count(self) -> int:
-            return 320_007
-
-    ranges = parallel._ranges(Streams(), 2)  # type: ignore[arg-type]
+    ranges = parallel._ranges(Streams(), 2, 320_007)  # type: ignore[arg-type]
     size = max(parallel.MIN_CHUNK, -(-320_007 // (2 * parallel.RANGES_PER_WORKER)))
     assert all(hi - lo + 1 <= size for s, lo, hi in ranges if s != "d")
     # a seq set far ahead: its stream in no more ranges than the others share
