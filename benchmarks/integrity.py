@@ -11,7 +11,7 @@ Prints absolute figures and ratios measured side by side in one run:
 * prune: records/s archived to Parquet and deleted;
 * archive size versus live size (SQLite file bytes per record before/after);
 * the checks verify adds around the walk (erasures, and the non-integer ``seq`` scan
-  of ``--workers``), one seal of every stream head, and a signed ``forget``;
+  run when ``--workers`` cannot), one seal of every stream head, and a signed ``forget``;
 * proofs (a plain SHA-256 store): verify without a key, a seal with the Merkle root of
   every record since the last seal, ``prove`` and ``verify-proof`` of one record.
 
@@ -300,7 +300,7 @@ def extra_checks(writer: StoreWriter, total: int, signing: Ed25519PrivateKey) ->
     malformed_rows(engine)
     malformed = time.perf_counter() - began
     print(f"checks      erasures after the walk {by_walk * 1000:,.0f} ms (a scan instead: "
-          f"{scan * 1000:,.0f} ms); non-integer seq scan (--workers only) "
+          f"{scan * 1000:,.0f} ms); non-integer seq scan (when --workers cannot run) "
           f"{malformed * 1000:,.0f} ms; {total:,} records")
     began = time.perf_counter()
     seal = seal_all(engine, "benchmark-sealer", signing)
