@@ -79,6 +79,9 @@ class BatchPipeline(PipelineLifecycle):
         if len(queue) >= self._queue_size:
             return self._overflow(record)
         queue.append(record)
+        if self._closed:  # after shutdown: no worker will take it; spooled or counted
+            self._settle_queued("closed")
+            return False
         if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()  # set() takes a lock: only when the worker is not already woken
         if self._worker is None:

@@ -21,6 +21,35 @@ __all__ = ["PipelineLifecycle"]
 class PipelineLifecycle(PipelineWorker):
     """Flush and shutdown (a layer of the pipeline)."""
 
+    def _settle_queued(self, reason: str) -> bool:
+        """Take what is left in the queue once the worker has stopped, to the spool (or
+        the journal that holds it already); count and log what neither holds. The queue
+        is emptied one item at a time: a caller still submitting while the trail shuts
+        down (an at-exit shutdown) may append at the same moment, and each item is then
+        taken by exactly one of the two. True when anything was left."""
+        queue, remaining = self._queue, []
+        while True:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            if not isinstance(item, FlushMarker):
+                remaining.append(item)
+        if not remaining:
+            return False
+        lost = len(remaining) - self._spool_on_exit(remaining)
+        if lost:
+            with self._state_lock:
+                self._failed += lost
+            self.metrics.dropped(lost, reason)
+            if reason == "shutdown":
+                logger.error("audit shutdown: %d records were not written before the "
+                             "deadline", lost)
+            else:
+                logger.error("audit trail closed: %d records submitted after shutdown were "
+                             "not written", lost)
+        return True
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record submitted before the call is committed.
 
@@ -67,17 +96,7 @@ class PipelineLifecycle(PipelineWorker):
             if worker.is_alive():  # held by the store past the deadline
                 flushed = False
                 self._abandon()
-        remaining = [item for item in self._queue if not isinstance(item, FlushMarker)]
-        if remaining:
-            self._queue.clear()
-            kept = self._spool_on_exit(remaining)
-            lost = len(remaining) - kept
-            if lost:
-                with self._state_lock:
-                    self._failed += lost
-                self.metrics.dropped(lost, "shutdown")
-                logger.error("audit shutdown: %d records were not written before the deadline",
-                             lost)
+        if self._settle_queued("shutdown"):
             flushed = False
         spool = self.spool
         if spool is not None:
