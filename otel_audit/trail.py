@@ -99,13 +99,9 @@ class AuditTrail:
         # value is (queued_copy in _speedups.c): thousands may wait for the worker, each
         # traversed by every collection meanwhile, and promoted into the oldest
         # generation, calling for full collections. Only while nothing but the library's
-        # code sees queued records (a cycle through the copy needs code that holds it):
-        # the trail's own store (no exporter), and the transforms, sealers and
-        # post-write hooks the trail installed, compared at each call (a stage added
-        # later sees the record itself). The record returned stays in the collector.
-        self._own_stages = None if _queued_copy is None or exporter is not None else (
-            list(self.pipeline.transforms), list(self.pipeline.sealers),
-            list(self.pipeline.on_written))
+        # code sees queued records (pipeline.library_only(), asked at each call: a stage
+        # added later counts). The record returned stays in the collector.
+        self._queue_copy = _queued_copy is not None
         self._sync = self.config.mode == "sync"
         self._choose_mode = ModeChooser(self.config)
         # the hot path skips mode resolution when nothing can change the trail's mode
@@ -246,9 +242,8 @@ class AuditTrail:
             return None
         if mode is None and session is None and self._plain_async and current_session.get() is None:
             # the default path, without submit()'s dispatch
-            pipeline, stages = self.pipeline, self._own_stages
-            if (stages is not None and pipeline.on_written == stages[2]
-                    and pipeline.sealers == stages[1] and pipeline.transforms == stages[0]):
+            pipeline = self.pipeline
+            if self._queue_copy and pipeline.library_only():
                 pipeline.submit(_queued_copy(rec))  # type: ignore[misc]
             else:
                 pipeline.submit(rec)

@@ -154,24 +154,43 @@ def test_an_exporter_sees_the_record_returned(speedups: Any) -> None:
         trail.shutdown(5)
 
 
-def test_only_the_trails_own_stages_see_the_queued_copy(speedups: Any) -> None:
+def test_only_the_trails_own_stages_see_the_queued_copy(speedups: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # a post-write hook added after the trail was made (the application's) sees the
-    # record record() returned, in the collector, so a cycle it makes is freed; the
-    # trail's own stages see the untracked copy
+    # record record() returned, in the collector, so a cycle it makes is freed; while
+    # only the library's stages are there, they see the untracked copy
     trail = AuditTrail("sqlite://", auto_migrate=True)
+    pipeline = trail.pipeline
+    queued: list[Any] = []
+    submit = pipeline.submit
+
+    def watched(item: Any) -> None:
+        queued.append(item)
+        submit(item)
+
+    monkeypatch.setattr(pipeline, "submit", watched)
     seen: list[Any] = []
     try:
-        trail.pipeline.on_written.append(lambda batch: seen.extend(p.record for p in batch))
+        assert pipeline.library_only()
+        hook = lambda batch: seen.extend(p.record for p in batch)  # noqa: E731
+        pipeline.on_written.append(hook)
+        assert not pipeline.library_only()
         rec = trail.record("UPDATE", user_id="u", old_values={"a": 1})
         assert rec is not None and trail.flush(10)
         assert seen == [rec] and seen[0] is rec and gc.is_tracked(seen[0])
-        # the same hook counted among the trail's own (as if the trail had installed it)
-        pipeline = trail.pipeline
-        trail._own_stages = (list(pipeline.transforms), list(pipeline.sealers),
-                             list(pipeline.on_written))
+        assert queued[-1] is rec
+        # the hook gone: the library's own stages alone, the copy is queued again
+        pipeline.on_written.remove(hook)
+        assert pipeline.library_only()
         rec = trail.record("UPDATE", user_id="u", old_values={"a": 2})
         assert rec is not None and trail.flush(10)
-        assert seen[1] == rec and seen[1] is not rec and not gc.is_tracked(seen[1])
+        assert queued[-1] == rec and queued[-1] is not rec and not gc.is_tracked(queued[-1])
         assert gc.is_tracked(rec)
+        # a transform or a sealer of the application's counts as well
+        pipeline.transforms.append(lambda record: record)
+        assert not pipeline.library_only()
+        pipeline.transforms.clear()
+        pipeline.sealers.append(lambda batch: batch)
+        assert not pipeline.library_only()
     finally:
         trail.shutdown(5)

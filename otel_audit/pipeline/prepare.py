@@ -116,15 +116,35 @@ class Preparation(PipelineCounters):
                 prepared[i] = self._safe_prepared(
                     prepared[i], "schema_version out of the column's range")
 
+    def library_only(self) -> bool:
+        """Whether nothing but the library's code sees the records this pipeline holds:
+        every transform, sealer and post-write hook is an instance of one of its classes
+        (:func:`library_object`) and the writer is its own store (:func:`library_writer`).
+        Only then may a record be kept out of the cycle collector while queued or held
+        (a cycle through it needs code that keeps it): the caller's queued copy
+        (``AuditTrail.record``) and the worker's custody (:meth:`_hold`). The answer is
+        kept for the stage lists as they are and found again when one changes."""
+        seen = self._stages_seen
+        if (seen is not None and seen[2] == self.on_written and seen[1] == self.sealers
+                and seen[0] == self.transforms):
+            return seen[3]
+        answer = (all(map(library_object, self.transforms))
+                  and all(map(library_object, self.sealers))
+                  and all(map(library_object, self.on_written))
+                  and library_writer(self.writer))
+        self._stages_seen = (list(self.transforms), list(self.sealers),
+                             list(self.on_written), answer)
+        return answer
+
     def _hold(self, prepared: list[PreparedRecord]) -> None:
         """Take the records of a batch sealed on the worker out of the cycle collector
         while the pipeline holds them (``custody`` in ``otel_audit/_speedups_prepare.c``:
         each would otherwise live through the collections of the young generations into
-        the oldest, and bring on full collections of the whole process). Only where
-        every sealer and the writer are the library's own: they are the only code that
-        sees the records before :meth:`_let_go` (a record not sealed yet is sealed again
-        on the store stage)."""
-        if all(map(library_object, self.sealers)) and library_writer(self.writer):
+        the oldest, and bring on full collections of the whole process). Only while
+        :meth:`library_only`: the library's code is the only code that sees the records
+        before :meth:`_let_go` (a record not sealed yet is sealed again on the store
+        stage)."""
+        if self.library_only():
             _custody(prepared, PreparedRecord, True)
 
     @staticmethod

@@ -65,6 +65,8 @@ class PipelineState:
         self.transforms = list(transforms)
         self.sealers = list(sealers)
         self.on_written = list(on_written)
+        # the stage lists last seen by library_only(), and its answer for them
+        self._stages_seen: tuple[list[Any], list[Any], list[Any], bool] | None = None
         #: Applied first to every record, also when a transform fails (never skipped).
         self.redactor = redactor
         self._spool_dir = spool_dir

@@ -14,7 +14,7 @@ import time
 from .._internal import log_internal_error
 from ..errors import StoreError
 from ..prepared import PreparedRecord
-from .prepare import Preparation, library_object
+from .prepare import Preparation
 
 __all__ = ["StoreWrites"]
 
@@ -57,8 +57,8 @@ class StoreWrites(Preparation):
             self.metrics.replayed(len(prepared))
         if self.journal is not None:
             self.journal.committed(p.record.id for p in prepared)
-        if not all(map(library_object, self.on_written)):
-            self._let_go(prepared)  # an application's hook sees the records
+        if not self.library_only():
+            self._let_go(prepared)  # an application's stage sees the records
         for hook in self.on_written:
             try:
                 hook(prepared)
