@@ -171,7 +171,7 @@ class PeriodicSeals:
         opened is closed again, so a shut-down trail holds no connection.
         """
         if drained and self.seal() is not None:
-            self.writer.engine.dispose()
+            self.writer.dispose()
 
 
 def install_seals(config: AuditConfig, writer: StoreWriter, pipeline: BatchPipeline,

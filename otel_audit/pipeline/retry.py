@@ -222,7 +222,7 @@ class RetryPolicy(StoreWrites):
         """Move what is left in memory to the spool; return how many were kept."""
         spool = self.spool
         journalled = sum(1 for item in items if self._in_journal(item))
-        if spool is None:
+        if spool is None or spool.closed:  # closed: records made after shutdown
             return journalled
         try:
             prepared = self._prepare_batch(items)

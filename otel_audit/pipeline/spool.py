@@ -71,6 +71,11 @@ class Spool:
         return self.dir.directory
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (the trail shut down): nothing more is appended."""
+        return self._closed
+
+    @property
     def enabled(self) -> bool:
         """Whether spooling is on (``max_bytes > 0``)."""
         return self.max_bytes > 0

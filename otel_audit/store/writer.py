@@ -103,6 +103,8 @@ class StoreWriter:
         self.engine = create_store_engine(self.url)
         self.dialect = self.engine.dialect.name
         self.auto_migrate = self.dialect == "sqlite" if auto_migrate is None else auto_migrate
+        #: an in-memory SQLite database: its one connection is the database
+        self.in_memory = isinstance(self.engine.pool, StaticPool)
         self._schema_ready = False
         self._lock = threading.Lock()
         #: writes the batches (:mod:`otel_audit.exporters`)
@@ -187,6 +189,8 @@ class StoreWriter:
 
     def dispose(self, *, close: bool = True, timeout: float | None = None) -> None:
         """Release pooled connections (``close=False`` after fork: do not touch the parent's).
+        An in-memory database keeps its one connection: it holds the records, which stay
+        readable after the trail shut down.
 
         ``timeout``: how long to wait for a write in progress (None: as long as it
         takes); past it the write's statement is cancelled and its connection left to
@@ -198,6 +202,8 @@ class StoreWriter:
             # and a lock a parent's thread held at fork time would stay held here forever
             self.exporter.forget_after_fork()
             self._lock = threading.Lock()
+        if close and self.in_memory:
+            return  # closing its one connection would discard the records
         self.engine.dispose(close=close)
 
     @property

@@ -8,8 +8,10 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import func, select
 
 from otel_audit import AuditTrail
+from otel_audit.store.schema import audit_seals
 
 
 def test_a_record_after_shutdown_is_counted_and_logged(
@@ -24,6 +26,23 @@ def test_a_record_after_shutdown_is_counted_and_logged(
     assert stats.queue_depth == 0  # not left behind in a queue nobody drains
     assert stats.failed + stats.spooled == 1
     assert "submitted after shutdown" in caplog.text
+    # one error that says what happened, not a traceback from the closed spool
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None, caplog.text
+
+
+def test_an_in_memory_trail_shuts_down_quietly_and_keeps_its_records(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # its one connection is the database: the final seal and the records after
+    # shutdown are read from it, never from a new, empty database
+    with caplog.at_level(logging.WARNING, logger="otel_audit"):
+        trail = AuditTrail("sqlite://")
+        trail.record("READ", user_id="kept")
+        assert trail.shutdown(10)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert [r.user_id for r in trail.records()] == ["kept"]
+    with trail.writer.engine.connect() as conn:  # the final seal went in too
+        assert conn.execute(select(func.count()).select_from(audit_seals)).scalar_one() == 1
 
 
 def test_records_made_while_the_trail_shuts_down_all_accounted_for(
