@@ -129,6 +129,10 @@ class Measure(NamedTuple):
     rate: float
     cpu_us: float
     threads: dict[str, float]
+    #: end to end only: the share of the wall time the caller's loop of ``record()``
+    #: took, and the share of the records committed by the time it ended (the rest is
+    #: the drain after it: the pipeline alone)
+    overlap: tuple[float, float] | None = None
 
 
 def thread_cpu_ns(native_id: int) -> int | None:
@@ -171,6 +175,15 @@ def trail_threads(trail: AuditTrail) -> dict[str, int]:
     return found
 
 
+def overlap(measure: Measure) -> str:
+    """How much of the end-to-end run the pipeline worked beside the caller."""
+    if measure.overlap is None:
+        return "n/a"
+    loop, written = measure.overlap
+    return (f"end to end: the caller's loop took {loop:.0%} of the time, {written:.0%} of the "
+            f"records committed by its end; the drain after it {1 - loop:.0%}")
+
+
 def by_thread(measure: Measure) -> str:
     return ", ".join(f"{name} {us:.1f}" for name, us in measure.threads.items()) or "n/a"
 
@@ -193,11 +206,12 @@ def end_to_end(url: str, n: int, batch: int) -> Measure:
     clock = Clock(trail_threads(trail))
     for i in range(n):
         trail.record("UPDATE", **fields(i))
+    loop, written = time.perf_counter() - clock.wall, trail.stats().written - 1
     assert trail.flush(600)
     measure = clock.stop(n)
     assert trail.stats().written == n + 1
     trail.shutdown()
-    return measure
+    return measure._replace(overlap=(loop * measure.rate / n, written / n))
 
 
 def pipeline_alone(url: str, n: int, batch: int) -> Measure:
@@ -449,6 +463,7 @@ def main() -> None:
                       f"CPU us/rec e2e {e2e.cpu_us:.1f}, raw {raw.cpu_us:.1f}")
                 print(f"{name:10s} round {r + 1}: CPU us/rec by thread: end-to-end "
                       f"{by_thread(e2e)} | pipeline alone {by_thread(alone)}")
+                print(f"{name:10s} round {r + 1}: {overlap(e2e)}")
 
             def med(values: Iterator[float]) -> float:
                 return statistics.median(values)
@@ -475,6 +490,8 @@ def main() -> None:
                   f"{med(e.cpu_us for e, *_ in rounds):.1f} us, raw "
                   f"{med(r.cpu_us for _, _, r, _, _ in rounds):.1f} us (raw/e2e {cpu_ratio:.2f}x"
                   f"{'; the server works apart' if name != 'sqlite' else ''})")
+            median_e2e = sorted((e for e, *_ in rounds), key=lambda m: m.rate)[len(rounds) // 2]
+            print(f"{name:10s} {overlap(median_e2e)} (the median round)")
             thread_names = {t for e, *_ in rounds for t in e.threads}
             if thread_names:
                 print(f"{name:10s} CPU per record by thread, end-to-end: " + ", ".join(
