@@ -160,6 +160,14 @@ class Journal:
             self._segments.remove(segment)
         segment.remove()
 
+    def release_after_fork(self) -> None:
+        """In a forked child: close the descriptors of the segments inherited from the
+        parent, which goes on writing them, without touching the files or taking the
+        lock (a parent's thread may have held it at fork time). The parent's segments
+        become adoptable once the parent dies."""
+        for segment in list(self._segments):
+            segment.close()
+
     def close(self) -> None:
         """Delete fully committed segments; keep (and unlock) the rest for the next process."""
         with self._cond:

@@ -165,6 +165,14 @@ class Spool:
         """Look for segments left by processes that have died since the last scan."""
         self._adopt()
 
+    def release_after_fork(self) -> None:
+        """In a forked child: close the descriptors of the segments inherited from the
+        parent, which goes on writing them, without touching the files or taking the
+        lock (a parent's thread may have held it at fork time). The parent's segments
+        become adoptable once the parent dies."""
+        for segment in [*self._ready, *([self._current] if self._current else [])]:
+            segment.close()
+
     def close(self) -> None:
         """Release every segment (they stay on disk for the next process)."""
         with self._lock:

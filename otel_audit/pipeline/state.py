@@ -156,8 +156,8 @@ class PipelineState:
         # written twice. Inherited segment descriptors are closed so the parent's
         # segments become adoptable as soon as the parent dies.
         for holder in (self.spool, self.journal):
-            for segment in _segments_of(holder):
-                segment.close()
+            if holder is not None:
+                holder.release_after_fork()
         if self.quarantine is not None:
             self.quarantine.close()
         self._init_state()
@@ -169,11 +169,3 @@ class PipelineState:
     def _spool_bytes(self) -> int:
         return self.spool.size if self.spool is not None else 0
 
-
-def _segments_of(holder: Spool | Journal | None) -> list[Any]:
-    if holder is None:
-        return []
-    if isinstance(holder, Spool):
-        current = [holder._current] if holder._current is not None else []
-        return [*holder._ready, *current]
-    return list(holder._segments)
