@@ -437,18 +437,6 @@ fail:
     return 0;
 }
 
-/* Whether a METH_FASTCALL entry point got the number of arguments it takes (if not,
- * a TypeError is set). */
-static int
-takes(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
-{
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, expected);
-        return 0;
-    }
-    return 1;
-}
-
 /* seal_plain(batch, stream, first_seq, prev_hash, salts, dumps, option, key, fmt,
  *            json_keys, prepared_type) -> list of PreparedRecord
  *

@@ -1,5 +1,5 @@
 /* What the accelerator's source files share: a growable byte buffer's one growth rule,
- * and a hexadecimal digit's value. */
+ * a hexadecimal digit's value, and the argument count check of an entry point. */
 #ifndef OTEL_AUDIT_SPEEDUPS_BUFFER_H
 #define OTEL_AUDIT_SPEEDUPS_BUFFER_H
 
@@ -41,6 +41,18 @@ hex_value(unsigned char c)
         return c - 'A' + 10;
     }
     return -1;
+}
+
+/* Whether a METH_FASTCALL entry point got the number of arguments it takes (if not,
+ * a TypeError is set). */
+static inline int
+takes(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, expected);
+        return 0;
+    }
+    return 1;
 }
 
 #endif

@@ -76,8 +76,7 @@ PyObject *
 copy_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "copy_rows takes 3 arguments");
+    if (!takes("copy_rows", nargs, 3)) {
         return NULL;
     }
     if (!PyBytes_Check(args[1])) {

@@ -10,6 +10,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_speedups_buffer.h"
+
 /* None, exact str, int, float and bool: redact.py's _SCALARS */
 static int
 scalar(PyObject *v)
@@ -29,8 +31,7 @@ scalar(PyObject *v)
 PyObject *
 redact_clean(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "redact_clean takes 3 arguments");
+    if (!takes("redact_clean", nargs, 3)) {
         return NULL;
     }
     PyObject *records = args[0], *positions = args[1], *decisions = args[2];
@@ -98,8 +99,7 @@ redact_clean(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 PyObject *
 unsealed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "unsealed takes 3 arguments");
+    if (!takes("unsealed", nargs, 3)) {
         return NULL;
     }
     PyObject *records = args[0], *texts = args[1], *prepared_type = args[2];

@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_speedups_buffer.h"
+
 PyObject *verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 enum { K_NULL, K_STR, K_INT, K_JSON };
@@ -1044,8 +1046,7 @@ PyObject *
 verify_flags(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "verify_flags takes 3 arguments");
+    if (!takes("verify_flags", nargs, 3)) {
         return NULL;
     }
     PyObject *rows = args[0], *plans_arg = args[2];
