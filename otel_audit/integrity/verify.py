@@ -98,7 +98,9 @@ def verify_trail(
     (started by a fork server, which holds none of this process's connections or
     threads; :mod:`.parallel`) and returning only findings and counts; an in-memory
     SQLite store, archives, ``since`` and ``stream`` use one walk. If they cannot run,
-    the verification runs in this process. A stream that a seal should have named is
+    the verification runs in this process. ``progress(n)``: ``n`` more records walked;
+    a negative ``n`` takes back what workers had reported when the walk starts over in
+    this process. A stream that a seal should have named is
     ``inserted`` (:func:`.seals.check_stream_births`): one a seal named and a later seal
     of the same sealer did not while its records stayed, and one an all-streams seal
     does not name whose first record is dated more than ``stream_grace`` seconds before
@@ -184,11 +186,18 @@ def verify_trail(
         by_stream = check_checkpoints(cps, None, public_key, shared,
                                  require_signed=require_signed, heads=heads)
         hashless: list[str] = []
+        counted = [0]  # records the workers reported: taken back if one walk starts over
+
+        def walked(n: int) -> None:
+            counted[0] += n
+            if progress is not None:
+                progress(n)
+
         try:
             # this process's share while the workers walk: the scans
             last_seq = verify_parallel(engine.url.render_as_string(hide_password=False),
                                        key=key, checkpoints=by_stream, workers=workers,
-                                       report=shared, progress=progress,
+                                       report=shared, progress=walked,
                                        meanwhile=lambda: scans(shared, walked=True),
                                        hashless=hashless, total=total)
         except MalformedSeq:
@@ -202,6 +211,8 @@ def verify_trail(
             unchained(shared, hashless)
             find_truncations(shared, by_stream, last_seq)
             return finish(shared)
+        if counted[0] and progress is not None:
+            progress(-counted[0])  # one walk counts every record again
     scans(report)
     before = (list(report.findings), list(report.warnings))
     try:

@@ -240,3 +240,19 @@ def test_a_seq_set_far_ahead_is_found_in_few_ranges(small_chunks: list[str],
     one, two = _all(engine)
     assert one == two
     assert [(kind, seq) for kind, _, seq, *_ in one] == [("deleted", 20), ("modified", 1 << 62)]
+
+
+def test_progress_takes_back_the_workers_count_when_one_walk_starts_over(
+        chained: AuditTrail, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # workers that reported part of the store, then failed: the walk in this process
+    # counts every record again, and the bar ends at the store's size, not past it
+    def fails_midway(*args: Any, progress: Callable[[int], None], **kwargs: Any) -> None:
+        progress(7)
+        raise RuntimeError("a worker died")
+
+    monkeypatch.setattr(parallel, "verify_parallel", fails_midway)
+    steps: list[int] = []
+    report = verify(engine, workers=2, progress=steps.append)
+    assert report.ok and report.records == 20
+    assert steps[:2] == [7, -7] and sum(steps) == 20
+    assert all(sum(steps[:i]) <= 20 for i in range(len(steps) + 1))
