@@ -1606,7 +1606,7 @@ untrack(PyObject *self, PyObject *obj)
  * The returned record stays tracked, as maybe_untrack() requires: its caller can put
  * it in its own dicts. The copy can be in a cycle only if code that holds it puts it,
  * or something referencing it, into one of its values: the trail queues it only while
- * nothing but the library's own stages can see queued records (library_only() in
+ * nothing but the library's own stages can see queued records (own_code_only() in
  * otel_audit/pipeline/prepare.py). */
 static PyObject *
 queued_copy(PyObject *self, PyObject *record)

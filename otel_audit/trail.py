@@ -99,7 +99,7 @@ class AuditTrail:
         # value is (queued_copy in _speedups.c): thousands may wait for the worker, each
         # traversed by every collection meanwhile, and promoted into the oldest
         # generation, calling for full collections. Only while nothing but the library's
-        # code sees queued records (pipeline.library_only(), asked at each call: a stage
+        # code sees queued records (pipeline.own_code_only(), asked at each call: a stage
         # added later counts). The record returned stays in the collector.
         self._queue_copy = _queued_copy is not None
         self._sync = self.config.mode == "sync"
@@ -243,7 +243,7 @@ class AuditTrail:
         if mode is None and session is None and self._plain_async and current_session.get() is None:
             # the default path, without submit()'s dispatch
             pipeline = self.pipeline
-            if self._queue_copy and pipeline.library_only():
+            if self._queue_copy and pipeline.own_code_only():
                 pipeline.submit(_queued_copy(rec))  # type: ignore[misc]
             else:
                 pipeline.submit(rec)

@@ -171,26 +171,26 @@ def test_only_the_trails_own_stages_see_the_queued_copy(speedups: Any,
     monkeypatch.setattr(pipeline, "submit", watched)
     seen: list[Any] = []
     try:
-        assert pipeline.library_only()
+        assert pipeline.own_code_only()
         hook = lambda batch: seen.extend(p.record for p in batch)  # noqa: E731
         pipeline.on_written.append(hook)
-        assert not pipeline.library_only()
+        assert not pipeline.own_code_only()
         rec = trail.record("UPDATE", user_id="u", old_values={"a": 1})
         assert rec is not None and trail.flush(10)
         assert seen == [rec] and seen[0] is rec and gc.is_tracked(seen[0])
         assert queued[-1] is rec
         # the hook gone: the library's own stages alone, the copy is queued again
         pipeline.on_written.remove(hook)
-        assert pipeline.library_only()
+        assert pipeline.own_code_only()
         rec = trail.record("UPDATE", user_id="u", old_values={"a": 2})
         assert rec is not None and trail.flush(10)
         assert queued[-1] == rec and queued[-1] is not rec and not gc.is_tracked(queued[-1])
         assert gc.is_tracked(rec)
         # a transform or a sealer of the application's counts as well
         pipeline.transforms.append(lambda record: record)
-        assert not pipeline.library_only()
+        assert not pipeline.own_code_only()
         pipeline.transforms.clear()
         pipeline.sealers.append(lambda batch: batch)
-        assert not pipeline.library_only()
+        assert not pipeline.own_code_only()
     finally:
         trail.shutdown(5)

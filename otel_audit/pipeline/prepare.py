@@ -116,7 +116,7 @@ class Preparation(PipelineCounters):
                 prepared[i] = self._safe_prepared(
                     prepared[i], "schema_version out of the column's range")
 
-    def library_only(self) -> bool:
+    def own_code_only(self) -> bool:
         """Whether nothing but the library's code sees the records this pipeline holds:
         every transform, sealer and post-write hook is an instance of one of its classes
         (:func:`library_object`) and the writer is its own store (:func:`library_writer`).
@@ -141,10 +141,10 @@ class Preparation(PipelineCounters):
         while the pipeline holds them (``custody`` in ``otel_audit/_speedups_prepare.c``:
         each would otherwise live through the collections of the young generations into
         the oldest, and bring on full collections of the whole process). Only while
-        :meth:`library_only`: the library's code is the only code that sees the records
+        :meth:`own_code_only`: the library's code is the only code that sees the records
         before :meth:`_let_go` (a record not sealed yet is sealed again on the store
         stage)."""
-        if self.library_only():
+        if self.own_code_only():
             _custody(prepared, PreparedRecord, True)
 
     @staticmethod

@@ -165,19 +165,23 @@ class Spool:
         """Look for segments left by processes that have died since the last scan."""
         self._adopt()
 
+    def _open_segments(self) -> list[Segment]:
+        """The sealed segments waiting for replay, then the one being written."""
+        return [*self._ready, *([self._current] if self._current else [])]
+
     def release_after_fork(self) -> None:
         """In a forked child: close the descriptors of the segments inherited from the
         parent, which goes on writing them, without touching the files or taking the
         lock (a parent's thread may have held it at fork time). The parent's segments
         become adoptable once the parent dies."""
-        for segment in [*self._ready, *([self._current] if self._current else [])]:
+        for segment in self._open_segments():
             segment.close()
 
     def close(self) -> None:
         """Release every segment (they stay on disk for the next process)."""
         with self._lock:
             self._closed = True
-            for segment in [*self._ready, *([self._current] if self._current else [])]:
+            for segment in self._open_segments():
                 if segment.frames == 0 and segment is self._current:
                     segment.remove()
                 else:

@@ -65,7 +65,7 @@ class PipelineState:
         self.transforms = list(transforms)
         self.sealers = list(sealers)
         self.on_written = list(on_written)
-        # the stage lists last seen by library_only(), and its answer for them
+        # the stage lists last seen by own_code_only(), and its answer for them
         self._stages_seen: tuple[list[Any], list[Any], list[Any], bool] | None = None
         #: Applied first to every record, also when a transform fails (never skipped).
         self.redactor = redactor

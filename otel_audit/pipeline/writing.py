@@ -57,7 +57,7 @@ class StoreWrites(Preparation):
             self.metrics.replayed(len(prepared))
         if self.journal is not None:
             self.journal.committed(p.record.id for p in prepared)
-        if not self.library_only():
+        if not self.own_code_only():
             self._let_go(prepared)  # an application's stage sees the records
         for hook in self.on_written:
             try:
